@@ -1,0 +1,223 @@
+"""An in-process store: the reference implementation of the Backend contract.
+
+Runs live in a dict of this process and are lost when it exits, so nothing
+here is durable; use it for tests and for agents that need no recovery.
+Records are kept as JSON text, exactly as a durable store keeps them, so a run
+loaded from memory never shares mutable objects with the engine and a
+serialization bug shows up here first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from durable_agent.backend import (
+    Backend,
+    Capability,
+    LeaseOwner,
+    RunPage,
+    check_append,
+    check_lease_acquire,
+    decode_cursor,
+    encode_cursor,
+)
+from durable_agent.errors import (
+    ConfigurationError,
+    CorruptRunError,
+    LeaseLostError,
+    RunExistsError,
+    RunNotFoundError,
+    StoreUnavailableError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.records import (
+    Event,
+    Lease,
+    RunHeader,
+    StoredRun,
+    decode_event,
+    decode_header,
+    encode_event,
+    encode_header,
+    utcnow,
+)
+
+__all__ = ["MemoryBackend"]
+
+
+@dataclass
+class _Stored:
+    header: str
+    events: list[str] = field(default_factory=list)
+
+
+class MemoryBackend(Backend):
+    """Runs in this process's memory; not durable, not shared between processes."""
+
+    capabilities = frozenset({Capability.GROUP_COMMIT})
+
+    def __init__(self, *, session_id: str | None = None, user_id: str | None = None) -> None:
+        super().__init__(session_id=session_id, user_id=user_id)
+        self._runs: dict[str, _Stored] = {}
+        self._closed = False
+
+    # Every method runs to completion without awaiting, so on one event loop
+    # each is atomic without a lock.
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError("MemoryBackend is closed")
+
+    def _stored(self, run_id: str) -> _Stored:
+        self._check_open()
+        stored = self._runs.get(run_id)
+        if stored is None:
+            raise RunNotFoundError(run_id)
+        return stored
+
+    def _header(self, run_id: str) -> RunHeader:
+        return decode_header(run_id, self._stored(run_id).header)
+
+    async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
+        self._check_open()
+        if header.run_id in self._runs:
+            raise RunExistsError(header.run_id)
+        self._runs[header.run_id] = _Stored(
+            encode_header(header), [encode_event(e) for e in events]
+        )
+
+    async def append(
+        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+    ) -> Lease:
+        stored = self._stored(run_id)
+        header = decode_header(run_id, stored.header)
+        check_append(header, events, expected_seq=expected_seq, lease=lease)
+        renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+        encoded = [encode_event(e) for e in events]
+        last = events[-1] if events else None
+        stored.header = encode_header(
+            header.model_copy(
+                update={
+                    "seq": last.seq if last else header.seq,
+                    "state": last.state if last else header.state,
+                    "updated_at": utcnow(),
+                    "lease": renewed,
+                }
+            )
+        )
+        stored.events.extend(encoded)
+        return renewed
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        stored = self._stored(run_id)
+        header = decode_header(run_id, stored.header)
+        events = tuple(
+            decode_event(run_id, seq, text) for seq, text in enumerate(stored.events, start=1)
+        )
+        if len(events) != header.seq:
+            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
+        return StoredRun(header=header, events=events)
+
+    async def get_run(self, run_id: str) -> RunHeader:
+        return self._header(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        states: Collection[RunState] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        self._check_open()
+        if limit < 1:
+            raise ConfigurationError(f"list_runs(limit={limit}) must be at least 1")
+        after = decode_cursor(cursor) if cursor else None
+        wanted = set(states) if states is not None else None
+        matches: list[RunHeader] = []
+        for run_id, stored in self._runs.items():
+            try:
+                header = decode_header(run_id, stored.header)
+            except CorruptRunError:
+                continue  # a damaged header is reported by load_run, never breaks a listing
+            if (
+                (session_id is not None and header.session_id != session_id)
+                or (user_id is not None and header.user_id != user_id)
+                or (wanted is not None and header.state not in wanted)
+                or (created_after is not None and header.created_at <= created_after)
+                or (created_before is not None and header.created_at >= created_before)
+            ):
+                continue
+            key = (header.created_at.timestamp(), header.run_id)
+            if after is not None and key >= after:
+                continue
+            matches.append(header)
+        matches.sort(key=lambda h: (h.created_at.timestamp(), h.run_id), reverse=True)
+        page = matches[:limit]
+        more = len(matches) > limit
+        last = page[-1] if page else None
+        next_cursor = encode_cursor(last.created_at, last.run_id) if more and last else None
+        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+
+    async def delete_run(self, run_id: str) -> bool:
+        self._check_open()
+        return self._runs.pop(run_id, None) is not None
+
+    async def prune(
+        self,
+        *,
+        older_than: datetime,
+        states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
+    ) -> int:
+        self._check_open()
+        now = time.time()
+        doomed = []
+        for run_id, stored in self._runs.items():
+            try:
+                header = decode_header(run_id, stored.header)
+            except CorruptRunError:
+                continue
+            live = header.lease is not None and header.lease.expires_at > now
+            if header.state in states and header.updated_at < older_than and not live:
+                doomed.append(run_id)
+        for run_id in doomed:
+            del self._runs[run_id]
+        return len(doomed)
+
+    async def acquire_lease(
+        self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
+    ) -> Lease:
+        stored = self._stored(run_id)
+        header = decode_header(run_id, stored.header)
+        lease = check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=time.time())
+        stored.header = encode_header(
+            header.model_copy(update={"lease": lease, "lease_generation": lease.generation})
+        )
+        return lease
+
+    async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
+        stored = self._stored(run_id)
+        header = decode_header(run_id, stored.header)
+        if header.lease is None or header.lease_generation != lease.generation:
+            raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
+        renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+        stored.header = encode_header(header.model_copy(update={"lease": renewed}))
+        return renewed
+
+    async def release_lease(self, run_id: str, lease: Lease) -> None:
+        self._check_open()
+        stored = self._runs.get(run_id)
+        if stored is None:
+            return
+        header = decode_header(run_id, stored.header)
+        if header.lease is not None and header.lease_generation == lease.generation:
+            stored.header = encode_header(header.model_copy(update={"lease": None}))
+
+    async def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,1 @@
+"""durable-agent: LLM agent runs that survive crashes, kills, timeouts and API errors."""

@@ -1,0 +1,284 @@
+"""The Backend contract: what a store must do for the engine (DESIGN.md §5).
+
+A backend stores runs as a header plus an append-only log of events, and
+gives four guarantees the engine's durability rests on:
+
+1. **Atomic, checked appends.** `Backend.append` writes all of its events or
+   none, and only if the run's ``seq`` equals ``expected_seq`` and the run's
+   lease generation equals the caller's (compare-and-set plus fencing, in one
+   atomic step). Otherwise it raises `ConcurrentUpdateError` (or
+   `LeaseLostError`) and writes nothing.
+2. **Durable on return.** When `create_run` or `append` returns, the data
+   survives the process being killed (and, per the backend's settings, the
+   machine losing power).
+3. **Exclusive leases.** At most one owner holds a live lease; acquiring
+   increments the generation.
+4. **Isolation of damage.** A record that does not validate makes loading
+   *that* run raise `CorruptRunError`; other runs are unaffected.
+
+Backends import only this module, `durable_agent.records`,
+`durable_agent.errors` and their driver: the built-in ones are the worked
+examples for custom backend authors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import ClassVar, Self
+
+from durable_agent.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    LeaseLostError,
+    RunBusyError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.records import Event, Lease, RunHeader, StoredRun
+
+__all__ = [
+    "Backend",
+    "Capability",
+    "LeaseOwner",
+    "RunPage",
+    "check_append",
+    "check_lease_acquire",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+
+class Capability(StrEnum):
+    """Optional features a backend declares; the conformance suite skips what is missing."""
+
+    CROSS_PROCESS = "cross_process"
+    """Several processes (and hosts) may share the store safely."""
+    GROUP_COMMIT = "group_commit"
+    """Concurrent appends of many runs share one commit."""
+    DURABLE = "durable"
+    """Data survives the process being killed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOwner:
+    """Identifies one running process: host, pid and a random id (pids get reused)."""
+
+    host: str
+    pid: int
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @classmethod
+    def current(cls) -> LeaseOwner:
+        """An owner for this process, with a fresh random id."""
+        return cls(host=socket.gethostname(), pid=os.getpid())
+
+    @property
+    def id(self) -> str:
+        """``host:pid:nonce``, the owner string stored on the lease."""
+        return f"{self.host}:{self.pid}:{self.nonce}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of `Backend.list_runs`; pass ``next_cursor`` back for the next page."""
+
+    runs: tuple[RunHeader, ...]
+    next_cursor: str | None
+
+
+class Backend(ABC):
+    """Abstract store of runs. Subclass it and implement every abstract method.
+
+    ``session_id`` and ``user_id`` tag the runs an agent creates through this
+    backend. Backends are async context managers: ``async with`` closes them.
+    """
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    """Optional features this backend provides."""
+
+    def __init__(self, *, session_id: str | None = None, user_id: str | None = None) -> None:
+        for name, value in (("session_id", session_id), ("user_id", user_id)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(
+                    f"{type(self).__name__}({name}=...) must be a str or None, "
+                    f"got {type(value).__name__}"
+                )
+        self.session_id = session_id
+        self.user_id = user_id
+
+    # -- runs ---------------------------------------------------------------
+
+    @abstractmethod
+    async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
+        """Store a new run with its first events, atomically and durably.
+
+        ``header.seq`` equals the last event's ``seq`` and ``header.state`` its
+        state. Raises `RunExistsError` when the id is taken.
+        """
+
+    @abstractmethod
+    async def append(
+        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+    ) -> Lease:
+        """Append ``events`` (seqs ``expected_seq + 1 …``) atomically and durably.
+
+        Checks in the same atomic step that the run's ``seq`` is
+        ``expected_seq`` and that its lease generation and owner are
+        ``lease``'s. On success the header takes the last event's state and
+        seq, and the lease is renewed to ``now + lease.ttl``; the renewed lease
+        is returned. Raises `RunNotFoundError`, `ConcurrentUpdateError` (stale
+        seq) or `LeaseLostError` (lease taken over); nothing is written then.
+        """
+
+    @abstractmethod
+    async def load_run(self, run_id: str) -> StoredRun:
+        """Return the header and all events; `RunNotFoundError` or `CorruptRunError`."""
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> RunHeader:
+        """Return the header only; `RunNotFoundError` when unknown."""
+
+    @abstractmethod
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        states: Collection[RunState] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """List run headers matching every given filter, newest first, a page at a time."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a run and its events; return whether it existed."""
+
+    @abstractmethod
+    async def prune(
+        self,
+        *,
+        older_than: datetime,
+        states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
+    ) -> int:
+        """Delete runs in ``states`` last updated before ``older_than``; return how many.
+
+        Runs holding a live lease are kept.
+        """
+
+    # -- leases -------------------------------------------------------------
+
+    @abstractmethod
+    async def acquire_lease(
+        self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
+    ) -> Lease:
+        """Take the run's lease for ``ttl`` seconds and return it with a new generation.
+
+        Granted when no lease is held, the held one expired, or ``takeover``
+        equals the held generation (the caller established that the holder's
+        process is gone). Otherwise raises `RunBusyError` naming the holder.
+        """
+
+    @abstractmethod
+    async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
+        """Extend a held lease to ``now + lease.ttl``; `LeaseLostError` if taken over."""
+
+    @abstractmethod
+    async def release_lease(self, run_id: str, lease: Lease) -> None:
+        """Give the lease up if still held by ``lease``'s generation; a no-op otherwise."""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release every resource; further calls raise."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# -- shared rules, so every backend decides the same way ------------------------
+
+
+def check_lease_acquire(
+    header: RunHeader, owner: LeaseOwner, *, ttl: float, takeover: int | None, now: float
+) -> Lease:
+    """Decide an acquisition on ``header`` and return the new lease, or raise `RunBusyError`."""
+    held = header.lease
+    if held is not None and held.expires_at > now and takeover != header.lease_generation:
+        raise RunBusyError(header.run_id, held.owner, held.expires_at - now)
+    return Lease(
+        owner=owner.id,
+        host=owner.host,
+        pid=owner.pid,
+        generation=header.lease_generation + 1,
+        expires_at=now + ttl,
+        ttl=ttl,
+    )
+
+
+def check_append(
+    header: RunHeader, events: Sequence[Event], *, expected_seq: int, lease: Lease
+) -> None:
+    """Raise unless ``events`` may be appended to the run ``header`` describes."""
+    held = header.lease
+    if (
+        held is None
+        or header.lease_generation != lease.generation
+        or held.owner != lease.owner
+    ):
+        holder = held.owner if held is not None else "nobody"
+        raise LeaseLostError(
+            header.run_id,
+            f"lease generation {lease.generation} of {lease.owner} is no longer held "
+            f"(now generation {header.lease_generation}, held by {holder}); this writer "
+            "must stop",
+        )
+    if header.seq != expected_seq:
+        raise ConcurrentUpdateError(
+            header.run_id,
+            f"expected seq {expected_seq} but the store is at {header.seq}; another writer "
+            "appended first, reload the run",
+        )
+    for offset, event in enumerate(events, start=1):
+        if event.seq != expected_seq + offset:
+            raise ConcurrentUpdateError(
+                header.run_id,
+                f"event {offset} of the append has seq {event.seq}, "
+                f"expected {expected_seq + offset}",
+            )
+
+
+def encode_cursor(created_at: datetime, run_id: str) -> str:
+    """An opaque cursor for the position after ``(created_at, run_id)``."""
+    raw = json.dumps([created_at.timestamp(), run_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Inverse of `encode_cursor`; `ConfigurationError` for a cursor not made by it."""
+    try:
+        ts, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(ts), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"invalid list_runs cursor {cursor!r}") from exc
+

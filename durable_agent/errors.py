@@ -1,0 +1,242 @@
+"""Every exception durable-agent raises.
+
+The tree::
+
+    DurableAgentError
+    ├── ConfigurationError (ValueError, TypeError)  bad arguments to Agent, Task, a backend
+    ├── RunNotFoundError (KeyError)                  no run with that id in the store
+    ├── RunExistsError                               create_run with an id already taken
+    ├── RunBusyError                                 another live process holds the run's lease
+    ├── ConcurrentUpdateError                        a stale seq or lost lease on append
+    │   └── LeaseLostError                           the lease was taken over by another owner
+    ├── CorruptRunError (ValueError)                 a stored record that does not validate
+    │   └── SchemaVersionError                       a record written by a newer durable-agent
+    ├── StoreUnavailableError (ConnectionError)      the store cannot be reached or written
+    ├── InvalidTransitionError                       a trigger the machine forbids in a state
+    ├── RunStateError                                the run is in a state that forbids the call
+    ├── RunFailedError                               the run stopped in ERROR (cause attached)
+    ├── ModelError                                   a chat model failed
+    │   ├── ModelNotAvailableError (ImportError)     a model string whose adapter is missing
+    │   ├── ModelHTTPError                           an HTTP status from a provider
+    │   └── ScriptExhaustedError                     a ScriptedModel asked for a turn it lacks
+    └── ToolError                                    a tool could not be called
+        ├── ToolNotFoundError                        the model named a tool the agent lacks
+        └── ToolArgumentsError                       arguments failed validation
+
+`ToolRetry` is not an error of the library: a tool raises it to send a message
+back to the model as the call's error result.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrentUpdateError",
+    "ConfigurationError",
+    "CorruptRunError",
+    "DurableAgentError",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelNotAvailableError",
+    "RunBusyError",
+    "RunExistsError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunStateError",
+    "SchemaVersionError",
+    "ScriptExhaustedError",
+    "StoreUnavailableError",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolRetry",
+]
+
+
+class DurableAgentError(Exception):
+    """Base class of every error raised by durable-agent."""
+
+
+class ConfigurationError(DurableAgentError, ValueError, TypeError):
+    """An argument has the wrong type or value; nothing was stored."""
+
+
+class RunNotFoundError(DurableAgentError, KeyError):
+    """The store holds no run with this id."""
+
+    def __init__(self, run_id: str, detail: str = "") -> None:
+        self.run_id = run_id
+        msg = f"run {run_id!r} not found in the store"
+        super().__init__(msg + (f"; {detail}" if detail else ""))
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class RunExistsError(DurableAgentError):
+    """A run with this id already exists."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} already exists; continue it instead of creating it")
+
+
+class RunBusyError(DurableAgentError):
+    """Another live owner holds the run's lease."""
+
+    def __init__(self, run_id: str, owner: str, expires_in: float) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.expires_in = expires_in
+        super().__init__(
+            f"run {run_id!r} is being run by {owner} (lease expires in {expires_in:.1f}s); "
+            "wait for it to finish, or continue it after the lease expires"
+        )
+
+
+class ConcurrentUpdateError(DurableAgentError):
+    """An append expected a `seq` or lease the run no longer has: another writer won."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r}: {message}")
+
+
+class LeaseLostError(ConcurrentUpdateError):
+    """The lease this process held was taken over; it must stop writing."""
+
+
+class CorruptRunError(DurableAgentError, ValueError):
+    """A stored record of the run does not validate; other runs are unaffected."""
+
+    def __init__(self, run_id: str, seq: int | None, detail: str) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        where = f"event seq {seq}" if seq is not None else "header"
+        super().__init__(
+            f"run {run_id!r}: stored {where} is corrupt ({detail}); the record was left "
+            "untouched: export or delete the run, other runs still load"
+        )
+
+
+class SchemaVersionError(CorruptRunError):
+    """A record was written by a newer durable-agent with a schema this one cannot read."""
+
+    def __init__(self, run_id: str, seq: int | None, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        DurableAgentError.__init__(
+            self,
+            f"run {run_id!r}: record at {'seq ' + str(seq) if seq is not None else 'header'} "
+            f"has schema_version {found} but this durable-agent reads up to {supported}; "
+            "upgrade durable-agent to load it (the record was left untouched)",
+        )
+        self.run_id = run_id
+        self.seq = seq
+
+
+class StoreUnavailableError(DurableAgentError, ConnectionError):
+    """The store could not be opened, reached or written."""
+
+
+class InvalidTransitionError(DurableAgentError):
+    """The state machine forbids this trigger in the current state."""
+
+    def __init__(self, trigger: str, state: str, run_id: str | None = None) -> None:
+        self.trigger = trigger
+        self.state = state
+        self.run_id = run_id
+        who = f"run {run_id!r}" if run_id else "run"
+        super().__init__(f"{who}: trigger {trigger!r} is not allowed in state {state}")
+
+
+class RunStateError(DurableAgentError):
+    """The run's state forbids the requested call (for example continuing a cancelled run)."""
+
+    def __init__(self, run_id: str, state: str, message: str) -> None:
+        self.run_id = run_id
+        self.state = state
+        super().__init__(f"run {run_id!r} is {state}: {message}")
+
+
+class RunFailedError(DurableAgentError):
+    """The run stopped in ERROR; the original exception is the ``__cause__``.
+
+    The failure is already recorded in the store: ``continue_run_async(run_id=...)``
+    resumes at ``failed_state``.
+    """
+
+    def __init__(self, run_id: str, state: str, failed_state: str | None, message: str) -> None:
+        self.run_id = run_id
+        self.state = state
+        self.failed_state = failed_state
+        super().__init__(
+            f"run {run_id!r} failed in {failed_state or state}: {message}; it is recorded, "
+            f"continue with continue_run_async(run_id={run_id!r})"
+        )
+
+
+class ModelError(DurableAgentError):
+    """A chat model call failed.
+
+    ``retryable`` tells the engine's retry policy whether another attempt may succeed.
+    """
+
+    retryable: bool = False
+    status_code: int | None = None
+    request_id: str | None = None
+
+
+class ModelNotAvailableError(ModelError, ImportError):
+    """A model string names a provider whose adapter or SDK is not installed."""
+
+
+class ModelHTTPError(ModelError):
+    """A provider answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.retryable = (
+            retryable
+            if retryable is not None
+            else status_code in (408, 409, 429) or status_code >= 500
+        )
+        super().__init__(f"HTTP {status_code}: {message}")
+
+
+class ScriptExhaustedError(ModelError):
+    """A ScriptedModel was asked for a turn its script does not have."""
+
+
+class ToolError(DurableAgentError):
+    """A tool could not be called."""
+
+
+class ToolNotFoundError(ToolError):
+    """The model called a tool the agent does not have."""
+
+
+class ToolArgumentsError(ToolError):
+    """The model's arguments for a tool failed validation."""
+
+
+class ToolRetry(Exception):
+    """Raise from a tool to return ``message`` to the model as the call's error result.
+
+    The run does not fail: the model sees the message and may call the tool again.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)

@@ -1,0 +1,356 @@
+"""The stored shapes: run header, events, provider-neutral messages.
+
+Everything a backend writes is one of these pydantic models, serialized to
+JSON by `encode_event` / `encode_header` and read back by `decode_event` /
+`decode_header` (the one place of serialization). No pickle, no import by
+name on load (DESIGN.md §3 rule 6). Every record carries ``schema_version``;
+a record newer than `SCHEMA_VERSION` raises `SchemaVersionError` instead of
+being misread.
+
+A run is a header plus an append-only log of events. Each event holds only
+what is new (DESIGN.md §2), so storage grows linearly with the conversation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from durable_agent.errors import CorruptRunError, SchemaVersionError
+from durable_agent.fsm import RunState
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AssistantMessage",
+    "CreatedEvent",
+    "ErrorInfo",
+    "Event",
+    "FailedEvent",
+    "JSONValue",
+    "Lease",
+    "Message",
+    "ModelAttemptFailedEvent",
+    "ModelResponseEvent",
+    "RunHeader",
+    "StoredRun",
+    "SystemMessage",
+    "ToolCall",
+    "ToolFinishedEvent",
+    "ToolResultMessage",
+    "ToolStartedEvent",
+    "TransitionEvent",
+    "Usage",
+    "UserMessage",
+    "decode_event",
+    "decode_header",
+    "encode_event",
+    "encode_header",
+    "utcnow",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The newest record schema this version writes and reads."""
+
+JSONValue: TypeAlias = JsonValue
+"""Any value JSON can hold: the type of tool arguments and results."""
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (what every record stores)."""
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+
+
+# -- messages ---------------------------------------------------------------
+
+
+class ToolCall(BaseModel):
+    """One tool call the model asked for: ``id`` is unique within the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+
+
+class SystemMessage(_Record):
+    """Instructions for the model."""
+
+    role: Literal["system"] = "system"
+    content: str
+
+
+class UserMessage(_Record):
+    """What the user asked."""
+
+    role: Literal["user"] = "user"
+    content: str
+
+
+class AssistantMessage(_Record):
+    """A model's answer: text, tool calls, or both."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+class ToolResultMessage(_Record):
+    """The result of one tool call; ``is_error`` marks an error result shown to the model."""
+
+    role: Literal["tool"] = "tool"
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+Message: TypeAlias = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolResultMessage,
+    Field(discriminator="role"),
+]
+"""A provider-neutral message; ``role`` tells which kind."""
+
+
+# -- small value records ----------------------------------------------------
+
+
+class Usage(BaseModel):
+    """Tokens and requests spent on model calls."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            requests=self.requests + other.requests,
+        )
+
+
+class ErrorInfo(BaseModel):
+    """A failure as stored: the exception's type and message, never its object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    retryable: bool = False
+    status_code: int | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Describe ``exc`` by its qualified type name and message."""
+        kind = type(exc)
+        return cls(
+            type=f"{kind.__module__}.{kind.__qualname__}",
+            message=str(exc) or kind.__name__,
+            retryable=bool(getattr(exc, "retryable", False)),
+            status_code=getattr(exc, "status_code", None),
+            request_id=getattr(exc, "request_id", None),
+        )
+
+
+class Lease(BaseModel):
+    """Who may write to a run, until when, and the fencing ``generation``.
+
+    Every acquisition increments ``generation``; an append carrying an older
+    generation is refused, so a process whose lease lapsed can never write
+    after the new owner took over (DESIGN.md §3 rule 5).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    host: str
+    pid: int
+    generation: int
+    expires_at: float
+    ttl: float
+
+
+class RunHeader(_Record):
+    """What a store keeps about a run besides its events; one row per run."""
+
+    run_id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    agent_name: str = "agent"
+    state: RunState = RunState.PENDING
+    seq: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    lease: Lease | None = None
+    lease_generation: int = 0
+
+
+# -- events -----------------------------------------------------------------
+
+
+class _Event(_Record):
+    seq: int
+    state: RunState
+    """The run's state after this event."""
+    trigger: str | None = None
+    """The machine trigger this event records, or None when the state did not change."""
+    at: datetime = Field(default_factory=utcnow)
+
+
+class CreatedEvent(_Event):
+    """The run's input: system prompt and task. Always seq 1, state PENDING."""
+
+    kind: Literal["created"] = "created"
+    messages: tuple[Message, ...]
+
+
+class TransitionEvent(_Event):
+    """A transition with no payload of its own (start, tools_done, resume)."""
+
+    kind: Literal["transition"] = "transition"
+
+
+class ModelResponseEvent(_Event):
+    """A model call's answer, recorded before anything else starts."""
+
+    kind: Literal["model_response"] = "model_response"
+    message: AssistantMessage
+    model: str
+    usage: Usage = Usage()
+    attempt: int = 1
+    latency_ms: float = 0.0
+    repeated: bool = False
+    """True when a crash lost a previous answer to this same call and it was made again."""
+
+
+class ModelAttemptFailedEvent(_Event):
+    """One failed attempt of a model call; the engine may retry."""
+
+    kind: Literal["model_attempt_failed"] = "model_attempt_failed"
+    attempt: int
+    error: ErrorInfo
+    retry_in: float | None = None
+
+
+class ToolStartedEvent(_Event):
+    """Intent: the tool call is about to start (DESIGN.md §3 rule 1)."""
+
+    kind: Literal["tool_started"] = "tool_started"
+    call_id: str
+    name: str
+    attempt: int = 1
+
+
+class ToolFinishedEvent(_Event):
+    """A tool call's result, durable before the next effect starts."""
+
+    kind: Literal["tool_finished"] = "tool_finished"
+    result: ToolResultMessage
+    duration_ms: float = 0.0
+
+
+class FailedEvent(_Event):
+    """The run stopped in ERROR; ``failed_state`` is where ``resume`` returns."""
+
+    kind: Literal["failed"] = "failed"
+    error: ErrorInfo
+    failed_state: RunState
+    call_id: str | None = None
+
+
+Event: TypeAlias = Annotated[
+    CreatedEvent
+    | TransitionEvent
+    | ModelResponseEvent
+    | ModelAttemptFailedEvent
+    | ToolStartedEvent
+    | ToolFinishedEvent
+    | FailedEvent,
+    Field(discriminator="kind"),
+]
+"""One entry of a run's append-only log; ``kind`` tells which."""
+
+
+class StoredRun(BaseModel):
+    """A run as loaded from a store: its header and every event in ``seq`` order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    header: RunHeader
+    events: tuple[Event, ...]
+
+
+# -- the one place of serialization ------------------------------------------
+
+_EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
+_VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
+
+
+def encode_event(event: Event) -> str:
+    """Serialize an event to compact JSON text."""
+    return event.model_dump_json()
+
+
+def encode_header(header: RunHeader) -> str:
+    """Serialize a header to compact JSON text."""
+    return header.model_dump_json()
+
+
+def _check_version(run_id: str, seq: int | None, data: object) -> None:
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise SchemaVersionError(run_id, seq, version, SCHEMA_VERSION)
+
+
+def decode_event(run_id: str, seq: int | None, text: str | bytes) -> Event:
+    """Parse one stored event, raising `CorruptRunError` naming ``run_id`` and ``seq``.
+
+    ``seq`` is where the store found the record (for the message); the event's
+    own ``seq`` must match it.
+    """
+    try:
+        event = _EVENT.validate_json(text)
+    except ValidationError as exc:
+        try:
+            raw = _VERSION_PROBE.validate_json(text)
+        except ValidationError:
+            raw = None
+        _check_version(run_id, seq, raw)
+        raise CorruptRunError(run_id, seq, _short(exc)) from exc
+    _check_version(run_id, seq, {"schema_version": event.schema_version})
+    if seq is not None and event.seq != seq:
+        raise CorruptRunError(run_id, seq, f"event says seq {event.seq}")
+    return event
+
+
+def decode_header(run_id: str, text: str | bytes) -> RunHeader:
+    """Parse a stored header, raising `CorruptRunError` naming ``run_id``."""
+    try:
+        header = RunHeader.model_validate_json(text)
+    except ValidationError as exc:
+        try:
+            raw = _VERSION_PROBE.validate_json(text)
+        except ValidationError:
+            raw = None
+        _check_version(run_id, None, raw)
+        raise CorruptRunError(run_id, None, _short(exc)) from exc
+    _check_version(run_id, None, {"schema_version": header.schema_version})
+    return header
+
+
+def _short(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{exc.error_count()} validation error(s), first at {where or '<root>'}: {first['msg']}"
