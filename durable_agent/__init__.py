@@ -1,1 +1,110 @@
-"""durable-agent: LLM agent runs that survive crashes, kills, timeouts and API errors."""
+"""durable-agent: LLM agent runs that survive crashes, kills, timeouts and API errors.
+
+A run is an explicit state machine (`RunState`); after every transition its
+event is appended to a store, so a run resumes where it stopped, in this
+process or another, without repeating a recorded model or tool call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from durable_agent.agent import Agent, DurabilityWarning, Task
+from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
+from durable_agent.engine import RetryPolicy
+from durable_agent.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    CorruptRunError,
+    DurableAgentError,
+    InvalidTransitionError,
+    LeaseLostError,
+    ModelError,
+    ModelHTTPError,
+    ModelNotAvailableError,
+    RunBusyError,
+    RunExistsError,
+    RunFailedError,
+    RunNotFoundError,
+    RunStateError,
+    SchemaVersionError,
+    ScriptExhaustedError,
+    StoreUnavailableError,
+    ToolArgumentsError,
+    ToolError,
+    ToolNotFoundError,
+    ToolRetry,
+)
+from durable_agent.fsm import RunState
+from durable_agent.models import ChatModel, ModelResponse, ToolDefinition
+from durable_agent.models.scripted import ScriptedFailure, ScriptedModel, ToolCall
+from durable_agent.registry import open_backend
+from durable_agent.run import RunOutput
+from durable_agent.tools import Tool, ToolContext, tool
+
+if TYPE_CHECKING:
+    from durable_agent.backends.memory import MemoryBackend
+    from durable_agent.backends.sqlite import SqliteBackend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "Backend",
+    "Capability",
+    "ChatModel",
+    "ConcurrentUpdateError",
+    "ConfigurationError",
+    "CorruptRunError",
+    "DurabilityWarning",
+    "DurableAgentError",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "LeaseOwner",
+    "MemoryBackend",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelNotAvailableError",
+    "ModelResponse",
+    "RetryPolicy",
+    "RunBusyError",
+    "RunExistsError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunOutput",
+    "RunPage",
+    "RunState",
+    "RunStateError",
+    "SchemaVersionError",
+    "ScriptExhaustedError",
+    "ScriptedFailure",
+    "ScriptedModel",
+    "SqliteBackend",
+    "StoreUnavailableError",
+    "Task",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolContext",
+    "ToolDefinition",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolRetry",
+    "open_backend",
+    "tool",
+]
+
+_LAZY = {
+    "MemoryBackend": "durable_agent.backends.memory",
+    "SqliteBackend": "durable_agent.backends.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Backends load their drivers (aiosqlite, ...) only when first named.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable_agent' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -36,7 +36,7 @@ __all__ = [
     "RunHeader",
     "StoredRun",
     "SystemMessage",
-    "ToolCall",
+    "ToolCallPart",
     "ToolFinishedEvent",
     "ToolResultMessage",
     "ToolStartedEvent",
@@ -71,7 +71,7 @@ class _Record(BaseModel):
 # -- messages ---------------------------------------------------------------
 
 
-class ToolCall(BaseModel):
+class ToolCallPart(BaseModel):
     """One tool call the model asked for: ``id`` is unique within the run."""
 
     model_config = ConfigDict(frozen=True)
@@ -100,7 +100,7 @@ class AssistantMessage(_Record):
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[ToolCallPart, ...] = ()
 
 
 class ToolResultMessage(_Record):

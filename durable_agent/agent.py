@@ -1,0 +1,314 @@
+"""`Agent` and `Task`: the public facade (the seed API).
+
+::
+
+    db = SqliteBackend(db_file="durable.db", session_id="s1", user_id="u1")
+    agent = Agent("openai/gpt-4o-mini", db=db, retry=1)
+    task = Task("What is 7 + 7? Reply with just the number.")
+    try:
+        result = await agent.do_async(task, return_output=True)
+    except Exception:
+        run_id = agent.last_run.run_id
+        result = await agent.continue_run_async(run_id=run_id, return_output=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Literal, TypeVar, overload
+
+from durable_agent.backend import Backend
+from durable_agent.engine import Engine, RetryPolicy, RunExecution
+from durable_agent.errors import (
+    ConfigurationError,
+    RunExistsError,
+    RunNotFoundError,
+    RunStateError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.models import ChatModel, resolve_model
+from durable_agent.records import Message, SystemMessage, UserMessage
+from durable_agent.run import RunOutput
+from durable_agent.tools import Tool, toolset
+
+__all__ = ["Agent", "DurabilityWarning", "Task"]
+
+_T = TypeVar("_T")
+
+
+class DurabilityWarning(UserWarning):
+    """Runs are kept somewhere that does not survive the process."""
+
+
+_warned_in_memory = False
+
+
+class Task:
+    """What to do: a description for the model, task-specific tools and an optional run id.
+
+    A caller-chosen ``run_id`` makes starting idempotent: doing a task whose run
+    already exists continues that run instead of starting another. After the
+    task starts, ``run_id`` holds the id of its run.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        run_id: str | None = None,
+    ) -> None:
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigurationError(
+                f"Task(description=...) must be a non-empty str, got {description!r}"
+            )
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+            raise ConfigurationError(f"Task(run_id=...) must be a non-empty str, got {run_id!r}")
+        self.description = description
+        self.tools = toolset(tools, owner="Task")
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"Task({self.description!r}, run_id={self.run_id!r})"
+
+
+class Agent:
+    """Runs tasks durably: every transition is stored before the next effect.
+
+    Args:
+        model: a ``"provider/model"`` string or a `ChatModel` (``ScriptedModel``
+            offline).
+        db: a `Backend`, a store URL such as ``"sqlite:///durable.db"``, or None
+            for an in-memory store that does not survive the process (warns).
+        retry: total attempts per model call (1 = no retry), or a `RetryPolicy`.
+        tools: functions or `Tool` objects the model may call in every task.
+        system_prompt: instructions stored at the start of every run.
+        name: recorded on each run this agent creates.
+        lease_ttl: seconds a crashed process on another host keeps a run locked.
+    """
+
+    def __init__(
+        self,
+        model: str | ChatModel,
+        *,
+        db: Backend | str | None = None,
+        retry: int | RetryPolicy = 3,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        system_prompt: str | None = None,
+        name: str = "agent",
+        lease_ttl: float = 30.0,
+    ) -> None:
+        if isinstance(model, str):
+            chat_model = resolve_model(model)
+        elif isinstance(model, ChatModel):
+            chat_model = model
+        else:
+            raise ConfigurationError(
+                f"Agent(model=...) must be a 'provider/model' string or a ChatModel, "
+                f"got {type(model).__name__}"
+            )
+        if isinstance(retry, bool) or not isinstance(retry, int | RetryPolicy):
+            raise ConfigurationError(
+                f"Agent(retry=...) must be an int or RetryPolicy, got {retry!r}"
+            )
+        policy = retry if isinstance(retry, RetryPolicy) else RetryPolicy(attempts=retry)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ConfigurationError("Agent(system_prompt=...) must be a str or None")
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"Agent(name=...) must be a non-empty str, got {name!r}")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
+            raise ConfigurationError(
+                f"Agent(lease_ttl=...) must be positive seconds, got {lease_ttl!r}"
+            )
+        self.db = self._open_db(db)
+        self.model = chat_model
+        self.tools = toolset(tools, owner="Agent")
+        self.system_prompt = system_prompt
+        self.name = name
+        self._engine = Engine(
+            backend=self.db,
+            model=chat_model,
+            retry=policy,
+            lease_ttl=float(lease_ttl),
+            agent_name=name,
+        )
+        self.last_run: RunOutput | None = None
+        """The outcome of the latest run this agent did or continued, failed ones included."""
+
+    @staticmethod
+    def _open_db(db: Backend | str | None) -> Backend:
+        global _warned_in_memory
+        if isinstance(db, Backend):
+            return db
+        if isinstance(db, str):
+            from durable_agent.registry import open_backend
+
+            return open_backend(db)
+        if db is None:
+            from durable_agent.backends.memory import MemoryBackend
+
+            if not _warned_in_memory:
+                _warned_in_memory = True
+                warnings.warn(
+                    "Agent(db=None) keeps runs in memory: they do not survive this process. "
+                    "Pass db='sqlite:///durable.db' (or a backend) for durable runs.",
+                    DurabilityWarning,
+                    stacklevel=3,
+                )
+            return MemoryBackend()
+        raise ConfigurationError(
+            f"Agent(db=...) must be a Backend, a store URL or None, got {type(db).__name__}"
+        )
+
+    @property
+    def _agent_run_output(self) -> RunOutput | None:
+        """Alias of `last_run`, kept for code written against the seed API."""
+        return self.last_run
+
+    # -- doing --------------------------------------------------------------
+
+    @overload
+    async def do_async(self, task: Task | str, *, return_output: Literal[True]) -> RunOutput: ...
+    @overload
+    async def do_async(
+        self, task: Task | str, *, return_output: Literal[False] = False
+    ) -> str | None: ...
+    @overload
+    async def do_async(self, task: Task | str, *, return_output: bool) -> Any: ...
+    async def do_async(self, task: Task | str, *, return_output: bool = False) -> Any:
+        """Run ``task`` to its final answer and return it (or the `RunOutput`).
+
+        If the task names a ``run_id`` that already exists, that run is
+        continued instead. A failure is recorded, then raised as
+        `RunFailedError`; `last_run` describes the run either way.
+        """
+        if isinstance(task, str):
+            task = Task(task)
+        elif not isinstance(task, Task):
+            raise ConfigurationError(
+                f"do_async() takes a Task or a str, got {type(task).__name__}"
+            )
+        if task.run_id is not None:
+            try:
+                await self.db.get_run(task.run_id)
+            except RunNotFoundError:
+                pass
+            else:
+                return await self._continue(task.run_id, task, return_output)
+        run_id = task.run_id or uuid.uuid4().hex
+        execution = self._engine.execution(run_id, self._tools_for(task))
+        messages: list[Message] = []
+        if self.system_prompt:
+            messages.append(SystemMessage(content=self.system_prompt))
+        messages.append(UserMessage(content=task.description))
+        try:
+            await execution.create(
+                messages, session_id=self.db.session_id, user_id=self.db.user_id
+            )
+        except RunExistsError:
+            # Another caller created this run id between our check and create.
+            return await self._continue(run_id, task, return_output)
+        task.run_id = run_id
+        return await self._drive(execution, return_output)
+
+    def do(self, task: Task | str, *, return_output: bool = False) -> Any:
+        """Synchronous twin of `do_async` (not from inside a running event loop)."""
+        return self._sync(self.do_async(task, return_output=return_output))
+
+    async def continue_run_async(
+        self,
+        *,
+        run_id: str | None = None,
+        task: Task | None = None,
+        return_output: bool = False,
+    ) -> Any:
+        """Continue a stored run, in this process or any other.
+
+        DONE returns the stored output without any model or tool call; ERROR
+        resumes at the state that failed; a run whose owner process died (or
+        whose lease expired) is taken over. A run another live process holds
+        raises `RunBusyError`; an unknown id `RunNotFoundError`.
+        """
+        if task is not None and not isinstance(task, Task):
+            raise ConfigurationError(f"continue_run_async(task=...) takes a Task, got {task!r}")
+        if run_id is None and task is not None:
+            run_id = task.run_id
+        if run_id is None:
+            raise ConfigurationError(
+                "continue_run_async() needs run_id=... or a task that has been started "
+                "(task.run_id is set once do_async starts it)"
+            )
+        if not isinstance(run_id, str):
+            raise ConfigurationError(f"run_id must be a str, got {type(run_id).__name__}")
+        return await self._continue(run_id, task, return_output)
+
+    def continue_run(
+        self, *, run_id: str | None = None, task: Task | None = None, return_output: bool = False
+    ) -> Any:
+        """Synchronous twin of `continue_run_async`."""
+        return self._sync(
+            self.continue_run_async(run_id=run_id, task=task, return_output=return_output)
+        )
+
+    async def get_run_async(self, run_id: str) -> RunOutput:
+        """Load a run's current outcome without running anything."""
+        execution = self._engine.execution(run_id, self.tools)
+        return RunOutput.from_context(await execution.load())
+
+    # -- internals ----------------------------------------------------------
+
+    def _tools_for(self, task: Task | None) -> dict[str, Tool]:
+        tools = dict(self.tools)
+        if task is not None:
+            tools.update(task.tools)
+        return tools
+
+    async def _continue(self, run_id: str, task: Task | None, return_output: bool) -> Any:
+        execution = self._engine.execution(run_id, self._tools_for(task))
+        ctx = await execution.load()
+        if task is not None:
+            task.run_id = run_id
+        match ctx.state:
+            case RunState.DONE:
+                return self._result(RunOutput.from_context(ctx), return_output)
+            case RunState.CANCELLED:
+                self.last_run = RunOutput.from_context(ctx)
+                raise RunStateError(run_id, ctx.state.value, "a cancelled run cannot be continued")
+            case RunState.WAITING:
+                self.last_run = RunOutput.from_context(ctx)
+                raise RunStateError(
+                    run_id,
+                    ctx.state.value,
+                    "it waits for a human decision, which this version cannot take yet",
+                )
+            case RunState.PENDING | RunState.MODEL_CALL | RunState.TOOL_EXEC | RunState.ERROR:
+                pass
+        await execution.acquire()
+        return await self._drive(execution, return_output)
+
+    async def _drive(self, execution: RunExecution, return_output: bool) -> Any:
+        try:
+            ctx = await execution.run()
+        finally:
+            if execution.ctx is not None:
+                self.last_run = RunOutput.from_context(execution.ctx)
+        return self._result(RunOutput.from_context(ctx), return_output)
+
+    def _result(self, output: RunOutput, return_output: bool) -> Any:
+        self.last_run = output
+        return output if return_output else output.output
+
+    @staticmethod
+    def _sync(coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        coro.close()
+        raise ConfigurationError(
+            "the synchronous do()/continue_run() cannot run inside an event loop; "
+            "await do_async()/continue_run_async() instead"
+        )

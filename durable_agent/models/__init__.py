@@ -1,0 +1,120 @@
+"""Chat models: the `ChatModel` contract and the model-string registry.
+
+A model is anything with one async `ChatModel.request` method taking the
+provider-neutral history and the tool definitions. Vendor adapters live one
+module per vendor and import their SDK lazily, so ``import durable_agent``
+imports no SDK; model strings such as ``"openai/gpt-4o-mini"`` resolve here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from durable_agent.errors import ConfigurationError, ModelNotAvailableError
+from durable_agent.records import AssistantMessage, JSONValue, Message, Usage
+
+__all__ = [
+    "ChatModel",
+    "ModelResponse",
+    "ToolDefinition",
+    "register_model_provider",
+    "resolve_model",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    """What a model is told about a tool: its name, description and JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, JSONValue]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse:
+    """One model answer with what it cost."""
+
+    message: AssistantMessage
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    request_id: str | None = None
+
+
+class ChatModel(ABC):
+    """The contract every model implements: one request, no retries of its own.
+
+    Retries belong to the engine (its ``retry`` policy is the only retry), so an
+    implementation raises on failure; a `durable_agent.errors.ModelError` with
+    ``retryable=True``, a `ConnectionError` or a `TimeoutError` is retried.
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """The model's name as recorded in each model-response event."""
+
+    @abstractmethod
+    async def request(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition]
+    ) -> ModelResponse:
+        """Send the whole history and return the model's next message."""
+
+
+_PROVIDERS: dict[str, str] = {
+    "openai": "durable_agent.models.openai:OpenAIModel",
+    "anthropic": "durable_agent.models.anthropic:AnthropicModel",
+}
+
+
+def register_model_provider(prefix: str, target: str) -> None:
+    """Make ``"<prefix>/<model>"`` strings build ``target`` (``"module:Class"``).
+
+    The class is imported only when such a string is resolved, and called with
+    the model name as its only argument. Refuses to replace a known prefix.
+    """
+    if prefix in _PROVIDERS and _PROVIDERS[prefix] != target:
+        raise ConfigurationError(
+            f"model provider {prefix!r} is already registered as {_PROVIDERS[prefix]!r}"
+        )
+    if ":" not in target:
+        raise ConfigurationError(f"provider target {target!r} must look like 'module:Class'")
+    _PROVIDERS[prefix] = target
+
+
+def resolve_model(spec: str) -> ChatModel:
+    """Build the model a ``"provider/model-name"`` string names.
+
+    Raises `ModelNotAvailableError` when the provider's adapter or SDK is not
+    installed, with the install command, and `ConfigurationError` for a string
+    that names no known provider.
+    """
+    prefix, sep, model_name = spec.partition("/")
+    if not sep or not model_name:
+        raise ConfigurationError(
+            f"model {spec!r} must look like 'provider/model-name' (known providers: "
+            f"{', '.join(sorted(_PROVIDERS))}) or be a ChatModel instance such as ScriptedModel"
+        )
+    target = _PROVIDERS.get(prefix)
+    if target is None:
+        raise ConfigurationError(
+            f"unknown model provider {prefix!r} in {spec!r}; known: "
+            f"{', '.join(sorted(_PROVIDERS))}, or register one with register_model_provider()"
+        )
+    module_name, _, class_name = target.partition(":")
+    if importlib.util.find_spec(module_name) is None:
+        raise ModelNotAvailableError(
+            f"model {spec!r}: the {prefix} adapter ({module_name}) is not available in this "
+            f"version of durable-agent; pass a ChatModel instance instead (for offline "
+            f"use: durable_agent.ScriptedModel)"
+        )
+    module = importlib.import_module(module_name)
+    factory = getattr(module, class_name)
+    model = factory(model_name)
+    if not isinstance(model, ChatModel):
+        raise ConfigurationError(f"{target} did not build a ChatModel for {spec!r}")
+    return model

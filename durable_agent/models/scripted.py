@@ -1,0 +1,147 @@
+"""`ScriptedModel`: a deterministic, offline chat model for tests, demos and examples.
+
+The answer for a turn is chosen by how many assistant messages the history
+already holds, not by a counter in the object, so a run resumed in a new
+process gets exactly the answers an uninterrupted run would have got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from durable_agent.errors import ConfigurationError, ScriptExhaustedError
+from durable_agent.models import ChatModel, ModelResponse, ToolDefinition
+from durable_agent.records import (
+    AssistantMessage,
+    JSONValue,
+    Message,
+    ToolCallPart,
+    Usage,
+    UserMessage,
+)
+
+__all__ = ["ScriptedFailure", "ScriptedModel", "ToolCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A script item: the model calls tool ``name`` with ``args``."""
+
+    name: str
+    args: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+ScriptItem = str | ToolCall | Sequence[ToolCall]
+"""A final answer, one tool call, or several tool calls made in one turn."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedFailure:
+    """Raise ``error`` on ``turn`` (0-based) for its first ``times`` attempts."""
+
+    turn: int
+    error: BaseException
+    times: int = 1
+
+
+class ScriptedModel(ChatModel):
+    """Answers from a fixed script, offline.
+
+    Args:
+        script: one item per turn: a `str` is a final answer, a `ToolCall` one
+            tool call, a list of `ToolCall` parallel calls in one turn.
+        delay: seconds to wait before answering: one number for every turn, or
+            one per turn.
+        failures: errors to raise on given turns, for their first attempts
+            (counted per conversation in this model object).
+        name: the model name recorded in the run's history.
+
+    ``calls`` counts the requests this object answered or failed.
+    """
+
+    def __init__(
+        self,
+        script: Sequence[ScriptItem],
+        *,
+        delay: float | Sequence[float] = 0.0,
+        failures: Sequence[ScriptedFailure] = (),
+        name: str = "scripted",
+    ) -> None:
+        if isinstance(script, str) or not isinstance(script, Sequence):
+            raise ConfigurationError("ScriptedModel(script=...) must be a list of turns")
+        self._script = [self._check_item(i, item) for i, item in enumerate(script)]
+        if isinstance(delay, int | float):
+            self._delays: list[float] = [float(delay)] * len(self._script)
+        else:
+            self._delays = [float(d) for d in delay]
+            if len(self._delays) != len(self._script):
+                raise ConfigurationError(
+                    f"ScriptedModel: {len(self._delays)} delays for {len(self._script)} turns"
+                )
+        self._failures = {f.turn: f for f in failures}
+        self._attempts: dict[tuple[int, str], int] = {}
+        self._name = name
+        self.calls = 0
+
+    @staticmethod
+    def _check_item(index: int, item: object) -> str | tuple[ToolCall, ...]:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, ToolCall):
+            return (item,)
+        if isinstance(item, Sequence) and item and all(isinstance(c, ToolCall) for c in item):
+            return tuple(c for c in item if isinstance(c, ToolCall))
+        raise ConfigurationError(
+            f"ScriptedModel script item {index} must be a str, a ToolCall or a non-empty "
+            f"list of ToolCall, got {item!r}"
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def request(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition]
+    ) -> ModelResponse:
+        self.calls += 1
+        turn = sum(1 for m in messages if m.role == "assistant")
+        if turn >= len(self._script):
+            raise ScriptExhaustedError(
+                f"ScriptedModel has {len(self._script)} turns; the conversation asks for "
+                f"turn {turn + 1}"
+            )
+        failure = self._failures.get(turn)
+        if failure is not None:
+            key = (turn, _conversation_key(messages))
+            seen = self._attempts.get(key, 0)
+            self._attempts[key] = seen + 1
+            if seen < failure.times:
+                raise failure.error
+        if self._delays[turn]:
+            await asyncio.sleep(self._delays[turn])
+        item = self._script[turn]
+        if isinstance(item, str):
+            message = AssistantMessage(content=item)
+        else:
+            message = AssistantMessage(
+                tool_calls=tuple(
+                    ToolCallPart(id=f"call_{turn}_{i}", name=c.name, arguments=dict(c.args))
+                    for i, c in enumerate(item)
+                )
+            )
+        prompt_chars = sum(len(getattr(m, "content", "") or "") for m in messages)
+        usage = Usage(
+            input_tokens=prompt_chars // 4 + 1,
+            output_tokens=len(message.model_dump_json()) // 4 + 1,
+            requests=1,
+        )
+        return ModelResponse(message=message, model=self._name, usage=usage)
+
+
+def _conversation_key(messages: Sequence[Message]) -> str:
+    """Identify a conversation by its first user message, so failures count per run."""
+    first = next((m.content for m in messages if isinstance(m, UserMessage)), "")
+    return hashlib.sha1(first.encode(), usedforsecurity=False).hexdigest()

@@ -1,0 +1,153 @@
+"""A run rebuilt from its events, and the `RunOutput` callers receive.
+
+`RunContext.apply` is the one fold from events to context: the engine applies
+each event after the store accepted it, and loading a run applies the stored
+events the same way, so a resumed run is the same object an uninterrupted one
+would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from durable_agent.fsm import RunState, restore_state
+from durable_agent.records import (
+    AssistantMessage,
+    CreatedEvent,
+    ErrorInfo,
+    Event,
+    FailedEvent,
+    Message,
+    ModelAttemptFailedEvent,
+    ModelResponseEvent,
+    RunHeader,
+    StoredRun,
+    ToolCallPart,
+    ToolFinishedEvent,
+    ToolStartedEvent,
+    TransitionEvent,
+    Usage,
+)
+
+__all__ = ["RunContext", "RunOutput"]
+
+
+@dataclass
+class RunContext:
+    """Everything the engine needs to decide a run's next step."""
+
+    run_id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    state: RunState = RunState.PENDING
+    seq: int = 0
+    failed_state: RunState | None = None
+    messages: list[Message] = field(default_factory=list)
+    pending_calls: dict[str, ToolCallPart] = field(default_factory=dict)
+    """Tool calls of the last model answer that have no recorded result, in order."""
+    calls_seq: int = 0
+    """The seq of the model answer that asked for ``pending_calls`` (idempotency keys)."""
+    call_attempts: dict[str, int] = field(default_factory=dict)
+    """How many intents each pending call has recorded."""
+    output: str | None = None
+    error: ErrorInfo | None = None
+    usage: Usage = field(default_factory=Usage)
+    events: int = 0
+
+    @classmethod
+    def from_stored(cls, stored: StoredRun) -> RunContext:
+        """Rebuild a run from its header and events, checking the stored state."""
+        header = stored.header
+        ctx = cls(run_id=header.run_id, session_id=header.session_id, user_id=header.user_id)
+        ctx.apply_all(stored.events)
+        # The header's state is denormalized from the last event; the log wins.
+        restore_state(ctx.state.value)
+        return ctx
+
+    @classmethod
+    def from_header(cls, header: RunHeader) -> RunContext:
+        """An empty context for a run about to be created."""
+        return cls(run_id=header.run_id, session_id=header.session_id, user_id=header.user_id)
+
+    def apply_all(self, events: Iterable[Event]) -> None:
+        """Apply events in order."""
+        for event in events:
+            self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into the context (the only place events change a context)."""
+        self.seq = event.seq
+        self.state = event.state
+        self.events += 1
+        match event:
+            case CreatedEvent():
+                self.messages.extend(event.messages)
+            case ModelResponseEvent():
+                self.messages.append(event.message)
+                self.usage = self.usage + event.usage
+                self.pending_calls = {c.id: c for c in event.message.tool_calls}
+                self.call_attempts = {}
+                self.calls_seq = event.seq
+                self.failed_state = None
+                self.error = None
+                if event.state is RunState.DONE:
+                    self.output = event.message.content or ""
+            case ToolStartedEvent():
+                self.call_attempts[event.call_id] = event.attempt
+            case ToolFinishedEvent():
+                self.messages.append(event.result)
+                self.pending_calls.pop(event.result.call_id, None)
+            case FailedEvent():
+                self.failed_state = event.failed_state
+                self.error = event.error
+            case ModelAttemptFailedEvent():
+                self.usage = self.usage + Usage(requests=1)
+            case TransitionEvent():
+                if event.trigger == "resume":
+                    self.error = None
+
+    @property
+    def last_answer(self) -> AssistantMessage | None:
+        """The most recent assistant message, if any."""
+        for message in reversed(self.messages):
+            if isinstance(message, AssistantMessage):
+                return message
+        return None
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a run produced, or where it stands.
+
+    ``output`` is the final answer once ``state`` is DONE. ``error`` is the
+    recorded failure while the run is in ERROR; ``failed_state`` is where a
+    continue resumes. ``history_length`` counts the stored events.
+    """
+
+    run_id: str
+    state: RunState
+    output: str | None
+    messages: tuple[Message, ...]
+    usage: Usage
+    error: ErrorInfo | None
+    failed_state: RunState | None
+    history_length: int
+    session_id: str | None = None
+    user_id: str | None = None
+
+    @classmethod
+    def from_context(cls, ctx: RunContext) -> RunOutput:
+        """Snapshot a context."""
+        return cls(
+            run_id=ctx.run_id,
+            state=ctx.state,
+            output=ctx.output,
+            messages=tuple(ctx.messages),
+            usage=ctx.usage,
+            error=ctx.error,
+            failed_state=ctx.failed_state,
+            history_length=ctx.events,
+            session_id=ctx.session_id,
+            user_id=ctx.user_id,
+        )

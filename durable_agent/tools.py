@@ -1,0 +1,161 @@
+"""Tools: plain sync or async functions with type hints.
+
+The JSON schema a model sees is built by pydantic from the signature, and the
+model's arguments are validated against it before the function runs. A tool
+that wants to know which call it is serving (for an idempotency key) declares
+a parameter annotated `ToolContext`; it is filled in and hidden from the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic_core import to_json
+
+from durable_agent.errors import ConfigurationError, ToolArgumentsError
+from durable_agent.models import ToolDefinition
+from durable_agent.records import JSONValue
+
+__all__ = ["Tool", "ToolContext", "tool", "toolset"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may know about the call it serves.
+
+    ``idempotency_key`` is ``run_id:seq:call_id``: the same on every execution
+    of one call, including a re-run after a crash (at-least-once), so a tool
+    with outside effects can pass it on to make them exactly-once.
+    """
+
+    run_id: str
+    call_id: str
+    idempotency_key: str
+    attempt: int
+
+
+class Tool:
+    """A function the model may call, with its schema and validator."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        if not callable(function):
+            raise ConfigurationError(f"a tool must be a function, got {function!r}")
+        self.function = function
+        self.name: str = name or str(getattr(function, "__name__", ""))
+        if not self.name.isidentifier():
+            raise ConfigurationError(f"tool name {self.name!r} must be an identifier")
+        self.description = description or inspect.getdoc(function) or ""
+        self.is_async = inspect.iscoroutinefunction(function)
+        self._ctx_param, self._arguments = self._build_arguments_model(function)
+        schema = self._arguments.model_json_schema()
+        schema.pop("title", None)
+        self.parameters = cast(dict[str, JSONValue], schema)
+
+    def _build_arguments_model(
+        self, function: Callable[..., Any]
+    ) -> tuple[str | None, type[BaseModel]]:
+        try:
+            hints = get_type_hints(function)
+        except Exception as exc:  # a forward reference that cannot resolve, say
+            raise ConfigurationError(f"tool {self.name!r}: cannot read type hints: {exc}") from exc
+        ctx_param: str | None = None
+        fields: dict[str, Any] = {}
+        for param in inspect.signature(function).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigurationError(
+                    f"tool {self.name!r}: *args and **kwargs cannot be described to a model"
+                )
+            hint = hints.get(param.name)
+            if hint is ToolContext:
+                ctx_param = param.name
+                continue
+            if hint is None:
+                raise ConfigurationError(
+                    f"tool {self.name!r}: parameter {param.name!r} needs a type hint so the "
+                    "model can be told its type"
+                )
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (hint, default)
+        model = create_model(
+            f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        return ctx_param, cast(type[BaseModel], model)
+
+    def definition(self) -> ToolDefinition:
+        """The name, description and JSON schema sent to the model."""
+        return ToolDefinition(self.name, self.description, self.parameters)
+
+    def validate(self, arguments: Mapping[str, JSONValue]) -> dict[str, Any]:
+        """Validate the model's arguments; `ToolArgumentsError` says what is wrong."""
+        try:
+            parsed = self._arguments.model_validate(dict(arguments))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {problems}"
+            ) from exc
+        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+
+    async def call(self, arguments: Mapping[str, JSONValue], ctx: ToolContext) -> str:
+        """Validate, run the function and return its result as text for the model.
+
+        A sync function runs in a worker thread so parallel calls overlap and
+        the event loop stays free.
+        """
+        kwargs = self.validate(arguments)
+        if self._ctx_param is not None:
+            kwargs[self._ctx_param] = ctx
+        if self.is_async:
+            result = await cast(Callable[..., Awaitable[Any]], self.function)(**kwargs)
+        else:
+            result = await asyncio.to_thread(self.function, **kwargs)
+        return result if isinstance(result, str) else to_json(result).decode()
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+
+@overload
+def tool(function: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[
+    [Callable[..., Any]], Tool
+]: ...
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Decorate a function as a `Tool` (plain functions are accepted by Agent too)."""
+    if function is not None:
+        return Tool(function, name=name, description=description)
+    return lambda f: Tool(f, name=name, description=description)
+
+
+def toolset(items: Iterable[Tool | Callable[..., Any]], *, owner: str) -> dict[str, Tool]:
+    """Turn functions and tools into a name → `Tool` map, refusing duplicate names."""
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise ConfigurationError(f"{owner}(tools=...) must be a list of functions or Tools")
+    tools: dict[str, Tool] = {}
+    for item in items:
+        t = item if isinstance(item, Tool) else Tool(item)
+        if t.name in tools and tools[t.name] is not t:
+            raise ConfigurationError(f"{owner}: two tools are named {t.name!r}")
+        tools[t.name] = t
+    return tools
