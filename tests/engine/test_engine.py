@@ -318,7 +318,7 @@ def test_a_dead_owner_on_this_host_is_taken_over_at_once(store: StoreFactory) ->
     import subprocess
     import sys
 
-    agent, ledger, model, task = _fail_then(store)
+    _, ledger, model, task = _fail_then(store)
     assert task.run_id is not None
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # reaped: its pid names no live process

@@ -102,7 +102,7 @@ def test_failed_fire_leaves_the_state_alone() -> None:
 
 def test_restore_state_checks_the_name() -> None:
     assert restore_state("TOOL_EXEC") is RunState.TOOL_EXEC
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="SLEEPING"):
         restore_state("SLEEPING")
 
 
