@@ -20,6 +20,7 @@ from durable_agent.records import AssistantMessage, JSONValue, Message, Usage
 __all__ = [
     "ChatModel",
     "ModelResponse",
+    "OutputSchema",
     "ToolDefinition",
     "register_model_provider",
     "resolve_model",
@@ -33,6 +34,20 @@ class ToolDefinition:
     name: str
     description: str
     parameters: dict[str, JSONValue]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSchema:
+    """Structured output the final answer must match: a JSON schema with a name.
+
+    Adapters pass it on in the provider's own way (OpenAI: a strict
+    ``json_schema`` response format; Anthropic: a forced tool) and return the
+    JSON text as the assistant message's ``content``.
+    """
+
+    name: str
+    schema: dict[str, JSONValue]
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +75,17 @@ class ChatModel(ABC):
 
     @abstractmethod
     async def request(
-        self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition]
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
     ) -> ModelResponse:
-        """Send the whole history and return the model's next message."""
+        """Send the whole history and return the model's next message.
+
+        With ``output_schema`` the final answer (a message without tool calls)
+        must be JSON text matching it; the engine validates it.
+        """
 
 
 _PROVIDERS: dict[str, str] = {

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from durable_agent.errors import ConfigurationError, ScriptExhaustedError
-from durable_agent.models import ChatModel, ModelResponse, ToolDefinition
+from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.records import (
     AssistantMessage,
     JSONValue,
@@ -104,7 +104,11 @@ class ScriptedModel(ChatModel):
         return self._name
 
     async def request(
-        self, messages: Sequence[Message], *, tools: Sequence[ToolDefinition]
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
     ) -> ModelResponse:
         self.calls += 1
         turn = sum(1 for m in messages if m.role == "assistant")
