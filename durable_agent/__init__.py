@@ -19,9 +19,13 @@ from durable_agent.errors import (
     DurableAgentError,
     InvalidTransitionError,
     LeaseLostError,
+    ModelConnectionError,
     ModelError,
     ModelHTTPError,
     ModelNotAvailableError,
+    ModelResponseError,
+    ModelTimeoutError,
+    OutputValidationError,
     RunBusyError,
     RunExistsError,
     RunFailedError,
@@ -36,7 +40,7 @@ from durable_agent.errors import (
     ToolRetry,
 )
 from durable_agent.fsm import RunState
-from durable_agent.models import ChatModel, ModelResponse, ToolDefinition
+from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models.scripted import ScriptedFailure, ScriptedModel, ToolCall
 from durable_agent.registry import open_backend
 from durable_agent.run import RunOutput
@@ -62,10 +66,15 @@ __all__ = [
     "LeaseLostError",
     "LeaseOwner",
     "MemoryBackend",
+    "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
     "ModelNotAvailableError",
     "ModelResponse",
+    "ModelResponseError",
+    "ModelTimeoutError",
+    "OutputSchema",
+    "OutputValidationError",
     "RetryPolicy",
     "RunBusyError",
     "RunExistsError",

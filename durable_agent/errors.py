@@ -18,6 +18,10 @@ The tree::
     ├── ModelError                                   a chat model failed
     │   ├── ModelNotAvailableError (ImportError)     a model string whose adapter is missing
     │   ├── ModelHTTPError                           an HTTP status from a provider
+    │   ├── ModelConnectionError (ConnectionError)   no answer: refused, reset, broken body
+    │   ├── ModelTimeoutError (TimeoutError)         the per-call timeout passed
+    │   ├── ModelResponseError                       an answer that cannot be used
+    │   ├── OutputValidationError                    structured output failed validation
     │   └── ScriptExhaustedError                     a ScriptedModel asked for a turn it lacks
     └── ToolError                                    a tool could not be called
         ├── ToolNotFoundError                        the model named a tool the agent lacks
@@ -36,9 +40,13 @@ __all__ = [
     "DurableAgentError",
     "InvalidTransitionError",
     "LeaseLostError",
+    "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
     "ModelNotAvailableError",
+    "ModelResponseError",
+    "ModelTimeoutError",
+    "OutputValidationError",
     "RunBusyError",
     "RunExistsError",
     "RunFailedError",
@@ -213,6 +221,31 @@ class ModelHTTPError(ModelError):
             else status_code in (408, 409, 429) or status_code >= 500
         )
         super().__init__(f"HTTP {status_code}: {message}")
+
+
+class ModelConnectionError(ModelError, ConnectionError):
+    """The provider could not be reached or the connection broke; retryable."""
+
+    retryable = True
+
+
+class ModelTimeoutError(ModelError, TimeoutError):
+    """A model call outlasted its timeout; retryable."""
+
+    retryable = True
+
+
+class ModelResponseError(ModelError):
+    """The provider's answer cannot be used: malformed (retryable) or refused / cut off at a
+    token limit (not retryable; the message says which limit or filter)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class OutputValidationError(ModelError):
+    """The final answer did not match the task's ``response_format``."""
 
 
 class ScriptExhaustedError(ModelError):
