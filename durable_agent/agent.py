@@ -15,10 +15,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import uuid
 import warnings
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, TypeVar, overload
+
+from pydantic import BaseModel
 
 from durable_agent.backend import Backend
 from durable_agent.engine import Engine, RetryPolicy, RunExecution
@@ -30,8 +34,8 @@ from durable_agent.errors import (
 )
 from durable_agent.fsm import RunState
 from durable_agent.models import ChatModel, resolve_model
-from durable_agent.records import Message, SystemMessage, UserMessage
-from durable_agent.run import RunOutput
+from durable_agent.records import Message, OutputFormat, SystemMessage, UserMessage
+from durable_agent.run import RunContext, RunOutput
 from durable_agent.tools import Tool, toolset
 
 __all__ = ["Agent", "DurabilityWarning", "Task"]
@@ -52,6 +56,10 @@ class Task:
     A caller-chosen ``run_id`` makes starting idempotent: doing a task whose run
     already exists continues that run instead of starting another. After the
     task starts, ``run_id`` holds the id of its run.
+
+    With ``response_format`` (a pydantic model class) the final answer must be
+    JSON matching it; an answer that fails validation is sent back to the model
+    within the retry budget, and ``do_async`` returns the model instance.
     """
 
     def __init__(
@@ -60,7 +68,14 @@ class Task:
         *,
         tools: Iterable[Tool | Callable[..., Any]] = (),
         run_id: str | None = None,
+        response_format: type[BaseModel] | None = None,
     ) -> None:
+        if response_format is not None and not (
+            isinstance(response_format, type) and issubclass(response_format, BaseModel)
+        ):
+            raise ConfigurationError(
+                f"Task(response_format=...) must be a pydantic model class, got {response_format!r}"
+            )
         if not isinstance(description, str) or not description.strip():
             raise ConfigurationError(
                 f"Task(description=...) must be a non-empty str, got {description!r}"
@@ -70,6 +85,18 @@ class Task:
         self.description = description
         self.tools = toolset(tools, owner="Task")
         self.run_id = run_id
+        self.response_format = response_format
+
+    def output_format(self) -> OutputFormat | None:
+        """The stored form of ``response_format``: its name and JSON schema."""
+        cls = self.response_format
+        if cls is None:
+            return None
+        return OutputFormat(
+            name=cls.__name__,
+            json_schema=cls.model_json_schema(),
+            description=inspect.getdoc(cls) or "",
+        )
 
     def __repr__(self) -> str:
         return f"Task({self.description!r}, run_id={self.run_id!r})"
@@ -199,14 +226,17 @@ class Agent:
             else:
                 return await self._continue(task.run_id, task, return_output)
         run_id = task.run_id or uuid.uuid4().hex
-        execution = self._engine.execution(run_id, self._tools_for(task))
+        execution = self._execution(run_id, task)
         messages: list[Message] = []
         if self.system_prompt:
             messages.append(SystemMessage(content=self.system_prompt))
         messages.append(UserMessage(content=task.description))
         try:
             await execution.create(
-                messages, session_id=self.db.session_id, user_id=self.db.user_id
+                messages,
+                session_id=self.db.session_id,
+                user_id=self.db.user_id,
+                output_format=task.output_format(),
             )
         except RunExistsError:
             # Another caller created this run id between our check and create.
@@ -260,20 +290,21 @@ class Agent:
 
     # -- internals ----------------------------------------------------------
 
-    def _tools_for(self, task: Task | None) -> dict[str, Tool]:
+    def _execution(self, run_id: str, task: Task | None) -> RunExecution:
         tools = dict(self.tools)
         if task is not None:
             tools.update(task.tools)
-        return tools
+        output_type = task.response_format if task is not None else None
+        return self._engine.execution(run_id, tools, output_type=output_type)
 
     async def _continue(self, run_id: str, task: Task | None, return_output: bool) -> Any:
-        execution = self._engine.execution(run_id, self._tools_for(task))
+        execution = self._execution(run_id, task)
         ctx = await execution.load()
         if task is not None:
             task.run_id = run_id
         match ctx.state:
             case RunState.DONE:
-                return self._result(RunOutput.from_context(ctx), return_output)
+                return self._result(execution, ctx, return_output)
             case RunState.CANCELLED:
                 self.last_run = RunOutput.from_context(ctx)
                 raise RunStateError(run_id, ctx.state.value, "a cancelled run cannot be continued")
@@ -295,11 +326,17 @@ class Agent:
         finally:
             if execution.ctx is not None:
                 self.last_run = RunOutput.from_context(execution.ctx)
-        return self._result(RunOutput.from_context(ctx), return_output)
+        return self._result(execution, ctx, return_output)
 
-    def _result(self, output: RunOutput, return_output: bool) -> Any:
+    def _result(self, execution: RunExecution, ctx: RunContext, return_output: bool) -> Any:
+        output = RunOutput.from_context(ctx)
+        if execution.output_type is not None and output.output is not None:
+            parsed = execution.output_type.model_validate_json(output.output)
+            output = dataclasses.replace(output, parsed=parsed)
         self.last_run = output
-        return output if return_output else output.output
+        if return_output:
+            return output
+        return output.parsed if output.parsed is not None else output.output
 
     @staticmethod
     def _sync(coro: Coroutine[Any, Any, _T]) -> _T:

@@ -20,6 +20,7 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -29,10 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     ConfigurationError,
     ModelError,
+    OutputValidationError,
     RunBusyError,
     RunFailedError,
     RunStateError,
@@ -40,7 +44,7 @@ from durable_agent.errors import (
     ToolRetry,
 )
 from durable_agent.fsm import RunState, next_state
-from durable_agent.models import ChatModel
+from durable_agent.models import ChatModel, OutputSchema
 from durable_agent.records import (
     CreatedEvent,
     ErrorInfo,
@@ -50,12 +54,15 @@ from durable_agent.records import (
     Message,
     ModelAttemptFailedEvent,
     ModelResponseEvent,
+    OutputFormat,
+    OutputRejectedEvent,
     RunHeader,
     ToolCallPart,
     ToolFinishedEvent,
     ToolResultMessage,
     ToolStartedEvent,
     TransitionEvent,
+    UserMessage,
 )
 from durable_agent.run import RunContext
 from durable_agent.tools import Tool, ToolContext
@@ -155,18 +162,36 @@ class Engine:
             self._owner = LeaseOwner.current()
         return self._owner
 
-    def execution(self, run_id: str, tools: Mapping[str, Tool]) -> RunExecution:
-        """A handle to create or resume ``run_id`` with ``tools``."""
-        return RunExecution(self, run_id, tools)
+    def execution(
+        self,
+        run_id: str,
+        tools: Mapping[str, Tool],
+        *,
+        output_type: type[BaseModel] | None = None,
+    ) -> RunExecution:
+        """A handle to create or resume ``run_id`` with ``tools``.
+
+        ``output_type`` validates a structured final answer; without it a run
+        that has an output format only checks that the answer is JSON.
+        """
+        return RunExecution(self, run_id, tools, output_type=output_type)
 
 
 class RunExecution:
     """One attempt to drive one run while holding its lease."""
 
-    def __init__(self, engine: Engine, run_id: str, tools: Mapping[str, Tool]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: str,
+        tools: Mapping[str, Tool],
+        *,
+        output_type: type[BaseModel] | None = None,
+    ) -> None:
         self.engine = engine
         self.run_id = run_id
         self.tools = tools
+        self.output_type = output_type
         self.ctx: RunContext | None = None
         self.lease: Lease | None = None
         self.loaded_seq = 0
@@ -183,7 +208,12 @@ class RunExecution:
     # -- opening ------------------------------------------------------------
 
     async def create(
-        self, messages: Sequence[Message], *, session_id: str | None, user_id: str | None
+        self,
+        messages: Sequence[Message],
+        *,
+        session_id: str | None,
+        user_id: str | None,
+        output_format: OutputFormat | None = None,
     ) -> None:
         """Store a new run in PENDING with its input, holding its lease from the start."""
         owner = self.engine.owner
@@ -206,7 +236,9 @@ class RunExecution:
             lease=lease,
             lease_generation=1,
         )
-        event = CreatedEvent(seq=1, state=RunState.PENDING, messages=tuple(messages))
+        event = CreatedEvent(
+            seq=1, state=RunState.PENDING, messages=tuple(messages), output_format=output_format
+        )
         await self.backend.create_run(header, [event])
         ctx = RunContext.from_header(header)
         ctx.apply(event)
@@ -329,13 +361,17 @@ class RunExecution:
     async def _model_step(self, ctx: RunContext) -> None:
         engine = self.engine
         definitions = [t.definition() for t in self.tools.values()]
+        fmt = ctx.output_format
+        schema = OutputSchema(fmt.name, fmt.json_schema, fmt.description) if fmt else None
         repeated, self._resumed_in_model_call = self._resumed_in_model_call, False
         attempt = 1
         while True:
             started = time.perf_counter()
             try:
                 async with self._keepalive():
-                    response = await engine.model.request(tuple(ctx.messages), tools=definitions)
+                    response = await engine.model.request(
+                        tuple(ctx.messages), tools=definitions, output_schema=schema
+                    )
             except Exception as exc:
                 info = ErrorInfo.from_exception(exc)
                 if is_retryable(exc) and attempt < engine.retry.attempts:
@@ -364,8 +400,33 @@ class RunExecution:
             }
             calls = response.message.tool_calls
             if not calls:
-                await self._append((ModelResponseEvent, "final_answer", answer))
-                return
+                problem = self._check_output(ctx, response.message.content)
+                if problem is None:
+                    await self._append((ModelResponseEvent, "final_answer", answer))
+                    return
+                info = ErrorInfo.from_exception(problem)
+                if attempt < engine.retry.attempts:
+                    # Within the retry budget the model sees why its answer was refused.
+                    feedback = UserMessage(
+                        content=f"Your answer does not match the required output format: "
+                        f"{problem}. Answer again with only JSON that matches the schema."
+                    )
+                    await self._append(
+                        (OutputRejectedEvent, None, {
+                            "message": response.message, "feedback": feedback, "error": info,
+                            "model": response.model, "usage": response.usage,
+                            "attempt": attempt,
+                        })
+                    )
+                    attempt += 1
+                    continue
+                await self._append(
+                    (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
+                )
+                raise RunFailedError(
+                    ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
+                    f"the final answer failed validation after {attempt} attempt(s): {problem}",
+                ) from problem
             # The intents ride in the same atomic append as the answer that asks
             # for the calls: one write instead of two, and rule 1 still holds
             # because the calls start only after this append returns.
@@ -375,6 +436,28 @@ class RunExecution:
             )
             self._live_intents.update(c.id for c in calls)
             return
+
+    def _check_output(self, ctx: RunContext, content: str | None) -> Exception | None:
+        """Return why ``content`` is not an acceptable final answer, or None."""
+        if ctx.output_format is None:
+            return None
+        text = content or ""
+        try:
+            if self.output_type is not None:
+                self.output_type.model_validate_json(text)
+            else:
+                json.loads(text)
+        except ValidationError as exc:
+            return OutputValidationError(
+                f"{exc.error_count()} error(s): "
+                + "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+            )
+        except ValueError as exc:
+            return OutputValidationError(f"not JSON: {exc}")
+        return None
 
     async def _tool_step(self, ctx: RunContext) -> None:
         calls = list(ctx.pending_calls.values())

@@ -33,6 +33,8 @@ __all__ = [
     "Message",
     "ModelAttemptFailedEvent",
     "ModelResponseEvent",
+    "OutputFormat",
+    "OutputRejectedEvent",
     "RunHeader",
     "StoredRun",
     "SystemMessage",
@@ -209,11 +211,22 @@ class _Event(_Record):
     at: datetime = Field(default_factory=utcnow)
 
 
+class OutputFormat(BaseModel):
+    """The structured output a run's final answer must match, kept with the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    json_schema: dict[str, JSONValue]
+    description: str = ""
+
+
 class CreatedEvent(_Event):
     """The run's input: system prompt and task. Always seq 1, state PENDING."""
 
     kind: Literal["created"] = "created"
     messages: tuple[Message, ...]
+    output_format: OutputFormat | None = None
 
 
 class TransitionEvent(_Event):
@@ -261,6 +274,21 @@ class ToolFinishedEvent(_Event):
     duration_ms: float = 0.0
 
 
+class OutputRejectedEvent(_Event):
+    """A final answer that failed structured-output validation, and the feedback sent back.
+
+    The run stays in MODEL_CALL; the next model call sees both messages.
+    """
+
+    kind: Literal["output_rejected"] = "output_rejected"
+    message: AssistantMessage
+    feedback: UserMessage
+    error: ErrorInfo
+    model: str
+    usage: Usage = Usage()
+    attempt: int = 1
+
+
 class FailedEvent(_Event):
     """The run stopped in ERROR; ``failed_state`` is where ``resume`` returns."""
 
@@ -277,6 +305,7 @@ Event: TypeAlias = Annotated[
     | ModelAttemptFailedEvent
     | ToolStartedEvent
     | ToolFinishedEvent
+    | OutputRejectedEvent
     | FailedEvent,
     Field(discriminator="kind"),
 ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from durable_agent.fsm import RunState, restore_state
 from durable_agent.records import (
     AssistantMessage,
@@ -21,6 +23,8 @@ from durable_agent.records import (
     Message,
     ModelAttemptFailedEvent,
     ModelResponseEvent,
+    OutputFormat,
+    OutputRejectedEvent,
     RunHeader,
     StoredRun,
     ToolCallPart,
@@ -54,6 +58,7 @@ class RunContext:
     error: ErrorInfo | None = None
     usage: Usage = field(default_factory=Usage)
     events: int = 0
+    output_format: OutputFormat | None = None
 
     @classmethod
     def from_stored(cls, stored: StoredRun) -> RunContext:
@@ -83,6 +88,7 @@ class RunContext:
         match event:
             case CreatedEvent():
                 self.messages.extend(event.messages)
+                self.output_format = event.output_format
             case ModelResponseEvent():
                 self.messages.append(event.message)
                 self.usage = self.usage + event.usage
@@ -101,6 +107,9 @@ class RunContext:
             case FailedEvent():
                 self.failed_state = event.failed_state
                 self.error = event.error
+            case OutputRejectedEvent():
+                self.messages.extend((event.message, event.feedback))
+                self.usage = self.usage + event.usage
             case ModelAttemptFailedEvent():
                 self.usage = self.usage + Usage(requests=1)
             case TransitionEvent():
@@ -122,7 +131,8 @@ class RunOutput:
 
     ``output`` is the final answer once ``state`` is DONE. ``error`` is the
     recorded failure while the run is in ERROR; ``failed_state`` is where a
-    continue resumes. ``history_length`` counts the stored events.
+    continue resumes. ``history_length`` counts the stored events. ``parsed``
+    is the structured answer when the task had a ``response_format``.
     """
 
     run_id: str
@@ -135,6 +145,8 @@ class RunOutput:
     history_length: int
     session_id: str | None = None
     user_id: str | None = None
+    parsed: BaseModel | None = None
+    """The final answer as the task's ``response_format`` instance, when it has one."""
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> RunOutput:
