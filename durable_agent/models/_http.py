@@ -1,0 +1,268 @@
+"""What the vendor adapters share: error classification, Retry-After, keys, clients.
+
+The adapters (`durable_agent.models.openai`, `durable_agent.models.anthropic`)
+translate their SDK's exceptions into ours at the boundary; this module holds
+the provider-neutral half of that translation, so both classify a status code,
+read a ``Retry-After`` and word a "what to fix" message the same way. No SDK is
+imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import os
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, Generic, TypeVar
+
+from durable_agent.errors import (
+    ConfigurationError,
+    ModelHTTPError,
+    ModelNotAvailableError,
+    ModelResponseError,
+)
+from durable_agent.records import JSONValue
+
+__all__ = [
+    "LoopClients",
+    "check_timeout",
+    "describe_cause",
+    "http_error",
+    "install_hint",
+    "parse_arguments",
+    "provider_message",
+    "require_api_key",
+    "retry_after_seconds",
+    "safe_name",
+    "scrub",
+]
+
+C = TypeVar("C")
+
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 529})
+"""Besides every 5xx: timeouts, conflicts, rate limits and Anthropic's overload."""
+
+_WHAT_TO_FIX: Final[dict[int, str]] = {
+    400: "the request was rejected as invalid; retrying sends the same request, so fix it "
+    "(model name, tool schemas, output schema or message history)",
+    401: "authentication failed: check the API key in {key_env} (or pass api_key=...)",
+    402: "payment required: check the billing of the account behind the API key",
+    403: "permission denied: the API key may not use model {model!r}; check its project, "
+    "organization and permissions",
+    404: "not found: check the model name {model!r} and the base URL {base_url}",
+    413: "the request is too large: shorten the conversation or the tool results",
+    422: "the request could not be processed: fix its parameters",
+}
+
+
+def install_hint(package: str, extra: str) -> ModelNotAvailableError:
+    """The error for a missing vendor SDK, with the exact install command."""
+    return ModelNotAvailableError(
+        f"the {package!r} package is not installed; install it with "
+        f'pip install "durable-agent[{extra}]"'
+    )
+
+
+def require_api_key(explicit: str | None, *, env_var: str, owner: str) -> str:
+    """The API key from ``explicit`` or ``env_var``; `ConfigurationError` when neither is set.
+
+    Checked when the model is built, so a missing key fails before any run starts.
+    """
+    key = explicit if explicit is not None else os.environ.get(env_var)
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigurationError(
+            f"{owner} needs an API key: set the {env_var} environment variable or pass "
+            f"api_key=...; a local server that ignores keys still needs a non-empty one"
+        )
+    return key
+
+
+def check_timeout(timeout: object, owner: str) -> float:
+    """A positive, finite per-call timeout in seconds."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigurationError(f"{owner}: timeout must be positive seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced: keys never reach the store."""
+    if secret and len(secret) >= 4:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
+def safe_name(name: str, *, limit: int = 64) -> str:
+    """``name`` restricted to the ``[a-zA-Z0-9_-]`` both APIs accept for names and ids."""
+    cleaned = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:limit]
+    return cleaned or "_"
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The wait a response asks for: ``retry-after-ms``, or ``Retry-After`` seconds or date.
+
+    Returns None when no header is present or parseable; never a negative number.
+    """
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(value):
+                return max(value, 0.0)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(raw)
+        if parsed is None:
+            return None
+        value = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+    return max(value, 0.0) if math.isfinite(value) else None
+
+
+def provider_message(body: object, fallback: str) -> str:
+    """The human-readable message of an error body (``{"error": {"message": ...}}`` shapes)."""
+    current = body
+    for _ in range(2):
+        if isinstance(current, Mapping):
+            message = current.get("message")
+            if isinstance(message, str) and message:
+                return message[:500]
+            current = current.get("error")
+    return fallback[:500]
+
+
+def http_error(
+    *,
+    provider: str,
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    request_id: str | None,
+    model: str,
+    base_url: str,
+    key_env: str,
+    secret: str | None,
+) -> ModelHTTPError:
+    """Our `ModelHTTPError` for an HTTP error status, classified and worded.
+
+    408, 409, 429, 529 and every 5xx are retryable (the engine's retry policy
+    then honours ``Retry-After``); every other status is not, and the message
+    says what to fix.
+    """
+    retryable = status in RETRYABLE_STATUSES or status >= 500
+    said = scrub(message, secret)
+    if retryable:
+        text = f"{provider} answered {status} ({said}); retryable"
+    else:
+        hint = _WHAT_TO_FIX.get(
+            status, "the provider refused the request; retrying would not help"
+        ).format(key_env=key_env, model=model, base_url=base_url)
+        text = f"{provider} refused the request ({said}); {hint}"
+    return ModelHTTPError(
+        status,
+        text,
+        retryable=retryable,
+        request_id=request_id,
+        retry_after=retry_after_seconds(headers) if retryable else None,
+    )
+
+
+def describe_cause(exc: BaseException) -> str:
+    """The lowest cause of a connection failure, as ``Type: message``."""
+    cause: BaseException = exc
+    seen: set[int] = set()
+    while cause.__cause__ is not None and id(cause.__cause__) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__
+    text = str(cause) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}"[:300]
+
+
+def parse_arguments(raw: str, *, provider: str, tool: str) -> dict[str, JSONValue]:
+    """Tool-call arguments sent as JSON text; a model that sent something else may retry."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ModelResponseError(
+            f"{provider} model sent arguments for tool {tool!r} that are not JSON; retryable",
+            retryable=True,
+        ) from exc
+    if not isinstance(value, dict):
+        raise ModelResponseError(
+            f"{provider} model sent arguments for tool {tool!r} that are not a JSON object; "
+            "retryable",
+            retryable=True,
+        )
+    return value
+
+
+class LoopClients(Generic[C]):
+    """One SDK client per event loop, closed when that loop shuts down.
+
+    An SDK client pools connections that belong to the loop they were opened
+    on, and the synchronous ``agent.do()`` runs every call under a fresh
+    ``asyncio.run()``. So each loop gets its own client, and a small task that
+    only waits is parked on that loop: ``asyncio.run`` cancels it at shutdown,
+    and it closes the client there, before the loop is gone (no unclosed
+    sockets, no ``ResourceWarning``).
+    """
+
+    def __init__(self, factory: Callable[[], C], close: Callable[[C], Awaitable[None]]) -> None:
+        self._factory = factory
+        self._close = close
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> C:
+        """The running loop's client, built on first use."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._factory()
+            self._clients[loop] = client
+            self._keepers[loop] = loop.create_task(
+                self._close_at_shutdown(loop, client), name="durable-agent: SDK client keeper"
+            )
+        return client
+
+    async def _close_at_shutdown(self, loop: asyncio.AbstractEventLoop, client: C) -> None:
+        try:
+            await loop.create_future()
+        finally:
+            if self._clients.get(loop) is client:
+                del self._clients[loop]
+            await self._close(client)
+
+    async def aclose(self) -> None:
+        """Close the running loop's client now (a new one is built on next use)."""
+        loop = asyncio.get_running_loop()
+        keeper = self._keepers.pop(loop, None)
+        if keeper is not None and not keeper.done():
+            keeper.cancel()
+            try:
+                await keeper
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise

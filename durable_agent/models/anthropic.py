@@ -1,0 +1,368 @@
+"""`AnthropicModel`: the Messages API through the official ``anthropic`` SDK.
+
+The SDK is imported when this module is, and this module only when a model
+string such as ``"anthropic/claude-haiku-4-5"`` is resolved or
+`AnthropicModel` is imported, so ``import durable_agent`` never pays for it.
+
+The SDK's own retries are off (``max_retries=0``): the engine's ``retry`` is the
+only retry. SDK exceptions are translated here into `durable_agent.errors`
+types, chained with ``from exc``.
+
+Mapping the provider-neutral history: system messages go to the ``system``
+parameter; tool calls become ``tool_use`` blocks and tool results
+``tool_result`` blocks (with ``is_error``) in a user turn, consecutive turns of
+one role merged into one message, as the API wants them.
+
+Structured output goes through a tool whose input schema is the output schema:
+with no other tools it is forced (``tool_choice`` names it); with other tools
+it is offered beside them with ``tool_choice`` ``any``, so the model may call
+tools first but cannot end with free text, and a call to it is the final
+answer. Its input becomes the assistant message's content, as JSON text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from durable_agent.errors import (
+    ConfigurationError,
+    ModelConnectionError,
+    ModelError,
+    ModelResponseError,
+    ModelTimeoutError,
+)
+from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.models._http import (
+    LoopClients,
+    check_timeout,
+    describe_cause,
+    http_error,
+    install_hint,
+    provider_message,
+    require_api_key,
+    safe_name,
+    scrub,
+)
+from durable_agent.records import (
+    AssistantMessage,
+    JSONValue,
+    Message,
+    SystemMessage,
+    ToolCallPart,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
+
+try:
+    import anthropic
+    from anthropic.types import Message as AnthropicMessage
+except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
+    raise install_hint("anthropic", "anthropic") from _missing
+
+if TYPE_CHECKING:
+    from anthropic.types import MessageParam, ToolChoiceParam, ToolParam
+
+__all__ = ["AnthropicModel"]
+
+_PROVIDER = "Anthropic"
+_KEY_ENV = "ANTHROPIC_API_KEY"
+_DEFAULT_OUTPUT_DESCRIPTION = "Give the final answer in this shape. Call this only to finish."
+
+
+class AnthropicModel(ChatModel):
+    """A chat model served by the Anthropic Messages API.
+
+    Args:
+        model: the model name, such as ``"claude-haiku-4-5"``.
+        api_key: the API key; defaults to the ``ANTHROPIC_API_KEY`` environment
+            variable. A missing key raises `ConfigurationError` here, before any run.
+        base_url: the API root (``https://api.anthropic.com`` by default, or the
+            ``ANTHROPIC_BASE_URL`` environment variable).
+        timeout: seconds one request may take in total; a timeout is retryable.
+        headers: extra HTTP headers sent with every request.
+        client: a ready ``anthropic.AsyncAnthropic``; its retries are turned
+            off, and ``api_key``/``base_url``/``headers`` are not used.
+        max_tokens: the output token limit of each answer (the API requires one).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+        headers: Mapping[str, str] | None = None,
+        client: anthropic.AsyncAnthropic | None = None,
+        max_tokens: int = 1024,
+    ) -> None:
+        owner = f"AnthropicModel({model!r})"
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigurationError(f"{owner}: max_tokens must be a positive int")
+        self.model = model
+        self.timeout = check_timeout(timeout, owner)
+        self.max_tokens = max_tokens
+        self._headers = dict(headers or {})
+        self._base_url = base_url
+        if client is not None:
+            # with_options copies the client (sharing its connection pool) with
+            # retries off: the engine's policy must be the only retry.
+            ready = client.with_options(max_retries=0)
+            self._secret: str | None = ready.api_key or ready.auth_token or None
+            self._clients: LoopClients[anthropic.AsyncAnthropic] | None = None
+            self._fixed: anthropic.AsyncAnthropic | None = ready
+        else:
+            self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
+            self._clients = LoopClients(self._new_client, _close_client)
+            self._fixed = None
+
+    def _new_client(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=self._secret,
+            base_url=self._base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            default_headers=self._headers or None,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.model!r})"
+
+    @property
+    def name(self) -> str:
+        return f"anthropic/{self.model}"
+
+    def _client(self) -> anthropic.AsyncAnthropic:
+        if self._fixed is not None:
+            return self._fixed
+        assert self._clients is not None
+        return self._clients.get()
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP connections (reopened on the next request)."""
+        if self._clients is not None:
+            await self._clients.aclose()
+
+    async def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> ModelResponse:
+        client = self._client()
+        system, turns = to_anthropic_messages(messages)
+        options: dict[str, Any] = {}
+        if system:
+            options["system"] = system
+        offered = _tools(tools)
+        output_tool: str | None = None
+        if output_schema is not None:
+            output_tool = _output_tool_name(output_schema, tools)
+            offered.append(
+                {
+                    "name": output_tool,
+                    "description": output_schema.description or _DEFAULT_OUTPUT_DESCRIPTION,
+                    "input_schema": output_schema.schema,
+                }
+            )
+            choice: dict[str, object] = (
+                {"type": "any"} if tools else {"type": "tool", "name": output_tool}
+            )
+            options["tool_choice"] = cast("ToolChoiceParam", choice)
+        if offered:
+            options["tools"] = cast("list[ToolParam]", offered)
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await client.messages.create(
+                    model=self.model,
+                    max_tokens=self.max_tokens,
+                    messages=turns,
+                    timeout=self.timeout,
+                    **options,
+                )
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
+        except anthropic.APIStatusError as exc:
+            raise http_error(
+                provider=_PROVIDER,
+                status=exc.status_code,
+                message=provider_message(exc.body, exc.message),
+                headers=exc.response.headers,
+                request_id=exc.request_id,
+                model=self.model,
+                base_url=str(client.base_url),
+                key_env=_KEY_ENV,
+                secret=self._secret,
+            ) from exc
+        except anthropic.APITimeoutError as exc:
+            raise self._timeout_error() from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelConnectionError(
+                f"{_PROVIDER} could not be reached at {client.base_url} "
+                f"({describe_cause(exc)}); retryable"
+            ) from exc
+        except anthropic.APIResponseValidationError as exc:
+            raise _malformed(scrub(exc.message, self._secret)) from exc
+        except json.JSONDecodeError as exc:
+            raise _malformed(f"the body is not JSON ({exc})") from exc
+        except anthropic.AnthropicError as exc:
+            raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
+        if not isinstance(answer, AnthropicMessage):
+            raise _malformed(f"expected a message, got {type(answer).__name__}")
+        return self._answer(answer, output_tool)
+
+    def _timeout_error(self) -> ModelTimeoutError:
+        return ModelTimeoutError(
+            f"{_PROVIDER} model {self.model!r} did not answer within {self.timeout:g} s "
+            f"(AnthropicModel timeout={self.timeout:g}); retryable"
+        )
+
+    def _answer(self, answer: AnthropicMessage, output_tool: str | None) -> ModelResponse:
+        """Turn a message into ours; stop reasons that end a run raise."""
+        try:
+            blocks = list(answer.content)
+            stop = answer.stop_reason
+            usage = answer.usage
+        except (AttributeError, TypeError) as exc:
+            raise _malformed("no content in the answer") from exc
+        where = f"{_PROVIDER} model {self.model!r}"
+        texts = [b.text for b in blocks if b.type == "text"]
+        if stop == "max_tokens":
+            raise ModelResponseError(
+                f"{where} stopped at max_tokens={self.max_tokens} before finishing "
+                "(stop_reason 'max_tokens'); pass a larger AnthropicModel(max_tokens=...) or "
+                "ask for a shorter answer"
+            )
+        if stop == "model_context_window_exceeded":
+            raise ModelResponseError(
+                f"{where} stopped: the conversation fills its context window "
+                "(stop_reason 'model_context_window_exceeded'); shorten the history"
+            )
+        if stop == "refusal":
+            said = " ".join(texts).strip()
+            raise ModelResponseError(
+                f"{where} refused to answer (stop_reason 'refusal')"
+                + (f": {said[:300]}" if said else "")
+            )
+        calls: list[ToolCallPart] = []
+        final: str | None = None
+        for block in blocks:
+            if block.type != "tool_use":
+                continue
+            if not isinstance(block.input, dict):
+                raise _malformed(f"tool {block.name!r} input is not a JSON object")
+            arguments = cast("dict[str, JSONValue]", block.input)
+            if block.name == output_tool:
+                if final is None:
+                    final = json.dumps(arguments)
+            else:
+                calls.append(ToolCallPart(id=block.id, name=block.name, arguments=arguments))
+        if calls:
+            # Tool calls beside the output tool: the tools run first and the
+            # model answers again, so the early output call is dropped unseen.
+            content = "\n".join(texts) or None
+        elif final is not None:
+            content = final
+        else:
+            content = "\n".join(texts)
+        input_tokens = (
+            usage.input_tokens
+            + (usage.cache_creation_input_tokens or 0)
+            + (usage.cache_read_input_tokens or 0)
+        )
+        return ModelResponse(
+            message=AssistantMessage(content=content, tool_calls=tuple(calls)),
+            model=f"anthropic/{answer.model or self.model}",
+            usage=Usage(input_tokens=input_tokens, output_tokens=usage.output_tokens, requests=1),
+            request_id=answer._request_id or answer.id or None,
+        )
+
+
+async def _close_client(client: anthropic.AsyncAnthropic) -> None:
+    await client.close()
+
+
+def _malformed(detail: str) -> ModelResponseError:
+    return ModelResponseError(
+        f"{_PROVIDER} sent an answer that cannot be read: {detail}; retryable", retryable=True
+    )
+
+
+def _output_tool_name(output: OutputSchema, tools: Sequence[ToolDefinition]) -> str:
+    taken = {t.name for t in tools}
+    name = safe_name(output.name, limit=120)
+    while name in taken:
+        name += "_output"
+    return name
+
+
+def _tools(tools: Sequence[ToolDefinition]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for tool in tools:
+        item: dict[str, object] = {"name": tool.name, "input_schema": tool.parameters}
+        if tool.description:
+            item["description"] = tool.description
+        out.append(item)
+    return out
+
+
+def _tool_id(call_id: str) -> str:
+    # Tool-use ids must match [a-zA-Z0-9_-]+; ids recorded from another provider
+    # are mapped the same way in the tool_use and its tool_result.
+    return safe_name(call_id, limit=128)
+
+
+def to_anthropic_messages(
+    messages: Sequence[Message],
+) -> tuple[str, list[MessageParam]]:
+    """The provider-neutral history as a ``system`` text and Messages API turns."""
+    system: list[str] = []
+    turns: list[tuple[str, list[dict[str, object]]]] = []
+
+    def add(role: str, blocks: list[dict[str, object]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
+        else:
+            turns.append((role, blocks))
+
+    for message in messages:
+        match message:
+            case SystemMessage():
+                system.append(message.content)
+            case UserMessage():
+                add("user", [{"type": "text", "text": message.content}])
+            case AssistantMessage():
+                blocks: list[dict[str, object]] = []
+                if message.content and message.content.strip():
+                    blocks.append({"type": "text", "text": message.content})
+                blocks.extend(
+                    {
+                        "type": "tool_use",
+                        "id": _tool_id(call.id),
+                        "name": call.name,
+                        "input": call.arguments,
+                    }
+                    for call in message.tool_calls
+                )
+                add("assistant", blocks)
+            case ToolResultMessage():
+                add(
+                    "user",
+                    [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": _tool_id(message.call_id),
+                            "content": message.content,
+                            "is_error": message.is_error,
+                        }
+                    ],
+                )
+    params = [{"role": role, "content": blocks} for role, blocks in turns]
+    return "\n\n".join(system), cast("list[MessageParam]", params)

@@ -1,0 +1,357 @@
+"""`OpenAIModel`: the Chat Completions API through the official ``openai`` SDK.
+
+Chat Completions (not the Responses API), so any OpenAI-compatible server
+works through ``base_url``. The SDK is imported when this module is, and this
+module only when a model string such as ``"openai/gpt-4o-mini"`` is resolved or
+`OpenAIModel` is imported, so ``import durable_agent`` never pays for it.
+
+The SDK's own retries are off (``max_retries=0``): the engine's ``retry`` is the
+only retry, and every failed attempt is recorded in the run's history. SDK
+exceptions are translated here into `durable_agent.errors` types, chained with
+``from exc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from durable_agent.errors import (
+    ModelConnectionError,
+    ModelError,
+    ModelResponseError,
+    ModelTimeoutError,
+)
+from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.models._http import (
+    LoopClients,
+    check_timeout,
+    describe_cause,
+    http_error,
+    install_hint,
+    parse_arguments,
+    provider_message,
+    require_api_key,
+    safe_name,
+    scrub,
+)
+from durable_agent.records import (
+    AssistantMessage,
+    JSONValue,
+    Message,
+    SystemMessage,
+    ToolCallPart,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
+
+try:
+    import openai
+    from openai.types.chat import ChatCompletion
+except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
+    raise install_hint("openai", "openai") from _missing
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
+    from openai.types.chat.completion_create_params import ResponseFormat
+
+__all__ = ["OpenAIModel"]
+
+_PROVIDER = "OpenAI"
+_KEY_ENV = "OPENAI_API_KEY"
+ERROR_PREFIX = "Error: "
+"""Put before an error tool result's text: Chat Completions has no error flag."""
+
+
+class OpenAIModel(ChatModel):
+    """A chat model served by the OpenAI Chat Completions API (or a compatible server).
+
+    Args:
+        model: the model name, such as ``"gpt-4o-mini"``.
+        api_key: the API key; defaults to the ``OPENAI_API_KEY`` environment
+            variable. A missing key raises `ConfigurationError` here, before any run.
+        base_url: the API root (``https://api.openai.com/v1`` by default, or the
+            ``OPENAI_BASE_URL`` environment variable).
+        timeout: seconds one request may take in total; a timeout is retryable.
+        headers: extra HTTP headers sent with every request.
+        client: a ready ``openai.AsyncOpenAI``; its retries are turned off, and
+            ``api_key``/``base_url``/``headers`` are not used.
+        max_tokens: an output token limit sent as ``max_completion_tokens``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+        headers: Mapping[str, str] | None = None,
+        client: openai.AsyncOpenAI | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        owner = f"OpenAIModel({model!r})"
+        self.model = model
+        self.timeout = check_timeout(timeout, owner)
+        self.max_tokens = max_tokens
+        self._headers = dict(headers or {})
+        self._base_url = base_url
+        if client is not None:
+            # with_options copies the client (sharing its connection pool) with
+            # retries off: the engine's policy must be the only retry.
+            ready = client.with_options(max_retries=0)
+            self._secret: str | None = ready.api_key or None
+            self._clients: LoopClients[openai.AsyncOpenAI] | None = None
+            self._fixed: openai.AsyncOpenAI | None = ready
+        else:
+            self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
+            self._clients = LoopClients(self._new_client, _close_client)
+            self._fixed = None
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=self._secret,
+            base_url=self._base_url,
+            timeout=self.timeout,
+            max_retries=0,
+            default_headers=self._headers or None,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self.model!r})"
+
+    @property
+    def name(self) -> str:
+        return f"openai/{self.model}"
+
+    def _client(self) -> openai.AsyncOpenAI:
+        if self._fixed is not None:
+            return self._fixed
+        assert self._clients is not None
+        return self._clients.get()
+
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP connections (reopened on the next request)."""
+        if self._clients is not None:
+            await self._clients.aclose()
+
+    async def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> ModelResponse:
+        client = self._client()
+        options: dict[str, Any] = {}
+        if tools:
+            options["tools"] = _tools(tools)
+        if output_schema is not None:
+            options["response_format"] = response_format(output_schema)
+        if self.max_tokens is not None:
+            options["max_completion_tokens"] = self.max_tokens
+        try:
+            async with asyncio.timeout(self.timeout):
+                completion = await client.chat.completions.create(
+                    model=self.model,
+                    messages=to_openai_messages(messages),
+                    timeout=self.timeout,
+                    **options,
+                )
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
+        except openai.APIStatusError as exc:
+            raise http_error(
+                provider=_PROVIDER,
+                status=exc.status_code,
+                message=provider_message(exc.body, exc.message),
+                headers=exc.response.headers,
+                request_id=exc.request_id,
+                model=self.model,
+                base_url=self._where(client),
+                key_env=_KEY_ENV,
+                secret=self._secret,
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise self._timeout_error() from exc
+        except openai.APIConnectionError as exc:
+            raise ModelConnectionError(
+                f"{_PROVIDER} could not be reached at {self._where(client)} "
+                f"({describe_cause(exc)}); retryable"
+            ) from exc
+        except openai.APIResponseValidationError as exc:
+            raise _malformed(scrub(exc.message, self._secret)) from exc
+        except json.JSONDecodeError as exc:
+            raise _malformed(f"the body is not JSON ({exc})") from exc
+        except openai.OpenAIError as exc:
+            raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
+        if not isinstance(completion, ChatCompletion):
+            raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
+        return self._answer(completion)
+
+    def _timeout_error(self) -> ModelTimeoutError:
+        return ModelTimeoutError(
+            f"{_PROVIDER} model {self.model!r} did not answer within {self.timeout:g} s "
+            f"(OpenAIModel timeout={self.timeout:g}); retryable"
+        )
+
+    @staticmethod
+    def _where(client: openai.AsyncOpenAI) -> str:
+        url = client.base_url
+        return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
+
+    def _answer(self, completion: ChatCompletion) -> ModelResponse:
+        """Turn a completion into our message; stop reasons that end a run raise."""
+        try:
+            choice = completion.choices[0]
+            reply = choice.message
+            finish = choice.finish_reason
+            calls = list(reply.tool_calls or ())
+            content = reply.content
+            refusal = reply.refusal
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise _malformed("no choices[0].message in the answer") from exc
+        where = f"{_PROVIDER} model {self.model!r}"
+        if refusal:
+            raise ModelResponseError(f"{where} refused to answer: {refusal[:300]}")
+        if finish == "length":
+            limit = (
+                f"max_tokens={self.max_tokens} (OpenAIModel(max_tokens=...))"
+                if self.max_tokens is not None
+                else "the model's output token limit"
+            )
+            raise ModelResponseError(
+                f"{where} stopped at {limit} before finishing (finish_reason 'length'); "
+                "raise the limit or ask for a shorter answer"
+            )
+        if finish == "content_filter":
+            raise ModelResponseError(
+                f"{where} withheld its answer: the provider's content filter stopped it "
+                "(finish_reason 'content_filter')"
+            )
+        parts: list[ToolCallPart] = []
+        for call in calls:
+            if call.type != "function":
+                raise ModelResponseError(
+                    f"{where} made a {call.type!r} tool call, which durable-agent does not support"
+                )
+            parts.append(
+                ToolCallPart(
+                    id=call.id,
+                    name=call.function.name,
+                    arguments=parse_arguments(
+                        call.function.arguments, provider=_PROVIDER, tool=call.function.name
+                    ),
+                )
+            )
+        usage = completion.usage
+        return ModelResponse(
+            message=AssistantMessage(content=content, tool_calls=tuple(parts)),
+            model=f"openai/{completion.model or self.model}",
+            usage=Usage(
+                input_tokens=usage.prompt_tokens if usage else 0,
+                output_tokens=usage.completion_tokens if usage else 0,
+                requests=1,
+            ),
+            request_id=completion._request_id or completion.id or None,
+        )
+
+
+async def _close_client(client: openai.AsyncOpenAI) -> None:
+    await client.close()
+
+
+def _malformed(detail: str) -> ModelResponseError:
+    return ModelResponseError(
+        f"{_PROVIDER} sent an answer that cannot be read: {detail}; retryable", retryable=True
+    )
+
+
+def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    """The provider-neutral history as Chat Completions messages."""
+    out: list[dict[str, object]] = []
+    for message in messages:
+        match message:
+            case SystemMessage():
+                out.append({"role": "system", "content": message.content})
+            case UserMessage():
+                out.append({"role": "user", "content": message.content})
+            case AssistantMessage():
+                item: dict[str, object] = {"role": "assistant", "content": message.content}
+                if message.tool_calls:
+                    item["tool_calls"] = [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {
+                                "name": call.name,
+                                "arguments": json.dumps(call.arguments),
+                            },
+                        }
+                        for call in message.tool_calls
+                    ]
+                out.append(item)
+            case ToolResultMessage():
+                content = message.content
+                if message.is_error and not content.startswith(ERROR_PREFIX):
+                    content = ERROR_PREFIX + content
+                out.append({"role": "tool", "tool_call_id": message.call_id, "content": content})
+    return cast("list[ChatCompletionMessageParam]", out)
+
+
+def _tools(tools: Sequence[ToolDefinition]) -> list[ChatCompletionToolUnionParam]:
+    out: list[dict[str, object]] = []
+    for tool in tools:
+        function: dict[str, object] = {"name": tool.name, "parameters": tool.parameters}
+        if tool.description:
+            function["description"] = tool.description
+        out.append({"type": "function", "function": function})
+    return cast("list[ChatCompletionToolUnionParam]", out)
+
+
+def response_format(output: OutputSchema) -> ResponseFormat:
+    """A ``json_schema`` response format; strict when the schema allows it.
+
+    Strict mode needs every object to list all its properties as required and
+    to forbid others. ``additionalProperties: false`` is added where it is
+    missing; a schema with optional properties is sent non-strict rather than
+    changed in meaning (the engine validates the answer either way).
+    """
+    schema, strict = _strict_schema(output.schema)
+    spec: dict[str, object] = {
+        "name": safe_name(output.name),
+        "schema": schema if strict else output.schema,
+        "strict": strict,
+    }
+    if output.description:
+        spec["description"] = output.description
+    return cast("ResponseFormat", {"type": "json_schema", "json_schema": spec})
+
+
+def _strict_schema(schema: dict[str, JSONValue]) -> tuple[dict[str, JSONValue], bool]:
+    ok = True
+
+    def walk(node: JSONValue) -> JSONValue:
+        nonlocal ok
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        copy = {key: walk(value) for key, value in node.items()}
+        properties = copy.get("properties")
+        if copy.get("type") == "object" or isinstance(properties, dict):
+            if copy.get("additionalProperties", False) is not False:
+                ok = False
+            copy["additionalProperties"] = False
+            names = set(properties) if isinstance(properties, dict) else set()
+            required = copy.get("required", [])
+            if not isinstance(required, list) or names != set(required):
+                ok = False
+        return copy
+
+    walked = walk(schema)
+    assert isinstance(walked, dict)
+    return walked, ok
