@@ -1,0 +1,563 @@
+"""Durability proven with real processes killed by SIGKILL (DESIGN.md §3).
+
+Each case starts the run of `tests/crash/child.py` in a child process that is
+SIGKILLed at one exact point: after each durable write, inside each tool call
+(between its intent and its result) and inside each model call. A new process
+then continues the run once, and the test checks what DESIGN.md §3 promises:
+
+* the resumed run ends DONE with the same answer and transcript as an
+  uninterrupted run, and its stored log is the log at the kill plus new events,
+  ``seq`` 1..N without gap or duplicate;
+* a tool call whose result was recorded ran exactly once; the call in flight at
+  the kill ran at most twice, with one idempotency key; a call with no intent
+  at the kill never ran in the dead process (intent before effect);
+* a model answer that was recorded is never asked for again; only a request in
+  flight at the kill is repeated;
+* the new process takes over from the dead owner at once (same host, pid gone)
+  instead of waiting out the 30 s lease, and releases the lease at the end.
+
+Effects are counted in fsynced ledger files, so the dead process's count
+survives it. Cases run in parallel, each in its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.fsm import RunState
+from durable_agent.records import (
+    ModelResponseEvent,
+    StoredRun,
+    ToolFinishedEvent,
+    ToolStartedEvent,
+)
+from durable_agent.run import RunContext
+from tests.crash.child import (
+    CITIES,
+    LEASE_TTL,
+    MODEL_TURNS,
+    ChildArgs,
+    ChildResult,
+    read_ledger,
+)
+
+CHILD = Path(__file__).with_name("child.py")
+RUN_ID = "crash-run"
+PARALLEL = 4
+"""Child processes at once: most of a child's life is interpreter start-up."""
+CHILD_TIMEOUT = 20.0
+QUICK_TAKEOVER = LEASE_TTL / 6
+"""A resume slower than this (5 s of a 30 s lease) has waited for the lease."""
+
+
+# -- running children -----------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A child process that has exited (and been reaped)."""
+
+    args: ChildArgs
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+    @property
+    def result(self) -> ChildResult | None:
+        lines = self.stdout.strip().splitlines()
+        if self.returncode != 0 or not lines:
+            return None
+        parsed: ChildResult = json.loads(lines[-1])
+        return parsed
+
+    def describe(self) -> str:
+        result = self.result
+        if result is not None and result["error"] is not None:
+            error = result["error"]
+            return (
+                f"pid {self.pid} ({self.args['mode']}) raised {error['type']}: "
+                f"{error['message']}\n{error['traceback'][-3000:]}"
+            )
+        return (
+            f"pid {self.pid} ({self.args['mode']}) exited {self.returncode}\n"
+            f"stdout: {self.stdout.strip()[-2000:]}\nstderr: {self.stderr.strip()[-3000:]}"
+        )
+
+
+def spawn(args: ChildArgs) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], args: ChildArgs, timeout: float = CHILD_TIMEOUT) -> Child:
+    """Wait for ``proc`` (killing it if it hangs), reap it and describe how it ended."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        stderr += f"\n[test] killed after hanging for {timeout} s"
+    return Child(args, proc.pid, proc.returncode, stdout, stderr)
+
+
+def run_child(args: ChildArgs) -> Child:
+    return finish(spawn(args), args)
+
+
+def with_args(args: ChildArgs, **changes: Any) -> ChildArgs:
+    return cast(ChildArgs, {**args, **changes})
+
+
+def load(db: Path, run_id: str = RUN_ID) -> StoredRun:
+    async def read() -> StoredRun:
+        async with SqliteBackend(db) as store:
+            return await store.load_run(run_id)
+
+    return asyncio.run(read())
+
+
+def seqs_of(stored: StoredRun) -> list[int]:
+    return [e.seq for e in stored.events]
+
+
+def transcript(stored: StoredRun) -> list[dict[str, Any]]:
+    """The run's messages; results of one parallel turn sorted by call id (order is free)."""
+    messages = [m.model_dump(mode="json") for m in RunContext.from_stored(stored).messages]
+    out: list[dict[str, Any]] = []
+    tools: list[dict[str, Any]] = []
+    for message in [*messages, None]:
+        if message is not None and message["role"] == "tool":
+            tools.append(message)
+            continue
+        out.extend(sorted(tools, key=lambda m: m["call_id"]))
+        tools = []
+        if message is not None:
+            out.append(message)
+    return out
+
+
+def in_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+# -- the uninterrupted run --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What an uninterrupted run of the child's script does."""
+
+    output: str
+    writes: int
+    write_seqs: list[list[int]]
+    transcript: list[dict[str, Any]]
+    call_ids: frozenset[str]
+    events: int
+    ledger: list[dict[str, Any]]
+    model_calls: int
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    where = tmp_path_factory.mktemp("baseline")
+    args = ChildArgs(
+        db=str(where / "runs.db"), run_id=RUN_ID, mode="start", ledger=str(where / "ledger")
+    )
+    child = run_child(args)
+    result = child.result
+    assert result is not None, child.describe()
+    assert result["error"] is None, child.describe()
+    assert result["state"] == RunState.DONE.value
+    assert result["output"]
+    stored = load(Path(args["db"]))
+    calls = frozenset(e.result.call_id for e in stored.events if isinstance(e, ToolFinishedEvent))
+    return Baseline(
+        output=result["output"],
+        writes=result["writes"],
+        write_seqs=result["write_seqs"],
+        transcript=transcript(stored),
+        call_ids=calls,
+        events=len(stored.events),
+        ledger=read_ledger(Path(args["ledger"])),
+        model_calls=result["model_calls"],
+    )
+
+
+def test_the_uninterrupted_run_makes_every_effect_once_in_numbered_writes(
+    baseline: Baseline,
+) -> None:
+    assert baseline.writes == len(baseline.write_seqs)
+    # Each model answer and each tool result is durable before the next effect
+    # starts, so each needs a write of its own: the kill tests below cover at
+    # least that many points.
+    assert baseline.writes >= MODEL_TURNS + len(CITIES)
+    flat = [s for write in baseline.write_seqs for s in write]
+    assert flat == list(range(1, baseline.events + 1)), "each event is written exactly once"
+    assert len(baseline.call_ids) == len(CITIES)
+    tools = Counter(e["city"] for e in baseline.ledger if e["kind"] == "tool")
+    assert tools == Counter(dict.fromkeys(CITIES, 1))
+    turns = Counter(e["turn"] for e in baseline.ledger if e["kind"] == "model")
+    assert turns == Counter(dict.fromkeys(range(MODEL_TURNS), 1))
+    assert baseline.model_calls == MODEL_TURNS
+
+
+# -- one kill, one resume ------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One kill point: how the first process dies, and what is expected of the dead."""
+
+    name: str
+    kill: dict[str, Any]
+    model_in_flight: bool = False
+    """Whether the dead process had a model request in flight (not yet answered)."""
+    tool_in_flight: str | None = None
+    """The city whose tool call the dead process was executing."""
+    write: int | None = None
+    """The write the process died after, if it died after one."""
+    check_lease_released: bool = True
+
+
+@dataclass
+class Outcome:
+    case: Case
+    problems: list[str] = field(default_factory=list)
+
+    def expect(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.problems.append(message)
+        return ok
+
+
+def crash_and_resume(case: Case, where: Path, baseline: Baseline) -> Outcome:
+    """Kill a child as ``case`` says, resume in a new process, check everything."""
+    where.mkdir()
+    db, ledger = where / "runs.db", where / "ledger"
+    base = ChildArgs(db=str(db), run_id=RUN_ID, mode="start", ledger=str(ledger))
+    outcome = Outcome(case)
+    expect = outcome.expect
+
+    dead = run_child(with_args(base, **case.kill))
+    if not expect(dead.killed, f"the first process was not SIGKILLed: {dead.describe()}"):
+        return outcome
+    at_kill = load(db)
+    lease = at_kill.header.lease
+    expect(
+        lease is not None and lease.pid == dead.pid and lease.expires_at > time.time(),
+        f"at the kill the dead process should hold an unexpired lease, found {lease}",
+    )
+    expect(seqs_of(at_kill) == list(range(1, len(at_kill.events) + 1)), "seq gap at the kill")
+    if case.write is not None:
+        expected_seq = baseline.write_seqs[case.write - 1][-1]
+        expect(
+            at_kill.header.seq == expected_seq,
+            f"killed after write {case.write}, the store should be at seq {expected_seq} "
+            f"but is at {at_kill.header.seq}: the write was not durable on return",
+        )
+    answered = sum(isinstance(e, ModelResponseEvent) for e in at_kill.events)
+    intents = {e.call_id for e in at_kill.events if isinstance(e, ToolStartedEvent)}
+    results = {e.result.call_id for e in at_kill.events if isinstance(e, ToolFinishedEvent)}
+
+    resumed = run_child(with_args(base, mode="continue"))
+    result = resumed.result
+    if not expect(
+        result is not None and result["error"] is None,
+        f"one resume must finish the run: {resumed.describe()}",
+    ):
+        return outcome
+    assert result is not None
+    expect(result["state"] == RunState.DONE.value, f"resumed run is {result['state']}")
+    expect(
+        result["output"] == baseline.output,
+        f"output {result['output']!r} != uninterrupted {baseline.output!r}",
+    )
+    expect(
+        result["elapsed"] < QUICK_TAKEOVER,
+        f"the resume took {result['elapsed']:.1f} s: it waited for the dead owner's lease "
+        f"({LEASE_TTL} s) instead of taking over at once",
+    )
+
+    final = load(db)
+    header = final.header
+    expect(
+        seqs_of(final) == list(range(1, header.seq + 1)),
+        f"stored seqs are not 1..{header.seq}: {seqs_of(final)}",
+    )
+    expect(header.state is RunState.DONE, f"stored header state is {header.state}")
+    if case.check_lease_released:
+        expect(header.lease is None, f"the lease is still held at the end: {header.lease}")
+    expect(
+        final.events[: len(at_kill.events)] == at_kill.events,
+        "the events stored before the kill were changed by the resume (the log is append-only)",
+    )
+    expect(transcript(final) == baseline.transcript, "the transcript differs from the baseline")
+    finished = Counter(e.result.call_id for e in final.events if isinstance(e, ToolFinishedEvent))
+    expect(
+        finished == Counter(dict.fromkeys(baseline.call_ids, 1)),
+        f"each call must have exactly one recorded result, got {dict(finished)}",
+    )
+    started_before: set[str] = set()
+    for event in final.events:
+        if isinstance(event, ToolStartedEvent):
+            started_before.add(event.call_id)
+        elif isinstance(event, ToolFinishedEvent):
+            expect(
+                event.result.call_id in started_before,
+                f"result of {event.result.call_id} at seq {event.seq} has no earlier intent",
+            )
+    responses = sum(isinstance(e, ModelResponseEvent) for e in final.events)
+    expect(responses == MODEL_TURNS, f"{responses} model answers stored, {MODEL_TURNS} expected")
+
+    entries = read_ledger(ledger)
+    attempts = Counter(e.call_id for e in final.events if isinstance(e, ToolStartedEvent))
+    _check_tools(outcome, entries, dead.pid, resumed.pid, intents, results, attempts, baseline)
+    _check_model(outcome, entries, dead.pid, resumed.pid, answered, result)
+    return outcome
+
+
+def _check_tools(
+    outcome: Outcome,
+    entries: list[dict[str, Any]],
+    dead: int,
+    resumed: int,
+    intents: set[str],
+    results: set[str],
+    attempts: Counter[str],
+    baseline: Baseline,
+) -> None:
+    expect = outcome.expect
+    tools = [e for e in entries if e["kind"] == "tool"]
+    strangers = {e["pid"] for e in tools} - {dead, resumed}
+    expect(not strangers, f"tool effects by unknown processes {strangers}")
+    in_flight = outcome.case.tool_in_flight
+    if in_flight is not None:
+        expect(
+            any(e["city"] == in_flight and e["pid"] == dead for e in tools),
+            f"the dead process never ran {in_flight}: the kill was not inside that call",
+        )
+    for call_id in sorted(baseline.call_ids):
+        runs = [e for e in tools if e["call_id"] == call_id]
+        by_dead = sum(e["pid"] == dead for e in runs)
+        by_resumed = sum(e["pid"] == resumed for e in runs)
+        if call_id in results:
+            expect(
+                (by_dead, by_resumed) == (1, 0),
+                f"{call_id} had a recorded result at the kill, so it runs exactly once (in the "
+                f"dead process); it ran {by_dead}x there and {by_resumed}x in the resume",
+            )
+        elif call_id in intents:
+            expect(
+                by_dead <= 1 and by_resumed == 1,
+                f"{call_id} was in flight at the kill: at most once before it and exactly once "
+                f"after; it ran {by_dead}x and {by_resumed}x",
+            )
+            # The re-run is recorded by a new intent, and the tool is told so.
+            rerun = [e["attempt"] for e in runs if e["pid"] == resumed]
+            expect(
+                attempts[call_id] == 2 and rerun == [2],
+                f"{call_id} re-run after the kill should have a second intent and see "
+                f"attempt 2; intents {attempts[call_id]}, attempts seen {rerun}",
+            )
+        else:
+            expect(
+                (by_dead, by_resumed) == (0, 1),
+                f"{call_id} had no intent at the kill, so it must not have run before it "
+                f"(intent before effect) and runs once after; it ran {by_dead}x and "
+                f"{by_resumed}x",
+            )
+        keys = {e["key"] for e in runs}
+        expect(len(keys) <= 1, f"{call_id} ran with different idempotency keys {keys}")
+
+
+def _check_model(
+    outcome: Outcome,
+    entries: list[dict[str, Any]],
+    dead: int,
+    resumed: int,
+    answered: int,
+    result: ChildResult,
+) -> None:
+    expect = outcome.expect
+    requests = [e for e in entries if e["kind"] == "model"]
+    for turn in range(MODEL_TURNS):
+        by_dead = sum(e["turn"] == turn and e["pid"] == dead for e in requests)
+        by_resumed = sum(e["turn"] == turn and e["pid"] == resumed for e in requests)
+        if turn < answered:
+            want = (1, 0)
+        elif turn == answered:
+            want = (1 if outcome.case.model_in_flight else 0, 1)
+        else:
+            want = (0, 1)
+        expect(
+            (by_dead, by_resumed) == want,
+            f"model turn {turn} (answers recorded at the kill: {answered}) was requested "
+            f"{by_dead}x by the dead process and {by_resumed}x by the resume, expected {want}",
+        )
+    expect(
+        result["model_calls"] == MODEL_TURNS - answered,
+        f"the resume made {result['model_calls']} model requests, expected "
+        f"{MODEL_TURNS - answered}",
+    )
+    repeated = len(requests) - MODEL_TURNS
+    expect(repeated <= 1, f"{repeated} model requests were repeated, at most 1 may be")
+
+
+def run_cases(cases: Sequence[Case], tmp_path: Path, baseline: Baseline) -> None:
+    outcomes: list[Outcome] = in_parallel(
+        [
+            partial(crash_and_resume, case, tmp_path / f"case{i}", baseline)
+            for i, case in enumerate(cases)
+        ]
+    )
+    failed = [o for o in outcomes if o.problems]
+    report = "\n".join(f"- {o.case.name}:\n    " + "\n    ".join(o.problems) for o in failed)
+    assert not failed, f"{len(failed)} of {len(outcomes)} kill points failed:\n{report}"
+
+
+def write_cases(baseline: Baseline, writes: Iterable[int]) -> list[Case]:
+    return [
+        Case(
+            name=f"killed after write {k} of {baseline.writes} (seqs {baseline.write_seqs[k - 1]})",
+            kill={"kill_after": k},
+            write=k,
+            check_lease_released=k < baseline.writes,
+        )
+        for k in writes
+    ]
+
+
+def test_a_run_killed_after_any_durable_write_resumes_in_a_new_process_to_the_same_end(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    run_cases(write_cases(baseline, range(1, baseline.writes + 1)), tmp_path, baseline)
+
+
+def test_a_run_killed_inside_any_tool_call_reruns_only_calls_without_a_result(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    cases = [
+        Case(
+            name=f"killed inside the {city} tool call, after its effect",
+            kill={"kill_in_tool": city},
+            tool_in_flight=city,
+        )
+        for city in CITIES
+    ]
+    run_cases(cases, tmp_path, baseline)
+
+
+def test_a_run_killed_inside_any_model_call_repeats_only_that_request(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    cases = [
+        Case(
+            name=f"killed inside model request for turn {turn}",
+            kill={"kill_in_model": turn},
+            model_in_flight=True,
+        )
+        for turn in range(MODEL_TURNS)
+    ]
+    run_cases(cases, tmp_path, baseline)
+
+
+def test_a_run_killed_after_its_final_write_has_no_lease_left_once_continued(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    # The final answer is durable but the dead process never released its
+    # lease; continuing the DONE run must not leave a dead owner on record.
+    (case,) = write_cases(baseline, range(baseline.writes, baseline.writes + 1))
+    case.check_lease_released = True
+    run_cases([case], tmp_path, baseline)
+
+
+# -- two processes continue the same interrupted run ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "in_step",
+    [True, False],
+    ids=["both-read-the-dead-owner-then-take-over", "free-race"],
+)
+def test_two_processes_continuing_one_dead_run_at_once_let_exactly_one_proceed(
+    tmp_path: Path, in_step: bool
+) -> None:
+    db, ledger, gate = tmp_path / "runs.db", tmp_path / "ledger", tmp_path / "gate"
+    base = ChildArgs(db=str(db), run_id=RUN_ID, mode="start", ledger=str(ledger))
+    dead = run_child(with_args(base, kill_in_tool="Kyiv"))
+    assert dead.killed, dead.describe()
+
+    # Both race to take over from the dead owner. With ``in_step`` each waits,
+    # after reading the header that names the dead owner, until the other has
+    # read it too: both then try the takeover with the same generation and
+    # only the store's compare-and-set can pick one. The winner then waits
+    # inside the Kyiv call until the gate file exists, holding the lease, so
+    # the loser cannot find the run finished: it must be refused while the
+    # winner lives.
+    contender = with_args(base, mode="continue", gate={"city": "Kyiv", "file": str(gate)})
+    if in_step:
+        (tmp_path / "barrier").mkdir()
+        contender = with_args(contender, barrier={"dir": str(tmp_path / "barrier"), "parties": 2})
+    procs = [spawn(contender), spawn(contender)]
+    try:
+        deadline = time.monotonic() + CHILD_TIMEOUT / 2
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first_done = [p.poll() is not None for p in procs]
+    finally:
+        gate.touch()
+        children = [finish(p, contender) for p in procs]
+    both = "\n".join(c.describe() for c in children)
+    assert sum(first_done) == 1, f"exactly one contender should stop while the other runs:\n{both}"
+    if in_step:
+        arrived = {int(f.name) for f in (tmp_path / "barrier").iterdir()}
+        assert arrived == {c.pid for c in children}, "both must have seen the dead owner"
+    loser, winner = (children[0], children[1]) if first_done[0] else (children[1], children[0])
+    lost, won = loser.result, winner.result
+    assert lost is not None, loser.describe()
+    assert won is not None, winner.describe()
+    assert lost["error"] is not None, f"the loser was not refused:\n{both}"
+    assert lost["error"]["type"] == "RunBusyError", loser.describe()
+    assert str(winner.pid) in lost["error"]["message"], "the loser must be refused by the winner"
+    assert won["error"] is None, winner.describe()
+    assert won["state"] == RunState.DONE.value
+    assert won["output"] == "Oslo, Rome, Lima and Kyiv are sunny"
+    assert won["elapsed"] < LEASE_TTL / 2, "the winner waited for the dead owner's lease"
+    assert lost["model_calls"] == 0
+    assert lost["writes"] == 0
+
+    entries = read_ledger(ledger)
+    kyiv = Counter(e["pid"] for e in entries if e["kind"] == "tool" and e["city"] == "Kyiv")
+    assert kyiv == Counter({dead.pid: 1, winner.pid: 1}), "Kyiv runs once per owner"
+    assert not [e for e in entries if e["pid"] == loser.pid], "the loser made no effect"
+    final = load(db)
+    assert seqs_of(final) == list(range(1, final.header.seq + 1))
+    assert final.header.state is RunState.DONE
+    assert final.header.lease is None
+    results = Counter(e.result.call_id for e in final.events if isinstance(e, ToolFinishedEvent))
+    assert set(results.values()) == {1}, f"a call has two recorded results: {results}"
