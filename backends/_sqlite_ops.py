@@ -1,0 +1,450 @@
+"""The SQL side of `SqliteBackend`: tables, rows <-> records, and the work done in SQLite's thread.
+
+Every function taking a ``sqlite3.Connection`` runs in aiosqlite's worker
+thread, called by `durable_agent.backends.sqlite`. The writes (`create`,
+`append`, `acquire`, ...) run inside the transaction of a batch that
+`apply_batch` opens and commits; they check before they write, and raise a
+`DurableAgentError` to refuse, which fails that write alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Generic, TypeVar, cast
+
+from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.errors import (
+    ConfigurationError,
+    CorruptRunError,
+    LeaseLostError,
+    RunExistsError,
+    RunNotFoundError,
+    SchemaVersionError,
+    StoreUnavailableError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.records import SCHEMA_VERSION, Event, Lease, RunHeader
+
+T = TypeVar("T")
+
+STORE_VERSION: Final = 1
+"""Version of the table layout below, kept in the ``meta`` table."""
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # Headers are small, so they live in their primary-key b-tree (WITHOUT ROWID).
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        session_id TEXT,
+        user_id TEXT,
+        agent_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_host TEXT,
+        lease_pid INTEGER,
+        lease_generation INTEGER NOT NULL,
+        lease_expires REAL,
+        lease_ttl REAL,
+        schema_version INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_user ON runs (user_id, created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created_at, run_id)",
+    # Events often exceed the ~200 bytes SQLite recommends for WITHOUT ROWID rows
+    # (model answers, tool results), so they stay in a rowid table whose
+    # interior pages hold only rowids; the (run_id, seq) key is a separate index.
+    """CREATE TABLE IF NOT EXISTS events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )""",
+)
+
+_HEADER_COLUMNS: Final = (
+    "run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at, "
+    "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl, "
+    "schema_version"
+)
+_SELECT_HEADER: Final = f"SELECT {_HEADER_COLUMNS} FROM runs WHERE run_id = ?"
+_INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
+_LEASE_SET: Final = (
+    "updated_at = ?, lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
+    "lease_ttl = ? WHERE run_id = ?"
+)
+_RENEW_ON_APPEND: Final = f"UPDATE runs SET seq = ?, {_LEASE_SET}"
+_MOVE_ON_APPEND: Final = f"UPDATE runs SET seq = ?, state = ?, {_LEASE_SET}"
+_SET_LEASE: Final = (
+    "UPDATE runs SET lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
+    "lease_ttl = ? WHERE run_id = ?"
+)
+
+
+# -- rows <-> records ----------------------------------------------------------------
+
+
+def timestamp(value: datetime, what: str) -> float:
+    """Seconds since the epoch, as stored; naive datetimes are refused, not guessed."""
+    if value.tzinfo is None:
+        raise ConfigurationError(
+            f"{what} {value.isoformat()} has no time zone; use an aware datetime such as "
+            "durable_agent.records.utcnow()"
+        )
+    return value.timestamp()
+
+
+def _from_timestamp(value: object) -> datetime:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"timestamp {value!r} is not a number")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def header_row(header: RunHeader) -> tuple[object, ...]:
+    lease = header.lease
+    return (
+        header.run_id,
+        header.session_id,
+        header.user_id,
+        header.agent_name,
+        header.state.value,
+        header.seq,
+        timestamp(header.created_at, "header.created_at"),
+        timestamp(header.updated_at, "header.updated_at"),
+        lease.owner if lease else None,
+        lease.host if lease else None,
+        lease.pid if lease else None,
+        header.lease_generation,
+        lease.expires_at if lease else None,
+        lease.ttl if lease else None,
+        header.schema_version,
+    )
+
+
+def header_from_row(row: Sequence[Any]) -> RunHeader:
+    """Rebuild a header from its columns; `CorruptRunError` when one does not validate."""
+    (run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at) = row[:8]
+    (owner, host, pid, generation, expires, ttl, version) = row[8:]
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise SchemaVersionError(run_id, None, version, SCHEMA_VERSION)
+    try:
+        lease = (
+            None
+            if owner is None
+            else Lease(
+                owner=owner, host=host, pid=pid, generation=generation, expires_at=expires, ttl=ttl
+            )
+        )
+        return RunHeader(
+            schema_version=version,
+            run_id=run_id,
+            session_id=session_id,
+            user_id=user_id,
+            agent_name=agent_name,
+            state=state,
+            seq=seq,
+            created_at=_from_timestamp(created_at),
+            updated_at=_from_timestamp(updated_at),
+            lease=lease,
+            lease_generation=generation,
+        )
+    except (ValueError, TypeError, OverflowError, OSError) as exc:  # incl. ValidationError
+        detail = " ".join(str(exc).split())
+        raise CorruptRunError(str(run_id), None, detail[:300]) from exc
+
+
+def load_header(db: sqlite3.Connection, run_id: str) -> RunHeader:
+    row = db.execute(_SELECT_HEADER, (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFoundError(run_id)
+    return header_from_row(row)
+
+
+def _lease_columns(lease: Lease | None) -> tuple[object, ...]:
+    if lease is None:
+        return (None, None, None, None, None)
+    return (lease.owner, lease.host, lease.pid, lease.expires_at, lease.ttl)
+
+
+# -- the writes, each run inside a batch's transaction (in SQLite's thread) ----------------
+
+
+def create(
+    db: sqlite3.Connection, row: tuple[object, ...], events: list[tuple[str, int, str]]
+) -> None:
+    run_id = cast(str, row[0])
+    if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None:
+        raise RunExistsError(run_id)
+    db.execute(_INSERT_RUN, row)
+    db.executemany(_INSERT_EVENT, events)
+
+
+def append(
+    db: sqlite3.Connection,
+    run_id: str,
+    events: Sequence[Event],
+    rows: list[tuple[str, int, str]],
+    expected_seq: int,
+    lease: Lease,
+) -> Lease:
+    # The header is read inside the batch's transaction, so two appends of one
+    # run in the same batch chain: the second sees the seq the first wrote.
+    header = load_header(db, run_id)
+    check_append(header, events, expected_seq=expected_seq, lease=lease)
+    if len(rows) == 1:
+        db.execute(_INSERT_EVENT, rows[0])  # executemany costs ~2 µs more for one row
+    elif rows:
+        db.executemany(_INSERT_EVENT, rows)
+    last = events[-1] if events else None
+    now = time.time()
+    renewed = lease.model_copy(update={"expires_at": now + lease.ttl})
+    lease_columns = (now, *_lease_columns(renewed), run_id)
+    if last is None or last.state == header.state:
+        # Leaving `state` out of the SET spares an update of the runs_by_state index.
+        db.execute(_RENEW_ON_APPEND, (header.seq if last is None else last.seq, *lease_columns))
+    else:
+        db.execute(_MOVE_ON_APPEND, (last.seq, last.state.value, *lease_columns))
+    return renewed
+
+
+def acquire(
+    db: sqlite3.Connection, run_id: str, owner: LeaseOwner, ttl: float, takeover: int | None
+) -> Lease:
+    header = load_header(db, run_id)
+    lease = check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=time.time())
+    db.execute(
+        "UPDATE runs SET lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
+        "lease_ttl = ?, lease_generation = ? WHERE run_id = ?",
+        (*_lease_columns(lease), lease.generation, run_id),
+    )
+    return lease
+
+
+def renew(db: sqlite3.Connection, run_id: str, lease: Lease) -> Lease:
+    header = load_header(db, run_id)
+    if header.lease is None or header.lease_generation != lease.generation:
+        raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
+    renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+    db.execute(_SET_LEASE, (*_lease_columns(renewed), run_id))
+    return renewed
+
+
+def release(db: sqlite3.Connection, run_id: str, lease: Lease) -> None:
+    row = db.execute(_SELECT_HEADER, (run_id,)).fetchone()
+    if row is None:
+        return
+    header = header_from_row(row)
+    if header.lease is not None and header.lease_generation == lease.generation:
+        db.execute(_SET_LEASE, (*_lease_columns(None), run_id))
+
+
+def delete(db: sqlite3.Connection, run_id: str) -> bool:
+    existed = db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount > 0
+    db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+    return existed
+
+
+def prune(db: sqlite3.Connection, older_than: datetime, states: list[RunState]) -> int:
+    now = time.time()
+    marks = ", ".join("?" * len(states))
+    rows = db.execute(
+        f"SELECT {_HEADER_COLUMNS} FROM runs WHERE state IN ({marks}) AND updated_at < ?",
+        (*(str(s) for s in states), older_than.timestamp()),
+    ).fetchall()
+    doomed: list[tuple[str]] = []
+    for row in rows:
+        try:
+            header = header_from_row(row)
+        except CorruptRunError:
+            continue  # a damaged header is reported by load_run, never deleted by a sweep
+        live = header.lease is not None and header.lease.expires_at > now
+        if header.state in states and header.updated_at < older_than and not live:
+            doomed.append((header.run_id,))
+    db.executemany("DELETE FROM events WHERE run_id = ?", doomed)
+    db.executemany("DELETE FROM runs WHERE run_id = ?", doomed)
+    return len(doomed)
+
+
+# -- the reads (in SQLite's thread) ------------------------------------------------------
+
+
+def read_run(
+    db: sqlite3.Connection, run_id: str
+) -> tuple[Sequence[Any], list[tuple[int, str | bytes]]]:
+    # One read transaction, so the header and the events are one consistent snapshot.
+    db.execute("BEGIN")
+    try:
+        row = db.execute(_SELECT_HEADER, (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        events = db.execute(
+            "SELECT seq, body FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+        ).fetchall()
+    finally:
+        db.execute("COMMIT")
+    return row, events
+
+
+def list_headers(
+    db: sqlite3.Connection, where: list[str], params: list[object], wanted: int
+) -> list[RunHeader]:
+    """Up to ``wanted`` valid headers, newest first, skipping damaged ones like MemoryBackend."""
+    found: list[RunHeader] = []
+    after: tuple[object, object] | None = None
+    db.execute("BEGIN")
+    try:
+        while len(found) < wanted:
+            clauses = [*where, "(created_at, run_id) < (?, ?)"] if after else where
+            sql = f"SELECT {_HEADER_COLUMNS} FROM runs"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
+            asked = wanted - len(found)
+            rows = db.execute(sql, (*params, *(after or ()), asked)).fetchall()
+            for row in rows:
+                with suppress(CorruptRunError):
+                    found.append(header_from_row(row))
+            if len(rows) < asked:
+                break
+            after = (rows[-1][6], rows[-1][0])
+    finally:
+        db.execute("COMMIT")
+    return found
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Write(Generic[T]):
+    """One queued write: ``apply`` runs in the batch's transaction; outcome set in the thread."""
+
+    run_id: str
+    apply: Callable[[sqlite3.Connection], T]
+    future: asyncio.Future[T]
+    result: T | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    writes: list[Write[Any]]
+    error: StoreUnavailableError | None = None
+    committed: bool = False
+
+
+def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
+    """Apply every write of ``batch`` in one transaction with one commit.
+
+    A write refused by its own checks (stale seq, lost lease, unknown run, a
+    row SQLite rejects) is rolled back to its savepoint and fails alone. A
+    failure of the store itself (lock timeout, I/O error, failed commit) rolls
+    the whole transaction back and fails every write of the batch. Outcomes
+    are recorded on the batch, never raised, so they survive the writer task
+    being cancelled while this runs.
+    """
+    action = "BEGIN IMMEDIATE"
+    # A lone write needs no savepoint: if it is refused, its whole transaction is.
+    marks = len(batch.writes) > 1
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for write in batch.writes:
+            action = f"a write of run {write.run_id!r}"
+            if marks:
+                db.execute("SAVEPOINT one_write")
+            try:
+                write.result = write.apply(db)
+            except sqlite3.IntegrityError as exc:
+                write.error = CorruptRunError(
+                    write.run_id, None, f"SQLite refused the write ({exc}): rows disagree"
+                )
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # this write's own refusal (or a bug): it fails alone
+                write.error = exc
+            if write.error is not None:
+                db.execute("ROLLBACK TO one_write" if marks else "ROLLBACK")
+            if marks:
+                db.execute("RELEASE one_write")
+        if db.in_transaction:
+            action = "COMMIT"
+            db.execute("COMMIT")
+            batch.committed = True
+    except Exception as exc:
+        with suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        hint = ""
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            hint = "; another connection held the write lock longer than busy_timeout"
+        error = StoreUnavailableError(
+            f"SQLite store {path}: {action} failed ({exc}){hint}; the {len(batch.writes)} "
+            "write(s) of this batch were rolled back, none was stored"
+        )
+        error.__cause__ = exc
+        batch.error = error
+
+
+def noop(db: sqlite3.Connection) -> None:
+    pass
+
+
+def prepare(db: sqlite3.Connection, path: str, synchronous: str, busy_ms: int) -> None:
+    """Set the pragmas and create the tables (once, in one transaction), in SQLite's thread."""
+    try:
+        db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        db.execute("PRAGMA journal_mode = WAL").fetchone()
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        version = _store_version(db, path)
+        if version is None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = _store_version(db, path)  # another process may have been first
+                if version is None:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(STORE_VERSION),),
+                    )
+                    version = STORE_VERSION
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(f"cannot open SQLite store {path}: {exc}") from exc
+    if version > STORE_VERSION:
+        raise StoreUnavailableError(
+            f"SQLite store {path} has table layout version {version}, but this durable-agent "
+            f"reads up to {STORE_VERSION}; upgrade durable-agent to open it (the file was left "
+            "untouched)"
+        )
+
+
+def _store_version(db: sqlite3.Connection, path: str) -> int | None:
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if exists is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreUnavailableError(
+            f"SQLite store {path}: meta.schema_version is {row[0]!r}, not a number; the file "
+            "is damaged or was not written by durable-agent"
+        ) from None
