@@ -135,7 +135,12 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
 
 
 def provider_message(body: object, fallback: str) -> str:
-    """The human-readable message of an error body (``{"error": {"message": ...}}`` shapes)."""
+    """The human-readable message of an error body (``{"error": {"message": ...}}`` shapes).
+
+    A body that is not JSON (a proxy's error page) is quoted, shortened.
+    """
+    if isinstance(body, str) and body.strip():
+        return f"{fallback}: {' '.join(body.split())[:200]}"
     current = body
     for _ in range(2):
         if isinstance(current, Mapping):
