@@ -95,7 +95,12 @@ class MemoryBackend(Backend):
         stored = self._stored(run_id)
         header = decode_header(run_id, stored.header)
         check_append(header, events, expected_seq=expected_seq, lease=lease)
-        renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+        renewed = lease.model_copy(
+            update={
+                "expires_at": time.time() + lease.ttl,
+                "cancel_requested": header.cancel_requested,
+            }
+        )
         encoded = [encode_event(e) for e in events]
         last = events[-1] if events else None
         stored.header = encode_header(
@@ -206,9 +211,22 @@ class MemoryBackend(Backend):
         header = decode_header(run_id, stored.header)
         if header.lease is None or header.lease_generation != lease.generation:
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
-        renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+        renewed = lease.model_copy(
+            update={
+                "expires_at": time.time() + lease.ttl,
+                "cancel_requested": header.cancel_requested,
+            }
+        )
         stored.header = encode_header(header.model_copy(update={"lease": renewed}))
         return renewed
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        stored = self._stored(run_id)
+        header = decode_header(run_id, stored.header)
+        if header.cancel_requested is None:
+            header = header.model_copy(update={"cancel_requested": reason})
+            stored.header = encode_header(header)
+        return header
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         self._check_open()

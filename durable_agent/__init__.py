@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from durable_agent.agent import Agent, DurabilityWarning, Task
 from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
-from durable_agent.engine import RetryPolicy
+from durable_agent.engine import RetryPolicy, cancel_run
+from durable_agent.human import Requirement
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     CorruptRunError,
+    DecisionError,
     DurableAgentError,
     InvalidTransitionError,
     LeaseLostError,
@@ -27,10 +29,13 @@ from durable_agent.errors import (
     ModelTimeoutError,
     OutputValidationError,
     RunBusyError,
+    RunCancelledError,
     RunExistsError,
     RunFailedError,
     RunNotFoundError,
     RunStateError,
+    RunTimeoutError,
+    RunWaitingError,
     SchemaVersionError,
     ScriptExhaustedError,
     StoreUnavailableError,
@@ -60,6 +65,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptRunError",
+    "DecisionError",
     "DurabilityWarning",
     "DurableAgentError",
     "InvalidTransitionError",
@@ -76,7 +82,9 @@ __all__ = [
     "OutputSchema",
     "OutputValidationError",
     "RetryPolicy",
+    "Requirement",
     "RunBusyError",
+    "RunCancelledError",
     "RunExistsError",
     "RunFailedError",
     "RunNotFoundError",
@@ -84,6 +92,8 @@ __all__ = [
     "RunPage",
     "RunState",
     "RunStateError",
+    "RunTimeoutError",
+    "RunWaitingError",
     "SchemaVersionError",
     "ScriptExhaustedError",
     "ScriptedFailure",
@@ -99,6 +109,7 @@ __all__ = [
     "ToolError",
     "ToolNotFoundError",
     "ToolRetry",
+    "cancel_run",
     "open_backend",
     "tool",
 ]

@@ -19,22 +19,25 @@ import dataclasses
 import inspect
 import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
 from durable_agent.backend import Backend
-from durable_agent.engine import Engine, RetryPolicy, RunExecution
+from durable_agent.engine import Engine, RetryPolicy, RunExecution, cancel_run
 from durable_agent.errors import (
     ConfigurationError,
+    DecisionError,
+    RunCancelledError,
     RunExistsError,
     RunNotFoundError,
-    RunStateError,
+    RunWaitingError,
 )
 from durable_agent.fsm import RunState
+from durable_agent.human import Decision, Requirement, collect_decisions
 from durable_agent.models import ChatModel, resolve_model
-from durable_agent.records import Message, OutputFormat, SystemMessage, UserMessage
+from durable_agent.records import JSONValue, Message, OutputFormat, SystemMessage, UserMessage
 from durable_agent.run import RunContext, RunOutput
 from durable_agent.tools import Tool, toolset
 
@@ -198,19 +201,35 @@ class Agent:
     # -- doing --------------------------------------------------------------
 
     @overload
-    async def do_async(self, task: Task | str, *, return_output: Literal[True]) -> RunOutput: ...
+    async def do_async(
+        self, task: Task | str, *, return_output: Literal[True], timeout: float | None = None
+    ) -> RunOutput: ...
     @overload
     async def do_async(
-        self, task: Task | str, *, return_output: Literal[False] = False
-    ) -> str | None: ...
+        self,
+        task: Task | str,
+        *,
+        return_output: Literal[False] = False,
+        timeout: float | None = None,
+    ) -> Any: ...
     @overload
-    async def do_async(self, task: Task | str, *, return_output: bool) -> Any: ...
-    async def do_async(self, task: Task | str, *, return_output: bool = False) -> Any:
+    async def do_async(
+        self, task: Task | str, *, return_output: bool, timeout: float | None = None
+    ) -> Any: ...
+    async def do_async(
+        self, task: Task | str, *, return_output: bool = False, timeout: float | None = None
+    ) -> Any:
         """Run ``task`` to its final answer and return it (or the `RunOutput`).
 
         If the task names a ``run_id`` that already exists, that run is
         continued instead. A failure is recorded, then raised as
         `RunFailedError`; `last_run` describes the run either way.
+
+        A run that pauses for a human returns a WAITING `RunOutput` with
+        ``return_output=True`` and raises `RunWaitingError` otherwise. After
+        ``timeout`` seconds the run records a timeout error (ERROR, resumable)
+        and raises `RunTimeoutError`. If the awaiting task is cancelled, the
+        interruption is recorded and `asyncio.CancelledError` propagates.
         """
         if isinstance(task, str):
             task = Task(task)
@@ -224,7 +243,7 @@ class Agent:
             except RunNotFoundError:
                 pass
             else:
-                return await self._continue(task.run_id, task, return_output)
+                return await self._continue(task.run_id, task, return_output, timeout=timeout)
         run_id = task.run_id or uuid.uuid4().hex
         execution = self._execution(run_id, task)
         messages: list[Message] = []
@@ -240,13 +259,15 @@ class Agent:
             )
         except RunExistsError:
             # Another caller created this run id between our check and create.
-            return await self._continue(run_id, task, return_output)
+            return await self._continue(run_id, task, return_output, timeout=timeout)
         task.run_id = run_id
-        return await self._drive(execution, return_output)
+        return await self._drive(execution, return_output, timeout)
 
-    def do(self, task: Task | str, *, return_output: bool = False) -> Any:
+    def do(
+        self, task: Task | str, *, return_output: bool = False, timeout: float | None = None
+    ) -> Any:
         """Synchronous twin of `do_async` (not from inside a running event loop)."""
-        return self._sync(self.do_async(task, return_output=return_output))
+        return self._sync(self.do_async(task, return_output=return_output, timeout=timeout))
 
     async def continue_run_async(
         self,
@@ -254,13 +275,26 @@ class Agent:
         run_id: str | None = None,
         task: Task | None = None,
         return_output: bool = False,
+        requirements: Iterable[Requirement] = (),
+        approvals: Mapping[str, bool | str] | None = None,
+        results: Mapping[str, JSONValue] | None = None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Continue a stored run, in this process or any other.
 
         DONE returns the stored output without any model or tool call; ERROR
         resumes at the state that failed; a run whose owner process died (or
         whose lease expired) is taken over. A run another live process holds
-        raises `RunBusyError`; an unknown id `RunNotFoundError`.
+        raises `RunBusyError`; an unknown id `RunNotFoundError`; a cancelled
+        one `RunCancelledError`.
+
+        A WAITING run takes human decisions: ``requirements`` (the objects of
+        ``RunOutput.requirements``, decided with their methods), or by id
+        ``approvals={id: True | False | "reason"}``, ``results={id: value}``,
+        ``inputs={id: {field: value}}``. Decisions are recorded before anything
+        runs; the run goes on once all are decided and stays WAITING with the
+        rest otherwise. ``timeout`` bounds this call as in `do_async`.
         """
         if task is not None and not isinstance(task, Task):
             raise ConfigurationError(f"continue_run_async(task=...) takes a Task, got {task!r}")
@@ -273,15 +307,32 @@ class Agent:
             )
         if not isinstance(run_id, str):
             raise ConfigurationError(f"run_id must be a str, got {type(run_id).__name__}")
-        return await self._continue(run_id, task, return_output)
+        decisions = _Decisions(requirements, approvals, results, inputs)
+        return await self._continue(run_id, task, return_output, decisions, timeout)
 
-    def continue_run(
-        self, *, run_id: str | None = None, task: Task | None = None, return_output: bool = False
-    ) -> Any:
-        """Synchronous twin of `continue_run_async`."""
-        return self._sync(
-            self.continue_run_async(run_id=run_id, task=task, return_output=return_output)
+    def continue_run(self, **kwargs: Any) -> Any:
+        """Synchronous twin of `continue_run_async` (same keyword arguments)."""
+        return self._sync(self.continue_run_async(**kwargs))
+
+    async def cancel_run_async(
+        self, run_id: str, *, reason: str = "cancelled by request"
+    ) -> RunOutput:
+        """Cancel a run from any process and return where it stands.
+
+        The request is stored first. A run no live process holds is CANCELLED
+        at once; one that is running stops at its next transition boundary (its
+        current model or tool call may finish, no further one starts) and
+        records CANCELLED itself. A cancelled run cannot be continued.
+        """
+        await cancel_run(
+            self.db, run_id, reason=reason, owner=self._engine.owner,
+            lease_ttl=self._engine.lease_ttl,
         )
+        return await self.get_run_async(run_id)
+
+    def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> RunOutput:
+        """Synchronous twin of `cancel_run_async`."""
+        return self._sync(self.cancel_run_async(run_id, reason=reason))
 
     async def get_run_async(self, run_id: str) -> RunOutput:
         """Load a run's current outcome without running anything."""
@@ -297,32 +348,50 @@ class Agent:
         output_type = task.response_format if task is not None else None
         return self._engine.execution(run_id, tools, output_type=output_type)
 
-    async def _continue(self, run_id: str, task: Task | None, return_output: bool) -> Any:
+    async def _continue(
+        self,
+        run_id: str,
+        task: Task | None,
+        return_output: bool,
+        decisions: _Decisions | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         execution = self._execution(run_id, task)
         ctx = await execution.load()
         if task is not None:
             task.run_id = run_id
+        if decisions and ctx.state is not RunState.WAITING:
+            raise DecisionError(
+                f"run {run_id!r} is {ctx.state.value}, not WAITING: it has no requirement "
+                "to decide; continue it without decisions"
+            )
         match ctx.state:
             case RunState.DONE:
                 return self._result(execution, ctx, return_output)
             case RunState.CANCELLED:
                 self.last_run = RunOutput.from_context(ctx)
-                raise RunStateError(run_id, ctx.state.value, "a cancelled run cannot be continued")
+                raise RunCancelledError(run_id, ctx.cancel_reason or "cancelled")
             case RunState.WAITING:
-                self.last_run = RunOutput.from_context(ctx)
-                raise RunStateError(
-                    run_id,
-                    ctx.state.value,
-                    "it waits for a human decision, which this version cannot take yet",
-                )
+                if not decisions:
+                    return self._result(execution, ctx, return_output)
+                decisions.check(run_id, ctx)  # before the lease: nothing stored on bad input
             case RunState.PENDING | RunState.MODEL_CALL | RunState.TOOL_EXEC | RunState.ERROR:
                 pass
-        await execution.acquire()
-        return await self._drive(execution, return_output)
+        ctx = await execution.acquire()
+        if decisions:
+            try:
+                # Checked again under the lease: another process may have decided meanwhile.
+                await execution.decide(decisions.check(run_id, ctx))
+            except BaseException:
+                await execution.release()
+                raise
+        return await self._drive(execution, return_output, timeout)
 
-    async def _drive(self, execution: RunExecution, return_output: bool) -> Any:
+    async def _drive(
+        self, execution: RunExecution, return_output: bool, timeout: float | None = None
+    ) -> Any:
         try:
-            ctx = await execution.run()
+            ctx = await execution.run(timeout=timeout)
         finally:
             if execution.ctx is not None:
                 self.last_run = RunOutput.from_context(execution.ctx)
@@ -336,7 +405,14 @@ class Agent:
         self.last_run = output
         if return_output:
             return output
-        return output.parsed if output.parsed is not None else output.output
+        match output.state:
+            case RunState.WAITING:
+                # A pause is never mistaken for an answer.
+                raise RunWaitingError(output.run_id, output.requirements)
+            case RunState.CANCELLED:
+                raise RunCancelledError(output.run_id, ctx.cancel_reason or "cancelled")
+            case _:
+                return output.parsed if output.parsed is not None else output.output
 
     @staticmethod
     def _sync(coro: Coroutine[Any, Any, _T]) -> _T:
@@ -348,4 +424,38 @@ class Agent:
         raise ConfigurationError(
             "the synchronous do()/continue_run() cannot run inside an event loop; "
             "await do_async()/continue_run_async() instead"
+        )
+
+
+class _Decisions:
+    """The decisions one continue call carries, checked against the run each time."""
+
+    def __init__(
+        self,
+        requirements: Iterable[Requirement],
+        approvals: Mapping[str, bool | str] | None,
+        results: Mapping[str, JSONValue] | None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None,
+    ) -> None:
+        self.requirements = list(requirements)
+        self.approvals = approvals
+        self.results = results
+        self.inputs = inputs
+
+    def __bool__(self) -> bool:
+        return bool(
+            any(r.decision is not None for r in self.requirements)
+            or self.approvals
+            or self.results
+            or self.inputs
+        )
+
+    def check(self, run_id: str, ctx: RunContext) -> dict[str, Decision]:
+        return collect_decisions(
+            run_id,
+            ctx.open_requirements,
+            requirements=self.requirements,
+            approvals=self.approvals,
+            results=self.results,
+            inputs=self.inputs,
         )

@@ -135,7 +135,8 @@ class Backend(ABC):
         ``expected_seq`` and that its lease generation and owner are
         ``lease``'s. On success the header takes the last event's state and
         seq, and the lease is renewed to ``now + lease.ttl``; the renewed lease
-        is returned. Raises `RunNotFoundError`, `ConcurrentUpdateError` (stale
+        is returned, carrying the header's ``cancel_requested``. Raises
+        `RunNotFoundError`, `ConcurrentUpdateError` (stale
         seq) or `LeaseLostError` (lease taken over); nothing is written then.
         """
 
@@ -175,6 +176,18 @@ class Backend(ABC):
         """Delete runs in ``states`` last updated before ``older_than``; return how many.
 
         Runs holding a live lease are kept.
+        """
+
+    @abstractmethod
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        """Record that the run should be cancelled, without holding its lease.
+
+        Sets the header's ``cancel_requested`` to ``reason`` (a later request
+        keeps the first reason) and returns the header. From then on every lease
+        this store hands out or renews for the run, by `acquire_lease`,
+        `append` or `renew_lease`, carries ``cancel_requested``, which is how the
+        process running it learns to stop at its next transition boundary.
+        Raises `RunNotFoundError`.
         """
 
     # -- leases -------------------------------------------------------------
@@ -233,6 +246,7 @@ def check_lease_acquire(
         generation=header.lease_generation + 1,
         expires_at=now + ttl,
         ttl=ttl,
+        cancel_requested=header.cancel_requested,
     )
 
 

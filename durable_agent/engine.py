@@ -8,11 +8,19 @@ It owns the durability rules of DESIGN.md §3:
    before anything else external starts.
 3. *A recorded result is never recomputed*: a resumed run only performs the
    effects its log has no result for.
+4. *The ambiguous window is explicit*: a call with an intent and no result is
+   run again (same idempotency key), unless its tool is ``idempotent=False``:
+   then the run waits for a human to decide it.
 5. *One writer per run*: every append carries the expected ``seq`` and the
    lease generation; a lease is renewed by each append and by a heartbeat only
    while one effect outlasts a third of its TTL.
-7. *Failures are recorded, not swallowed*: a model or tool failure is appended
-   as a `FailedEvent` before `RunFailedError` reaches the caller.
+7. *Failures are recorded, not swallowed*: a model or tool failure, a deadline
+   and an outer cancellation are appended before the exception reaches the
+   caller.
+
+Cancellation requests from other processes arrive on the lease (the store sets
+``cancel_requested`` on every lease it renews); the engine checks it at every
+transition boundary, so no new effect starts once it is seen.
 
 The engine never imports a concrete backend or a vendor SDK.
 """
@@ -22,40 +30,44 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from durable_agent._lease import acquire_lease
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
-    ConfigurationError,
-    ModelError,
     OutputValidationError,
     RunBusyError,
+    RunCancelledError,
     RunFailedError,
     RunStateError,
+    RunTimeoutError,
     ToolArgumentsError,
     ToolRetry,
 )
-from durable_agent.fsm import RunState, next_state
+from durable_agent.fsm import FINAL_STATES, RunState, next_state
+from durable_agent.human import Decision
 from durable_agent.models import ChatModel, OutputSchema
 from durable_agent.records import (
+    CancelledEvent,
     CreatedEvent,
+    DecisionEvent,
     ErrorInfo,
     Event,
     FailedEvent,
+    JSONValue,
     Lease,
     Message,
     ModelAttemptFailedEvent,
     ModelResponseEvent,
     OutputFormat,
     OutputRejectedEvent,
+    RequirementRecord,
     RunHeader,
     ToolCallPart,
     ToolFinishedEvent,
@@ -63,74 +75,13 @@ from durable_agent.records import (
     ToolStartedEvent,
     TransitionEvent,
     UserMessage,
+    WaitingEvent,
 )
+from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
 from durable_agent.tools import Tool, ToolContext
 
-__all__ = ["Engine", "RetryPolicy", "RunExecution", "is_retryable"]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how patiently a model call is retried.
-
-    ``attempts`` is the total number of attempts (1 = no retry). Delays grow
-    exponentially from ``initial_delay`` with ``jitter`` (a fraction added at
-    random), capped at ``max_delay``; a provider's ``retry_after`` is honoured
-    up to the cap. Only errors `is_retryable` accepts are retried.
-    """
-
-    attempts: int = 3
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.25
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ConfigurationError(f"retry attempts must be an int, got {self.attempts!r}")
-        if self.attempts < 1:
-            raise ConfigurationError(
-                f"retry={self.attempts}: the total number of attempts must be at least 1 "
-                "(1 means no retry)"
-            )
-        if self.initial_delay < 0 or self.max_delay < 0 or self.jitter < 0:
-            raise ConfigurationError("retry delays and jitter must not be negative")
-
-    def delay_for(self, attempt: int, error: BaseException) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        hinted = getattr(error, "retry_after", None)
-        if isinstance(hinted, int | float) and hinted >= 0:
-            return min(float(hinted), self.max_delay)
-        base = self.initial_delay * self.multiplier ** (attempt - 1)
-        return min(base * (1 + random.random() * self.jitter), self.max_delay)
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether another attempt of a model call may succeed after ``error``."""
-    if isinstance(error, ModelError):
-        return error.retryable
-    if isinstance(error, ConnectionError | TimeoutError):
-        return True
-    return bool(getattr(error, "retryable", False))
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process on this host (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # The state letter follows the parenthesised command name; Z is a zombie:
-    # killed and not yet reaped, so it will never write again.
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
+__all__ = ["Engine", "RetryPolicy", "RunExecution", "cancel_run", "is_retryable"]
 
 _Spec = tuple[type[Any], str | None, dict[str, Any]]
 """An event to build: its class, its trigger (None: no transition) and its fields."""
@@ -175,6 +126,21 @@ class Engine:
         that has an output format only checks that the answer is JSON.
         """
         return RunExecution(self, run_id, tools, output_type=output_type)
+
+
+class _CancelRequested(Exception):
+    """Internal: a cancellation request was seen at a transition boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to do now with one pending tool call."""
+
+    action: Literal["run", "record", "wait"]
+    call: ToolCallPart
+    arguments: Mapping[str, JSONValue] | None = None
+    result: ToolResultMessage | None = None
+    requirement: RequirementRecord | None = None
 
 
 class RunExecution:
@@ -245,7 +211,7 @@ class RunExecution:
         self.ctx, self.lease = ctx, lease
 
     async def load(self) -> RunContext:
-        """Read the run without taking its lease (for DONE runs and inspection)."""
+        """Read the run without taking its lease (for finished runs and inspection)."""
         stored = await self.backend.load_run(self.run_id)
         self.ctx = RunContext.from_stored(stored)
         self.loaded_seq = self.ctx.seq
@@ -253,7 +219,9 @@ class RunExecution:
 
     async def acquire(self) -> RunContext:
         """Take the lease (taking over from a dead owner on this host) and load the run."""
-        self.lease = await self._acquire_lease()
+        self.lease = await acquire_lease(
+            self.backend, self.run_id, self.engine.owner, self.engine.lease_ttl
+        )
         try:
             ctx = await self.load()
         except BaseException:
@@ -262,68 +230,124 @@ class RunExecution:
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
         return ctx
 
-    async def _acquire_lease(self) -> Lease:
-        owner = self.engine.owner
-        ttl = self.engine.lease_ttl
-        try:
-            return await self.backend.acquire_lease(self.run_id, owner, ttl=ttl)
-        except RunBusyError:
-            header = await self.backend.get_run(self.run_id)
-            held = header.lease
-            if (
-                held is None
-                or held.expires_at <= time.time()
-                or (held.host == owner.host and not _process_alive(held.pid))
-            ):
-                # The holder is gone (or its lease lapsed meanwhile): take over now
-                # instead of waiting out the TTL. `takeover` is a compare-and-set
-                # on the generation, so of two processes racing here one wins.
-                return await self.backend.acquire_lease(
-                    self.run_id, owner, ttl=ttl, takeover=header.lease_generation
-                )
-            raise
-
     async def release(self) -> None:
         """Give the lease up; the run stays as stored."""
         lease, self.lease = self.lease, None
         if lease is not None:
             await self.backend.release_lease(self.run_id, lease)
 
+    # -- human decisions and cancellation --------------------------------------
+
+    async def decide(self, decisions: Mapping[str, Decision]) -> None:
+        """Record decisions (already checked by `collect_decisions`) in one append.
+
+        When they settle the last open requirement, the same append moves the
+        run back to TOOL_EXEC (``decided``); nothing runs before it is durable.
+        """
+        ctx = self._context()
+        if ctx.state is not RunState.WAITING:
+            raise RunStateError(ctx.run_id, ctx.state.value, "only a WAITING run takes decisions")
+        remaining = set(ctx.open_requirements) - set(decisions)
+        specs: list[_Spec] = []
+        items = list(decisions.items())
+        for index, (rid, decision) in enumerate(items):
+            last = index == len(items) - 1
+            specs.append(
+                (
+                    DecisionEvent,
+                    "decided" if last and not remaining else None,
+                    {
+                        "requirement_id": rid,
+                        "action": decision.action,
+                        "reason": decision.reason,
+                        "value": decision.value,
+                        "inputs": dict(decision.inputs),
+                    },
+                )
+            )
+        await self._append(*specs)
+
+    async def cancel(self, reason: str) -> None:
+        """Record CANCELLED now (the caller holds the lease)."""
+        ctx = self._context()
+        if ctx.state in FINAL_STATES:
+            return
+        await self._append((CancelledEvent, "cancel", {"reason": reason, "from_state": ctx.state}))
+
     # -- driving ------------------------------------------------------------
 
-    async def run(self) -> RunContext:
-        """Drive the run until DONE, releasing the lease however it ends.
+    async def run(self, *, timeout: float | None = None) -> RunContext:
+        """Drive the run until DONE, WAITING or CANCELLED; release the lease however it ends.
 
         Raises `RunFailedError` (recorded in the store) when a model or tool
-        call fails, and store errors as they are.
+        call fails, `RunTimeoutError` (recorded) when ``timeout`` seconds pass,
+        and re-raises `asyncio.CancelledError` after recording the interruption.
+        Store errors propagate as they are.
         """
         ctx = self._context()
         try:
-            if ctx.state is RunState.ERROR:
-                await self._append((TransitionEvent, "resume", {}))
-            while True:
-                match ctx.state:
-                    case RunState.PENDING:
-                        await self._append((TransitionEvent, "start", {}))
-                    case RunState.MODEL_CALL:
-                        await self._model_step(ctx)
-                    case RunState.TOOL_EXEC:
-                        await self._tool_step(ctx)
-                    case RunState.DONE:
-                        return ctx
-                    case RunState.WAITING:
-                        raise RunStateError(
-                            ctx.run_id,
-                            ctx.state.value,
-                            "it waits for a human decision, which this version cannot "
-                            "take yet; the run is kept as stored",
-                        )
-                    case RunState.CANCELLED | RunState.ERROR:
-                        raise RunStateError(
-                            ctx.run_id, ctx.state.value, "it cannot be driven further"
-                        )
+            async with asyncio.timeout(timeout) as deadline:
+                return await self._loop(ctx)
+        except _CancelRequested:
+            await self.cancel(ctx.cancel_reason or self._cancel_reason())
+            return ctx
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            error = RunTimeoutError(
+                ctx.run_id, ctx.state.value, ctx.state.value,
+                f"the run's deadline of {timeout} s passed",
+            )
+            await self._record_interruption(ctx, error)
+            raise error from exc
+        except asyncio.CancelledError:
+            # Recorded so the run is visibly interrupted (ERROR) and resumable;
+            # the cancellation itself always reaches the canceller.
+            await self._record_interruption(
+                ctx, asyncio.CancelledError("the task awaiting the run was cancelled")
+            )
+            raise
         finally:
             await asyncio.shield(self._release_quietly())
+
+    async def _loop(self, ctx: RunContext) -> RunContext:
+        if ctx.state is RunState.ERROR:
+            self._check_cancel()
+            await self._append((TransitionEvent, "resume", {}))
+        while True:
+            if ctx.state not in FINAL_STATES:
+                self._check_cancel()
+            match ctx.state:
+                case RunState.PENDING:
+                    await self._append((TransitionEvent, "start", {}))
+                case RunState.MODEL_CALL:
+                    await self._model_step(ctx)
+                case RunState.TOOL_EXEC:
+                    await self._tool_step(ctx)
+                case RunState.DONE | RunState.WAITING:
+                    return ctx
+                case RunState.CANCELLED:
+                    raise RunCancelledError(ctx.run_id, ctx.cancel_reason or "cancelled")
+                case RunState.ERROR:
+                    raise RunStateError(ctx.run_id, ctx.state.value, "it cannot be driven further")
+
+    def _cancel_reason(self) -> str:
+        return (self.lease.cancel_requested if self.lease else None) or "cancelled"
+
+    def _check_cancel(self) -> None:
+        if self.lease is not None and self.lease.cancel_requested is not None:
+            raise _CancelRequested
+
+    async def _record_interruption(self, ctx: RunContext, error: BaseException) -> None:
+        """Append ERROR for a deadline or cancellation, if the run was mid-effect."""
+        if self.ctx is None or self.lease is None:
+            return  # a write of unknown outcome: the store stays the source of truth
+        if ctx.state not in (RunState.MODEL_CALL, RunState.TOOL_EXEC):
+            return
+        info = ErrorInfo.from_exception(error).model_copy(update={"retryable": True})
+        await asyncio.shield(
+            self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
+        )
 
     async def _release_quietly(self) -> None:
         # A release that fails must not hide the exception that ended the run;
@@ -336,7 +360,7 @@ class RunExecution:
 
     def _context(self) -> RunContext:
         if self.ctx is None or self.lease is None:
-            raise RuntimeError("RunExecution.run() needs create() or acquire() first")
+            raise RuntimeError("RunExecution needs create() or acquire() first")
         return self.ctx
 
     async def _append(self, *specs: _Spec) -> None:
@@ -353,10 +377,24 @@ class RunExecution:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
-            self.lease = await self.backend.append(
-                ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease
+            write = asyncio.ensure_future(
+                self.backend.append(ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease)
             )
+            try:
+                self.lease = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The write goes on without us; wait for its outcome so the
+                # context matches the store before the interruption is recorded.
+                try:
+                    self.lease = await write
+                except Exception:
+                    self.ctx = None
+                    raise
+                ctx.apply_all(events)
+                raise
             ctx.apply_all(events)
+
+    # -- model calls ----------------------------------------------------------
 
     async def _model_step(self, ctx: RunContext) -> None:
         engine = self.engine
@@ -366,6 +404,7 @@ class RunExecution:
         repeated, self._resumed_in_model_call = self._resumed_in_model_call, False
         attempt = 1
         while True:
+            self._check_cancel()
             started = time.perf_counter()
             try:
                 async with self._keepalive():
@@ -399,43 +438,48 @@ class RunExecution:
                 "repeated": repeated,
             }
             calls = response.message.tool_calls
-            if not calls:
-                problem = self._check_output(ctx, response.message.content)
-                if problem is None:
-                    await self._append((ModelResponseEvent, "final_answer", answer))
-                    return
-                info = ErrorInfo.from_exception(problem)
-                if attempt < engine.retry.attempts:
-                    # Within the retry budget the model sees why its answer was refused.
-                    feedback = UserMessage(
-                        content=f"Your answer does not match the required output format: "
-                        f"{problem}. Answer again with only JSON that matches the schema."
-                    )
-                    await self._append(
-                        (OutputRejectedEvent, None, {
-                            "message": response.message, "feedback": feedback, "error": info,
-                            "model": response.model, "usage": response.usage,
-                            "attempt": attempt,
-                        })
-                    )
-                    attempt += 1
-                    continue
+            if calls:
+                # The intents of the calls that start at once ride in the same
+                # atomic append as the answer that asks for them: one write
+                # instead of two, and rule 1 holds because they start only after
+                # it returns. Calls that wait for a human get no intent yet.
+                now = [c for c in calls if self._runs_at_once(c)]
                 await self._append(
-                    (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
+                    (ModelResponseEvent, "tool_calls", answer),
+                    *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in now),
                 )
-                raise RunFailedError(
-                    ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
-                    f"the final answer failed validation after {attempt} attempt(s): {problem}",
-                ) from problem
-            # The intents ride in the same atomic append as the answer that asks
-            # for the calls: one write instead of two, and rule 1 still holds
-            # because the calls start only after this append returns.
+                self._live_intents.update(c.id for c in now)
+                return
+            problem = self._check_output(ctx, response.message.content)
+            if problem is None:
+                await self._append((ModelResponseEvent, "final_answer", answer))
+                return
+            info = ErrorInfo.from_exception(problem)
+            if attempt < engine.retry.attempts:
+                # Within the retry budget the model sees why its answer was refused.
+                feedback = UserMessage(
+                    content=f"Your answer does not match the required output format: "
+                    f"{problem}. Answer again with only JSON that matches the schema."
+                )
+                await self._append(
+                    (OutputRejectedEvent, None, {
+                        "message": response.message, "feedback": feedback, "error": info,
+                        "model": response.model, "usage": response.usage, "attempt": attempt,
+                    })
+                )
+                attempt += 1
+                continue
             await self._append(
-                (ModelResponseEvent, "tool_calls", answer),
-                *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in calls),
+                (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
             )
-            self._live_intents.update(c.id for c in calls)
-            return
+            raise RunFailedError(
+                ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
+                f"the final answer failed validation after {attempt} attempt(s): {problem}",
+            ) from problem
+
+    def _runs_at_once(self, call: ToolCallPart) -> bool:
+        tool = self.tools.get(call.name)
+        return tool is None or tool.requirement_kind is None
 
     def _check_output(self, ctx: RunContext, content: str | None) -> Exception | None:
         """Return why ``content`` is not an acceptable final answer, or None."""
@@ -459,31 +503,110 @@ class RunExecution:
             return OutputValidationError(f"not JSON: {exc}")
         return None
 
+    # -- tool calls -----------------------------------------------------------
+
+    def _plan(self, ctx: RunContext, call: ToolCallPart) -> _Plan:
+        """Decide what to do with one pending call from the tool and the recorded decisions."""
+        tool = self.tools.get(call.name)
+        attempts = ctx.call_attempts.get(call.id, 0)
+        # An intent without a result, not written by this execution and not
+        # followed by a recorded failure: the call may or may not have run.
+        in_doubt = (
+            attempts > 0 and call.id not in self._live_intents and call.id not in ctx.failed_calls
+        )
+        if tool is not None and in_doubt and not tool.idempotent:
+            rid = f"{call.id}:in_doubt:{attempts}"
+            decision = ctx.decisions.get(rid)
+            if decision is None:
+                return self._wait(call, rid, "in_doubt")
+            match decision.action:
+                case "confirm":
+                    return _Plan("run", call)
+                case "result":
+                    return self._record(call, decision.value, is_error=False)
+                case _:
+                    reason = decision.reason or "the call may have run before a crash"
+                    return self._record(call, f"failed by a human decision: {reason}", True)
+        kind = tool.requirement_kind if tool is not None else None
+        if kind is None:
+            return _Plan("run", call)
+        rid = f"{call.id}:{kind}"
+        decision = ctx.decisions.get(rid)
+        if decision is None:
+            return self._wait(call, rid, kind)
+        match decision.action:
+            case "confirm":
+                return _Plan("run", call)
+            case "input":
+                return _Plan("run", call, arguments={**call.arguments, **decision.inputs})
+            case "result":
+                return self._record(call, decision.value, is_error=False)
+            case _:
+                reason = decision.reason or "no reason given"
+                return self._record(call, f"rejected by a human: {reason}", is_error=True)
+
+    def _wait(self, call: ToolCallPart, rid: str, kind: Any) -> _Plan:
+        tool = self.tools.get(call.name)
+        fields = tool.user_fields if tool is not None and kind == "user_input" else ()
+        record = RequirementRecord(
+            id=rid, kind=kind, call_id=call.id, tool_name=call.name,
+            arguments=dict(call.arguments), fields=fields,
+        )
+        return _Plan("wait", call, requirement=record)
+
+    @staticmethod
+    def _record(call: ToolCallPart, value: JSONValue, is_error: bool) -> _Plan:
+        content = value if isinstance(value, str) else json.dumps(value)
+        result = ToolResultMessage(
+            call_id=call.id, name=call.name, content=content, is_error=is_error
+        )
+        return _Plan("record", call, result=result)
+
     async def _tool_step(self, ctx: RunContext) -> None:
         calls = list(ctx.pending_calls.values())
+        plans = [self._plan(ctx, c) for c in calls]
+        waits = [p.requirement for p in plans if p.requirement is not None]
+        records = [p for p in plans if p.result is not None]
+        runs = [p for p in plans if p.action == "run"]
+        if records:
+            specs: list[_Spec] = [
+                (ToolFinishedEvent, None, {"result": p.result}) for p in records
+            ]
+            if len(records) == len(calls):
+                specs.append((TransitionEvent, "tools_done", {}))
+            await self._append(*specs)
         if not calls:
             await self._append((TransitionEvent, "tools_done", {}))
             return
-        again = [c for c in calls if c.id not in self._live_intents]
+        if runs:
+            await self._run_calls(ctx, runs)
+        if waits:
+            await self._append((WaitingEvent, "needs_human", {"requirements": tuple(waits)}))
+
+    async def _run_calls(self, ctx: RunContext, runs: list[_Plan]) -> None:
+        again = [p.call for p in runs if p.call.id not in self._live_intents]
         if again:
-            # Intents from an earlier process or attempt with no result: the call
-            # may have run. Tools are at-least-once (DESIGN.md §3 rule 4); the
-            # new intent records the re-run with the same idempotency key.
+            self._check_cancel()
+            # A call with no live intent either never started (approved just
+            # now) or may have run in an earlier process: tools are
+            # at-least-once (rule 4), and the new intent records the (re-)run
+            # under the same idempotency key.
             await self._append(
                 *(
                     (ToolStartedEvent, None, {"call_id": c.id, "name": c.name,
-                                              "attempt": ctx.call_attempts.get(c.id, 1) + 1})
+                                              "attempt": ctx.call_attempts.get(c.id, 0) + 1})
                     for c in again
                 )
             )
             self._live_intents.update(c.id for c in again)
+        self._check_cancel()
         try:
             async with self._keepalive(), asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._run_call(ctx, c)) for c in calls]
+                tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
         except BaseExceptionGroup as grouped:
             raise grouped.exceptions[0] from None
         self._live_intents.clear()
-        failures = [(c, t.result()) for c, t in zip(calls, tasks, strict=True) if t.result()]
+        failures = [(p.call, t.result()) for p, t in zip(runs, tasks, strict=True) if t.result()]
         if failures:
             call, error = failures[0]
             assert error is not None
@@ -497,11 +620,12 @@ class RunExecution:
                 f"tool {call.name!r} (call {call.id}) raised {info.type}: {info.message}",
             ) from error
 
-    async def _run_call(self, ctx: RunContext, call: ToolCallPart) -> Exception | None:
+    async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:
         """Run one call and append its result; return the tool's exception instead of raising.
 
         Store errors propagate: without a durable result nothing else may start.
         """
+        call = plan.call
         started = time.perf_counter()
         tool = self.tools.get(call.name)
         is_error = True
@@ -516,7 +640,7 @@ class RunExecution:
                 attempt=ctx.call_attempts.get(call.id, 1),
             )
             try:
-                content = await tool.call(call.arguments, tool_ctx)
+                content = await tool.call(plan.arguments or call.arguments, tool_ctx)
                 is_error = False
             except ToolRetry as retry:
                 content = retry.message
@@ -584,3 +708,45 @@ class RunExecution:
         if self.lease is not None and self.lease.generation == renewed.generation:
             self.lease = renewed
 
+
+async def cancel_run(
+    backend: Backend,
+    run_id: str,
+    *,
+    reason: str = "cancelled by request",
+    owner: LeaseOwner | None = None,
+    lease_ttl: float = 30.0,
+) -> RunState:
+    """Cancel a run from any process; return its state afterwards.
+
+    The request is recorded first (`Backend.request_cancel`). If no live
+    process holds the run, this call takes the lease and records CANCELLED
+    itself; otherwise the holder stops at its next transition boundary and
+    records it, and the state returned is the one it has until then. A DONE
+    run raises `RunStateError`; a CANCELLED one is left as it is.
+    """
+    header = await backend.get_run(run_id)
+    if header.state is RunState.CANCELLED:
+        return header.state
+    if header.state is RunState.DONE:
+        raise RunStateError(run_id, header.state.value, "a finished run cannot be cancelled")
+    await backend.request_cancel(run_id, reason)
+    try:
+        lease = await acquire_lease(backend, run_id, owner or LeaseOwner.current(), lease_ttl)
+    except RunBusyError:
+        return (await backend.get_run(run_id)).state
+    try:
+        ctx = RunContext.from_stored(await backend.load_run(run_id))
+        if ctx.state in FINAL_STATES:
+            return ctx.state
+        event = CancelledEvent(
+            seq=ctx.seq + 1,
+            state=next_state(ctx.state, "cancel"),
+            trigger="cancel",
+            reason=reason,
+            from_state=ctx.state,
+        )
+        await backend.append(run_id, [event], expected_seq=ctx.seq, lease=lease)
+        return event.state
+    finally:
+        await backend.release_lease(run_id, lease)

@@ -15,6 +15,10 @@ The tree::
     ├── InvalidTransitionError                       a trigger the machine forbids in a state
     ├── RunStateError                                the run is in a state that forbids the call
     ├── RunFailedError                               the run stopped in ERROR (cause attached)
+    │   └── RunTimeoutError (TimeoutError)           the run's deadline passed (recorded)
+    ├── RunWaitingError                              the run paused for a human decision
+    ├── RunCancelledError                            the run was cancelled
+    ├── DecisionError (ValueError)                   a decision that does not fit the run
     ├── ModelError                                   a chat model failed
     │   ├── ModelNotAvailableError (ImportError)     a model string whose adapter is missing
     │   ├── ModelHTTPError                           an HTTP status from a provider
@@ -37,6 +41,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "ConfigurationError",
     "CorruptRunError",
+    "DecisionError",
     "DurableAgentError",
     "InvalidTransitionError",
     "LeaseLostError",
@@ -48,10 +53,13 @@ __all__ = [
     "ModelTimeoutError",
     "OutputValidationError",
     "RunBusyError",
+    "RunCancelledError",
     "RunExistsError",
     "RunFailedError",
     "RunNotFoundError",
     "RunStateError",
+    "RunTimeoutError",
+    "RunWaitingError",
     "SchemaVersionError",
     "ScriptExhaustedError",
     "StoreUnavailableError",
@@ -183,6 +191,43 @@ class RunFailedError(DurableAgentError):
             f"run {run_id!r} failed in {failed_state or state}: {message}; it is recorded, "
             f"continue with continue_run_async(run_id={run_id!r})"
         )
+
+
+class RunTimeoutError(RunFailedError, TimeoutError):
+    """The run's deadline passed; the timeout is recorded and the run can be continued."""
+
+
+class RunWaitingError(DurableAgentError):
+    """The run paused for human decisions; there is no answer to return yet.
+
+    ``requirements`` lists what must be decided; pass the decisions to
+    ``continue_run_async(run_id=..., approvals=..., results=..., inputs=...)``.
+    """
+
+    def __init__(self, run_id: str, requirements: tuple[object, ...]) -> None:
+        self.run_id = run_id
+        self.requirements = requirements
+        ids = ", ".join(str(getattr(r, "id", r)) for r in requirements) or "none"
+        super().__init__(
+            f"run {run_id!r} is WAITING for human decisions on: {ids}; decide them with "
+            f"continue_run_async(run_id={run_id!r}, approvals=/results=/inputs=...)"
+        )
+
+
+class RunCancelledError(DurableAgentError):
+    """The run was cancelled; it cannot be continued."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} was cancelled: {reason}")
+
+
+class DecisionError(DurableAgentError, ValueError):
+    """A decision names an unknown or already decided requirement, or does not fit its kind.
+
+    Nothing was recorded: the run is still WAITING with the same requirements.
+    """
 
 
 class ModelError(DurableAgentError):

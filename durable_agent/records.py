@@ -24,7 +24,10 @@ from durable_agent.fsm import RunState
 __all__ = [
     "SCHEMA_VERSION",
     "AssistantMessage",
+    "CancelledEvent",
     "CreatedEvent",
+    "DecisionAction",
+    "DecisionEvent",
     "ErrorInfo",
     "Event",
     "FailedEvent",
@@ -35,6 +38,8 @@ __all__ = [
     "ModelResponseEvent",
     "OutputFormat",
     "OutputRejectedEvent",
+    "RequirementKind",
+    "RequirementRecord",
     "RunHeader",
     "StoredRun",
     "SystemMessage",
@@ -45,6 +50,7 @@ __all__ = [
     "TransitionEvent",
     "Usage",
     "UserMessage",
+    "WaitingEvent",
     "decode_event",
     "decode_header",
     "encode_event",
@@ -182,6 +188,9 @@ class Lease(BaseModel):
     generation: int
     expires_at: float
     ttl: float
+    cancel_requested: str | None = None
+    """Set by the store when someone asked to cancel the run: the holder must stop
+    at its next transition boundary (the reason is the value)."""
 
 
 class RunHeader(_Record):
@@ -197,6 +206,8 @@ class RunHeader(_Record):
     updated_at: datetime = Field(default_factory=utcnow)
     lease: Lease | None = None
     lease_generation: int = 0
+    cancel_requested: str | None = None
+    """The reason of a pending cancellation request, until the run is CANCELLED."""
 
 
 # -- events -----------------------------------------------------------------
@@ -289,6 +300,54 @@ class OutputRejectedEvent(_Event):
     attempt: int = 1
 
 
+RequirementKind: TypeAlias = Literal["confirmation", "external", "user_input", "in_doubt"]
+"""Why a tool call waits for a human: approve it, run it yourself, provide fields,
+or decide a call that may have run before a crash (non-idempotent tools)."""
+
+DecisionAction: TypeAlias = Literal["confirm", "reject", "result", "input"]
+"""What a human decided: run it (for in-doubt: run again), refuse it (in-doubt:
+fail it), supply its result (in-doubt: skip it with that result), or give fields."""
+
+
+class RequirementRecord(BaseModel):
+    """One pending human decision about one tool call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: RequirementKind
+    call_id: str
+    tool_name: str
+    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+    fields: tuple[str, ...] = ()
+
+
+class WaitingEvent(_Event):
+    """The run paused (``needs_human``) until every requirement is decided."""
+
+    kind: Literal["waiting"] = "waiting"
+    requirements: tuple[RequirementRecord, ...]
+
+
+class DecisionEvent(_Event):
+    """A human decision, recorded before anything it allows runs."""
+
+    kind: Literal["decision"] = "decision"
+    requirement_id: str
+    action: DecisionAction
+    reason: str | None = None
+    value: JSONValue = None
+    inputs: dict[str, JSONValue] = Field(default_factory=dict)
+
+
+class CancelledEvent(_Event):
+    """The run was cancelled (final)."""
+
+    kind: Literal["cancelled"] = "cancelled"
+    reason: str
+    from_state: RunState
+
+
 class FailedEvent(_Event):
     """The run stopped in ERROR; ``failed_state`` is where ``resume`` returns."""
 
@@ -306,6 +365,9 @@ Event: TypeAlias = Annotated[
     | ToolStartedEvent
     | ToolFinishedEvent
     | OutputRejectedEvent
+    | WaitingEvent
+    | DecisionEvent
+    | CancelledEvent
     | FailedEvent,
     Field(discriminator="kind"),
 ]

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from durable_agent.fsm import RunState, restore_state
+from durable_agent.human import Requirement
 from durable_agent.records import (
     AssistantMessage,
+    CancelledEvent,
     CreatedEvent,
+    DecisionEvent,
     ErrorInfo,
     Event,
     FailedEvent,
@@ -25,6 +28,7 @@ from durable_agent.records import (
     ModelResponseEvent,
     OutputFormat,
     OutputRejectedEvent,
+    RequirementRecord,
     RunHeader,
     StoredRun,
     ToolCallPart,
@@ -32,6 +36,7 @@ from durable_agent.records import (
     ToolStartedEvent,
     TransitionEvent,
     Usage,
+    WaitingEvent,
 )
 
 __all__ = ["RunContext", "RunOutput"]
@@ -59,6 +64,18 @@ class RunContext:
     usage: Usage = field(default_factory=Usage)
     events: int = 0
     output_format: OutputFormat | None = None
+    requirements: dict[str, RequirementRecord] = field(default_factory=dict)
+    """Requirements raised since the last model answer, by id."""
+    decisions: dict[str, DecisionEvent] = field(default_factory=dict)
+    """Decisions about ``requirements``, by requirement id."""
+    cancel_reason: str | None = None
+    failed_calls: set[str] = field(default_factory=set)
+    """Pending calls whose last attempt raised (recorded): their outcome is known."""
+
+    @property
+    def open_requirements(self) -> dict[str, RequirementRecord]:
+        """Requirements still waiting for a decision."""
+        return {k: r for k, r in self.requirements.items() if k not in self.decisions}
 
     @classmethod
     def from_stored(cls, stored: StoredRun) -> RunContext:
@@ -94,6 +111,9 @@ class RunContext:
                 self.usage = self.usage + event.usage
                 self.pending_calls = {c.id: c for c in event.message.tool_calls}
                 self.call_attempts = {}
+                self.requirements = {}
+                self.decisions = {}
+                self.failed_calls = set()
                 self.calls_seq = event.seq
                 self.failed_state = None
                 self.error = None
@@ -101,15 +121,24 @@ class RunContext:
                     self.output = event.message.content or ""
             case ToolStartedEvent():
                 self.call_attempts[event.call_id] = event.attempt
+                self.failed_calls.discard(event.call_id)
             case ToolFinishedEvent():
                 self.messages.append(event.result)
                 self.pending_calls.pop(event.result.call_id, None)
             case FailedEvent():
                 self.failed_state = event.failed_state
                 self.error = event.error
+                if event.call_id is not None:
+                    self.failed_calls.add(event.call_id)
             case OutputRejectedEvent():
                 self.messages.extend((event.message, event.feedback))
                 self.usage = self.usage + event.usage
+            case WaitingEvent():
+                self.requirements.update((r.id, r) for r in event.requirements)
+            case DecisionEvent():
+                self.decisions[event.requirement_id] = event
+            case CancelledEvent():
+                self.cancel_reason = event.reason
             case ModelAttemptFailedEvent():
                 self.usage = self.usage + Usage(requests=1)
             case TransitionEvent():
@@ -147,6 +176,8 @@ class RunOutput:
     user_id: str | None = None
     parsed: BaseModel | None = None
     """The final answer as the task's ``response_format`` instance, when it has one."""
+    requirements: tuple[Requirement, ...] = ()
+    """The open requirements while the run is WAITING: decide them and continue."""
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> RunOutput:
@@ -162,4 +193,5 @@ class RunOutput:
             history_length=ctx.events,
             session_id=ctx.session_id,
             user_id=ctx.user_id,
+            requirements=tuple(Requirement(r) for r in ctx.open_requirements.values()),
         )

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast, get_type_hints, overload
+from typing import Any, Literal, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic_core import to_json
@@ -40,7 +40,18 @@ class ToolContext:
 
 
 class Tool:
-    """A function the model may call, with its schema and validator."""
+    """A function the model may call, with its schema and validator.
+
+    Args:
+        requires_confirmation: a human approves (or rejects) each call first.
+        external_execution: the caller runs the call and supplies its result;
+            the function only describes the parameters and is never called.
+        requires_user_input: parameters a human provides instead of the model
+            (they are hidden from the model's schema).
+        idempotent: False means a call whose intent was recorded without a
+            result (the process died mid-call) is never re-run automatically:
+            the run waits for a human to decide it.
+    """
 
     def __init__(
         self,
@@ -48,9 +59,21 @@ class Tool:
         *,
         name: str | None = None,
         description: str | None = None,
+        requires_confirmation: bool = False,
+        external_execution: bool = False,
+        requires_user_input: Iterable[str] = (),
+        idempotent: bool = True,
     ) -> None:
         if not callable(function):
             raise ConfigurationError(f"a tool must be a function, got {function!r}")
+        if isinstance(requires_user_input, str):
+            raise ConfigurationError(
+                "requires_user_input must be a list of parameter names, not a str"
+            )
+        self.requires_confirmation = bool(requires_confirmation)
+        self.external_execution = bool(external_execution)
+        self.user_fields: tuple[str, ...] = tuple(requires_user_input)
+        self.idempotent = bool(idempotent)
         self.function = function
         self.name: str = name or str(getattr(function, "__name__", ""))
         if not self.name.isidentifier():
@@ -58,8 +81,20 @@ class Tool:
         self.description = description or inspect.getdoc(function) or ""
         self.is_async = inspect.iscoroutinefunction(function)
         self._ctx_param, self._arguments = self._build_arguments_model(function)
+        unknown = set(self.user_fields) - set(self._arguments.model_fields)
+        if unknown:
+            raise ConfigurationError(
+                f"tool {self.name!r}: requires_user_input names {sorted(unknown)}, which are "
+                "not parameters of the function"
+            )
         schema = self._arguments.model_json_schema()
         schema.pop("title", None)
+        # Fields a human provides are not the model's to fill in.
+        properties = schema.get("properties", {})
+        for hidden in self.user_fields:
+            properties.pop(hidden, None)
+        if "required" in schema:
+            schema["required"] = [f for f in schema["required"] if f not in self.user_fields]
         self.parameters = cast(dict[str, JSONValue], schema)
 
     def _build_arguments_model(
@@ -125,6 +160,17 @@ class Tool:
             result = await asyncio.to_thread(self.function, **kwargs)
         return result if isinstance(result, str) else to_json(result).decode()
 
+    @property
+    def requirement_kind(self) -> Literal["confirmation", "external", "user_input"] | None:
+        """The human decision each call of this tool needs first, if any."""
+        if self.external_execution:
+            return "external"
+        if self.user_fields:
+            return "user_input"
+        if self.requires_confirmation:
+            return "confirmation"
+        return None
+
     def __repr__(self) -> str:
         return f"Tool({self.name!r})"
 
@@ -132,20 +178,44 @@ class Tool:
 @overload
 def tool(function: Callable[..., Any], /) -> Tool: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[
-    [Callable[..., Any]], Tool
-]: ...
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_confirmation: bool = False,
+    external_execution: bool = False,
+    requires_user_input: Iterable[str] = (),
+    idempotent: bool = True,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     function: Callable[..., Any] | None = None,
     /,
     *,
     name: str | None = None,
     description: str | None = None,
+    requires_confirmation: bool = False,
+    external_execution: bool = False,
+    requires_user_input: Iterable[str] = (),
+    idempotent: bool = True,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Decorate a function as a `Tool` (plain functions are accepted by Agent too)."""
-    if function is not None:
-        return Tool(function, name=name, description=description)
-    return lambda f: Tool(f, name=name, description=description)
+    """Decorate a function as a `Tool` (plain functions are accepted by Agent too).
+
+    ``@tool`` alone, or ``@tool(requires_confirmation=True, idempotent=False, ...)``
+    with the options of `Tool`.
+    """
+
+    def build(f: Callable[..., Any]) -> Tool:
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            requires_confirmation=requires_confirmation,
+            external_execution=external_execution,
+            requires_user_input=requires_user_input,
+            idempotent=idempotent,
+        )
+
+    return build(function) if function is not None else build
 
 
 def toolset(items: Iterable[Tool | Callable[..., Any]], *, owner: str) -> dict[str, Tool]:

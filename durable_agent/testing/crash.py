@@ -91,6 +91,9 @@ class KillSwitchBackend(Backend):
     ) -> int:
         return await self.inner.prune(older_than=older_than, states=states)
 
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        return await self.inner.request_cancel(run_id, reason)
+
     async def acquire_lease(
         self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
     ) -> Lease:
