@@ -54,7 +54,8 @@ _SCHEMA: Final = (
         lease_generation INTEGER NOT NULL,
         lease_expires REAL,
         lease_ttl REAL,
-        schema_version INTEGER NOT NULL
+        schema_version INTEGER NOT NULL,
+        cancel_requested TEXT
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at, run_id)",
@@ -74,10 +75,10 @@ _SCHEMA: Final = (
 _HEADER_COLUMNS: Final = (
     "run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at, "
     "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl, "
-    "schema_version"
+    "schema_version, cancel_requested"
 )
 _SELECT_HEADER: Final = f"SELECT {_HEADER_COLUMNS} FROM runs WHERE run_id = ?"
-_INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
 _LEASE_SET: Final = (
     "updated_at = ?, lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
@@ -128,13 +129,14 @@ def header_row(header: RunHeader) -> tuple[object, ...]:
         lease.expires_at if lease else None,
         lease.ttl if lease else None,
         header.schema_version,
+        header.cancel_requested,
     )
 
 
 def header_from_row(row: Sequence[Any]) -> RunHeader:
     """Rebuild a header from its columns; `CorruptRunError` when one does not validate."""
     (run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at) = row[:8]
-    (owner, host, pid, generation, expires, ttl, version) = row[8:]
+    (owner, host, pid, generation, expires, ttl, version, cancel_requested) = row[8:]
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise SchemaVersionError(run_id, None, version, SCHEMA_VERSION)
     try:
@@ -142,7 +144,13 @@ def header_from_row(row: Sequence[Any]) -> RunHeader:
             None
             if owner is None
             else Lease(
-                owner=owner, host=host, pid=pid, generation=generation, expires_at=expires, ttl=ttl
+                owner=owner,
+                host=host,
+                pid=pid,
+                generation=generation,
+                expires_at=expires,
+                ttl=ttl,
+                cancel_requested=cancel_requested,
             )
         )
         return RunHeader(
@@ -157,6 +165,7 @@ def header_from_row(row: Sequence[Any]) -> RunHeader:
             updated_at=_from_timestamp(updated_at),
             lease=lease,
             lease_generation=generation,
+            cancel_requested=cancel_requested,
         )
     except (ValueError, TypeError, OverflowError, OSError) as exc:  # incl. ValidationError
         detail = " ".join(str(exc).split())
@@ -196,6 +205,7 @@ def append(
     rows: list[tuple[str, int, str]],
     expected_seq: int,
     lease: Lease,
+    release: bool = False,
 ) -> Lease:
     # The header is read inside the batch's transaction, so two appends of one
     # run in the same batch chain: the second sees the seq the first wrote.
@@ -207,8 +217,10 @@ def append(
         db.executemany(_INSERT_EVENT, rows)
     last = events[-1] if events else None
     now = time.time()
-    renewed = lease.model_copy(update={"expires_at": now + lease.ttl})
-    lease_columns = (now, *_lease_columns(renewed), run_id)
+    renewed = lease.model_copy(
+        update={"expires_at": now + lease.ttl, "cancel_requested": header.cancel_requested}
+    )
+    lease_columns = (now, *_lease_columns(None if release else renewed), run_id)
     if last is None or last.state == header.state:
         # Leaving `state` out of the SET spares an update of the runs_by_state index.
         db.execute(_RENEW_ON_APPEND, (header.seq if last is None else last.seq, *lease_columns))
@@ -234,9 +246,19 @@ def renew(db: sqlite3.Connection, run_id: str, lease: Lease) -> Lease:
     header = load_header(db, run_id)
     if header.lease is None or header.lease_generation != lease.generation:
         raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
-    renewed = lease.model_copy(update={"expires_at": time.time() + lease.ttl})
+    renewed = lease.model_copy(
+        update={"expires_at": time.time() + lease.ttl, "cancel_requested": header.cancel_requested}
+    )
     db.execute(_SET_LEASE, (*_lease_columns(renewed), run_id))
     return renewed
+
+
+def request_cancel(db: sqlite3.Connection, run_id: str, reason: str) -> RunHeader:
+    header = load_header(db, run_id)
+    if header.cancel_requested is not None:
+        return header  # the first reason stands
+    db.execute("UPDATE runs SET cancel_requested = ? WHERE run_id = ?", (reason, run_id))
+    return header.model_copy(update={"cancel_requested": reason})
 
 
 def release(db: sqlite3.Connection, run_id: str, lease: Lease) -> None:

@@ -90,7 +90,13 @@ class MemoryBackend(Backend):
         )
 
     async def append(
-        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
     ) -> Lease:
         stored = self._stored(run_id)
         header = decode_header(run_id, stored.header)
@@ -109,7 +115,7 @@ class MemoryBackend(Backend):
                     "seq": last.seq if last else header.seq,
                     "state": last.state if last else header.state,
                     "updated_at": utcnow(),
-                    "lease": renewed,
+                    "lease": None if release else renewed,
                 }
             )
         )

@@ -428,12 +428,18 @@ class SqliteBackend(Backend):
         await self._write(header.run_id, lambda db: ops.create(db, row, rows))
 
     async def append(
-        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
     ) -> Lease:
         events = tuple(events)
         rows = [(run_id, event.seq, encode_event(event)) for event in events]
         return await self._write(
-            run_id, lambda db: ops.append(db, run_id, events, rows, expected_seq, lease)
+            run_id, lambda db: ops.append(db, run_id, events, rows, expected_seq, lease, release)
         )
 
     async def load_run(self, run_id: str) -> StoredRun:
@@ -523,6 +529,9 @@ class SqliteBackend(Backend):
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         await self._write(run_id, ops.release, run_id, lease)
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        return await self._write(run_id, ops.request_cancel, run_id, reason)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from durable_agent.agent import Agent, DurabilityWarning, Task
 from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
 from durable_agent.engine import RetryPolicy, cancel_run
-from durable_agent.human import Requirement
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -45,6 +44,7 @@ from durable_agent.errors import (
     ToolRetry,
 )
 from durable_agent.fsm import RunState
+from durable_agent.human import Requirement
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models.scripted import ScriptedFailure, ScriptedModel, ToolCall
 from durable_agent.registry import open_backend
@@ -81,8 +81,8 @@ __all__ = [
     "ModelTimeoutError",
     "OutputSchema",
     "OutputValidationError",
-    "RetryPolicy",
     "Requirement",
+    "RetryPolicy",
     "RunBusyError",
     "RunCancelledError",
     "RunExistsError",

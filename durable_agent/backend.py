@@ -127,9 +127,19 @@ class Backend(ABC):
 
     @abstractmethod
     async def append(
-        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
     ) -> Lease:
         """Append ``events`` (seqs ``expected_seq + 1 …``) atomically and durably.
+
+        With ``release=True`` the lease is given up in the same atomic step: the
+        engine uses it for the write that brings a run to rest (DONE, ERROR,
+        WAITING, CANCELLED), so a crash right after it leaves no lease behind.
 
         Checks in the same atomic step that the run's ``seq`` is
         ``expected_seq`` and that its lease generation and owner are

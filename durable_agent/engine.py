@@ -128,6 +128,12 @@ class Engine:
         return RunExecution(self, run_id, tools, output_type=output_type)
 
 
+_AT_REST: frozenset[RunState] = frozenset(
+    {RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED}
+)
+"""States a run rests in without an owner: the write that enters one releases the lease."""
+
+
 class _CancelRequested(Exception):
     """Internal: a cancellation request was seen at a transition boundary."""
 
@@ -284,7 +290,11 @@ class RunExecution:
         and re-raises `asyncio.CancelledError` after recording the interruption.
         Store errors propagate as they are.
         """
-        ctx = self._context()
+        ctx = self.ctx
+        if ctx is None:
+            raise RuntimeError("RunExecution.run() needs create() or acquire() first")
+        if self.lease is None:
+            return ctx  # at rest already (decisions left the run WAITING)
         try:
             async with asyncio.timeout(timeout) as deadline:
                 return await self._loop(ctx)
@@ -377,8 +387,12 @@ class RunExecution:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+            # The write that brings the run to rest gives the lease up atomically.
+            release = state in _AT_REST
             write = asyncio.ensure_future(
-                self.backend.append(ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease)
+                self.backend.append(
+                    ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
+                )
             )
             try:
                 self.lease = await asyncio.shield(write)
@@ -390,9 +404,14 @@ class RunExecution:
                 except Exception:
                     self.ctx = None
                     raise
-                ctx.apply_all(events)
+                self._settle(events, release)
                 raise
-            ctx.apply_all(events)
+            self._settle(events, release)
+
+    def _settle(self, events: list[Event], released: bool) -> None:
+        self._context().apply_all(events)
+        if released:
+            self.lease = None
 
     # -- model calls ----------------------------------------------------------
 

@@ -47,9 +47,17 @@ class KillSwitchBackend(Backend):
         self._wrote()
 
     async def append(
-        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
     ) -> Lease:
-        renewed = await self.inner.append(run_id, events, expected_seq=expected_seq, lease=lease)
+        renewed = await self.inner.append(
+            run_id, events, expected_seq=expected_seq, lease=lease, release=release
+        )
         self._wrote()
         return renewed
 

@@ -133,7 +133,7 @@ def test_a_rejection_reaches_the_model_as_the_call_result(store: StoreFactory) -
     )
     assert done.state is RunState.DONE
     assert desk.ran["refund"] == 0
-    result = [m for m in done.messages if m.role == "tool"][0]
+    result = next(m for m in done.messages if m.role == "tool")
     assert result.is_error
     assert "over the limit" in result.content
 
@@ -151,7 +151,7 @@ def test_external_execution_takes_the_callers_result(store: StoreFactory) -> Non
     )
     assert done.output == "shipped"
     assert desk.ran["ship"] == 0
-    assert [m for m in done.messages if m.role == "tool"][0].content == '{"tracking": "Z9"}'
+    assert next(m for m in done.messages if m.role == "tool").content == '{"tracking": "Z9"}'
 
 
 def test_user_input_fields_are_hidden_from_the_model_and_provided_by_a_human(
@@ -169,7 +169,7 @@ def test_user_input_fields_are_hidden_from_the_model_and_provided_by_a_human(
             run_id=out.run_id, requirements=[req.provide(account="DE89")], return_output=True
         )
     )
-    assert [m for m in done.messages if m.role == "tool"][0].content == "sent 5.0 to DE89"
+    assert next(m for m in done.messages if m.role == "tool").content == "sent 5.0 to DE89"
 
 
 def test_partial_decisions_keep_the_run_waiting_with_the_rest(store: StoreFactory) -> None:
@@ -420,7 +420,7 @@ def test_a_timeout_is_recorded_and_the_run_can_be_continued(store: StoreFactory)
 
     agent = Agent(ScriptedModel([ToolCall("slow"), "finished"]), db=store(), tools=[slow])
     task = Task("x")
-    with pytest.raises(RunTimeoutError, match="deadline of 0.2 s") as raised:
+    with pytest.raises(RunTimeoutError, match=r"deadline of 0\.2 s") as raised:
         run(agent.do_async(task, timeout=0.2))
     assert isinstance(raised.value, TimeoutError)
     assert task.run_id is not None

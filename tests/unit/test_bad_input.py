@@ -38,7 +38,15 @@ def test_agent_rejects_a_malformed_model_string() -> None:
 
 
 def test_provider_strings_without_an_adapter_say_so() -> None:
+    from durable_agent.models import register_model_provider
+
+    register_model_provider("ghost", "durable_agent.models.ghost:GhostModel")
     with pytest.raises(ModelNotAvailableError, match="ScriptedModel"):
+        Agent("ghost/model-1", db=MemoryBackend())
+
+
+def test_a_provider_string_without_a_key_fails_before_any_run() -> None:
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
         Agent("openai/gpt-4o-mini", db=MemoryBackend())
 
 
