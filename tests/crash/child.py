@@ -158,12 +158,20 @@ class RecordingKillSwitch(KillSwitchBackend):
         await super().create_run(header, events)
 
     async def append(
-        self, run_id: str, events: Sequence[Event], *, expected_seq: int, lease: Lease
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
     ) -> Lease:
         # Noted before the write: a write that is then refused stays in the
         # list, which the parent's seq checks would notice.
         self.write_seqs.append([e.seq for e in events])
-        return await super().append(run_id, events, expected_seq=expected_seq, lease=lease)
+        return await super().append(
+            run_id, events, expected_seq=expected_seq, lease=lease, release=release
+        )
 
 
 class LedgerModel(ScriptedModel):
