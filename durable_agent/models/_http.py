@@ -29,7 +29,7 @@ from durable_agent.errors import (
 from durable_agent.records import JSONValue
 
 __all__ = [
-    "LoopClients",
+    "LoopHTTPClients",
     "check_timeout",
     "describe_cause",
     "http_error",
@@ -218,56 +218,55 @@ def parse_arguments(raw: str, *, provider: str, tool: str) -> dict[str, JSONValu
     return value
 
 
-class LoopClients(Generic[C]):
-    """One SDK client per event loop, closed when that loop shuts down.
+_KEEPERS: set[asyncio.Task[None]] = set()
+"""The tasks that close shared HTTP clients at loop shutdown (the loop holds tasks weakly)."""
 
-    An SDK client pools connections that belong to the loop they were opened
-    on, and the synchronous ``agent.do()`` runs every call under a fresh
-    ``asyncio.run()``. So each loop gets its own client, and a small task that
-    only waits is parked on that loop: ``asyncio.run`` cancels it at shutdown,
-    and it closes the client there, before the loop is gone (no unclosed
-    sockets, no ``ResourceWarning``).
+
+class LoopHTTPClients(Generic[C]):
+    """One HTTP client per event loop, shared by every model of one SDK on that loop.
+
+    Connection pools belong to the loop they were opened on, and the
+    synchronous ``agent.do()`` runs each call under a fresh ``asyncio.run()``.
+    So each loop gets its own client, and a task that only waits is parked on
+    the loop: ``asyncio.run`` cancels it at shutdown, and it closes the client
+    there, before the loop is gone (no unclosed sockets, no ``ResourceWarning``).
+    Models hold no connections of their own, so one that is dropped while its
+    loop runs leaks nothing; the pool is bounded by the loops, not the models.
     """
 
-    def __init__(self, factory: Callable[[], C], close: Callable[[C], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], C],
+        close: Callable[[C], Awaitable[None]],
+        is_closed: Callable[[C], bool],
+    ) -> None:
         self._factory = factory
         self._close = close
+        self._is_closed = is_closed
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, C] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
             weakref.WeakKeyDictionary()
         )
 
     def get(self) -> C:
-        """The running loop's client, built on first use."""
+        """The running loop's client, built on first use (or after it was closed)."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
-        if client is None:
+        if client is None or self._is_closed(client):
             client = self._factory()
             self._clients[loop] = client
-            self._keepers[loop] = loop.create_task(
-                self._close_at_shutdown(loop, client), name="durable-agent: SDK client keeper"
+            keeper = loop.create_task(
+                _close_at_shutdown(loop, client, self._close),
+                name="durable-agent: close the HTTP client at loop shutdown",
             )
+            _KEEPERS.add(keeper)
+            keeper.add_done_callback(_KEEPERS.discard)
         return client
 
-    async def _close_at_shutdown(self, loop: asyncio.AbstractEventLoop, client: C) -> None:
-        try:
-            await loop.create_future()
-        finally:
-            if self._clients.get(loop) is client:
-                del self._clients[loop]
-            await self._close(client)
 
-    async def aclose(self) -> None:
-        """Close the running loop's client now (a new one is built on next use)."""
-        loop = asyncio.get_running_loop()
-        keeper = self._keepers.pop(loop, None)
-        if keeper is not None and not keeper.done():
-            keeper.cancel()
-            try:
-                await keeper
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+async def _close_at_shutdown(
+    loop: asyncio.AbstractEventLoop, client: C, close: Callable[[C], Awaitable[None]]
+) -> None:
+    try:
+        await loop.create_future()
+    finally:
+        await close(client)

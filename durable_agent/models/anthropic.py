@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,7 +37,7 @@ from durable_agent.errors import (
 )
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
-    LoopClients,
+    LoopHTTPClients,
     check_timeout,
     describe_cause,
     http_error,
@@ -113,20 +114,23 @@ class AnthropicModel(ChatModel):
             # retries off: the engine's policy must be the only retry.
             ready = client.with_options(max_retries=0)
             self._secret: str | None = ready.api_key or ready.auth_token or None
-            self._clients: LoopClients[anthropic.AsyncAnthropic] | None = None
             self._fixed: anthropic.AsyncAnthropic | None = ready
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
-            self._clients = LoopClients(self._new_client, _close_client)
             self._fixed = None
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop,
+            tuple[anthropic.DefaultAsyncHttpxClient, anthropic.AsyncAnthropic],
+        ] = weakref.WeakKeyDictionary()
 
-    def _new_client(self) -> anthropic.AsyncAnthropic:
+    def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
             api_key=self._secret,
             base_url=self._base_url,
             timeout=self.timeout,
             max_retries=0,
             default_headers=self._headers or None,
+            http_client=http,
         )
 
     def __repr__(self) -> str:
@@ -139,13 +143,15 @@ class AnthropicModel(ChatModel):
     def _client(self) -> anthropic.AsyncAnthropic:
         if self._fixed is not None:
             return self._fixed
-        assert self._clients is not None
-        return self._clients.get()
-
-    async def aclose(self) -> None:
-        """Close this event loop's HTTP connections (reopened on the next request)."""
-        if self._clients is not None:
-            await self._clients.aclose()
+        # The SDK client is a thin wrapper (about 30 us to build), kept per
+        # loop; the connections live in the loop's shared HTTP client.
+        http = _HTTP.get()
+        loop = asyncio.get_running_loop()
+        cached = self._clients.get(loop)
+        if cached is None or cached[0] is not http:
+            cached = (http, self._new_client(http))
+            self._clients[loop] = cached
+        return cached[1]
 
     async def request(
         self,
@@ -214,7 +220,11 @@ class AnthropicModel(ChatModel):
             raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
         if not isinstance(answer, AnthropicMessage):
             raise _malformed(f"expected a message, got {type(answer).__name__}")
-        return self._answer(answer, output_tool)
+        try:
+            return self._answer(answer, output_tool)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            # A 200 whose JSON is not a message: the SDK does not validate it.
+            raise _malformed(f"not the Messages API's shape ({exc})") from exc
 
     def _timeout_error(self) -> ModelTimeoutError:
         return ModelTimeoutError(
@@ -224,12 +234,9 @@ class AnthropicModel(ChatModel):
 
     def _answer(self, answer: AnthropicMessage, output_tool: str | None) -> ModelResponse:
         """Turn a message into ours; stop reasons that end a run raise."""
-        try:
-            blocks = list(answer.content)
-            stop = answer.stop_reason
-            usage = answer.usage
-        except (AttributeError, TypeError) as exc:
-            raise _malformed("no content in the answer") from exc
+        blocks = list(answer.content)
+        stop = answer.stop_reason
+        usage = answer.usage
         where = f"{_PROVIDER} model {self.model!r}"
         texts = [b.text for b in blocks if b.type == "text"]
         if stop == "max_tokens":
@@ -283,8 +290,14 @@ class AnthropicModel(ChatModel):
         )
 
 
-async def _close_client(client: anthropic.AsyncAnthropic) -> None:
-    await client.close()
+async def _close_http(client: anthropic.DefaultAsyncHttpxClient) -> None:
+    await client.aclose()
+
+
+_HTTP: LoopHTTPClients[anthropic.DefaultAsyncHttpxClient] = LoopHTTPClients(
+    anthropic.DefaultAsyncHttpxClient, _close_http, lambda client: client.is_closed
+)
+"""Connections to the provider: one pool per event loop, shared by every model."""
 
 
 def _malformed(detail: str) -> ModelResponseError:

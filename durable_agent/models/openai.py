@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,7 +27,7 @@ from durable_agent.errors import (
 )
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
-    LoopClients,
+    LoopHTTPClients,
     check_timeout,
     describe_cause,
     http_error,
@@ -104,20 +105,22 @@ class OpenAIModel(ChatModel):
             # retries off: the engine's policy must be the only retry.
             ready = client.with_options(max_retries=0)
             self._secret: str | None = ready.api_key or None
-            self._clients: LoopClients[openai.AsyncOpenAI] | None = None
             self._fixed: openai.AsyncOpenAI | None = ready
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
-            self._clients = LoopClients(self._new_client, _close_client)
             self._fixed = None
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[openai.DefaultAsyncHttpxClient, openai.AsyncOpenAI]
+        ] = weakref.WeakKeyDictionary()
 
-    def _new_client(self) -> openai.AsyncOpenAI:
+    def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
             api_key=self._secret,
             base_url=self._base_url,
             timeout=self.timeout,
             max_retries=0,
             default_headers=self._headers or None,
+            http_client=http,
         )
 
     def __repr__(self) -> str:
@@ -130,13 +133,15 @@ class OpenAIModel(ChatModel):
     def _client(self) -> openai.AsyncOpenAI:
         if self._fixed is not None:
             return self._fixed
-        assert self._clients is not None
-        return self._clients.get()
-
-    async def aclose(self) -> None:
-        """Close this event loop's HTTP connections (reopened on the next request)."""
-        if self._clients is not None:
-            await self._clients.aclose()
+        # The SDK client is a thin wrapper (about 30 us to build), kept per
+        # loop; the connections live in the loop's shared HTTP client.
+        http = _HTTP.get()
+        loop = asyncio.get_running_loop()
+        cached = self._clients.get(loop)
+        if cached is None or cached[0] is not http:
+            cached = (http, self._new_client(http))
+            self._clients[loop] = cached
+        return cached[1]
 
     async def request(
         self,
@@ -190,7 +195,11 @@ class OpenAIModel(ChatModel):
             raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
         if not isinstance(completion, ChatCompletion):
             raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
-        return self._answer(completion)
+        try:
+            return self._answer(completion)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            # A 200 whose JSON is not a completion: the SDK does not validate it.
+            raise _malformed(f"not the Chat Completions shape ({exc})") from exc
 
     def _timeout_error(self) -> ModelTimeoutError:
         return ModelTimeoutError(
@@ -205,15 +214,12 @@ class OpenAIModel(ChatModel):
 
     def _answer(self, completion: ChatCompletion) -> ModelResponse:
         """Turn a completion into our message; stop reasons that end a run raise."""
-        try:
-            choice = completion.choices[0]
-            reply = choice.message
-            finish = choice.finish_reason
-            calls = list(reply.tool_calls or ())
-            content = reply.content
-            refusal = reply.refusal
-        except (AttributeError, IndexError, TypeError) as exc:
-            raise _malformed("no choices[0].message in the answer") from exc
+        choice = completion.choices[0]
+        reply = choice.message
+        finish = choice.finish_reason
+        calls = list(reply.tool_calls or ())
+        content = reply.content
+        refusal = reply.refusal
         where = f"{_PROVIDER} model {self.model!r}"
         if refusal:
             raise ModelResponseError(f"{where} refused to answer: {refusal[:300]}")
@@ -260,8 +266,14 @@ class OpenAIModel(ChatModel):
         )
 
 
-async def _close_client(client: openai.AsyncOpenAI) -> None:
-    await client.close()
+async def _close_http(client: openai.DefaultAsyncHttpxClient) -> None:
+    await client.aclose()
+
+
+_HTTP: LoopHTTPClients[openai.DefaultAsyncHttpxClient] = LoopHTTPClients(
+    openai.DefaultAsyncHttpxClient, _close_http, lambda client: client.is_closed
+)
+"""Connections to the provider: one pool per event loop, shared by every model."""
 
 
 def _malformed(detail: str) -> ModelResponseError:

@@ -187,23 +187,39 @@ def test_a_delayed_reply_arrives_after_the_delay(provider: Provider) -> None:
     assert elapsed >= 0.2
 
 
-def test_one_sdk_client_per_event_loop_each_closed_when_its_loop_ends(
-    provider: Provider,
-) -> None:
+def test_one_http_client_per_event_loop_closed_when_the_loop_ends(provider: Provider) -> None:
+    from durable_agent.models import anthropic as anthropic_adapter
+    from durable_agent.models import openai as openai_adapter
+
+    shared = (openai_adapter if provider.name == "openai" else anthropic_adapter)._HTTP
+    seen: list[Any] = []
+
+    async def spy() -> None:
+        seen.append(shared.get())
+
     with provider.server(["a", "b", "c"]).running_in_thread() as server:
         model = provider.model(server)
         agent = Agent(model, db="memory://")
         assert [agent.do("hi") for _ in range(3)] == ["a", "b", "c"]
-        gc.collect()
-        assert not model._clients._clients, "every loop's client was closed at its shutdown"  # type: ignore[attr-defined]
+        run(spy())
+    gc.collect()
+    assert all(client.is_closed for client in seen), "closed at its loop's shutdown"
 
-        async def close_early() -> None:
+
+def test_models_dropped_while_their_loop_runs_leak_nothing(provider: Provider) -> None:
+    """Many short-lived models (an Agent per web request) share one pool per loop."""
+
+    async def go(server: Any) -> None:
+        for _ in range(5):
+            model = provider.model(server)
             await model.request([UserMessage(content="hi")], tools=[])
-            await model.aclose()  # type: ignore[attr-defined]
-            assert not model._clients._clients  # type: ignore[attr-defined]
+            del model
+            gc.collect()
 
-        server.add("d")
-        run(close_early())
+    with provider.server(lambda request: "ok").running_in_thread() as server:
+        run(go(server))
+        ports = {r.headers.get("host") for r in server.requests}
+    assert len(ports) == 1
 
 
 def test_stopping_a_server_cuts_a_held_request() -> None:

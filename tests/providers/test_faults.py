@@ -238,3 +238,19 @@ def test_a_server_error_message_never_carries_the_key(provider: Provider) -> Non
         run(provider.model(server).request(HI, tools=[]))
     assert API_KEY not in str(raised.value)
     assert "[redacted]" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"id": "x"}, [1, 2], "plain text", {"choices": "nope", "content": "nope"}],
+    ids=["no-fields", "a-list", "not-json", "wrong-types"],
+)
+def test_a_200_that_is_not_the_apis_shape_is_a_retryable_malformed_answer(
+    provider: Provider, body: object
+) -> None:
+    with (
+        provider.server([Fault.http(200, body=body)]).running_in_thread() as server,
+        pytest.raises(ModelResponseError, match="cannot be read") as raised,
+    ):
+        run(provider.model(server).request(HI, tools=[]))
+    assert raised.value.retryable
