@@ -1,0 +1,278 @@
+"""The scripts of the fake provider servers: `Reply`, `Fault`, and the scripted server base.
+
+A script item says how to answer one request in provider-neutral terms; each
+protocol server (`durable_agent.testing._fake_openai`,
+`durable_agent.testing._fake_anthropic`) renders it in its API's shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias
+
+from durable_agent.models.scripted import ToolCall
+from durable_agent.records import JSONValue
+from durable_agent.testing._fake_http import HTTPFakeServer, Plan, RecordedRequest
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "Reply",
+    "Responder",
+    "ScriptItem",
+    "ScriptedServer",
+    "dicts",
+    "estimate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer, in provider-neutral terms.
+
+    Args:
+        text: the answer's text.
+        tool_calls: tool calls in this answer (several are parallel calls).
+        output: structured output: OpenAI sends it as JSON text, Anthropic as a
+            call of the output tool the request forces (or else its last tool).
+        refusal: the model refuses with this text.
+        stop: ``"stop"``, ``"tool_calls"``, ``"length"``, ``"content_filter"``,
+            ``"refusal"``, or a provider's own value; by default ``tool_calls``
+            when there are calls, else ``stop``.
+        input_tokens / output_tokens: the usage reported (estimated from the
+            sizes when None).
+        delay: seconds to wait before answering.
+    """
+
+    text: str | None = None
+    tool_calls: Sequence[ToolCall] = ()
+    output: Mapping[str, JSONValue] | None = None
+    refusal: str | None = None
+    stop: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    delay: float = 0.0
+
+
+FaultKind: TypeAlias = Literal["http", "hang", "malformed_json", "drop_connection"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A failure to inject for one request; build one with the class methods."""
+
+    kind: FaultKind
+    status: int = 500
+    message: str | None = None
+    body: JSONValue | None = None
+    retry_after: float | str | None = None
+    retry_after_ms: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    seconds: float = 60.0
+    delay: float = 0.0
+
+    @classmethod
+    def http(
+        cls,
+        status: int = 500,
+        message: str | None = None,
+        *,
+        body: JSONValue | None = None,
+        retry_after: float | str | None = None,
+        retry_after_ms: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> Fault:
+        """Answer with HTTP ``status`` and the provider's error body (or ``body`` as given).
+
+        ``retry_after`` is sent as ``Retry-After`` (seconds, or a string such as
+        an HTTP date); ``retry_after_ms`` as ``retry-after-ms``.
+        """
+        return cls(
+            "http",
+            status=status,
+            message=message,
+            body=body,
+            retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
+            headers=dict(headers or {}),
+            delay=delay,
+        )
+
+    @classmethod
+    def hang(cls, seconds: float = 60.0) -> Fault:
+        """Never answer: hold the request until the client gives up (or ``seconds`` pass)."""
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """Answer 200 with a JSON body cut off in the middle."""
+        return cls("malformed_json")
+
+    @classmethod
+    def drop_connection(cls) -> Fault:
+        """Send the headers and half the body, then close the connection."""
+        return cls("drop_connection")
+
+
+ScriptItem: TypeAlias = str | ToolCall | Sequence[ToolCall] | Reply | Fault
+"""One scripted answer: text, a tool call, parallel tool calls, a `Reply` or a `Fault`."""
+
+Responder: TypeAlias = Callable[[RecordedRequest], ScriptItem]
+"""A function choosing the answer to each request, instead of a fixed script."""
+
+
+def _as_reply(item: ScriptItem) -> Reply | Fault:
+    if isinstance(item, Reply | Fault):
+        return item
+    if isinstance(item, str):
+        return Reply(text=item)
+    if isinstance(item, ToolCall):
+        return Reply(tool_calls=(item,))
+    calls = tuple(item)
+    if calls and all(isinstance(c, ToolCall) for c in calls):
+        return Reply(tool_calls=calls)
+    raise TypeError(f"not a script item: {item!r}")
+
+
+def estimate(value: object) -> int:
+    """A token count for ``value``: about four characters of its JSON per token."""
+    return len(json.dumps(value, default=str)) // 4 + 1
+
+
+class ScriptedServer(HTTPFakeServer):
+    """A fake server answering from a script; subclasses speak one provider's protocol."""
+
+    provider: ClassVar[str]
+    request_id_header: ClassVar[str]
+
+    def __init__(
+        self,
+        script: Sequence[ScriptItem] | Responder = (),
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        super().__init__(host=host, port=port)
+        self._lock = threading.Lock()
+        self._responder: Responder | None = None
+        self._queue: deque[Reply | Fault] = deque()
+        if callable(script):
+            self._responder = script
+        else:
+            if isinstance(script, str):
+                raise TypeError(f"{type(self).__name__}(script) takes a list of items")
+            self._queue.extend(_as_reply(item) for item in script)
+        self._api_key = api_key
+
+    def add(self, *items: ScriptItem) -> None:
+        """Append answers to the script."""
+        with self._lock:
+            self._queue.extend(_as_reply(item) for item in items)
+
+    @property
+    def remaining(self) -> int:
+        """Scripted answers not used yet."""
+        with self._lock:
+            return len(self._queue)
+
+    def plan(self, request: RecordedRequest, secret_headers: Mapping[str, str]) -> Plan:
+        request_id = f"req_{request.index:04d}"
+        problem = self.route(request)
+        if problem is not None:
+            return self._error(problem[0], problem[1], request_id)
+        if self._api_key is not None and not self.authorized(secret_headers, self._api_key):
+            return self._error(401, "invalid x-api-key / incorrect API key provided", request_id)
+        invalid = self.invalid(request)
+        if invalid is not None:
+            return self._error(400, invalid, request_id)
+        item = self._next(request)
+        if item is None:
+            return self._error(
+                400,
+                f"{type(self).__name__}: no scripted answer for request #{request.index + 1}; "
+                "add one with server.add(...)",
+                request_id,
+            )
+        if isinstance(item, Fault):
+            return self._fault(item, request_id)
+        try:
+            body = self.render(item, request, request.index)
+        except ValueError as exc:
+            return self._error(400, str(exc), request_id)
+        return Plan(
+            body=json.dumps(body).encode(),
+            headers={self.request_id_header: request_id},
+            delay=item.delay,
+        )
+
+    def _next(self, request: RecordedRequest) -> Reply | Fault | None:
+        if self._responder is not None:
+            return _as_reply(self._responder(request))
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
+
+    def _error(self, status: int, message: str, request_id: str) -> Plan:
+        return Plan(
+            status=status,
+            body=json.dumps(self.error_body(status, message, request_id)).encode(),
+            headers={self.request_id_header: request_id},
+        )
+
+    def _fault(self, fault: Fault, request_id: str) -> Plan:
+        headers = {self.request_id_header: request_id}
+        match fault.kind:
+            case "hang":
+                return Plan(hang=fault.seconds, delay=fault.delay)
+            case "malformed_json":
+                cut = b'{"id": "broken", "choices": [{"index": 0, "mess'
+                return Plan(body=cut, headers=headers)
+            case "drop_connection":
+                body = json.dumps({"id": "cut", "padding": "x" * 512}).encode()
+                return Plan(body=body, headers=headers, drop_after=len(body) // 2)
+            case "http":
+                if fault.retry_after is not None:
+                    headers["retry-after"] = str(fault.retry_after)
+                if fault.retry_after_ms is not None:
+                    headers["retry-after-ms"] = str(fault.retry_after_ms)
+                headers.update(fault.headers)
+                if fault.body is None:
+                    message = fault.message or f"fake {self.provider} failure {fault.status}"
+                    raw = json.dumps(self.error_body(fault.status, message, request_id)).encode()
+                elif isinstance(fault.body, str):
+                    raw = fault.body.encode()
+                    headers.setdefault("content-type", "text/plain")
+                else:
+                    raw = json.dumps(fault.body).encode()
+                return Plan(status=fault.status, body=raw, headers=headers, delay=fault.delay)
+
+    @abstractmethod
+    def route(self, request: RecordedRequest) -> tuple[int, str] | None:
+        """(status, message) when the method or path is not the provider's endpoint."""
+
+    @abstractmethod
+    def authorized(self, secret_headers: Mapping[str, str], api_key: str) -> bool:
+        """Whether the request carries ``api_key`` the provider's way."""
+
+    @abstractmethod
+    def invalid(self, request: RecordedRequest) -> str | None:
+        """Why the real API would refuse this body with HTTP 400, if it would."""
+
+    @abstractmethod
+    def error_body(self, status: int, message: str, request_id: str) -> JSONValue:
+        """The provider's error body."""
+
+    @abstractmethod
+    def render(self, reply: Reply, request: RecordedRequest, index: int) -> JSONValue:
+        """The provider's success body for ``reply``."""
+
+
+def dicts(value: JSONValue) -> list[dict[str, JSONValue]]:
+    """The JSON objects in ``value`` when it is a list (others are skipped), else none."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
