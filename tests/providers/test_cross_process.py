@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from durable_agent import RunState, ToolCall
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import ModelResponseEvent, ToolFinishedEvent
@@ -51,9 +53,13 @@ def test_a_process_killed_during_its_second_model_request_is_finished_by_another
         first = child(provider, server.base_url, {**args, "mode": "start"})
         try:
             server.wait_for_requests(2, timeout=30)
-        finally:
-            first.send_signal(signal.SIGKILL)
+        except TimeoutError:
+            first.kill()
             _, err = first.communicate(timeout=30)
+            pytest.fail(f"process A never sent its second model request:\n{err}")
+        # The server holds request 2 unanswered: A is inside its model call.
+        first.send_signal(signal.SIGKILL)
+        _, err = first.communicate(timeout=30)
         assert first.returncode == -signal.SIGKILL, err
 
         second = child(provider, server.base_url, {**args, "mode": "continue"})
