@@ -16,6 +16,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Generic, TypeVar
@@ -30,12 +31,14 @@ from durable_agent.records import JSONValue
 
 __all__ = [
     "LoopHTTPClients",
+    "check_max_tokens",
     "check_timeout",
     "describe_cause",
     "http_error",
     "install_hint",
     "parse_arguments",
     "provider_message",
+    "public_url",
     "require_api_key",
     "retry_after_seconds",
     "safe_name",
@@ -80,6 +83,12 @@ def require_api_key(explicit: str | None, *, env_var: str, owner: str) -> str:
             f"api_key=...; a local server that ignores keys still needs a non-empty one"
         )
     return key
+
+
+def check_max_tokens(value: object, owner: str) -> None:
+    """``max_tokens`` must be a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{owner}: max_tokens must be a positive int, got {value!r}")
 
 
 def check_timeout(timeout: object, owner: str) -> float:
@@ -185,6 +194,16 @@ def http_error(
         request_id=request_id,
         retry_after=retry_after_seconds(headers) if retryable else None,
     )
+
+
+def public_url(url: object) -> str:
+    """``url`` as text without any user:password part, for error messages."""
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.username is None and parts.password is None:
+        return parts.geturl()
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return parts._replace(netloc=netloc).geturl()
 
 
 def describe_cause(exc: BaseException) -> str:

@@ -29,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from durable_agent.errors import (
-    ConfigurationError,
     ModelConnectionError,
     ModelError,
     ModelResponseError,
@@ -38,11 +37,13 @@ from durable_agent.errors import (
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
     LoopHTTPClients,
+    check_max_tokens,
     check_timeout,
     describe_cause,
     http_error,
     install_hint,
     provider_message,
+    public_url,
     require_api_key,
     safe_name,
     scrub,
@@ -102,8 +103,7 @@ class AnthropicModel(ChatModel):
         max_tokens: int = 1024,
     ) -> None:
         owner = f"AnthropicModel({model!r})"
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ConfigurationError(f"{owner}: max_tokens must be a positive int")
+        check_max_tokens(max_tokens, owner)
         self.model = model
         self.timeout = check_timeout(timeout, owner)
         self.max_tokens = max_tokens
@@ -201,7 +201,7 @@ class AnthropicModel(ChatModel):
                 headers=exc.response.headers,
                 request_id=exc.request_id,
                 model=self.model,
-                base_url=str(client.base_url),
+                base_url=public_url(client.base_url),
                 key_env=_KEY_ENV,
                 secret=self._secret,
             ) from exc
@@ -209,7 +209,7 @@ class AnthropicModel(ChatModel):
             raise self._timeout_error() from exc
         except anthropic.APIConnectionError as exc:
             raise ModelConnectionError(
-                f"{_PROVIDER} could not be reached at {client.base_url} "
+                f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
                 f"({describe_cause(exc)}); retryable"
             ) from exc
         except anthropic.APIResponseValidationError as exc:

@@ -28,12 +28,14 @@ from durable_agent.errors import (
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
     LoopHTTPClients,
+    check_max_tokens,
     check_timeout,
     describe_cause,
     http_error,
     install_hint,
     parse_arguments,
     provider_message,
+    public_url,
     require_api_key,
     safe_name,
     scrub,
@@ -63,7 +65,7 @@ __all__ = ["OpenAIModel"]
 
 _PROVIDER = "OpenAI"
 _KEY_ENV = "OPENAI_API_KEY"
-ERROR_PREFIX = "Error: "
+_ERROR_PREFIX = "Error: "
 """Put before an error tool result's text: Chat Completions has no error flag."""
 
 
@@ -97,6 +99,8 @@ class OpenAIModel(ChatModel):
         owner = f"OpenAIModel({model!r})"
         self.model = model
         self.timeout = check_timeout(timeout, owner)
+        if max_tokens is not None:
+            check_max_tokens(max_tokens, owner)
         self.max_tokens = max_tokens
         self._headers = dict(headers or {})
         self._base_url = base_url
@@ -176,7 +180,7 @@ class OpenAIModel(ChatModel):
                 headers=exc.response.headers,
                 request_id=exc.request_id,
                 model=self.model,
-                base_url=self._where(client),
+                base_url=public_url(client.base_url),
                 key_env=_KEY_ENV,
                 secret=self._secret,
             ) from exc
@@ -184,7 +188,7 @@ class OpenAIModel(ChatModel):
             raise self._timeout_error() from exc
         except openai.APIConnectionError as exc:
             raise ModelConnectionError(
-                f"{_PROVIDER} could not be reached at {self._where(client)} "
+                f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
                 f"({describe_cause(exc)}); retryable"
             ) from exc
         except openai.APIResponseValidationError as exc:
@@ -206,11 +210,6 @@ class OpenAIModel(ChatModel):
             f"{_PROVIDER} model {self.model!r} did not answer within {self.timeout:g} s "
             f"(OpenAIModel timeout={self.timeout:g}); retryable"
         )
-
-    @staticmethod
-    def _where(client: openai.AsyncOpenAI) -> str:
-        url = client.base_url
-        return str(url.copy_with(username=None, password=None)) if url.userinfo else str(url)
 
     def _answer(self, completion: ChatCompletion) -> ModelResponse:
         """Turn a completion into our message; stop reasons that end a run raise."""
@@ -308,8 +307,8 @@ def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessag
                 out.append(item)
             case ToolResultMessage():
                 content = message.content
-                if message.is_error and not content.startswith(ERROR_PREFIX):
-                    content = ERROR_PREFIX + content
+                if message.is_error and not content.startswith(_ERROR_PREFIX):
+                    content = _ERROR_PREFIX + content
                 out.append({"role": "tool", "tool_call_id": message.call_id, "content": content})
     return cast("list[ChatCompletionMessageParam]", out)
 

@@ -62,7 +62,8 @@ class Provider:
 
     def model(self, server: FakeServer, **options: Any) -> ChatModel:
         options.setdefault("api_key", API_KEY)
-        options.setdefault("base_url", server.base_url)
+        if "base_url" not in options:
+            options["base_url"] = server.base_url
         if self.name == "openai":
             return OpenAIModel(self.model_name, **options)
         return AnthropicModel(self.model_name, **options)

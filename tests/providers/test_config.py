@@ -125,3 +125,23 @@ def test_the_api_key_appears_nowhere_in_the_sqlite_store(
     for secret in (API_KEY, API_KEY[::-1]):
         assert secret.encode() not in stored
         assert secret[-12:].encode() not in stored
+
+
+@pytest.mark.parametrize("max_tokens", [0, -5, 1.5, True])
+def test_a_bad_max_tokens_is_refused(provider: Provider, max_tokens: object) -> None:
+    cls = OpenAIModel if provider.name == "openai" else AnthropicModel
+    with pytest.raises(ConfigurationError, match="max_tokens"):
+        cls(provider.model_name, api_key="k", max_tokens=max_tokens)  # type: ignore[arg-type]
+
+
+def test_error_messages_never_show_credentials_in_a_base_url(provider: Provider) -> None:
+    from durable_agent.errors import ModelConnectionError
+    from durable_agent.records import UserMessage
+
+    with provider.server([]).running_in_thread() as server:
+        url = server.base_url.replace("http://", "http://user:hunter2@")
+    model = provider.model(server, base_url=url)
+    with pytest.raises(ModelConnectionError) as raised:
+        run(model.request([UserMessage(content="hi")], tools=[]))
+    assert "hunter2" not in str(raised.value)
+    assert "127.0.0.1" in str(raised.value)
