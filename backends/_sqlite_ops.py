@@ -20,6 +20,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
 from durable_agent.errors import (
+    ConcurrentUpdateError,
     ConfigurationError,
     CorruptRunError,
     LeaseLostError,
@@ -80,12 +81,13 @@ _HEADER_COLUMNS: Final = (
 _SELECT_HEADER: Final = f"SELECT {_HEADER_COLUMNS} FROM runs WHERE run_id = ?"
 _INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
-_LEASE_SET: Final = (
+_CAS: Final = (
     "updated_at = ?, lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
-    "lease_ttl = ? WHERE run_id = ?"
+    "lease_ttl = ? WHERE run_id = ? AND seq = ? AND lease_generation = ? AND lease_owner = ? "
+    "RETURNING cancel_requested"
 )
-_RENEW_ON_APPEND: Final = f"UPDATE runs SET seq = ?, {_LEASE_SET}"
-_MOVE_ON_APPEND: Final = f"UPDATE runs SET seq = ?, state = ?, {_LEASE_SET}"
+_CAS_RENEW: Final = f"UPDATE runs SET seq = ?, {_CAS}"
+_CAS_MOVE: Final = f"UPDATE runs SET seq = ?, state = ?, {_CAS}"
 _SET_LEASE: Final = (
     "UPDATE runs SET lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
     "lease_ttl = ? WHERE run_id = ?"
@@ -207,26 +209,40 @@ def append(
     lease: Lease,
     release: bool = False,
 ) -> Lease:
-    # The header is read inside the batch's transaction, so two appends of one
-    # run in the same batch chain: the second sees the seq the first wrote.
-    header = load_header(db, run_id)
-    check_append(header, events, expected_seq=expected_seq, lease=lease)
+    # The compare-and-set is the UPDATE's WHERE clause, so the common case
+    # builds no header object in SQLite's thread (~11 µs saved per append);
+    # the header is read only to explain a refusal. Run inside the batch's
+    # transaction, two appends of one run in one batch chain correctly.
+    for offset, event in enumerate(events, start=1):
+        if event.seq != expected_seq + offset:
+            header = load_header(db, run_id)
+            check_append(header, events, expected_seq=expected_seq, lease=lease)
+    last = events[-1] if events else None
+    now = time.time()
+    expires = now + lease.ttl
+    lease_columns = _lease_columns(None) if release else (
+        lease.owner, lease.host, lease.pid, expires, lease.ttl
+    )
+    guard = (run_id, expected_seq, lease.generation, lease.owner)
+    if last is None or all(e.trigger is None for e in events):
+        # The state cannot have changed: leaving it out of the SET spares an
+        # update of the runs_by_state index.
+        row = db.execute(
+            _CAS_RENEW, (expected_seq if last is None else last.seq, now, *lease_columns, *guard)
+        ).fetchone()
+    else:
+        row = db.execute(
+            _CAS_MOVE, (last.seq, last.state.value, now, *lease_columns, *guard)
+        ).fetchone()
+    if row is None:
+        header = load_header(db, run_id)  # RunNotFoundError for an unknown run
+        check_append(header, events, expected_seq=expected_seq, lease=lease)
+        raise ConcurrentUpdateError(run_id, "the append was refused; reload the run")
     if len(rows) == 1:
         db.execute(_INSERT_EVENT, rows[0])  # executemany costs ~2 µs more for one row
     elif rows:
         db.executemany(_INSERT_EVENT, rows)
-    last = events[-1] if events else None
-    now = time.time()
-    renewed = lease.model_copy(
-        update={"expires_at": now + lease.ttl, "cancel_requested": header.cancel_requested}
-    )
-    lease_columns = (now, *_lease_columns(None if release else renewed), run_id)
-    if last is None or last.state == header.state:
-        # Leaving `state` out of the SET spares an update of the runs_by_state index.
-        db.execute(_RENEW_ON_APPEND, (header.seq if last is None else last.seq, *lease_columns))
-    else:
-        db.execute(_MOVE_ON_APPEND, (last.seq, last.state.value, *lease_columns))
-    return renewed
+    return lease.model_copy(update={"expires_at": expires, "cancel_requested": row[0]})
 
 
 def acquire(

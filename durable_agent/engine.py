@@ -164,6 +164,7 @@ class RunExecution:
         self.run_id = run_id
         self.tools = tools
         self.output_type = output_type
+        self._definitions = [t.definition() for t in tools.values()]
         self.ctx: RunContext | None = None
         self.lease: Lease | None = None
         self.loaded_seq = 0
@@ -417,7 +418,7 @@ class RunExecution:
 
     async def _model_step(self, ctx: RunContext) -> None:
         engine = self.engine
-        definitions = [t.definition() for t in self.tools.values()]
+        definitions = self._definitions
         fmt = ctx.output_format
         schema = OutputSchema(fmt.name, fmt.json_schema, fmt.description) if fmt else None
         repeated, self._resumed_in_model_call = self._resumed_in_model_call, False
@@ -428,7 +429,7 @@ class RunExecution:
             try:
                 async with self._keepalive():
                     response = await engine.model.request(
-                        tuple(ctx.messages), tools=definitions, output_schema=schema
+                        ctx.messages, tools=definitions, output_schema=schema
                     )
             except Exception as exc:
                 info = ErrorInfo.from_exception(exc)
@@ -453,7 +454,7 @@ class RunExecution:
                 "model": response.model,
                 "usage": response.usage,
                 "attempt": attempt,
-                "latency_ms": (time.perf_counter() - started) * 1000,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 "repeated": repeated,
             }
             calls = response.message.tool_calls
@@ -619,13 +620,19 @@ class RunExecution:
             )
             self._live_intents.update(c.id for c in again)
         self._check_cancel()
-        try:
-            async with self._keepalive(), asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
-        except BaseExceptionGroup as grouped:
-            raise grouped.exceptions[0] from None
+        outcomes: list[Exception | None]
+        if len(runs) == 1:  # the common case needs no task group
+            async with self._keepalive():
+                outcomes = [await self._run_call(ctx, runs[0])]
+        else:
+            try:
+                async with self._keepalive(), asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
+            except BaseExceptionGroup as grouped:
+                raise grouped.exceptions[0] from None
+            outcomes = [t.result() for t in tasks]
         self._live_intents.clear()
-        failures = [(p.call, t.result()) for p, t in zip(runs, tasks, strict=True) if t.result()]
+        failures = [(p.call, o) for p, o in zip(runs, outcomes, strict=True) if o is not None]
         if failures:
             call, error = failures[0]
             assert error is not None
@@ -673,7 +680,7 @@ class RunExecution:
         finished: _Spec = (
             ToolFinishedEvent,
             None,
-            {"result": result, "duration_ms": (time.perf_counter() - started) * 1000},
+            {"result": result, "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
         async with self._lock:
             last = set(ctx.pending_calls) == {call.id}

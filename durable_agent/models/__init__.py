@@ -83,6 +83,8 @@ class ChatModel(ABC):
     ) -> ModelResponse:
         """Send the whole history and return the model's next message.
 
+        ``messages`` is the run's live history: read it, do not keep or change it.
+
         With ``output_schema`` the final answer (a message without tool calls)
         must be JSON text matching it; the engine validates it.
         """

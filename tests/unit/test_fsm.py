@@ -11,6 +11,7 @@ from durable_agent.fsm import (
     TRANSITIONS,
     RunState,
     fire,
+    fire_on_machine,
     next_state,
     restore_state,
     triggers_from,
@@ -46,6 +47,21 @@ def test_triggers_outside_the_table_are_refused(state: RunState, trigger: str) -
         return
     with pytest.raises(InvalidTransitionError, match=f"{trigger!r} is not allowed in state"):
         next_state(state, trigger, failed_state=RunState.MODEL_CALL)
+
+
+@pytest.mark.parametrize("state", list(RunState))
+@pytest.mark.parametrize("trigger", TRIGGERS)
+@pytest.mark.parametrize("failed", [None, RunState.MODEL_CALL, RunState.TOOL_EXEC])
+def test_the_fast_lookup_agrees_with_the_machine(
+    state: RunState, trigger: str, failed: RunState | None
+) -> None:
+    def outcome(fn: object) -> object:
+        try:
+            return fn(state, trigger, failed_state=failed)  # type: ignore[operator]
+        except InvalidTransitionError as exc:
+            return type(exc)
+
+    assert outcome(next_state) == outcome(fire_on_machine)
 
 
 def test_resume_returns_to_the_state_that_failed() -> None:
