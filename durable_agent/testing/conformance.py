@@ -1,0 +1,96 @@
+"""The Backend conformance suite: subclass `BackendConformance`, give it a ``backend``.
+
+A custom store is correct when it passes the same tests as the built-in ones::
+
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from durable_agent.testing.conformance import BackendConformance
+
+
+    class TestMyBackend(BackendConformance):
+        async def backend(self, tmp_path: Path) -> AsyncIterator[MyBackend]:
+            store = MyBackend(tmp_path / "runs")   # set up: a fresh, empty store
+            yield store
+            await store.close()                    # clean up
+
+``backend`` is an async generator method, written like a pytest yield
+fixture: its parameters name pytest fixtures (``tmp_path`` above, or one of
+your own), it yields one fresh empty store, and the code after ``yield`` cleans
+up. No pytest plugin is needed: every test is a plain function that runs the
+set-up, the test body and the clean-up on **one** event loop of its own
+(`asyncio.run`), so stores whose connections are bound to a loop (redis-py,
+asyncpg, psycopg) work as they are.
+
+Optional features are `Capability` values the backend declares; a test of a
+missing one is skipped with the reason, never failed. Two optional hooks let
+the suite test more:
+
+* ``reopen(store)`` returns a second store object over the same storage, as
+  another process would open it: it enables the durability and cross-process
+  tests (with the ``DURABLE`` / ``CROSS_PROCESS`` capabilities).
+* ``damage(store, run_id, seq)`` overwrites the stored event ``seq`` of a run
+  (or its header when ``seq`` is None) with bytes that are not a valid record:
+  it enables the corrupted-data tests.
+
+The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
+`DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
+`DamageTests`) may also be subclassed one by one.
+"""
+
+from __future__ import annotations
+
+from durable_agent.testing._conformance_base import (
+    BackendTestCase,
+    at,
+    created,
+    header,
+    new_run,
+    step,
+)
+from durable_agent.testing._conformance_leases import (
+    DamageTests,
+    DurabilityTests,
+    LeaseTests,
+    ListTests,
+)
+from durable_agent.testing._conformance_runs import (
+    AppendTests,
+    DeleteTests,
+    LifecycleTests,
+    PayloadTests,
+    RunTests,
+)
+
+__all__ = [
+    "AppendTests",
+    "BackendConformance",
+    "BackendTestCase",
+    "DamageTests",
+    "DeleteTests",
+    "DurabilityTests",
+    "LeaseTests",
+    "LifecycleTests",
+    "ListTests",
+    "PayloadTests",
+    "RunTests",
+    "at",
+    "created",
+    "header",
+    "new_run",
+    "step",
+]
+
+
+class BackendConformance(
+    RunTests,
+    AppendTests,
+    LeaseTests,
+    ListTests,
+    DeleteTests,
+    PayloadTests,
+    LifecycleTests,
+    DurabilityTests,
+    DamageTests,
+):
+    """The whole contract. Subclass it as ``Test...`` and define ``backend``."""

@@ -1,0 +1,54 @@
+"""The shipped conformance suite (durable_agent.testing.conformance) on every built-in backend.
+
+Each class gives the suite only what a custom backend author gives it: a
+``backend`` async generator, and the optional ``reopen`` / ``damage`` hooks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+from durable_agent.backend import Backend
+from durable_agent.backends.memory import MemoryBackend
+from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.testing.conformance import BackendConformance
+
+
+class TestMemoryBackend(BackendConformance):
+    async def backend(self) -> AsyncIterator[Backend]:
+        store = MemoryBackend(session_id="s1", user_id="u1")
+        yield store
+        await store.close()
+
+    async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
+        assert isinstance(store, MemoryBackend)
+        stored = store._runs[run_id]
+        if seq is None:
+            stored.header = "{not json"
+        else:
+            stored.events[seq - 1] = "{not json"
+
+
+class TestSqliteBackend(BackendConformance):
+    async def backend(self, tmp_path: Path) -> AsyncIterator[Backend]:
+        store = SqliteBackend(tmp_path / "runs.db", session_id="s1", user_id="u1")
+        yield store
+        await store.close()
+
+    async def reopen(self, store: Backend) -> Backend:
+        assert isinstance(store, SqliteBackend)
+        return SqliteBackend(store._path)
+
+    async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
+        assert isinstance(store, SqliteBackend)
+        with closing(sqlite3.connect(store._path, isolation_level=None)) as conn:
+            if seq is None:
+                conn.execute("UPDATE runs SET state = 'BOGUS' WHERE run_id = ?", (run_id,))
+            else:
+                conn.execute(
+                    "UPDATE events SET body = '{garbage' WHERE run_id = ? AND seq = ?",
+                    (run_id, seq),
+                )
