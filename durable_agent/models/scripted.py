@@ -84,6 +84,7 @@ class ScriptedModel(ChatModel):
         self._failures = {f.turn: f for f in failures}
         self._attempts: dict[tuple[int, str], int] = {}
         self._name = name
+        self._counted: tuple[Sequence[Message], int, int] | None = None
         self.calls = 0
 
     @staticmethod
@@ -103,6 +104,22 @@ class ScriptedModel(ChatModel):
     def name(self) -> str:
         return self._name
 
+    def _turn(self, messages: Sequence[Message]) -> int:
+        """How many assistant messages the history holds: the turn to answer.
+
+        Counted incrementally when the same history grows between calls, as
+        the engine's live history does, so a long run is not quadratic.
+        """
+        start, count = 0, 0
+        if self._counted is not None:
+            history, length, counted = self._counted
+            if history is messages and length <= len(messages):
+                start, count = length, counted
+        count += sum(1 for m in messages[start:] if m.role == "assistant")
+        # Holding the list itself (not its id) means a new list never matches.
+        self._counted = (messages, len(messages), count)
+        return count
+
     async def request(
         self,
         messages: Sequence[Message],
@@ -111,7 +128,7 @@ class ScriptedModel(ChatModel):
         output_schema: OutputSchema | None = None,
     ) -> ModelResponse:
         self.calls += 1
-        turn = sum(1 for m in messages if m.role == "assistant")
+        turn = self._turn(messages)
         if turn >= len(self._script):
             raise ScriptExhaustedError(
                 f"ScriptedModel has {len(self._script)} turns; the conversation asks for "
