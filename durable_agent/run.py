@@ -128,6 +128,9 @@ class RunContext:
             case FailedEvent():
                 self.failed_state = event.failed_state
                 self.error = event.error
+                if event.failed_state is RunState.MODEL_CALL:
+                    # The attempt that failed the run was a request too.
+                    self.usage = self.usage + Usage(requests=1)
                 if event.call_id is not None:
                     self.failed_calls.add(event.call_id)
             case OutputRejectedEvent():

@@ -368,3 +368,10 @@ def test_sync_twins_work_outside_an_event_loop(store: StoreFactory) -> None:
     assert agent.do("hi") == "sync ok"
     assert agent.last_run is not None
     assert agent.continue_run(run_id=agent.last_run.run_id) == "sync ok"
+
+
+def test_usage_counts_every_request_across_a_failure_and_a_resume(store: StoreFactory) -> None:
+    agent, _, model, task = _fail_then(store)
+    out = run(agent.continue_run_async(task=task, return_output=True))
+    # 2 answered before the failure, the failed one, then 2 after the resume.
+    assert out.usage.requests == model.calls == 5
