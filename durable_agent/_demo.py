@@ -65,7 +65,7 @@ SCRIPT: tuple[str | ToolCall | list[ToolCall], ...] = (
     "Casa do Rio (EUR 423). Total EUR 612.",
 )
 
-DEFAULT_KILL_AFTER = 4
+DEFAULT_KILL_AFTER = 3
 """Write 4 stores the flight result while the slower hotel search is still in flight.
 
 Writes of an uninterrupted run: 1 create, 2 start, 3 the model's two calls with

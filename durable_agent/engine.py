@@ -188,7 +188,7 @@ class RunExecution:
         user_id: str | None,
         output_format: OutputFormat | None = None,
     ) -> None:
-        """Store a new run in PENDING with its input, holding its lease from the start."""
+        """Store a new, started run with its input, holding its lease from the start."""
         owner = self.engine.owner
         ttl = self.engine.lease_ttl
         lease = Lease(
@@ -199,22 +199,33 @@ class RunExecution:
             expires_at=time.time() + ttl,
             ttl=ttl,
         )
+        # The run is stored with its input and its start in one write: the
+        # start is the intent of the first model call (rule 1), and a run
+        # nobody started does not need a write of its own.
+        events: list[Event] = [
+            CreatedEvent(
+                seq=1,
+                state=RunState.PENDING,
+                messages=tuple(messages),
+                output_format=output_format,
+            ),
+            TransitionEvent(
+                seq=2, state=next_state(RunState.PENDING, "start"), trigger="start"
+            ),
+        ]
         header = RunHeader(
             run_id=self.run_id,
             session_id=session_id,
             user_id=user_id,
             agent_name=self.engine.agent_name,
-            state=RunState.PENDING,
-            seq=1,
+            state=events[-1].state,
+            seq=events[-1].seq,
             lease=lease,
             lease_generation=1,
         )
-        event = CreatedEvent(
-            seq=1, state=RunState.PENDING, messages=tuple(messages), output_format=output_format
-        )
-        await self.backend.create_run(header, [event])
+        await self.backend.create_run(header, events)
         ctx = RunContext.from_header(header)
-        ctx.apply(event)
+        ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
 
     async def load(self) -> RunContext:
