@@ -171,3 +171,17 @@ def test_a_record_from_a_newer_schema_is_refused_not_misread() -> None:
     backend._runs[run_id].events[1] = json.dumps(record)
     with pytest.raises(SchemaVersionError, match=r"schema_version 99.*upgrade durable-agent"):
         asyncio.run(backend.load_run(run_id))
+
+
+def test_a_db_path_in_a_missing_directory_names_the_path(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from durable_agent import StoreUnavailableError
+
+    missing = Path(str(tmp_path)) / "no" / "such" / "dir" / "runs.db"
+    agent = Agent(ScriptedModel(["x"]), db=f"sqlite:///{missing}")
+    with pytest.raises(StoreUnavailableError, match="no/such/dir") as raised:
+        asyncio.run(agent.do_async("hi"))
+    assert "create" in str(raised.value).lower()
+    assert not missing.parent.exists(), "no directory is created behind the user's back"
+    asyncio.run(agent.db.close())
