@@ -28,6 +28,7 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -167,8 +168,6 @@ class RunExecution:
         self._definitions = [t.definition() for t in tools.values()]
         self.ctx: RunContext | None = None
         self.lease: Lease | None = None
-        self.loaded_seq = 0
-        """The seq the run had when this execution loaded it (0 for a new run)."""
         self._lock = asyncio.Lock()
         self._live_intents: set[str] = set()
         self._resumed_in_model_call = False
@@ -232,7 +231,6 @@ class RunExecution:
         """Read the run without taking its lease (for finished runs and inspection)."""
         stored = await self.backend.load_run(self.run_id)
         self.ctx = RunContext.from_stored(stored)
-        self.loaded_seq = self.ctx.seq
         return self.ctx
 
     async def acquire(self) -> RunContext:
@@ -308,11 +306,22 @@ class RunExecution:
         if self.lease is None:
             return ctx  # at rest already (decisions left the run WAITING)
         try:
+            await self._guarded(ctx, timeout)
+        except BaseException:
+            # A release that fails must not hide the exception that ended the
+            # run; the lease then simply expires after its TTL.
+            await asyncio.shield(self._release_quietly())
+            raise
+        await self.release()  # a no-op when the last write released it
+        return ctx
+
+    async def _guarded(self, ctx: RunContext, timeout: float | None) -> None:
+        """`_loop` under the deadline, turning interruptions into records."""
+        try:
             async with asyncio.timeout(timeout) as deadline:
-                return await self._loop(ctx)
+                await self._loop(ctx)
         except _CancelRequested:
             await self.cancel(ctx.cancel_reason or self._cancel_reason())
-            return ctx
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -329,10 +338,8 @@ class RunExecution:
                 ctx, asyncio.CancelledError("the task awaiting the run was cancelled")
             )
             raise
-        finally:
-            await asyncio.shield(self._release_quietly())
 
-    async def _loop(self, ctx: RunContext) -> RunContext:
+    async def _loop(self, ctx: RunContext) -> None:
         if ctx.state is RunState.ERROR:
             self._check_cancel()
             await self._append((TransitionEvent, "resume", {}))
@@ -347,7 +354,7 @@ class RunExecution:
                 case RunState.TOOL_EXEC:
                     await self._tool_step(ctx)
                 case RunState.DONE | RunState.WAITING:
-                    return ctx
+                    return
                 case RunState.CANCELLED:
                     raise RunCancelledError(ctx.run_id, ctx.cancel_reason or "cancelled")
                 case RunState.ERROR:
@@ -372,13 +379,8 @@ class RunExecution:
         )
 
     async def _release_quietly(self) -> None:
-        # A release that fails must not hide the exception that ended the run;
-        # the lease then simply expires after its TTL.
-        try:
+        with contextlib.suppress(Exception):
             await self.release()
-        except Exception:
-            if self._heartbeat_error is None:
-                raise
 
     def _context(self) -> RunContext:
         if self.ctx is None or self.lease is None:
