@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 from durable_agent.backend import Backend
+from durable_agent.backends.jsonfile import JsonFileBackend
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.testing.conformance import BackendConformance
@@ -52,3 +53,26 @@ class TestSqliteBackend(BackendConformance):
                     "UPDATE events SET body = '{garbage' WHERE run_id = ? AND seq = ?",
                     (run_id, seq),
                 )
+
+
+class TestJsonFileBackend(BackendConformance):
+    async def backend(self, tmp_path: Path) -> AsyncIterator[Backend]:
+        store = JsonFileBackend(tmp_path / "runs", session_id="s1", user_id="u1")
+        yield store
+        await store.close()
+
+    async def reopen(self, store: Backend) -> Backend:
+        assert isinstance(store, JsonFileBackend)
+        return JsonFileBackend(store.folder)
+
+    async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
+        assert isinstance(store, JsonFileBackend)
+        folder = Path(store.folder) / run_id
+        if seq is None:
+            (folder / "header.json").write_text('{"run_id": "bad", "state": "BOGUS"}\n')
+            return
+        log = folder / "events.jsonl"
+        lines = log.read_bytes().split(b"\n")
+        events = [i for i, line in enumerate(lines) if line.startswith(b'{"schema_version"')]
+        lines[events[seq - 1]] = b"{garbage"
+        log.write_bytes(b"\n".join(lines))

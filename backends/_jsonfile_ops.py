@@ -1,0 +1,541 @@
+"""The file side of `JsonFileBackend`: layout, the commit log, locks. Blocking; run in a thread.
+
+One folder per run::
+
+    runs/
+      7f3c…/                 the run id, validated so it never leaves runs/
+        header.json          the header (records.encode_header), replaced atomically
+        events.jsonl         one event per line (records.encode_event), and commit lines
+
+An append writes its events and then one commit line, in one ``write`` and
+one ``fsync``::
+
+    {"commit":2,"state":"MODEL_CALL","updated_at":"…","generation":1,"expires_at":…,"release":false}
+
+The commit line makes the append atomic: events after the last commit line
+are a torn append (the process died inside its write) and are ignored, then
+cut off by the next append, which never touches a committed byte. It also
+carries what an append changes in the header (seq, state, updated_at, the
+renewed or released lease), so an append costs one append plus one fsync
+instead of a second atomic replacement of ``header.json`` (temp file, fsync,
+rename, fsync of the folder: 350 µs against 150 µs on this machine's disk).
+The run's header is ``header.json`` folded with the last commit line.
+``header.json`` is rewritten, always folded, by what appends do not do:
+lease acquire / renew / release and cancellation requests.
+
+Writers of one run take an exclusive ``flock`` on its ``events.jsonl``, so
+processes sharing the folder serialize, and every write checks seq and lease
+under it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.errors import (
+    ConfigurationError,
+    CorruptRunError,
+    LeaseLostError,
+    RunExistsError,
+    RunNotFoundError,
+    StoreUnavailableError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.records import (
+    Event,
+    Lease,
+    RunHeader,
+    StoredRun,
+    decode_event,
+    decode_header,
+    encode_header,
+    utcnow,
+)
+
+HEADER: Final = "header.json"
+EVENTS: Final = "events.jsonl"
+_COMMIT: Final = b'{"commit":'
+_TAIL_CHUNK: Final = 16 * 1024
+_MAX_ID_BYTES: Final = 200
+
+
+def check_run_id(run_id: object) -> str:
+    """Refuse an id that could name a file outside its own run folder."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ConfigurationError(f"run id {run_id!r} must be a non-empty str")
+    bad = next((c for c in run_id if c in "/\\\0" or ord(c) < 32 or c == "\x7f"), None)
+    if bad is not None or run_id.startswith(".") or os.path.isabs(run_id):
+        raise ConfigurationError(
+            f"run id {run_id!r} cannot be stored by JsonFileBackend: a run id names a folder, "
+            f"so it may not contain path separators, NUL or control characters "
+            f"({bad!r} found), nor start with '.'"
+            if bad is not None
+            else f"run id {run_id!r} cannot be stored by JsonFileBackend: a run id names a "
+            "folder, so it may not start with '.' or be an absolute path"
+        )
+    if len(os.fsencode(run_id)) > _MAX_ID_BYTES:
+        raise ConfigurationError(
+            f"run id {run_id[:40]!r}… is longer than {_MAX_ID_BYTES} bytes, too long for a "
+            "file name"
+        )
+    return run_id
+
+
+# -- commit lines ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What one append (or the create) changed in the header."""
+
+    seq: int
+    state: RunState
+    updated_at: datetime
+    generation: int
+    expires_at: float | None
+    release: bool
+
+    def line(self) -> bytes:
+        # Framing of the log, not a stored record: the records themselves are
+        # written by durable_agent.records.
+        return (
+            json.dumps(
+                {
+                    "commit": self.seq,
+                    "state": self.state.value,
+                    "updated_at": self.updated_at.isoformat(),
+                    "generation": self.generation,
+                    "expires_at": self.expires_at,
+                    "release": self.release,
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def parse(cls, run_id: str, raw: bytes) -> Commit:
+        try:
+            data = json.loads(raw)
+            expires = data["expires_at"]
+            commit = cls(
+                seq=_int(data["commit"]),
+                state=RunState(data["state"]),
+                updated_at=datetime.fromisoformat(data["updated_at"]),
+                generation=_int(data["generation"]),
+                expires_at=None if expires is None else float(expires),
+                release=bool(data["release"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            detail = f"{EVENTS} has a damaged commit line ({exc})"
+            raise CorruptRunError(run_id, None, detail) from exc
+        if commit.updated_at.tzinfo is None:
+            raise CorruptRunError(run_id, None, f"{EVENTS} commit line has a naive time")
+        return commit
+
+    def fold(self, base: RunHeader) -> RunHeader:
+        """``base`` (header.json) as this commit, later than the file, leaves it."""
+        lease = base.lease
+        if lease is not None and self.generation == base.lease_generation:
+            if self.release:
+                lease = None
+            elif self.expires_at is not None and self.expires_at > lease.expires_at:
+                lease = lease.model_copy(update={"expires_at": self.expires_at})
+        return base.model_copy(
+            update={
+                "seq": self.seq,
+                "state": self.state,
+                "updated_at": max(base.updated_at, self.updated_at),
+                "lease": lease,
+            }
+        )
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not an int")
+    return value
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """The last commit of a log and where the committed bytes end."""
+
+    commit: Commit
+    end: int
+    size: int
+
+
+def read_tail(run_id: str, fd: int) -> Tail:
+    """Find the last commit line, reading the file backwards a chunk at a time."""
+    size = os.fstat(fd).st_size
+    start, buffer = size, b""
+    while start > 0:
+        begin = max(0, start - _TAIL_CHUNK)
+        buffer = os.pread(fd, start - begin, begin) + buffer
+        start = begin
+        # Bytes after the last newline are a torn line: never committed.
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            continue
+        lines = buffer[:cut].split(b"\n")
+        ends = start + cut + 1  # where the line being looked at ends
+        for index in range(len(lines) - 1, -1, -1):
+            if index == 0 and start > 0:
+                break  # may be cut short: read the chunk before it first
+            raw = lines[index]
+            if raw.startswith(_COMMIT):
+                return Tail(Commit.parse(run_id, raw), ends, size)
+            _check_uncommitted(run_id, raw)
+            ends -= len(raw) + 1
+    raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
+
+
+def _check_uncommitted(run_id: str, raw: bytes) -> None:
+    """A complete line after the last commit must be an event of a torn append."""
+    if raw.startswith(_COMMIT):
+        return
+    try:
+        json.loads(raw)
+    except ValueError:
+        raise CorruptRunError(
+            run_id, None, f"{EVENTS} has a damaged line after its last commit"
+        ) from None
+
+
+def read_header_file(run_id: str, folder: str) -> RunHeader:
+    try:
+        with open(os.path.join(folder, HEADER), "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if not os.path.isdir(folder):
+            raise RunNotFoundError(run_id) from None
+        raise CorruptRunError(run_id, None, f"{HEADER} is missing") from None
+    return decode_header(run_id, text)
+
+
+def current_header(run_id: str, folder: str, fd: int) -> tuple[RunHeader, Tail]:
+    base = read_header_file(run_id, folder)
+    if base.run_id != run_id:
+        raise CorruptRunError(run_id, None, f"{HEADER} names run {base.run_id!r}")
+    tail = read_tail(run_id, fd)
+    return tail.commit.fold(base), tail
+
+
+def get_header(root: str, run_id: str) -> RunHeader:
+    folder = os.path.join(root, check_run_id(run_id))
+    try:
+        fd = os.open(os.path.join(folder, EVENTS), os.O_RDONLY)
+    except FileNotFoundError:
+        if os.path.isdir(folder):
+            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
+        raise RunNotFoundError(run_id) from None
+    try:
+        return current_header(run_id, folder, fd)[0]
+    finally:
+        os.close(fd)
+
+
+def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
+    """The header and every committed event line, in order."""
+    folder = os.path.join(root, check_run_id(run_id))
+    try:
+        with open(os.path.join(folder, EVENTS), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        if os.path.isdir(folder):
+            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
+        raise RunNotFoundError(run_id) from None
+    base = read_header_file(run_id, folder)
+    committed: list[tuple[int, bytes]] = []
+    pending: list[bytes] = []
+    last: Commit | None = None
+    for raw in data.split(b"\n")[:-1]:  # the last piece is empty, or a torn line
+        if not raw.startswith(_COMMIT):
+            pending.append(raw)
+            continue
+        commit = Commit.parse(run_id, raw)
+        expected = len(committed) + len(pending)
+        if commit.seq != expected:
+            raise CorruptRunError(
+                run_id, commit.seq, f"a commit line says seq {commit.seq} after {expected} events"
+            )
+        committed.extend((seq, line) for seq, line in enumerate(pending, start=len(committed) + 1))
+        pending = []
+        last = commit
+    if last is None:
+        raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
+    for raw in pending:  # a torn append: its complete lines must still be JSON
+        _check_uncommitted(run_id, raw)
+    return last.fold(base), committed
+
+
+def decode_events(run_id: str, lines: Sequence[tuple[int, bytes]]) -> tuple[Event, ...]:
+    return tuple(decode_event(run_id, seq, raw) for seq, raw in lines)
+
+
+def list_headers(root: str) -> Iterator[RunHeader]:
+    """Every readable run's header; missing or damaged runs are skipped."""
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
+    except FileNotFoundError:
+        return
+    for name in entries:
+        try:
+            yield get_header(root, name)
+        except (RunNotFoundError, CorruptRunError, ConfigurationError):
+            continue  # deleted meanwhile, or damaged: load_run reports it, listing goes on
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_header(folder: str, header: RunHeader) -> None:
+    """Write header.json atomically: temp file, fsync, rename, fsync of the folder."""
+    temp = os.path.join(folder, f".{HEADER}.tmp")
+    _write_file(temp, encode_header(header).encode() + b"\n")
+    os.replace(temp, os.path.join(folder, HEADER))
+    _fsync_dir(folder)
+
+
+def create(root: str, header: RunHeader, lines: Sequence[bytes]) -> None:
+    run_id = check_run_id(header.run_id)
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, run_id)
+    if os.path.exists(final):
+        raise RunExistsError(run_id)
+    lease = header.lease
+    commit = Commit(
+        seq=header.seq,
+        state=header.state,
+        updated_at=header.updated_at,
+        generation=header.lease_generation,
+        expires_at=lease.expires_at if lease is not None else None,
+        release=False,
+    )
+    # Built in a hidden folder and renamed into place: a run exists whole or not at all.
+    temp = os.path.join(root, f".create-{uuid.uuid4().hex}")
+    os.mkdir(temp)
+    try:
+        _write_file(os.path.join(temp, HEADER), encode_header(header).encode() + b"\n")
+        _write_file(os.path.join(temp, EVENTS), b"".join(lines) + commit.line())
+        _fsync_dir(temp)
+        try:
+            os.rename(temp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise RunExistsError(run_id) from None
+            raise
+        _fsync_dir(root)
+    finally:
+        if os.path.isdir(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def locked(root: str, run_id: str) -> Iterator[tuple[str, int]]:
+    """The run's folder and its log opened for appending, under an exclusive flock."""
+    folder = os.path.join(root, check_run_id(run_id))
+    path = os.path.join(folder, EVENTS)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError:
+        if os.path.isdir(folder):
+            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
+        raise RunNotFoundError(run_id) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # The run may have been deleted (its folder moved away) while we waited.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise RunNotFoundError(run_id, "it was deleted by another writer")
+        yield folder, fd
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def append(
+    root: str,
+    run_id: str,
+    events: Sequence[Event],
+    lines: Sequence[bytes],
+    expected_seq: int,
+    lease: Lease,
+    release: bool,
+) -> Lease:
+    with locked(root, run_id) as (folder, fd):
+        header, tail = current_header(run_id, folder, fd)
+        check_append(header, events, expected_seq=expected_seq, lease=lease)
+        renewed = lease.model_copy(
+            update={
+                "expires_at": time.time() + lease.ttl,
+                "cancel_requested": header.cancel_requested,
+            }
+        )
+        last = events[-1] if events else None
+        commit = Commit(
+            seq=last.seq if last else header.seq,
+            state=last.state if last else header.state,
+            updated_at=utcnow(),
+            generation=lease.generation,
+            expires_at=renewed.expires_at,
+            release=release,
+        )
+        if tail.size > tail.end:
+            os.ftruncate(fd, tail.end)  # a torn append: never committed, never read
+        data = b"".join(lines) + commit.line()
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(fd, tail.end)
+            raise
+        return renewed
+
+
+def acquire(root: str, run_id: str, owner: LeaseOwner, ttl: float, takeover: int | None) -> Lease:
+    with locked(root, run_id) as (folder, fd):
+        header, _ = current_header(run_id, folder, fd)
+        lease = check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=time.time())
+        replace_header(
+            folder, header.model_copy(update={"lease": lease, "lease_generation": lease.generation})
+        )
+        return lease
+
+
+def renew(root: str, run_id: str, lease: Lease) -> Lease:
+    with locked(root, run_id) as (folder, fd):
+        header, _ = current_header(run_id, folder, fd)
+        if header.lease is None or header.lease_generation != lease.generation:
+            raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
+        renewed = lease.model_copy(
+            update={
+                "expires_at": time.time() + lease.ttl,
+                "cancel_requested": header.cancel_requested,
+            }
+        )
+        replace_header(folder, header.model_copy(update={"lease": renewed}))
+        return renewed
+
+
+def release(root: str, run_id: str, lease: Lease) -> None:
+    try:
+        with locked(root, run_id) as (folder, fd):
+            header, _ = current_header(run_id, folder, fd)
+            if header.lease is not None and header.lease_generation == lease.generation:
+                replace_header(folder, header.model_copy(update={"lease": None}))
+    except RunNotFoundError:
+        return
+
+
+def request_cancel(root: str, run_id: str, reason: str) -> RunHeader:
+    with locked(root, run_id) as (folder, fd):
+        header, _ = current_header(run_id, folder, fd)
+        if header.cancel_requested is None:
+            header = header.model_copy(update={"cancel_requested": reason})
+            replace_header(folder, header)
+        return header
+
+
+def _remove(root: str, folder: str) -> None:
+    # Moved aside in one rename (the run is gone at once, whole), then removed.
+    trash = os.path.join(root, f".deleted-{uuid.uuid4().hex}")
+    os.rename(folder, trash)
+    _fsync_dir(root)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def delete(root: str, run_id: str) -> bool:
+    folder = os.path.join(root, check_run_id(run_id))
+    if not os.path.isdir(folder):
+        return False
+    try:
+        with locked(root, run_id) as (folder, _):
+            _remove(root, folder)
+    except RunNotFoundError:
+        return False
+    except CorruptRunError:  # no log to lock: nothing to serialize with
+        _remove(root, folder)
+    return True
+
+
+def prune(root: str, older_than: datetime, states: Sequence[RunState]) -> int:
+    try:
+        names = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        with (
+            suppress(RunNotFoundError, CorruptRunError, ConfigurationError),
+            locked(root, name) as (folder, fd),
+        ):
+            header, _ = current_header(name, folder, fd)
+            live = header.lease is not None and header.lease.expires_at > time.time()
+            if header.state in states and header.updated_at < older_than and not live:
+                _remove(root, folder)
+                removed += 1
+    # Left by creates and deletes that were killed half-way.
+    for leftover in os.scandir(root):
+        if leftover.name.startswith((".create-", ".deleted-")):
+            with suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > 3600:
+                    shutil.rmtree(leftover.path, ignore_errors=True)
+    return removed
+
+
+def stored_run(root: str, run_id: str) -> StoredRun:
+    header, lines = load(root, run_id)
+    events = decode_events(run_id, lines)
+    if len(events) != header.seq:
+        raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
+    return StoredRun(header=header, events=events)
+
+
+def unavailable(root: str, exc: OSError) -> StoreUnavailableError:
+    error = StoreUnavailableError(f"JSON file store {root}: {exc}")
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,207 @@
+"""A durable store in a folder of JSON files, readable by eye: one folder per run.
+
+Each run is ``<folder>/<run_id>/header.json`` (its header) plus
+``<folder>/<run_id>/events.jsonl`` (its events, one JSON line each, with a
+short commit line after each append). Inspect a run with ``cat`` or ``jq``;
+back the folder up with ``cp -r``. See `durable_agent.backends._jsonfile_ops`
+for the layout and why an append is one write and one fsync.
+
+Durability: every create and append is written and fsynced (and a new run's
+folder fsynced into its parent) before it returns, so a run survives the
+process being killed and the machine losing power. A torn last line, left by
+a process killed inside its write, is ignored without touching earlier events.
+
+Sharing: processes on one machine may share the folder. Writers of a run take
+an OS file lock (``flock``) on its log and check ``seq`` and the lease under
+it. Do not share the folder over NFS or other network filesystems, whose
+locks are not reliable; use Redis, SQLite on a local disk, or PostgreSQL.
+
+Scale: listing reads every run's header, so it suits thousands of runs, not
+millions; each append costs one fsync of its own (no group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from durable_agent.backend import (
+    Backend,
+    Capability,
+    LeaseOwner,
+    RunPage,
+    decode_cursor,
+    encode_cursor,
+)
+from durable_agent.backends import _jsonfile_ops as ops
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
+from durable_agent.fsm import RunState
+from durable_agent.records import Event, Lease, RunHeader, StoredRun, encode_event
+
+__all__ = ["JsonFileBackend"]
+
+T = TypeVar("T")
+
+
+class JsonFileBackend(Backend):
+    """Runs as JSON files in one folder: durable, shareable between processes of one machine.
+
+    Args:
+        folder: where the runs live; created (with its parents) on the first
+            write. Each run is a sub-folder named by its run id, so run ids
+            may not contain path separators or NUL, nor start with '.'
+            (`ConfigurationError`).
+        session_id: tags the runs an agent creates through this backend.
+        user_id: tags the runs an agent creates through this backend.
+
+    The constructor does no I/O. The files are written in a worker thread, so
+    an fsync never blocks the event loop, and the backend is bound to no loop.
+    """
+
+    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS})
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] = "runs",
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        super().__init__(session_id=session_id, user_id=user_id)
+        if not isinstance(folder, str | os.PathLike):
+            raise ConfigurationError(
+                f"JsonFileBackend(folder=...) must be a str or os.PathLike, got "
+                f"{type(folder).__name__}"
+            )
+        path = os.fspath(folder)
+        if not isinstance(path, str) or not path:
+            raise ConfigurationError(f"JsonFileBackend(folder={folder!r}) must be a text path")
+        # Resolved now, so a later chdir() does not move the store.
+        self._root = os.path.abspath(path)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"JsonFileBackend({self._root!r})"
+
+    @property
+    def folder(self) -> str:
+        """The absolute path of the store's folder."""
+        return self._root
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+        try:
+            return await asyncio.to_thread(fn, self._root, *args)
+        except OSError as exc:  # the disk, not the run: full, read-only, permissions
+            raise ops.unavailable(self._root, exc) from exc
+
+    # -- runs -----------------------------------------------------------------------------
+
+    async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
+        ops.check_run_id(header.run_id)
+        lines = [encode_event(e).encode() + b"\n" for e in events]
+        await self._run(ops.create, header, lines)
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
+    ) -> Lease:
+        events = tuple(events)
+        lines = [encode_event(e).encode() + b"\n" for e in events]
+        return await self._run(ops.append, run_id, events, lines, expected_seq, lease, release)
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        return await self._run(ops.stored_run, run_id)
+
+    async def get_run(self, run_id: str) -> RunHeader:
+        return await self._run(ops.get_header, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        states: Collection[RunState] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+        if limit < 1:
+            raise ConfigurationError(f"list_runs(limit={limit}) must be at least 1")
+        after = decode_cursor(cursor) if cursor else None
+        wanted = set(states) if states is not None else None
+        if wanted is not None and not wanted:
+            return RunPage(runs=(), next_cursor=None)
+        headers = await self._run(lambda root: list(ops.list_headers(root)))
+        matches = [
+            h
+            for h in headers
+            if not (
+                (session_id is not None and h.session_id != session_id)
+                or (user_id is not None and h.user_id != user_id)
+                or (wanted is not None and h.state not in wanted)
+                or (created_after is not None and h.created_at <= created_after)
+                or (created_before is not None and h.created_at >= created_before)
+                or (after is not None and (h.created_at.timestamp(), h.run_id) >= after)
+            )
+        ]
+        matches.sort(key=lambda h: (h.created_at.timestamp(), h.run_id), reverse=True)
+        page = matches[:limit]
+        more = len(matches) > limit
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
+        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+
+    async def delete_run(self, run_id: str) -> bool:
+        return await self._run(ops.delete, run_id)
+
+    async def prune(
+        self,
+        *,
+        older_than: datetime,
+        states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
+    ) -> int:
+        if older_than.tzinfo is None:
+            raise ConfigurationError(
+                f"prune(older_than={older_than.isoformat()}) has no time zone; use an aware "
+                "datetime such as durable_agent.records.utcnow()"
+            )
+        wanted = list(states)
+        if not wanted:
+            if self._closed:
+                raise StoreUnavailableError(f"{self!r} is closed")
+            return 0
+        return await self._run(ops.prune, older_than, wanted)
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        return await self._run(ops.request_cancel, run_id, reason)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
+    ) -> Lease:
+        return await self._run(ops.acquire, run_id, owner, ttl, takeover)
+
+    async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
+        return await self._run(ops.renew, run_id, lease)
+
+    async def release_lease(self, run_id: str, lease: Lease) -> None:
+        await self._run(ops.release, run_id, lease)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Nothing is held open between calls; later calls raise `StoreUnavailableError`."""
+        self._closed = True
