@@ -74,8 +74,9 @@ booking call with its intent, 7 the booking result with tools_done, 8 the
 final answer.
 """
 
-HOTEL_SEARCH_SECONDS = 0.25
-"""Long enough that the flight result is durable (and the child killed) first."""
+HOTEL_SEARCH_SECONDS = 2.0
+"""The first hotel search is slow: the flight result is durable and the child killed
+long before it ends, even on a loaded machine. A re-run answers at once."""
 
 _CHILD_TIMEOUT = 60.0
 
@@ -101,9 +102,10 @@ def build_agent(db: Backend, ledger: Path) -> Agent:
     async def search_hotels(city: str, nights: int, ctx: ToolContext) -> str:
         """Find hotels in a city for a number of nights."""
         _log_run(ledger, "search_hotels", ctx)
-        # Slower than the flight search on purpose: when the child is killed
-        # right after the flight result is durable, this call is in flight.
-        await asyncio.sleep(HOTEL_SEARCH_SECONDS)
+        # Slow on its first attempt on purpose (a margin, not a race): when the
+        # child is killed right after the flight result is durable, this call is
+        # in flight. The re-run after the restart answers quickly.
+        await asyncio.sleep(HOTEL_SEARCH_SECONDS if ctx.attempt == 1 else 0.05)
         return f"Casa do Rio, {city}: EUR 141/night, {nights} nights EUR {141 * nights}"
 
     async def book_hotel(hotel: str, nights: int, ctx: ToolContext) -> str:
