@@ -67,7 +67,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=_demo.DEFAULT_KILL_AFTER,
         metavar="N",
         help=f"SIGKILL the first process right after durable write N (default: "
-        f"{_demo.DEFAULT_KILL_AFTER}; write 1 creates the run, an uninterrupted run makes 8)",
+        f"{_demo.DEFAULT_KILL_AFTER}; write 1 creates the run, an uninterrupted run makes "
+        f"{_demo.UNINTERRUPTED_WRITES})",
     )
     # The parent re-runs this command in child processes with these options.
     demo.add_argument("--child", choices=("start", "resume"), help=argparse.SUPPRESS)

@@ -66,13 +66,15 @@ SCRIPT: tuple[str | ToolCall | list[ToolCall], ...] = (
 )
 
 DEFAULT_KILL_AFTER = 3
-"""Write 4 stores the flight result while the slower hotel search is still in flight.
+"""Write 3 stores the flight result while the slower hotel search is still in flight.
 
-Writes of an uninterrupted run: 1 create, 2 start, 3 the model's two calls with
-their intents, 4 the flight result, 5 the hotel result with tools_done, 6 the
-booking call with its intent, 7 the booking result with tools_done, 8 the
-final answer.
+Writes of an uninterrupted run: 1 create with start, 2 the model's two calls with
+their intents, 3 the flight result, 4 the hotel result with tools_done, 5 the
+booking call with its intent, 6 the booking result with tools_done, 7 the final
+answer.
 """
+
+UNINTERRUPTED_WRITES = 7
 
 HOTEL_SEARCH_SECONDS = 2.0
 """The first hotel search is slow: the flight result is durable and the child killed

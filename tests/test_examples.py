@@ -99,10 +99,10 @@ def test_demo_kills_a_run_and_shows_replayed_and_executed_steps(tmp_path: Path) 
 def test_demo_keeps_the_database_where_asked(tmp_path: Path) -> None:
     db = tmp_path / "kept.db"
     done = run_python(
-        ["-m", "durable_agent", "demo", "--db", str(db), "--kill-after", "7"], tmp_path
+        ["-m", "durable_agent", "demo", "--db", str(db), "--kill-after", "6"], tmp_path
     )
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    assert "SIGKILLed right after durable write 7" in done.stdout
+    assert "SIGKILLed right after durable write 6" in done.stdout
     assert "Final answer:" in done.stdout
     assert db.exists()
 
