@@ -239,7 +239,8 @@ class SqliteBackend(Backend):
             crash may be lost (the file stays consistent); several times
             faster on disks with slow fsync. ``"OFF"``: no fsync at all; the
             file may be corrupted by a power loss or OS crash. ``"EXTRA"``:
-            FULL plus an fsync of the directory, for filesystems that need it.
+            accepted for completeness; in WAL mode SQLite treats it as FULL
+            (it differs only in rollback-journal modes).
         busy_timeout: seconds a write waits for another connection (process)
             holding the file's write lock before failing with
             `StoreUnavailableError`.
