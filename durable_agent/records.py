@@ -13,6 +13,7 @@ what is new (DESIGN.md §2), so storage grows linearly with the conversation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, TypeAlias
 
@@ -53,6 +54,7 @@ __all__ = [
     "WaitingEvent",
     "decode_event",
     "decode_header",
+    "decode_header_fields",
     "encode_event",
     "encode_header",
     "utcnow",
@@ -443,6 +445,20 @@ def decode_header(run_id: str, text: str | bytes) -> RunHeader:
         raise CorruptRunError(run_id, None, _short(exc)) from exc
     _check_version(run_id, None, {"schema_version": header.schema_version})
     return header
+
+
+def decode_header_fields(run_id: str, fields: Mapping[str, object]) -> RunHeader:
+    """Build a header from its fields as a store keeps them apart (a row, a Redis hash).
+
+    Like `decode_header`: a newer ``schema_version`` raises `SchemaVersionError`,
+    anything that does not validate `CorruptRunError` naming ``run_id``.
+    ``fields`` holds `RunHeader`'s field names; ``lease`` is a mapping or None.
+    """
+    _check_version(run_id, None, dict(fields))
+    try:
+        return RunHeader.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise CorruptRunError(run_id, None, _short(exc)) from exc
 
 
 def _short(exc: ValidationError) -> str:

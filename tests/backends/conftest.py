@@ -24,3 +24,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "runs.db"
+
+
+from tests.backends.redis_server import redis_url  # noqa: E402, F401  (a fixture)

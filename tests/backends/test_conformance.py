@@ -7,6 +7,7 @@ Each class gives the suite only what a custom backend author gives it: a
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -76,3 +77,41 @@ class TestJsonFileBackend(BackendConformance):
         events = [i for i, line in enumerate(lines) if line.startswith(b'{"schema_version"')]
         lines[events[seq - 1]] = b"{garbage"
         log.write_bytes(b"\n".join(lines))
+
+
+class TestRedisBackend(BackendConformance):
+    async def backend(self, redis_url: str) -> AsyncIterator[Backend]:
+        from durable_agent.backends.redis import RedisBackend
+
+        prefix = f"test-{uuid.uuid4().hex[:10]}:"
+        store = RedisBackend(redis_url, prefix=prefix, session_id="s1", user_id="u1")
+        yield store
+        await store.close()
+        await _forget(redis_url, prefix)
+
+    async def reopen(self, store: Backend) -> Backend:
+        from durable_agent.backends.redis import RedisBackend
+
+        assert isinstance(store, RedisBackend)
+        return RedisBackend(store._url, prefix=store.prefix)
+
+    async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
+        from redis.asyncio import Redis
+
+        assert hasattr(store, "prefix")
+        header_key, events_key = (f"{store.prefix}{{{run_id}}}:{k}" for k in ("header", "events"))
+        async with Redis.from_url(store._url) as client:  # type: ignore[attr-defined]
+            if seq is None:
+                await client.hset(header_key, "state", "BOGUS")
+            else:
+                await client.lset(events_key, seq - 1, "{garbage")
+
+
+async def _forget(url: str, prefix: str) -> None:
+    """Delete every key of one test's store (the server may be shared)."""
+    from redis.asyncio import Redis
+
+    async with Redis.from_url(url) as client:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)

@@ -1,0 +1,273 @@
+"""The Lua scripts of `RedisBackend`: every write is one script, so one atomic round trip.
+
+Layout (``p`` is the backend's prefix, ``{id}`` the run id as a hash tag)::
+
+    p{id}:header          HASH  the header, one field per RunHeader field (lease_* apart)
+    p{id}:events          LIST  one element per event, records.encode_event text, seq = index + 1
+    p idx:created         ZSET  run ids scored by created_at (seconds)
+    p idx:state:<STATE>   ZSET  the runs in each state
+    p idx:session:<id>    ZSET  the runs of each session
+    p idx:user:<id>       ZSET  the runs of each user
+
+Times are ``"<seconds>.<microseconds>"`` decimal strings, exact both ways.
+Leases are timed by the Redis server's clock (``TIME``), one clock for every
+worker host. Each script checks key types before its first write, so a key of
+the wrong type fails the call with nothing written (a Lua error after a write
+would leave that write in place).
+
+Replies: a table whose first element is a status string. ``refused`` and
+``busy`` carry the run's whole header hash, read in the same atomic step, so
+the Python side explains the refusal with the shared rules of
+`durable_agent.backend` (`check_append`, `check_lease_acquire`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Final
+
+_PRELUDE: Final = """
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2])),
+         tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local LEASE = {'lease_owner', 'lease_host', 'lease_pid', 'lease_expires', 'lease_ttl'}
+local function final(state) return state == 'DONE' or state == 'CANCELLED' end
+local function push(key, first)
+  -- RPUSH ARGV[first..] in slices: unpack() of thousands of values overflows Lua's stack.
+  for i = first, #ARGV, 500 do
+    redis.call('RPUSH', key, unpack(ARGV, i, math.min(i + 499, #ARGV)))
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1, for EVALSHA with a fallback to loading it."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _script(name: str, body: str) -> Script:
+    return Script(name, _PRELUDE + body)
+
+
+CREATE: Final = _script(
+    "create",
+    """
+-- KEYS: header, events. ARGV: prefix, retention_ms, #fieldargs, field, value, ..., events...
+local h, ev, prefix = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', h) == 1 then return {'exists'} end
+local n = tonumber(ARGV[3])
+local f = {}
+for i = 4, 3 + n, 2 do f[ARGV[i]] = ARGV[i + 1] end
+redis.call('DEL', ev)  -- a log without a header is nobody's
+redis.call('HSET', h, unpack(ARGV, 4, 3 + n))
+push(ev, 4 + n)
+local id, score = f['run_id'], f['created_at']
+redis.call('ZADD', prefix .. 'idx:created', score, id)
+redis.call('ZADD', prefix .. 'idx:state:' .. f['state'], score, id)
+local session, user = f['session_id'], f['user_id']
+if session then redis.call('ZADD', prefix .. 'idx:session:' .. session, score, id) end
+if user then redis.call('ZADD', prefix .. 'idx:user:' .. user, score, id) end
+local keep = tonumber(ARGV[2])
+if keep > 0 and final(f['state']) then
+  redis.call('PEXPIRE', h, keep)
+  redis.call('PEXPIRE', ev, keep)
+end
+return {'ok'}
+""",
+)
+
+APPEND: Final = _script(
+    "append",
+    """
+-- KEYS: header, events. ARGV: prefix, retention_ms, generation, owner, host, pid, ttl,
+-- expected_seq, new_seq, new_state ('' = unchanged), release ('1'), events...
+local h, ev, prefix = KEYS[1], KEYS[2], ARGV[1]
+local t = kind(h)
+if t == 'none' then return {'missing'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+local te = kind(ev)
+if te ~= 'list' then return {'wrongtype', 'events', te} end
+local f = redis.call('HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
+                     'cancel_requested', 'created_at', 'run_id')
+if not f[4] or f[3] ~= ARGV[3] or f[4] ~= ARGV[4] or f[1] ~= ARGV[8] then
+  return {'refused', redis.call('HGETALL', h)}
+end
+local stored = redis.call('LLEN', ev)
+if stored ~= tonumber(f[1]) then return {'corrupt', tostring(stored), f[1]} end
+local now_s, now_n = now()
+push(ev, 12)
+local state = f[2]
+local to = ARGV[10]
+if to == '' then to = state end
+redis.call('HSET', h, 'seq', ARGV[9], 'state', to, 'updated_at', now_s)
+local expires = string.format('%.6f', now_n + tonumber(ARGV[7]))
+if ARGV[11] == '1' then
+  redis.call('HDEL', h, unpack(LEASE))
+else
+  redis.call('HSET', h, 'lease_owner', ARGV[4], 'lease_host', ARGV[5], 'lease_pid', ARGV[6],
+             'lease_expires', expires, 'lease_ttl', ARGV[7])
+end
+if to ~= state then
+  redis.call('ZREM', prefix .. 'idx:state:' .. state, f[7])
+  redis.call('ZADD', prefix .. 'idx:state:' .. to, f[6], f[7])
+  local keep = tonumber(ARGV[2])
+  if keep > 0 and final(to) then
+    redis.call('PEXPIRE', h, keep)
+    redis.call('PEXPIRE', ev, keep)
+  end
+end
+return {'ok', expires, f[5] or false}
+""",
+)
+
+ACQUIRE: Final = _script(
+    "acquire",
+    """
+-- KEYS: header. ARGV: owner, host, pid, ttl, takeover ('' = none).
+local h = KEYS[1]
+local t = kind(h)
+if t == 'none' then return {'missing'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+local f = redis.call('HMGET', h, 'lease_owner', 'lease_expires', 'lease_generation',
+                     'cancel_requested')
+local now_s, now_n = now()
+local generation = tonumber(f[3])
+if not generation then return {'corrupt', 'lease_generation', tostring(f[3])} end
+if f[1] and (tonumber(f[2]) or 0) > now_n and ARGV[5] ~= f[3] then
+  return {'busy', now_s, redis.call('HGETALL', h)}
+end
+local gen = string.format('%d', generation + 1)
+local expires = string.format('%.6f', now_n + tonumber(ARGV[4]))
+redis.call('HSET', h, 'lease_owner', ARGV[1], 'lease_host', ARGV[2], 'lease_pid', ARGV[3],
+           'lease_expires', expires, 'lease_ttl', ARGV[4], 'lease_generation', gen)
+return {'ok', gen, expires, f[4] or false}
+""",
+)
+
+RENEW: Final = _script(
+    "renew",
+    """
+-- KEYS: header. ARGV: generation, owner, host, pid, ttl.
+local h = KEYS[1]
+local t = kind(h)
+if t == 'none' then return {'missing'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+local f = redis.call('HMGET', h, 'lease_owner', 'lease_generation', 'cancel_requested')
+if not f[1] or f[2] ~= ARGV[1] then return {'lost'} end
+local now_s, now_n = now()
+local expires = string.format('%.6f', now_n + tonumber(ARGV[5]))
+redis.call('HSET', h, 'lease_owner', ARGV[2], 'lease_host', ARGV[3], 'lease_pid', ARGV[4],
+           'lease_expires', expires, 'lease_ttl', ARGV[5])
+return {'ok', expires, f[3] or false}
+""",
+)
+
+RELEASE: Final = _script(
+    "release",
+    """
+-- KEYS: header. ARGV: generation.
+local h = KEYS[1]
+local t = kind(h)
+if t == 'none' then return {'ok'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+local f = redis.call('HMGET', h, 'lease_owner', 'lease_generation')
+if f[1] and f[2] == ARGV[1] then redis.call('HDEL', h, unpack(LEASE)) end
+return {'ok'}
+""",
+)
+
+CANCEL: Final = _script(
+    "cancel",
+    """
+-- KEYS: header. ARGV: reason.
+local h = KEYS[1]
+local t = kind(h)
+if t == 'none' then return {'missing'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+redis.call('HSETNX', h, 'cancel_requested', ARGV[1])
+return {'ok', redis.call('HGETALL', h)}
+""",
+)
+
+_DELETE_BODY: Final = """
+-- Deletes a run's keys and index entries. A header past reading does not name
+-- its indexes: then the state indexes ARGV[sweep..] are swept (session and user
+-- entries are dropped by the next listing that meets them).
+local function delete(h, ev, prefix, id, sweep)
+  if kind(h) == 'hash' then
+    local f = redis.call('HMGET', h, 'state', 'session_id', 'user_id')
+    if f[1] then redis.call('ZREM', prefix .. 'idx:state:' .. f[1], id) end
+    if f[2] then redis.call('ZREM', prefix .. 'idx:session:' .. f[2], id) end
+    if f[3] then redis.call('ZREM', prefix .. 'idx:user:' .. f[3], id) end
+  elseif sweep then
+    for i = sweep, #ARGV do redis.call('ZREM', prefix .. 'idx:state:' .. ARGV[i], id) end
+  end
+  redis.call('ZREM', prefix .. 'idx:created', id)
+  return redis.call('DEL', h, ev)
+end
+"""
+
+DELETE: Final = _script(
+    "delete",
+    _DELETE_BODY
+    + """
+-- KEYS: header, events. ARGV: prefix, run_id, every state.
+return delete(KEYS[1], KEYS[2], ARGV[1], ARGV[2], 3)
+""",
+)
+
+PRUNE_ONE: Final = _script(
+    "prune_one",
+    _DELETE_BODY
+    + """
+-- KEYS: header, events. ARGV: prefix, run_id, updated_at as read, states...
+-- Deleted only if unchanged since it was read (same updated_at), in one of the
+-- states, and its lease is not live.
+local h, ev = KEYS[1], KEYS[2]
+if kind(h) ~= 'hash' then return 0 end
+local f = redis.call('HMGET', h, 'updated_at', 'state', 'lease_owner', 'lease_expires')
+if f[1] ~= ARGV[3] then return 0 end
+local wanted = false
+for i = 4, #ARGV do if ARGV[i] == f[2] then wanted = true end end
+if not wanted then return 0 end
+local now_s, now_n = now()
+if f[3] and (tonumber(f[4]) or 0) > now_n then return 0 end
+if delete(h, ev, ARGV[1], ARGV[2], nil) > 0 then return 1 end
+return 0
+""",
+)
+
+LOAD: Final = _script(
+    "load",
+    """
+-- KEYS: header, events. One consistent snapshot of both.
+local h, ev = KEYS[1], KEYS[2]
+local t = kind(h)
+if t == 'none' then return {'missing'} end
+if t ~= 'hash' then return {'wrongtype', 'header', t} end
+local te = kind(ev)
+if te ~= 'list' and te ~= 'none' then return {'wrongtype', 'events', te} end
+return {'ok', redis.call('HGETALL', h), redis.call('LRANGE', ev, 0, -1)}
+""",
+)
+
+FORGET: Final = _script(
+    "forget",
+    """
+-- KEYS: index, header. ARGV: run_id. Drops an index entry whose run expired (retention).
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return {'ok'}
+""",
+)
