@@ -78,13 +78,25 @@ class LeaseOwner:
 
     @classmethod
     def current(cls) -> LeaseOwner:
-        """An owner for this process, with a fresh random id."""
-        return cls(host=socket.gethostname(), pid=os.getpid())
+        """An owner for this process, with a fresh random id.
+
+        ``host`` is the host name plus, on Linux, the pid namespace: two
+        containers may share a host name while their pids mean different
+        processes, and the same-host takeover must only trust a pid it can see.
+        """
+        return cls(host=socket.gethostname() + _pid_namespace(), pid=os.getpid())
 
     @property
     def id(self) -> str:
         """``host:pid:nonce``, the owner string stored on the lease."""
         return f"{self.host}:{self.pid}:{self.nonce}"
+
+
+def _pid_namespace() -> str:
+    try:
+        return f"~pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux, or /proc not mounted: the host name alone
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
