@@ -258,7 +258,9 @@ class ModelResponseEvent(_Event):
     attempt: int = 1
     latency_ms: float = 0.0
     repeated: bool = False
-    """True when a crash lost a previous answer to this same call and it was made again."""
+    """True when the run was resumed in MODEL_CALL: an earlier process recorded the
+    intent of this call and may have sent it (its answer, if any, was lost), so the
+    provider may have been asked twice."""
 
 
 class ModelAttemptFailedEvent(_Event):
