@@ -53,6 +53,18 @@ def build(args: dict[str, Any]) -> Agent:
             os.kill(os.getpid(), signal.SIGKILL)
         return f"charged {card}"
 
+    @tool(external_execution=True)
+    def ship(order: str) -> str:
+        """Ship an order (the warehouse runs it)."""
+        note(ledger, f"ship {order}")
+        return "never called"
+
+    @tool(requires_user_input=["account"])
+    def transfer(amount: float, account: str) -> str:
+        """Send money to an account a human provides."""
+        note(ledger, f"transfer {amount} {account}")
+        return f"sent {amount} to {account}"
+
     def slow(step: str) -> str:
         """A step that waits for a gate file (in a worker thread, as sync tools run)."""
         note(ledger, f"slow-start {step}")
@@ -66,10 +78,12 @@ def build(args: dict[str, Any]) -> Agent:
         "refund": [ToolCall("refund", {"order": "A1", "amount": 20}), "refund issued"],
         "charge": [ToolCall("charge", {"card": "4242"}), "charged"],
         "slow": [ToolCall("slow", {"step": "one"}), ToolCall("slow", {"step": "two"}), "done"],
+        "ship": [ToolCall("ship", {"order": "A1"}), "shipped"],
+        "transfer": [ToolCall("transfer", {"amount": 5}), "sent"],
     }
     model = ScriptedModel(scripts[args["script"]])  # type: ignore[arg-type]
     db = SqliteBackend(args["db"], session_id="hitl")
-    return Agent(model, db=db, tools=[refund, charge, slow], lease_ttl=30)
+    return Agent(model, db=db, tools=[refund, charge, ship, transfer, slow], lease_ttl=30)
 
 
 def describe(out: RunOutput) -> dict[str, Any]:
@@ -94,6 +108,7 @@ async def main(args: dict[str, Any]) -> dict[str, Any]:
                 run_id=args["run_id"],
                 approvals=args.get("approvals"),
                 results=args.get("results"),
+                inputs=args.get("inputs"),
                 return_output=True,
             )
         elif mode == "list_waiting":

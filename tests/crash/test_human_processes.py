@@ -63,6 +63,26 @@ def test_a_waiting_run_survives_its_process_and_is_approved_from_another(
     assert ledger(tmp_path / "ledger") == ["refund A1"]
 
 
+def test_an_external_result_comes_from_another_process(tmp_path: Path) -> None:
+    common = {"db": str(tmp_path / "runs.db"), "ledger": str(tmp_path / "ledger"),
+              "script": "ship", "run_id": "ship-1"}
+    (req,) = child(mode="start", **common)["requirements"]
+    assert req["kind"] == "external"
+    done = child(mode="continue", results={req["id"]: {"tracking": "Z9"}}, **common)
+    assert (done["state"], done["output"]) == ("DONE", "shipped")
+    assert ledger(tmp_path / "ledger") == [], "the caller ran it, not the agent"
+
+
+def test_user_input_comes_from_another_process(tmp_path: Path) -> None:
+    common = {"db": str(tmp_path / "runs.db"), "ledger": str(tmp_path / "ledger"),
+              "script": "transfer", "run_id": "transfer-1"}
+    (req,) = child(mode="start", **common)["requirements"]
+    assert req["kind"] == "user_input"
+    done = child(mode="continue", inputs={req["id"]: {"account": "DE89"}}, **common)
+    assert done["state"] == "DONE"
+    assert ledger(tmp_path / "ledger") == ["transfer 5.0 DE89"]
+
+
 def test_a_rejection_from_another_process_reaches_the_model(tmp_path: Path) -> None:
     common = {"db": str(tmp_path / "runs.db"), "ledger": str(tmp_path / "ledger"),
               "script": "refund", "run_id": "refund-2"}
