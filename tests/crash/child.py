@@ -2,7 +2,8 @@
 
 Run as ``python tests/crash/child.py '<json>'`` (see `ChildArgs`). It drives
 the run `SCRIPT` describes (three tool turns, the second with two parallel
-calls, then a final answer) on a `SqliteBackend` wrapped in a
+calls, then a final answer) on the store its URL names (SQLite, Redis or JSON
+files, opened with `open_backend`) wrapped in a
 `KillSwitchBackend`, and prints one JSON line (`ChildResult`) unless it is
 killed first.
 
@@ -43,9 +44,10 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from durable_agent import Agent, ScriptedModel, Task, ToolCall, ToolContext
-from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.backend import Backend
 from durable_agent.models import ModelResponse
 from durable_agent.records import Event, Lease, Message, RunHeader
+from durable_agent.registry import open_backend
 from durable_agent.testing.crash import KillSwitchBackend
 
 SCRIPT: list[str | ToolCall | list[ToolCall]] = [
@@ -73,7 +75,8 @@ class Barrier(TypedDict):
 
 
 class ChildArgs(TypedDict):
-    db: str
+    store: str
+    """The store's URL: ``sqlite:///…``, ``redis://…?prefix=…`` or ``file:///…``."""
     run_id: str
     mode: str
     """``start`` (Task with run_id) or ``continue`` (continue_run_async)."""
@@ -140,7 +143,7 @@ class RecordingKillSwitch(KillSwitchBackend):
     """A `KillSwitchBackend` that also remembers which seqs each write carried."""
 
     def __init__(
-        self, inner: SqliteBackend, *, kill_after: int | None, barrier: Barrier | None
+        self, inner: Backend, *, kill_after: int | None, barrier: Barrier | None
     ) -> None:
         super().__init__(inner, kill_after=kill_after)
         self.write_seqs: list[list[int]] = []
@@ -214,7 +217,9 @@ def make_lookup(ledger: str, kill_in_tool: str | None, gate: Gate | None) -> Any
 
 async def main(args: ChildArgs) -> ChildResult:
     store = RecordingKillSwitch(
-        SqliteBackend(args["db"]), kill_after=args.get("kill_after"), barrier=args.get("barrier")
+        open_backend(args["store"]),
+        kill_after=args.get("kill_after"),
+        barrier=args.get("barrier"),
     )
     model = LedgerModel(args["ledger"], args.get("kill_in_model"))
     agent = Agent(

@@ -17,7 +17,9 @@ then continues the run once, and the test checks what DESIGN.md §3 promises:
   instead of waiting out the 30 s lease, and releases the lease at the end.
 
 Effects are counted in fsynced ledger files, so the dead process's count
-survives it. Cases run in parallel, each in its own database.
+survives it. Cases run in parallel, each in its own store; the whole module runs
+against every durable built-in backend (SQLite, Redis, JSON files), named to the
+child processes by a store URL.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +41,6 @@ from typing import Any, cast
 
 import pytest
 
-from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.fsm import RunState
 from durable_agent.records import (
     ModelResponseEvent,
@@ -46,6 +48,7 @@ from durable_agent.records import (
     ToolFinishedEvent,
     ToolStartedEvent,
 )
+from durable_agent.registry import open_backend
 from durable_agent.run import RunContext
 from tests.crash.child import (
     CITIES,
@@ -133,9 +136,9 @@ def with_args(args: ChildArgs, **changes: Any) -> ChildArgs:
     return cast(ChildArgs, {**args, **changes})
 
 
-def load(db: Path, run_id: str = RUN_ID) -> StoredRun:
+def load(url: str, run_id: str = RUN_ID) -> StoredRun:
     async def read() -> StoredRun:
-        async with SqliteBackend(db) as store:
+        async with open_backend(url) as store:
             return await store.load_run(run_id)
 
     return asyncio.run(read())
@@ -166,6 +169,24 @@ def in_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
         return list(pool.map(lambda job: job(), jobs))
 
 
+# -- the stores ---------------------------------------------------------------------
+
+StoreUrl = Callable[[Path], str]
+"""A fresh, empty store's URL for a case whose files live in the given folder."""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis", "jsonfile"])
+def store_url(request: pytest.FixtureRequest) -> StoreUrl:
+    """Every durable built-in backend: the same kills and checks run against each."""
+    if request.param == "sqlite":
+        return lambda where: f"sqlite:///{where / 'runs.db'}"
+    if request.param == "jsonfile":
+        return lambda where: f"file://{where / 'runs'}"
+    redis_url: str = request.getfixturevalue("redis_url")
+    # One private server for the module; each case gets keys of its own.
+    return lambda where: f"{redis_url}?prefix=crash-{uuid.uuid4().hex[:12]}:"
+
+
 # -- the uninterrupted run --------------------------------------------------------
 
 
@@ -173,6 +194,8 @@ def in_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
 class Baseline:
     """What an uninterrupted run of the child's script does."""
 
+    url: StoreUrl
+    """How each case of this module's store kind gets its store."""
     output: str
     writes: int
     write_seqs: list[list[int]]
@@ -184,10 +207,10 @@ class Baseline:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+def baseline(tmp_path_factory: pytest.TempPathFactory, store_url: StoreUrl) -> Baseline:
     where = tmp_path_factory.mktemp("baseline")
     args = ChildArgs(
-        db=str(where / "runs.db"), run_id=RUN_ID, mode="start", ledger=str(where / "ledger")
+        store=store_url(where), run_id=RUN_ID, mode="start", ledger=str(where / "ledger")
     )
     child = run_child(args)
     result = child.result
@@ -195,9 +218,10 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
     assert result["error"] is None, child.describe()
     assert result["state"] == RunState.DONE.value
     assert result["output"]
-    stored = load(Path(args["db"]))
+    stored = load(args["store"])
     calls = frozenset(e.result.call_id for e in stored.events if isinstance(e, ToolFinishedEvent))
     return Baseline(
+        url=store_url,
         output=result["output"],
         writes=result["writes"],
         write_seqs=result["write_seqs"],
@@ -259,8 +283,8 @@ class Outcome:
 def crash_and_resume(case: Case, where: Path, baseline: Baseline) -> Outcome:
     """Kill a child as ``case`` says, resume in a new process, check everything."""
     where.mkdir()
-    db, ledger = where / "runs.db", where / "ledger"
-    base = ChildArgs(db=str(db), run_id=RUN_ID, mode="start", ledger=str(ledger))
+    db, ledger = baseline.url(where), where / "ledger"
+    base = ChildArgs(store=db, run_id=RUN_ID, mode="start", ledger=str(ledger))
     outcome = Outcome(case)
     expect = outcome.expect
 
@@ -510,10 +534,10 @@ def test_a_run_killed_after_its_final_write_has_no_lease_left_once_continued(
     ids=["both-read-the-dead-owner-then-take-over", "free-race"],
 )
 def test_two_processes_continuing_one_dead_run_at_once_let_exactly_one_proceed(
-    tmp_path: Path, in_step: bool
+    tmp_path: Path, in_step: bool, store_url: StoreUrl
 ) -> None:
-    db, ledger, gate = tmp_path / "runs.db", tmp_path / "ledger", tmp_path / "gate"
-    base = ChildArgs(db=str(db), run_id=RUN_ID, mode="start", ledger=str(ledger))
+    db, ledger, gate = store_url(tmp_path), tmp_path / "ledger", tmp_path / "gate"
+    base = ChildArgs(store=db, run_id=RUN_ID, mode="start", ledger=str(ledger))
     dead = run_child(with_args(base, kill_in_tool="Kyiv"))
     assert dead.killed, dead.describe()
 
