@@ -1,0 +1,1 @@
+"""A custom durable-agent backend over PostgreSQL, with its conformance tests (docs/backends.md)."""
