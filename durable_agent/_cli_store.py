@@ -1,0 +1,298 @@
+"""The ``durable-agent`` command's dealings with stores, agents and exported runs.
+
+Kept apart from the click commands in `durable_agent.cli` so each piece reads
+on its own: which store URL applies, durations and dates on the command line,
+the export document, importing an ``Agent`` by ``module:attribute``, and
+recording a human decision without running anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from durable_agent.agent import Agent
+from durable_agent.backend import Backend
+from durable_agent.engine import Engine, RetryPolicy
+from durable_agent.errors import DurableAgentError, ModelError
+from durable_agent.fsm import RunState
+from durable_agent.human import collect_decisions
+from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.records import (
+    Event,
+    Message,
+    RunHeader,
+    StoredRun,
+    decode_event,
+    decode_header,
+    encode_event,
+    encode_header,
+)
+from durable_agent.registry import open_backend
+
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_DB",
+    "EXPORT_FORMAT",
+    "CliError",
+    "StoreChoice",
+    "choose_store",
+    "export_document",
+    "import_document",
+    "load_agent",
+    "open_store",
+    "parse_age",
+    "parse_since",
+    "record_decision",
+]
+
+DB_ENV: Final = "DURABLE_AGENT_DB"
+"""The environment variable naming the store when ``--db`` is not given."""
+
+DEFAULT_DB: Final = "sqlite:///durable.db"
+"""The store used when neither ``--db`` nor `DB_ENV` names one."""
+
+EXPORT_FORMAT: Final = "durable-agent-run"
+"""The ``format`` field of an exported run; ``version`` is `EXPORT_VERSION`."""
+EXPORT_VERSION: Final = 1
+
+
+class CliError(DurableAgentError):
+    """A command cannot do what was asked; the message says why and what to do."""
+
+
+# -- which store ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChoice:
+    """A store URL and where it came from (for error messages)."""
+
+    url: str
+    origin: str
+
+
+def choose_store(option: str | None) -> StoreChoice:
+    """``--db``, else the `DB_ENV` variable, else `DEFAULT_DB`."""
+    if option:
+        return StoreChoice(option, "--db")
+    env = os.environ.get(DB_ENV)
+    if env:
+        return StoreChoice(env, f"${DB_ENV}")
+    return StoreChoice(DEFAULT_DB, "the default")
+
+
+def _local_path(url: str) -> Path | None:
+    """The file or folder a ``sqlite:`` or ``file:`` URL names, or None for other schemes."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite" and url.lower().startswith("sqlite:///") and parts.path[1:]:
+        # sqlite:///relative.db → "/relative.db"; sqlite:////abs.db → "//abs.db".
+        return Path(unquote(parts.path[1:]))
+    if scheme == "file" and parts.path:
+        return Path(unquote(parts.path))
+    return None
+
+
+def open_store(choice: StoreChoice, *, create: bool = False) -> Backend:
+    """Open the chosen store; unless ``create``, a local store that does not exist is an error.
+
+    Without that check, reading ``sqlite:///durable.db`` in the wrong folder
+    would silently create an empty database and report no runs.
+    """
+    path = _local_path(choice.url)
+    if not create and path is not None and not path.exists():
+        raise CliError(
+            f"no store at {path} ({choice.url}, from {choice.origin}); pass --db URL or set "
+            f"{DB_ENV} to the store your agents use"
+        )
+    return open_backend(choice.url)
+
+
+# -- durations and dates ----------------------------------------------------------------------
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_AGE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+
+
+def parse_age(text: str) -> timedelta:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` as a duration; `CliError` otherwise."""
+    match = _AGE.match(text)
+    if match is None:
+        raise CliError(
+            f"{text!r} is not an age; write a number and a unit: 90s, 15m, 12h, 30d or 2w"
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """An age (``7d``: that long ago) or an ISO date or time (UTC unless it says otherwise)."""
+    now = now or datetime.now(UTC)
+    if _AGE.match(text):
+        return now - parse_age(text)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            f"{text!r} is neither an age (7d, 12h) nor an ISO date or time (2025-05-02, "
+            "2025-05-02T07:10:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+# -- export and import ------------------------------------------------------------------------
+
+
+def export_document(run: StoredRun) -> dict[str, object]:
+    """``run`` as one JSON object that `import_document` reads back.
+
+    The header and each event are written by `records.encode_header` and
+    `records.encode_event`, the one place of serialization, so an import
+    validates them exactly as a store's load does.
+    """
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "header": json.loads(encode_header(run.header)),
+        "events": [json.loads(encode_event(e)) for e in run.events],
+    }
+
+
+def import_document(text: str, *, source: str, run_id: str | None = None) -> StoredRun:
+    """Read an exported run, checked as a store would load it, ready for `Backend.create_run`.
+
+    The lease is cleared (the process that held it is not this store's), and
+    ``run_id`` stores the run under a new id (a copy to experiment with).
+    """
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise CliError(
+            f"{source} is not JSON ({exc}); give a file written by runs export"
+        ) from None
+    if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
+        raise CliError(f"{source} is not a run exported by `durable-agent runs export`")
+    version = document.get("version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise CliError(
+            f"{source} is export version {version!r}; this durable-agent reads up to "
+            f"{EXPORT_VERSION}: upgrade it"
+        )
+    raw_header, raw_events = document.get("header"), document.get("events")
+    if not isinstance(raw_header, dict) or not isinstance(raw_events, list) or not raw_events:
+        raise CliError(f"{source} has no header or no events")
+    original = str(raw_header.get("run_id", "?"))
+    header = decode_header(original, json.dumps(raw_header))
+    events: list[Event] = [
+        decode_event(original, index, json.dumps(raw))
+        for index, raw in enumerate(raw_events, start=1)
+    ]
+    last = events[-1]
+    if header.seq != last.seq or header.state is not last.state:
+        raise CliError(
+            f"{source}: the header says seq {header.seq} and {header.state.value}, but the last "
+            f"event is seq {last.seq} in {last.state.value}; the file was edited or cut short"
+        )
+    header = header.model_copy(update={"lease": None, "run_id": run_id or header.run_id})
+    return StoredRun(header=header, events=tuple(events))
+
+
+# -- agents -----------------------------------------------------------------------------------
+
+
+def load_agent(spec: str) -> Agent:
+    """Import ``module:attribute`` and return the `Agent` it names.
+
+    The attribute may be dotted, and may be a function that takes no argument
+    and returns the agent. The current directory is importable, as with
+    ``python -m``.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CliError(
+            f"--agent {spec!r}: write module:attribute, for example myapp.agents:support"
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"--agent {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    for name in attribute.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise CliError(
+                f"--agent {spec!r}: {module_name} has no attribute {attribute!r}"
+            ) from None
+    if not isinstance(target, Agent) and callable(target):
+        target = target()
+    if not isinstance(target, Agent):
+        raise CliError(
+            f"--agent {spec!r} is a {type(target).__name__}, not an Agent (or a function "
+            "returning one)"
+        )
+    return target
+
+
+# -- deciding without an agent ----------------------------------------------------------------
+
+
+class _NoModel(ChatModel):
+    """Stands in for the model when a decision is only recorded: it is never asked."""
+
+    @property
+    def name(self) -> str:
+        return "none"
+
+    async def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> ModelResponse:
+        raise ModelError("recording a decision never calls a model")
+
+
+async def record_decision(
+    backend: Backend, header: RunHeader, approvals: Mapping[str, bool | str]
+) -> RunState:
+    """Record approvals by requirement id on a WAITING run, without running anything.
+
+    Takes the run's lease, checks and appends the decisions as
+    ``continue_run_async(approvals=...)`` would, and releases the lease; the
+    run is then WAITING with the rest, or TOOL_EXEC with nobody running it,
+    for ``runs resume`` (or any ``continue_run_async``) to pick up with the
+    agent's tools. Returns the state afterwards.
+    """
+    # TODO(issue 6): use an engine-level function like `cancel_run` once there is one.
+    engine = Engine(
+        backend=backend,
+        model=_NoModel(),
+        retry=RetryPolicy(attempts=1),
+        lease_ttl=30.0,
+        agent_name=header.agent_name,
+    )
+    execution = engine.execution(header.run_id, {})
+    ctx = await execution.acquire()
+    try:
+        if ctx.state is not RunState.WAITING:
+            raise CliError(
+                f"run {header.run_id!r} is {ctx.state.value}, not WAITING: it has nothing to "
+                "approve or reject"
+            )
+        decisions = collect_decisions(header.run_id, ctx.open_requirements, approvals=approvals)
+        await execution.decide(decisions)
+        return execution.ctx.state if execution.ctx is not None else ctx.state
+    finally:
+        await execution.release()
