@@ -1,0 +1,68 @@
+"""The docs' diagrams are what fsm.py generates, and the CLI page documents every command."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import xml.etree.ElementTree as ET
+from types import ModuleType
+
+import click
+
+from durable_agent.cli import cli
+from durable_agent.fsm import RunState
+from tests.cli.scenario import ROOT
+
+DOCS = ROOT / "docs"
+REGENERATE = "python docs/_tools/gen_diagrams.py"
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_diagrams", DOCS / "_tools" / "gen_diagrams.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_mermaid_in_the_state_machine_page_is_what_fsm_generates() -> None:
+    generator = _generator()
+    committed = generator.committed_blocks((DOCS / "state-machine.md").read_text())
+    generated = generator.generated_blocks()
+    assert set(committed) == {"machine", "example-run"}
+    for name, text in generated.items():
+        assert committed[name] == text, f"docs/state-machine.md is stale: run {REGENERATE}"
+
+
+def test_the_committed_images_draw_every_state() -> None:
+    for image, extra in (("machine.svg", "final_answer"), ("run-path.svg", "run refund-42: DONE")):
+        root = ET.fromstring((DOCS / "img" / image).read_bytes())
+        texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+        assert {s.value for s in RunState} <= texts, f"docs/img/{image} is stale: run {REGENERATE}"
+        assert extra in texts
+    page = (DOCS / "state-machine.md").read_text()
+    assert "](img/machine.svg)" in page
+    assert "](img/run-path.svg)" in page
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[str]:
+    names: list[str] = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            names += _commands(command, f"{prefix}{name} ")
+        else:
+            names.append(f"{prefix}{name}")
+    return names
+
+
+def test_the_cli_page_documents_every_command() -> None:
+    headings = re.findall(r"^## (.+)$", (DOCS / "cli.md").read_text(), re.M)
+    documented = " / ".join(headings)
+    for command in _commands(cli):
+        group, _, name = command.rpartition(" ")
+        assert re.search(rf"\b{group}\b.*\b{name}\b" if group else rf"\b{name}\b", documented), (
+            f"docs/cli.md has no section for `durable-agent {command}`"
+        )
