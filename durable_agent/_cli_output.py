@@ -92,6 +92,7 @@ class Printer:
         if self.rich:
             from rich import box
             from rich.table import Table
+            from rich.text import Text
 
             table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left")
             for column in columns:
@@ -102,7 +103,8 @@ class Printer:
                     overflow="fold",
                 )
             for row in rows:
-                table.add_row(*row)
+                # Text, not str: a cell such as "[call_0_0]" is data, never rich markup.
+                table.add_row(*(Text(cell) for cell in row))
             self.console.print(table)
             return
         if title:

@@ -192,7 +192,7 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
 
 @cli.group(cls=_Group, context_settings=_CONTEXT)
 def runs() -> None:
-    """List, show, export, import, delete, prune, resume, approve, reject and cancel runs."""
+    """Inspect, export, clean up, decide, resume and cancel runs."""
 
 
 # -- runs list ---------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def runs_list(
 @_json_option
 @_db_option
 def runs_show(run_id: str, full: bool, as_json: bool, db: str | None) -> int:
-    """Show a run: its header and the timeline of its events."""
+    """Show a run and the timeline of its events."""
     choice = _choice(db)
 
     async def body() -> int:
@@ -430,7 +430,10 @@ def _args(arguments: dict[str, Any]) -> str:
 )
 @_db_option
 def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
-    """Write a run (header and every event) as JSON, for runs import."""
+    """Write a run as JSON (for runs import).
+
+    The header and every event, exactly as stored.
+    """
     choice = _choice(db)
 
     async def body() -> StoredRun:
@@ -452,7 +455,11 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
 @click.option("--run-id", "new_id", metavar="ID", help="store it under this id instead (a copy)")
 @_db_option
 def runs_import(file: str, new_id: str | None, db: str | None) -> int:
-    """Store a run written by runs export (FILE, or - for stdin)."""
+    """Store a run written by runs export.
+
+    FILE is the exported JSON, or - for stdin. The lease is cleared; --run-id
+    stores a copy under another id.
+    """
     choice = _choice(db)
     if file == "-":
         text, source = sys.stdin.read(), "stdin"
@@ -524,7 +531,11 @@ def runs_prune(
     as_json: bool,
     db: str | None,
 ) -> int:
-    """Delete finished runs not updated for a while (runs a live process holds are kept)."""
+    """Delete finished runs not updated for a while.
+
+    Deletes runs in the given states (default DONE and CANCELLED) last updated
+    longer ago than --older-than. Runs a live process holds are kept.
+    """
     choice = _choice(db)
     cutoff = datetime.now(UTC) - older_than
     wanted = _states(states) or [RunState.DONE, RunState.CANCELLED]
@@ -597,7 +608,11 @@ _AGENT_HELP: Final = (
     help="stop (recorded, resumable) after this long",
 )
 def runs_resume(run_id: str, agent_spec: str, timeout: float | None) -> int:
-    """Continue a run with its agent: after a failure, a crash, or decisions."""
+    """Continue a run with its agent.
+
+    After a failure (ERROR), after its process died, or after decisions. The
+    run is continued in the agent's own store.
+    """
 
     async def body() -> int:
         return await _continue(agent_spec, run_id, timeout=timeout)
@@ -636,7 +651,11 @@ async def _continue(
 )
 @_db_option
 def runs_approve(run_id: str, requirement_id: str, agent_spec: str | None, db: str | None) -> int:
-    """Approve what a WAITING run waits for (a tool call's confirmation)."""
+    """Approve what a WAITING run waits for.
+
+    Without --agent the decision is only recorded; runs resume (or any
+    continue_run_async) goes on from there.
+    """
     return _run(_decide(run_id, requirement_id, True, agent_spec, db))
 
 
@@ -654,7 +673,11 @@ def runs_approve(run_id: str, requirement_id: str, agent_spec: str | None, db: s
 def runs_reject(
     run_id: str, requirement_id: str, reason: str | None, agent_spec: str | None, db: str | None
 ) -> int:
-    """Reject what a WAITING run waits for; the model is told."""
+    """Reject what a WAITING run waits for.
+
+    The model is told, with --reason. Without --agent the decision is only
+    recorded.
+    """
     return _run(_decide(run_id, requirement_id, reason or False, agent_spec, db))
 
 
@@ -691,7 +714,11 @@ async def _decide(
 )
 @_db_option
 def runs_cancel(run_id: str, reason: str, db: str | None) -> int:
-    """Cancel a run: at once if no process runs it, else at its next transition."""
+    """Cancel a run.
+
+    At once if no live process holds it; otherwise the process running it
+    stops at its next transition.
+    """
     choice = _choice(db)
 
     async def body() -> int:
@@ -743,7 +770,7 @@ _SUFFIXES: Final[dict[str, DiagramFormat]] = {
 )
 @_db_option
 def diagram(run_id: str | None, fmt: str | None, output: Path | None, db: str | None) -> int:
-    """Draw the run state machine, or one run's path through it.
+    """Draw the state machine, or one run's path.
 
     Mermaid and DOT need nothing else; SVG and PNG need Graphviz
     (pip install 'durable-agent[diagrams]').
@@ -817,7 +844,7 @@ def demo(
     ledger: Path | None,
     run_id: str | None,
 ) -> int:
-    """Kill an agent run with SIGKILL mid-run and resume it in a new process.
+    """Watch a run survive SIGKILL (offline).
 
     Runs an offline trip-planning agent on SQLite in a child process, SIGKILLs
     it right after a durable write, continues the run in a new process, and

@@ -105,6 +105,8 @@ def test_listings_are_rich_tables_on_a_terminal(cli: Cli) -> None:
     assert "\x1b[" in out  # styled
     assert "─" in out  # drawn as a table
     assert RUNS[RunState.DONE] in out
+    shown = ok(cli("runs", "show", RUNS[RunState.DONE], env={"FORCE_COLOR": "1", "COLUMNS": "200"}))
+    assert "[call_0_0]" in shown, "cells are text, never rich markup"
 
 
 # -- runs show -----------------------------------------------------------------------------------
