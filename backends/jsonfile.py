@@ -117,7 +117,23 @@ class JsonFileBackend(Backend):
     ) -> Lease:
         events = tuple(events)
         lines = [encode_event(e).encode() + b"\n" for e in events]
-        return await self._run(ops.append, run_id, events, lines, expected_seq, lease, release)
+        args = (run_id, events, lines, expected_seq, lease, release)
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+        # Only the fsync leaves the event loop: the checks and the write are page-cache
+        # work of ~30 us, while a hop to a worker thread and back costs ~100 us with
+        # Python code on the other side (measured: 340 us per append all in a thread,
+        # against 210 us for a bare threaded write+fsync). A lock held by another
+        # writer is waited for in a thread.
+        try:
+            try:
+                written = ops.write_append(self._root, *args, wait=False)
+            except ops.WouldBlock:
+                written = await asyncio.to_thread(ops.write_append, self._root, *args, wait=True)
+            # If this task is cancelled now, the thread still fsyncs and unlocks.
+            return await asyncio.to_thread(ops.finish, written)
+        except OSError as exc:
+            raise ops.unavailable(self._root, exc) from exc
 
     async def load_run(self, run_id: str) -> StoredRun:
         return await self._run(ops.stored_run, run_id)
