@@ -91,44 +91,52 @@ return {'ok'}
 APPEND: Final = _script(
     "append",
     """
--- KEYS: header, events. ARGV: prefix, retention_ms, generation, owner, host, pid, ttl,
--- expected_seq, new_seq, new_state ('' = unchanged), release ('1'), events...
-local h, ev, prefix = KEYS[1], KEYS[2], ARGV[1]
-local t = kind(h)
-if t == 'none' then return {'missing'} end
-if t ~= 'hash' then return {'wrongtype', 'header', t} end
-local te = kind(ev)
-if te ~= 'list' then return {'wrongtype', 'events', te} end
-local f = redis.call('HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
-                     'cancel_requested', 'created_at', 'run_id')
-if not f[4] or f[3] ~= ARGV[3] or f[4] ~= ARGV[4] or f[1] ~= ARGV[8] then
+-- KEYS: header, events. ARGV[1]: retention_ms, generation, owner, ttl, expected_seq,
+-- new_seq, new_state ('' = unchanged), release ('1'), each followed by \\31 (packed:
+-- redis-py encodes every argument apart, ~1 us each, on the hot path). ARGV[2..]: events.
+-- Five commands: HMGET and LLEN double as the type checks (a key of another type
+-- fails them, before anything is written).
+local h, ev = KEYS[1], KEYS[2]
+local prefix = string.match(h, '^([^{]*)')
+local a = {}
+for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
+local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
+                    'cancel_requested', 'created_at', 'run_id')
+if not ok then return {'wrongtype', 'header', kind(h)} end
+if not f[7] then return {'missing'} end
+if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
   return {'refused', redis.call('HGETALL', h)}
 end
-local stored = redis.call('LLEN', ev)
+local okl, stored = pcall(redis.call, 'LLEN', ev)
+if not okl then return {'wrongtype', 'events', kind(ev)} end
 if stored ~= tonumber(f[1]) then return {'corrupt', tostring(stored), f[1]} end
 local now_s, now_n = now()
-push(ev, 12)
+push(ev, 2)
 local state = f[2]
-local to = ARGV[10]
+local to = a[7]
 if to == '' then to = state end
-redis.call('HSET', h, 'seq', ARGV[9], 'state', to, 'updated_at', now_s)
-local expires = string.format('%.6f', now_n + tonumber(ARGV[7]))
-if ARGV[11] == '1' then
+local expires = string.format('%.6f', now_n + tonumber(a[4]))
+if a[8] == '1' then
+  redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s)
   redis.call('HDEL', h, unpack(LEASE))
 else
-  redis.call('HSET', h, 'lease_owner', ARGV[4], 'lease_host', ARGV[5], 'lease_pid', ARGV[6],
-             'lease_expires', expires, 'lease_ttl', ARGV[7])
+  -- Generation and owner matched, so host and pid are the stored ones already.
+  redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s,
+             'lease_expires', expires, 'lease_ttl', a[4])
 end
 if to ~= state then
   redis.call('ZREM', prefix .. 'idx:state:' .. state, f[7])
   redis.call('ZADD', prefix .. 'idx:state:' .. to, f[6], f[7])
-  local keep = tonumber(ARGV[2])
+  local keep = tonumber(a[1])
   if keep > 0 and final(to) then
     redis.call('PEXPIRE', h, keep)
     redis.call('PEXPIRE', ev, keep)
   end
 end
-return {'ok', expires, f[5] or false}
+-- One string, not a table: redis-py's pure-Python parser reads each element of
+-- an array reply apart (~3 us each).
+if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
+return 'ok\\31' .. expires
 """,
 )
 

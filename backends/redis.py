@@ -360,21 +360,28 @@ class RedisBackend(Backend):
             current = await self.get_run(run_id)
             check_append(current, events, expected_seq=expected_seq, lease=lease)
         last = events[-1] if events else None
-        args: list[Any] = [
-            self.prefix,
+        control = (
             self._retention_ms,
             str(lease.generation),
             lease.owner,
-            lease.host,
-            str(lease.pid),
             repr(float(lease.ttl)),
             str(expected_seq),
             str(last.seq if last else expected_seq),
             last.state.value if last else "",
             "1" if release else "0",
-        ]
+        )
+        args = ["".join(f"{part}\x1f" for part in control)]
         args.extend(encode_event(event) for event in events)
         reply = await self._eval(lua.APPEND, keys, args)
+        if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
+            parts = reply.decode().split("\x1f", 2)
+            return lease.model_copy(
+                update={
+                    "expires_at": float(parts[1]),
+                    "ttl": float(lease.ttl),
+                    "cancel_requested": parts[2] if len(parts) > 2 else None,
+                }
+            )
         if self._status(run_id, reply) == "refused":
             current = self._header(run_id, reply[1])
             check_append(current, events, expected_seq=expected_seq, lease=lease)
