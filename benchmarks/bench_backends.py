@@ -1,0 +1,410 @@
+"""(g) Each backend against its own floor, 1,000 concurrent runs on Redis, linear storage.
+
+1. Cost per transition: one run, ``N`` sequential appends of one tool-result
+   event (~600 bytes of JSON, the common case), timed per append, median of
+   several rounds, against the floor of the same backend doing the least it
+   physically must, the same way (async, on the same event loop):
+
+   * Redis: one round trip of the same size: ``RPUSH`` of a value as long as
+     the append script's arguments, through the backend's own client and pool;
+   * JSON files: one ``write`` of the same bytes (event line + commit line) to
+     an ``O_APPEND`` file plus one ``fsync``, in a worker thread as the backend
+     does (the synchronous cost of the same is printed too);
+   * SQLite: one ``INSERT`` + ``COMMIT`` of the same row (WAL, synchronous
+     FULL), in a worker thread.
+
+   Target: append / floor <= 1.5x.
+2. 1,000 concurrent runs x 10 tool turns through the real engine (`Agent`,
+   `ScriptedModel`) on one event loop and one `RedisBackend` whose pool has
+   50 connections: every run must finish DONE, with no connection error.
+3. Stored bytes per run after K = 10, 20, 40 turns on each backend (event
+   bytes plus each store's own overhead: Redis ``MEMORY USAGE`` of the run's
+   keys, the JSON files' sizes, SQLite's event rows): bytes(40) / bytes(20)
+   <= 2.1 means linear growth.
+
+Redis: a private ``redis-server`` on a free port when the binary is on PATH
+(``--save "" --appendonly no``: the floor and the backend see the same server),
+else ``DURABLE_AGENT_TEST_REDIS_URL``; without either the Redis rows are skipped.
+
+Run alone: ``python benchmarks/bench_backends.py [--quick] [--dir DISK]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    Row,
+    gated,
+    info,
+    machine_summary,
+    median,
+    parse_options,
+    print_table,
+    scratch_dir,
+)
+
+from durable_agent import Agent, ScriptedModel, Task, ToolCall
+from durable_agent.backend import Backend, LeaseOwner
+from durable_agent.backends.jsonfile import JsonFileBackend
+from durable_agent.backends.memory import MemoryBackend
+from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.fsm import RunState
+from durable_agent.records import (
+    CreatedEvent,
+    Event,
+    Lease,
+    RunHeader,
+    ToolFinishedEvent,
+    ToolResultMessage,
+    ToolStartedEvent,
+    UserMessage,
+    encode_event,
+)
+
+NAME = "backends"
+LIMIT = 1.5
+RESULT = "sunny and mild, light wind from the west, " * 12  # ~500 bytes, a typical tool result
+
+
+def _result(seq: int) -> ToolFinishedEvent:
+    return ToolFinishedEvent(
+        seq=seq,
+        state=RunState.TOOL_EXEC,
+        result=ToolResultMessage(call_id=f"call_{seq}", name="weather", content=RESULT),
+        duration_ms=12.5,
+    )
+
+
+async def _new_run(store: Backend, run_id: str) -> Lease:
+    first = CreatedEvent(seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),))
+    await store.create_run(RunHeader(run_id=run_id, seq=1), [first])
+    return await store.acquire_lease(run_id, LeaseOwner.current(), ttl=60)
+
+
+Call = Callable[[int], Awaitable[Any]]
+
+
+async def _mean(calls: int, call: Call) -> float:
+    started = time.perf_counter()
+    for i in range(calls):
+        await call(i)
+    return (time.perf_counter() - started) / calls
+
+
+async def _compare(
+    calls: int, rounds: int, append: Call, floor: Call
+) -> tuple[float, float, float]:
+    """Median seconds per append, per floor call, and median of their per-round ratio.
+
+    Rounds alternate append and floor, so a neighbour's load on this shared
+    machine hits both sides of a ratio alike.
+    """
+    await _mean(20, append)  # warm up: connections, scripts, caches
+    await _mean(20, floor)
+    appends, floors, ratios = [], [], []
+    for _ in range(rounds):
+        a = await _mean(calls, append)
+        f = await _mean(calls, floor)
+        appends.append(a)
+        floors.append(f)
+        ratios.append(a / f)
+    return median(appends), median(floors), median(ratios)
+
+
+async def _appender(store: Backend, calls: int) -> Call:
+    """Appends one prepared tool-result event per call to one run."""
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    lease = await _new_run(store, run_id)
+    # Built before the clock starts: the caller's work, not the store's.
+    events = [[_result(seq)] for seq in range(2, calls + 40)]
+    state: dict[str, Any] = {"lease": lease, "seq": 1}
+
+    async def one(_: int) -> None:
+        seq = state["seq"] + 1
+        state["lease"] = await store.append(
+            run_id, events[seq - 2], expected_seq=seq - 1, lease=state["lease"]
+        )
+        state["seq"] = seq
+
+    return one
+
+
+# -- the floors ----------------------------------------------------------------------------
+
+
+def _event_line() -> bytes:
+    return encode_event(_result(2)).encode() + b"\n"
+
+
+def _fsync_append(fd: int, data: bytes) -> None:
+    os.write(fd, data)
+    os.fsync(fd)
+
+
+_COMMIT_LINE = (
+    b'{"commit":2,"state":"TOOL_EXEC","updated_at":"2026-01-01T00:00:00.000000+00:00",'
+    b'"generation":1,"expires_at":1767225600.0,"release":false}\n'
+)
+
+
+def _file_floor(fd: int) -> Call:
+    """One append+fsync of the bytes a JsonFileBackend append writes, in a worker thread."""
+    data = _event_line() + _COMMIT_LINE
+    return lambda _: asyncio.to_thread(_fsync_append, fd, data)
+
+
+def _sqlite_floor(conn: sqlite3.Connection) -> Call:
+    """One INSERT + COMMIT of the same row (WAL, synchronous FULL), in a worker thread."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE events (run_id TEXT, seq INTEGER, body TEXT, PRIMARY KEY (run_id, seq))"
+    )
+    body = _event_line().decode()
+    seqs = iter(range(1, 10**9))
+
+    def insert() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO events VALUES ('r', ?, ?)", (next(seqs), body))
+        conn.execute("COMMIT")
+
+    return lambda _: asyncio.to_thread(insert)
+
+
+def _redis_floor(store: Any) -> Call:
+    """One RPUSH round trip as long as the append script's request, on the backend's pool."""
+    client = store._client()
+    value = _event_line() + b"x" * 160  # the event plus the script's sha, keys and control
+    key = f"{store.prefix}floor"
+    return lambda _: client.rpush(key, value)
+
+
+# -- a private redis-server -----------------------------------------------------------------
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[str | None]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield os.environ.get("DURABLE_AGENT_TEST_REDIS_URL")
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- 1,000 runs through the engine ----------------------------------------------------------
+
+
+async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
+    from durable_agent.backends.redis import RedisBackend
+
+    async def weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    script: list[Any] = [ToolCall("weather", {"city": f"city{i}"}) for i in range(turns)]
+    script.append("done")
+    store = RedisBackend(url, prefix=f"many-{uuid.uuid4().hex[:6]}:", max_connections=50)
+    agent = Agent(ScriptedModel(script), db=store, tools=[weather], retry=1)
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(agent.do_async(Task("weather?", run_id=f"run-{i}")) for i in range(runs)),
+        return_exceptions=True,
+    )
+    elapsed = time.perf_counter() - started
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    pool = store._client().connection_pool
+    opened = len(pool._available_connections) + len(pool._in_use_connections)  # type: ignore[attr-defined]
+    done = sum(
+        h.state is RunState.DONE
+        for h in await asyncio.gather(*(store.get_run(f"run-{i}") for i in range(runs)))
+    )
+    sample = [await store.get_run(f"run-{i}") for i in range(min(runs, 20))]
+    transitions = sum(h.seq for h in sample) / len(sample)
+    await store.close()
+    label = f"{runs} concurrent runs x {turns} tool turns (engine, 50-connection pool)"
+    kinds = sorted({type(e).__name__ for e in errors})
+    return [
+        Row(
+            NAME, f"{label}: finished DONE", f"{done} of {runs}", f"{runs} of {runs}", done == runs
+        ),
+        Row(NAME, f"{label}: errors", f"{len(errors)} {kinds or ''}".strip(), "0", not errors),
+        info(
+            NAME,
+            f"{label}: wall time",
+            f"{elapsed:.1f} s, {runs * transitions / elapsed:,.0f} transitions/s",
+        ),
+        info(NAME, f"{label}: connections opened", f"{opened} (pool max 50)"),
+    ]
+
+
+# -- stored bytes -------------------------------------------------------------------------
+
+
+async def _grow(store: Backend, run_id: str, turns: int) -> None:
+    lease = await _new_run(store, run_id)
+    seq = 1
+    for turn in range(turns):
+        events: list[Event] = [
+            ToolStartedEvent(seq=seq + 1, state=RunState.TOOL_EXEC, call_id=f"c{turn}", name="w"),
+            _result(seq + 2),
+        ]
+        lease = await store.append(run_id, events, expected_seq=seq, lease=lease)
+        seq += 2
+
+
+async def _stored_bytes(kind: str, store: Backend, run_id: str) -> int:
+    if isinstance(store, JsonFileBackend):
+        folder = Path(store.folder) / run_id
+        return sum(p.stat().st_size for p in folder.iterdir())
+    if isinstance(store, SqliteBackend):
+        return int(
+            await store._read(
+                lambda db: db.execute(
+                    "SELECT sum(length(body)) FROM events WHERE run_id = ?", (run_id,)
+                ).fetchone()[0]
+            )
+        )
+    client = store._client()  # type: ignore[attr-defined]
+    keys = [f"{store.prefix}{{{run_id}}}:{part}" for part in ("header", "events")]  # type: ignore[attr-defined]
+    return sum([int(await client.memory_usage(key)) for key in keys])
+
+
+async def _growth(kind: str, store: Backend) -> list[Row]:
+    sizes = {}
+    for turns in (10, 20, 40):
+        run_id = f"grow-{turns}"
+        await _grow(store, run_id, turns)
+        sizes[turns] = await _stored_bytes(kind, store, run_id)
+    ratio = sizes[40] / sizes[20]
+    return [
+        info(
+            NAME,
+            f"{kind}: stored bytes at 10 / 20 / 40 turns",
+            " / ".join(f"{sizes[k]:,}" for k in (10, 20, 40)) + f" B ({sizes[40] // 40:,} B/turn)",
+        ),
+        gated(NAME, f"{kind}: bytes(40 turns) / bytes(20 turns)", ratio, "x", 2.1, ".2f"),
+    ]
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+async def _measure(quick: bool, folder: Path, url: str | None) -> list[Row]:
+    calls, rounds = (200, 5) if quick else (300, 9)
+    rows: list[Row] = []
+
+    memory = MemoryBackend()
+    cost = await _mean(calls, await _appender(memory, calls))
+    rows.append(info(NAME, "memory: append of one tool result", f"{cost * 1e6:.1f} us (no floor)"))
+
+    sqlite = SqliteBackend(folder / "bench.db")
+    with closing(
+        sqlite3.connect(folder / "floor.db", isolation_level=None, check_same_thread=False)
+    ) as conn:
+        total = calls * (rounds + 1)
+        cost, floor, ratio = await _compare(
+            calls, rounds, await _appender(sqlite, total), _sqlite_floor(conn)
+        )
+    rows += _pair("sqlite", "append / INSERT+COMMIT floor (threaded)", cost, floor, ratio)
+    rows += await _growth("sqlite", sqlite)
+    await sqlite.close()
+
+    files = JsonFileBackend(folder / "runs")
+    fd = os.open(folder / "floor.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        cost, floor, ratio = await _compare(
+            calls, rounds, await _appender(files, calls * (rounds + 1)), _file_floor(fd)
+        )
+        data = _event_line() + _COMMIT_LINE
+        sync_floor = await _mean(calls, lambda _: _sync(_fsync_append, fd, data))
+    finally:
+        os.close(fd)
+    rows += _pair("jsonfile", "append / append+fsync floor (threaded)", cost, floor, ratio)
+    rows.append(
+        info(NAME, "jsonfile: the same append+fsync, synchronous", f"{sync_floor * 1e6:.0f} us")
+    )
+    rows += await _growth("jsonfile", files)
+    await files.close()
+
+    if url is None:
+        reason = "skipped: no redis-server on PATH and no DURABLE_AGENT_TEST_REDIS_URL"
+        return [*rows, info(NAME, "redis", reason)]
+    from durable_agent.backends.redis import RedisBackend
+
+    redis = RedisBackend(url, prefix=f"bench-{uuid.uuid4().hex[:6]}:")
+    cost, floor, ratio = await _compare(
+        calls, rounds, await _appender(redis, calls * (rounds + 1)), _redis_floor(redis)
+    )
+    rows += _pair("redis", "append script / RPUSH round trip of the same size", cost, floor, ratio)
+    rows += await _growth("redis", redis)
+    await redis.close()
+    rows += await _many_runs(url, 1000, 10 if not quick else 5)
+    return rows
+
+
+async def _sync(fn: Callable[..., None], *args: Any) -> None:
+    fn(*args)
+
+
+def _pair(kind: str, what: str, cost: float, floor: float, ratio: float) -> list[Row]:
+    return [
+        info(NAME, f"{kind}: {what}", f"{cost * 1e6:.0f} / {floor * 1e6:.0f} us"),
+        gated(NAME, f"{kind}: append / floor (median of paired rounds)", ratio, "x", LIMIT, ".2f"),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    with scratch_dir() as folder, redis_server(folder) as url:
+        return asyncio.run(_measure(quick, folder, url))
+
+
+def main() -> None:
+    options = parse_options(__doc__ or NAME)
+    print(machine_summary())
+    print_table(run(options.quick))
+
+
+if __name__ == "__main__":
+    main()
