@@ -73,7 +73,7 @@ def _db() -> str:
     return os.environ["DURABLE_AGENT_DB"]
 
 
-def calculator(db: str | Backend | None = None) -> Agent:
+def calculator(db: str | Backend | None = None, *, lease_ttl: float = 30.0) -> Agent:
     """Two parallel additions, then the answer."""
     model = ScriptedModel(
         [[ToolCall("add", {"a": 7, "b": 7}), ToolCall("add", {"a": 1, "b": 1})], "14 and 2"],
@@ -86,6 +86,7 @@ def calculator(db: str | Backend | None = None) -> Agent:
         system_prompt="You are a careful calculator.",
         name="calculator",
         retry=1,
+        lease_ttl=lease_ttl,
     )
 
 
@@ -137,7 +138,8 @@ async def _populate(path: Path) -> None:
 async def _crash(url: str, run_id: str, kill_after: int) -> None:
     path = url.removeprefix("sqlite:///")
     async with KillSwitchBackend(SqliteBackend(path), kill_after=kill_after) as db:
-        await calculator(db).do_async(Task("What is 7 + 7?", run_id=run_id))
+        # An hour-long lease: the dead owner still holds it for the whole test session.
+        await calculator(db, lease_ttl=3600).do_async(Task("What is 7 + 7?", run_id=run_id))
 
 
 def build_store(directory: Path) -> str:
