@@ -337,7 +337,9 @@ CALCULATOR = "tests.cli.scenario:calculator"
 REFUNDS = "tests.cli.scenario:refunds"
 
 
-@pytest.mark.parametrize("state", [RunState.ERROR, RunState.MODEL_CALL, RunState.TOOL_EXEC])
+@pytest.mark.parametrize(
+    "state", [RunState.PENDING, RunState.ERROR, RunState.MODEL_CALL, RunState.TOOL_EXEC]
+)
 def test_resume_continues_a_failed_or_crashed_run_to_its_answer(cli: Cli, state: RunState) -> None:
     out = ok(cli("runs", "resume", RUNS[state], "--agent", CALCULATOR))
     assert out.splitlines()[0] == f"run {RUNS[state]} is DONE"
