@@ -1,4 +1,4 @@
-"""mkdocs hooks: links to repository files outside ``docs/``, and pages still being written.
+"""mkdocs hooks: links from the docs to files of the repository outside ``docs/``.
 
 The pages link to ``../examples/*.py`` and ``../README.md`` so that they work
 where the Markdown is read in the repository. The site has no such files, and
@@ -7,10 +7,6 @@ both: every such link must name a file that exists in the repository (else
 the build fails, as for any broken link), and the file is copied into the site
 under ``source/`` (Markdown as ``.md.txt``, shown as text) with the link
 rewritten to it.
-
-A page named in `PENDING_PAGES` may be in the nav before its file exists (it
-is being written on another branch): until it lands it is left out of the nav
-with a note, instead of failing the build. Any other missing page still fails.
 """
 
 from __future__ import annotations
@@ -31,30 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "source"
 _LINK = re.compile(r"\]\((\.\./[^)#\s]+)(#[^)\s]*)?\)")
 _wanted: set[str] = set()
-
-PENDING_PAGES = frozenset({"backends.md"})
-"""Nav pages allowed to be missing for now; remove each once its file is committed."""
-
-
-def _drop_pending(nav: list[Any], docs: Path) -> list[Any]:
-    kept: list[Any] = []
-    for item in nav:
-        if isinstance(item, dict):
-            ((title, target),) = item.items()
-            if isinstance(target, list):
-                kept.append({title: _drop_pending(target, docs)})
-                continue
-            if target in PENDING_PAGES and not (docs / target).exists():
-                log.info("nav: %s (%s) is not written yet; left out of this build", title, target)
-                continue
-        kept.append(item)
-    return kept
-
-
-def on_config(config: MkDocsConfig) -> MkDocsConfig:
-    if config.nav is not None:
-        config.nav = _drop_pending(config.nav, Path(config.docs_dir))
-    return config
 
 
 def _target(page_src: str, link: str) -> str | None:
