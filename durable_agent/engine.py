@@ -172,6 +172,8 @@ class RunExecution:
         self._live_intents: set[str] = set()
         self._resumed_in_model_call = False
         self._heartbeat_error: BaseException | None = None
+        self._uncertain = False
+        """An append was interrupted: whether it landed is for the store to say."""
 
     @property
     def backend(self) -> Backend:
@@ -368,15 +370,30 @@ class RunExecution:
             raise _CancelRequested
 
     async def _record_interruption(self, ctx: RunContext, error: BaseException) -> None:
-        """Append ERROR for a deadline or cancellation, if the run was mid-effect."""
-        if self.ctx is None or self.lease is None:
-            return  # a write of unknown outcome: the store stays the source of truth
+        """Append ERROR for a deadline or cancellation, if the run was mid-effect.
+
+        Shielded, so a second cancellation cannot cut the record short. If an
+        append was interrupted, the run is reloaded first: the store is the
+        source of truth, and the record must follow what it holds.
+        """
+        await asyncio.shield(self._record_interruption_now(ctx, error))
+
+    async def _record_interruption_now(self, ctx: RunContext, error: BaseException) -> None:
+        if self.lease is None:
+            return
+        if self._uncertain:
+            stored = await self.backend.load_run(self.run_id)
+            held = stored.header.lease
+            if held is None or stored.header.lease_generation != self.lease.generation:
+                self.lease = None  # the interrupted write brought the run to rest
+                return
+            fresh = RunContext.from_stored(stored)
+            vars(ctx).update(vars(fresh))  # callers hold `ctx`; keep it the same object
+            self._uncertain = False
         if ctx.state not in (RunState.MODEL_CALL, RunState.TOOL_EXEC):
             return
         info = ErrorInfo.from_exception(error).model_copy(update={"retryable": True})
-        await asyncio.shield(
-            self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
-        )
+        await self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
 
     async def _release_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -403,22 +420,15 @@ class RunExecution:
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
             # The write that brings the run to rest gives the lease up atomically.
             release = state in _AT_REST
-            write = asyncio.ensure_future(
-                self.backend.append(
+            try:
+                self.lease = await self.backend.append(
                     ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
                 )
-            )
-            try:
-                self.lease = await asyncio.shield(write)
             except asyncio.CancelledError:
-                # The write goes on without us; wait for its outcome so the
-                # context matches the store before the interruption is recorded.
-                try:
-                    self.lease = await write
-                except Exception:
-                    self.ctx = None
-                    raise
-                self._settle(events, release)
+                # The write may or may not have landed: the store will say
+                # (`_record_interruption` reloads before it writes again).
+                # Awaiting it under a shield instead would cost a task per append.
+                self._uncertain = True
                 raise
             self._settle(events, release)
 

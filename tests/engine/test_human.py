@@ -460,3 +460,66 @@ def test_waiting_events_are_stored_with_the_requirements(store: StoreFactory) ->
     waiting = [e for e in run(store().load_run(out.run_id)).events if isinstance(e, WaitingEvent)]
     assert [r.id for r in waiting[0].requirements] == [out.requirements[0].id]
     assert waiting[0].trigger == "needs_human"
+
+
+class _SlowAppends:
+    """A MemoryBackend whose appends pause before or after writing, to be cut short."""
+
+    @staticmethod
+    def build(pause: str) -> object:
+        from durable_agent.backends.memory import MemoryBackend
+
+        class Slow(MemoryBackend):
+            entered = asyncio.Event()
+
+            async def append(self, run_id, events, *, expected_seq, lease, release=False):  # type: ignore[no-untyped-def]
+                if self.entered.is_set() or not any(e.kind == "tool_finished" for e in events):
+                    return await super().append(
+                        run_id, events, expected_seq=expected_seq, lease=lease, release=release
+                    )
+                if pause == "before":
+                    self.entered.set()
+                    await asyncio.sleep(30)
+                renewed = await super().append(
+                    run_id, events, expected_seq=expected_seq, lease=lease, release=release
+                )
+                self.entered.set()
+                await asyncio.sleep(30)  # the write landed; the caller is cut off now
+                return renewed
+
+        return Slow()
+
+
+@pytest.mark.parametrize("pause", ["before", "after"])
+def test_an_append_cut_short_by_cancellation_is_settled_by_the_store(pause: str) -> None:
+    db = _SlowAppends.build(pause)
+    calls: list[str] = []
+
+    async def step(name: str) -> str:
+        """A step."""
+        calls.append(name)
+        return name
+
+    model = ScriptedModel([ToolCall("step", {"name": "a"}), "done"])
+    agent = Agent(model, db=db, tools=[step])  # type: ignore[arg-type]
+    task = Task("go")
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agent.do_async(task))
+        await db.entered.wait()  # type: ignore[attr-defined]  # inside the tool result's append
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    run(scenario())
+    assert task.run_id is not None
+    stored = run(db.load_run(task.run_id))  # type: ignore[attr-defined]
+    seqs = [e.seq for e in stored.events]
+    assert seqs == list(range(1, len(seqs) + 1)), "no gap, no duplicate"
+    assert stored.header.state is RunState.ERROR, "the interruption is recorded"
+    landed = any(e.kind == "tool_finished" for e in stored.events)
+    assert landed is (pause == "after")
+    assert stored.header.lease is None
+    out = run(agent.continue_run_async(task=task, return_output=True))
+    assert out.state is RunState.DONE
+    assert calls == (["a"] if pause == "after" else ["a", "a"])
