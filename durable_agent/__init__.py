@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from durable_agent.agent import Agent, DurabilityWarning, Task
 from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
-from durable_agent.engine import RetryPolicy, cancel_run
+from durable_agent.engine import RetryPolicy, cancel_run, decide_run
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -110,6 +110,7 @@ __all__ = [
     "ToolNotFoundError",
     "ToolRetry",
     "cancel_run",
+    "decide_run",
     "open_backend",
     "tool",
 ]

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,14 +22,11 @@ from urllib.parse import unquote, urlsplit
 
 from durable_agent.agent import Agent
 from durable_agent.backend import Backend
-from durable_agent.engine import Engine, RetryPolicy
-from durable_agent.errors import DurableAgentError, ModelError
+from durable_agent.engine import decide_run
+from durable_agent.errors import DurableAgentError
 from durable_agent.fsm import RunState
-from durable_agent.human import collect_decisions
-from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.records import (
     Event,
-    Message,
     RunHeader,
     StoredRun,
     decode_event,
@@ -247,52 +244,19 @@ def load_agent(spec: str) -> Agent:
 # -- deciding without an agent ----------------------------------------------------------------
 
 
-class _NoModel(ChatModel):
-    """Stands in for the model when a decision is only recorded: it is never asked."""
-
-    @property
-    def name(self) -> str:
-        return "none"
-
-    async def request(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolDefinition],
-        output_schema: OutputSchema | None = None,
-    ) -> ModelResponse:
-        raise ModelError("recording a decision never calls a model")
-
-
 async def record_decision(
     backend: Backend, header: RunHeader, approvals: Mapping[str, bool | str]
 ) -> RunState:
     """Record approvals by requirement id on a WAITING run, without running anything.
 
-    Takes the run's lease, checks and appends the decisions as
-    ``continue_run_async(approvals=...)`` would, and releases the lease; the
-    run is then WAITING with the rest, or TOOL_EXEC with nobody running it,
-    for ``runs resume`` (or any ``continue_run_async``) to pick up with the
+    The run is then WAITING with the rest, or TOOL_EXEC with nobody running
+    it, for ``runs resume`` (or any ``continue_run_async``) to pick up with the
     agent's tools. Returns the state afterwards.
     """
-    # TODO(issue 6): use an engine-level function like `cancel_run` once there is one.
-    engine = Engine(
-        backend=backend,
-        model=_NoModel(),
-        retry=RetryPolicy(attempts=1),
-        lease_ttl=30.0,
-        agent_name=header.agent_name,
-    )
-    execution = engine.execution(header.run_id, {})
-    ctx = await execution.acquire()
-    try:
-        if ctx.state is not RunState.WAITING:
-            raise CliError(
-                f"run {header.run_id!r} is {ctx.state.value}, not WAITING: it has nothing to "
-                "approve or reject"
-            )
-        decisions = collect_decisions(header.run_id, ctx.open_requirements, approvals=approvals)
-        await execution.decide(decisions)
-        return execution.ctx.state if execution.ctx is not None else ctx.state
-    finally:
-        await execution.release()
+    header_state = header.state
+    if header_state is not RunState.WAITING:
+        raise CliError(
+            f"run {header.run_id!r} is {header_state.value}, not WAITING: it has nothing to "
+            "approve or reject"
+        )
+    return await decide_run(backend, header.run_id, approvals=approvals)

@@ -32,7 +32,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from durable_agent._lease import acquire_lease
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
+    DecisionError,
     OutputValidationError,
     RunBusyError,
     RunCancelledError,
@@ -52,7 +53,7 @@ from durable_agent.errors import (
     ToolRetry,
 )
 from durable_agent.fsm import FINAL_STATES, RunState, next_state
-from durable_agent.human import Decision
+from durable_agent.human import Decision, Requirement, collect_decisions
 from durable_agent.models import ChatModel, OutputSchema
 from durable_agent.records import (
     CancelledEvent,
@@ -82,30 +83,36 @@ from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
 from durable_agent.tools import Tool, ToolContext
 
-__all__ = ["Engine", "RetryPolicy", "RunExecution", "cancel_run", "is_retryable"]
+__all__ = ["Engine", "RetryPolicy", "RunExecution", "cancel_run", "decide_run", "is_retryable"]
 
 _Spec = tuple[type[Any], str | None, dict[str, Any]]
 """An event to build: its class, its trigger (None: no transition) and its fields."""
 
 
 class Engine:
-    """Runs agent runs against one backend, model and tool set. Shared by many runs."""
+    """Runs agent runs against one backend, model and tool set. Shared by many runs.
+
+    ``model=None`` makes an engine that only records (human decisions,
+    cancellations) and refuses to call a model: `decide_run` and `cancel_run`
+    use one, so a web handler or the CLI needs no agent definition.
+    """
 
     def __init__(
         self,
         *,
         backend: Backend,
-        model: ChatModel,
-        retry: RetryPolicy,
-        lease_ttl: float,
-        agent_name: str,
+        model: ChatModel | None,
+        retry: RetryPolicy | None = None,
+        lease_ttl: float = 30.0,
+        agent_name: str = "agent",
+        owner: LeaseOwner | None = None,
     ) -> None:
         self.backend = backend
         self.model = model
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
         self.lease_ttl = lease_ttl
         self.agent_name = agent_name
-        self._owner = LeaseOwner.current()
+        self._owner = owner or LeaseOwner.current()
 
     @property
     def owner(self) -> LeaseOwner:
@@ -441,6 +448,13 @@ class RunExecution:
 
     async def _model_step(self, ctx: RunContext) -> None:
         engine = self.engine
+        model = engine.model
+        if model is None:
+            raise RunStateError(
+                ctx.run_id, ctx.state.value,
+                "this engine only records decisions and cancellations; continue the run "
+                "with its Agent",
+            )
         definitions = self._definitions
         fmt = ctx.output_format
         schema = OutputSchema(fmt.name, fmt.json_schema, fmt.description) if fmt else None
@@ -451,7 +465,7 @@ class RunExecution:
             started = time.perf_counter()
             try:
                 async with self._keepalive():
-                    response = await engine.model.request(
+                    response = await model.request(
                         ctx.messages, tools=definitions, output_schema=schema
                     )
             except Exception as exc:
@@ -780,22 +794,61 @@ async def cancel_run(
     if header.state is RunState.DONE:
         raise RunStateError(run_id, header.state.value, "a finished run cannot be cancelled")
     await backend.request_cancel(run_id, reason)
+    execution = _recorder(backend, run_id, owner, lease_ttl)
     try:
-        lease = await acquire_lease(backend, run_id, owner or LeaseOwner.current(), lease_ttl)
+        ctx = await execution.acquire()
     except RunBusyError:
         return (await backend.get_run(run_id)).state
     try:
-        ctx = RunContext.from_stored(await backend.load_run(run_id))
-        if ctx.state in FINAL_STATES:
-            return ctx.state
-        event = CancelledEvent(
-            seq=ctx.seq + 1,
-            state=next_state(ctx.state, "cancel"),
-            trigger="cancel",
-            reason=reason,
-            from_state=ctx.state,
-        )
-        await backend.append(run_id, [event], expected_seq=ctx.seq, lease=lease)
-        return event.state
+        await execution.cancel(reason)
+        return ctx.state
     finally:
-        await backend.release_lease(run_id, lease)
+        await execution.release()
+
+
+async def decide_run(
+    backend: Backend,
+    run_id: str,
+    *,
+    requirements: Iterable[Requirement] = (),
+    approvals: Mapping[str, bool | str] | None = None,
+    results: Mapping[str, JSONValue] | None = None,
+    inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    owner: LeaseOwner | None = None,
+    lease_ttl: float = 30.0,
+) -> RunState:
+    """Record human decisions on a WAITING run from any process, running nothing.
+
+    The same checks and records as ``Agent.continue_run_async(approvals=...)``;
+    afterwards the run is WAITING with the rest, or TOOL_EXEC with nobody
+    running it, for any ``continue_run_async`` (which has the tools) to pick
+    up. Returns the state afterwards. Raises `DecisionError` for decisions that
+    do not fit (nothing recorded) and `RunBusyError` when a live process holds
+    the run.
+    """
+    execution = _recorder(backend, run_id, owner, lease_ttl)
+    ctx = await execution.acquire()
+    try:
+        if ctx.state is not RunState.WAITING:
+            raise DecisionError(
+                f"run {run_id!r} is {ctx.state.value}, not WAITING: it has no requirement to decide"
+            )
+        decisions = collect_decisions(
+            run_id,
+            ctx.open_requirements,
+            requirements=requirements,
+            approvals=approvals,
+            results=results,
+            inputs=inputs,
+        )
+        await execution.decide(decisions)
+        return ctx.state
+    finally:
+        await execution.release()
+
+
+def _recorder(
+    backend: Backend, run_id: str, owner: LeaseOwner | None, lease_ttl: float
+) -> RunExecution:
+    engine = Engine(backend=backend, model=None, lease_ttl=lease_ttl, owner=owner)
+    return engine.execution(run_id, {})

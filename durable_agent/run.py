@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from durable_agent.diagram import Diagram, DiagramFormat, RunPath, Step, run_diagram
 from durable_agent.fsm import RunState, restore_state
 from durable_agent.human import Requirement
 from durable_agent.records import (
@@ -69,6 +70,8 @@ class RunContext:
     decisions: dict[str, DecisionEvent] = field(default_factory=dict)
     """Decisions about ``requirements``, by requirement id."""
     cancel_reason: str | None = None
+    steps: list[Step] = field(default_factory=list)
+    """Every transition the run took, in order (for its path diagram)."""
     failed_calls: set[str] = field(default_factory=set)
     """Pending calls whose last attempt raised (recorded): their outcome is known."""
 
@@ -99,6 +102,8 @@ class RunContext:
 
     def apply(self, event: Event) -> None:
         """Fold one event into the context (the only place events change a context)."""
+        if event.trigger is not None:
+            self.steps.append(Step(event.seq, event.trigger, self.state, event.state))
         self.seq = event.seq
         self.state = event.state
         self.events += 1
@@ -181,6 +186,15 @@ class RunOutput:
     """The final answer as the task's ``response_format`` instance, when it has one."""
     requirements: tuple[Requirement, ...] = ()
     """The open requirements while the run is WAITING: decide them and continue."""
+    steps: tuple[Step, ...] = ()
+    """Every transition the run took, in order."""
+
+    def diagram(self, *, format: DiagramFormat = "mermaid") -> Diagram:
+        """The path this run took through the machine (Mermaid, DOT, SVG or PNG).
+
+        A notebook shows the returned `Diagram` as a picture.
+        """
+        return run_diagram(RunPath(self.steps, self.state, self.run_id), format=format)
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> RunOutput:
@@ -197,4 +211,5 @@ class RunOutput:
             session_id=ctx.session_id,
             user_id=ctx.user_id,
             requirements=tuple(Requirement(r) for r in ctx.open_requirements.values()),
+            steps=tuple(ctx.steps),
         )

@@ -523,3 +523,34 @@ def test_an_append_cut_short_by_cancellation_is_settled_by_the_store(pause: str)
     out = run(agent.continue_run_async(task=task, return_output=True))
     assert out.state is RunState.DONE
     assert calls == (["a"] if pause == "after" else ["a", "a"])
+
+
+def test_decide_run_records_decisions_without_an_agent(store: StoreFactory) -> None:
+    from durable_agent import decide_run
+
+    desk = Refunds()
+    agent = agent_for(store, desk, [REFUND, "ok"])
+    out = run(agent.do_async("x", return_output=True))
+    state = run(decide_run(store(), out.run_id, approvals={out.requirements[0].id: True}))
+    assert state is RunState.TOOL_EXEC, "decided; nobody runs it until an agent continues"
+    assert desk.ran["refund"] == 0
+    assert run(store().get_run(out.run_id)).lease is None
+    assert run(agent.continue_run_async(run_id=out.run_id)) == "ok"
+    assert desk.ran["refund"] == 1
+
+
+def test_decide_run_refuses_a_run_that_is_not_waiting(store: StoreFactory) -> None:
+    from durable_agent import decide_run
+
+    out = run(agent_for(store, Refunds(), ["done"]).do_async("x", return_output=True))
+    with pytest.raises(DecisionError, match="not WAITING"):
+        run(decide_run(store(), out.run_id, approvals={"a": True}))
+
+
+def test_run_output_draws_the_path_it_took(store: StoreFactory) -> None:
+    agent = agent_for(store, Refunds(), [REFUND, "ok"])
+    out = run(agent.do_async("x", return_output=True))
+    assert [s.trigger for s in out.steps] == ["start", "tool_calls", "needs_human"]
+    text = out.diagram().text
+    assert "TOOL_EXEC --> WAITING : 3. needs_human" in text
+    assert "class WAITING current" in text
