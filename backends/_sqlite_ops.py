@@ -313,6 +313,20 @@ def prune(db: sqlite3.Connection, older_than: datetime, states: list[RunState]) 
     return len(doomed)
 
 
+def reclaim(db: sqlite3.Connection) -> None:
+    """After a prune: give freed pages back to the file system, then truncate the WAL.
+
+    VACUUM rewrites the live data, so it runs only once at least half of the
+    file is free pages. (auto_vacuum=INCREMENTAL would free them page by page,
+    but its pointer-map pages made every append ~15% slower in benchmark (a).)
+    """
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    if free * 2 >= pages > 0:
+        db.execute("VACUUM")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
 # -- the reads (in SQLite's thread) ------------------------------------------------------
 
 

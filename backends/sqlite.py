@@ -516,7 +516,10 @@ class SqliteBackend(Backend):
         if not wanted:
             self._check_open()
             return 0
-        return await self._write("", ops.prune, older_than, wanted)
+        pruned = await self._write("", ops.prune, older_than, wanted)
+        if pruned:
+            await self._read(ops.reclaim)
+        return pruned
 
     # -- leases -----------------------------------------------------------------------------
 

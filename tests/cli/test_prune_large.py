@@ -81,12 +81,6 @@ def test_prune_removes_10000_finished_runs(
     assert json.loads(listing.stdout)["runs"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SqliteBackend.prune does not reclaim the space yet (VACUUM or auto_vacuum="
-    "INCREMENTAL + incremental_vacuum, then a wal_checkpoint(TRUNCATE)); owned by the backends "
-    "work. Remove this marker when it does.",
-)
 def test_prune_of_10000_runs_shrinks_the_file(
     pruned: tuple[Path, int, dict[str, object], float],
 ) -> None:
