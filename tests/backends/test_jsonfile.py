@@ -3,6 +3,8 @@ damage reported without repair, and run ids that never leave the folder."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -174,3 +176,32 @@ def test_leftovers_of_killed_creates_are_invisible(tmp_path: Path) -> None:
 def test_bad_folder_argument_raises_configuration_error(folder: object) -> None:
     with pytest.raises(ConfigurationError, match="folder"):
         JsonFileBackend(folder)  # type: ignore[arg-type]
+
+
+def test_a_cancelled_append_still_releases_the_run_and_is_either_whole_or_absent(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+
+    async def main() -> None:
+        lease = await new_run(store, "r1")
+        for attempt in range(20):
+            seq = (await store.get_run("r1")).seq
+            task = asyncio.create_task(
+                store.append("r1", [step(seq + 1)], expected_seq=seq, lease=lease)
+            )
+            for _ in range(attempt % 3):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                lease = await task
+            # The run is not left locked: the next append goes through at once.
+            seq = (await store.get_run("r1")).seq
+            lease = await asyncio.wait_for(
+                store.append("r1", [step(seq + 1)], expected_seq=seq, lease=lease), timeout=5
+            )
+        loaded = await store.load_run("r1")
+        assert [e.seq for e in loaded.events] == list(range(1, loaded.header.seq + 1))
+
+    run(main())
+    run(store.close())
