@@ -35,7 +35,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, NoReturn, cast
 from urllib.parse import urlsplit
 
@@ -49,6 +49,7 @@ from durable_agent.backend import (
     decode_cursor,
     encode_cursor,
 )
+from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import (
     ConcurrentUpdateError,
@@ -66,7 +67,6 @@ from durable_agent.records import (
     RunHeader,
     StoredRun,
     decode_event,
-    decode_header_fields,
     encode_event,
 )
 
@@ -85,29 +85,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 __all__ = ["RedisBackend"]
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _STATES: Final = tuple(state.value for state in RunState)
 _BATCH: Final = 200
 """Index entries read (and headers fetched in one pipeline) per round trip when listing."""
-
-
-def _stamp(moment: datetime) -> str:
-    """An aware datetime as exact ``seconds.micros`` text (a ZSET score and a hash field)."""
-    if moment.tzinfo is None:
-        raise ConfigurationError(
-            f"{moment.isoformat()} has no time zone; use an aware datetime such as "
-            "durable_agent.records.utcnow()"
-        )
-    micros = (moment - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
-
-
-def _unstamp(text: str) -> datetime | str:
-    seconds, _, micros = text.partition(".")
-    try:
-        return _EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros.ljust(6, "0")))
-    except (ValueError, OverflowError):
-        return text  # left for validation to reject, naming the run
 
 
 class _Link:
@@ -259,89 +239,27 @@ class RedisBackend(Backend):
         ) from exc
 
     def _status(self, run_id: str, reply: Any) -> str:
-        status = _text(reply[0])
+        status = rec.text(reply[0])
         if status == "missing":
             raise RunNotFoundError(run_id)
         if status == "wrongtype":
-            which, kind = _text(reply[1]), _text(reply[2])
+            which, kind = rec.text(reply[1]), rec.text(reply[2])
             raise CorruptRunError(
                 run_id, None, f"its Redis {which} key holds a {kind}, not the expected type"
             )
         if status == "corrupt":
-            detail = " ".join(_text(part) for part in reply[1:])
+            detail = " ".join(rec.text(part) for part in reply[1:])
             raise CorruptRunError(run_id, None, f"the stored header does not match ({detail})")
         return status
-
-    # -- headers <-> hash fields -------------------------------------------------------------
-
-    def _fields(self, header: RunHeader) -> list[str]:
-        fields: dict[str, str] = {
-            "run_id": header.run_id,
-            "agent_name": header.agent_name,
-            "state": header.state.value,
-            "seq": str(header.seq),
-            "created_at": _stamp(header.created_at),
-            "updated_at": _stamp(header.updated_at),
-            "lease_generation": str(header.lease_generation),
-            "schema_version": str(header.schema_version),
-        }
-        if header.session_id is not None:
-            fields["session_id"] = header.session_id
-        if header.user_id is not None:
-            fields["user_id"] = header.user_id
-        if header.cancel_requested is not None:
-            fields["cancel_requested"] = header.cancel_requested
-        if header.lease is not None:
-            fields.update(_lease_fields(header.lease))
-        return [part for pair in fields.items() for part in pair]
-
-    def _header(self, run_id: str, raw: Any) -> RunHeader:
-        if isinstance(raw, list):  # HGETALL inside a script comes back flat
-            raw = dict(zip(raw[::2], raw[1::2], strict=True))
-        try:
-            f = {_text(k): _text(v) for k, v in raw.items()}
-        except UnicodeDecodeError as exc:
-            raise CorruptRunError(run_id, None, f"a header field is not UTF-8 ({exc})") from exc
-        version: object = f.get("schema_version")
-        if isinstance(version, str) and version.isdigit():
-            version = int(version)
-        lease = None
-        if "lease_owner" in f:
-            lease = {
-                "owner": f["lease_owner"],
-                "host": f.get("lease_host"),
-                "pid": f.get("lease_pid"),
-                "generation": f.get("lease_generation"),
-                "expires_at": f.get("lease_expires"),
-                "ttl": f.get("lease_ttl"),
-                "cancel_requested": f.get("cancel_requested"),
-            }
-        return decode_header_fields(
-            run_id,
-            {
-                "schema_version": version,
-                "run_id": f.get("run_id"),
-                "session_id": f.get("session_id"),
-                "user_id": f.get("user_id"),
-                "agent_name": f.get("agent_name"),
-                "state": f.get("state"),
-                "seq": f.get("seq"),
-                "created_at": _unstamp(f.get("created_at", "")),
-                "updated_at": _unstamp(f.get("updated_at", "")),
-                "lease": lease,
-                "lease_generation": f.get("lease_generation"),
-                "cancel_requested": f.get("cancel_requested"),
-            },
-        )
 
     # -- runs ------------------------------------------------------------------------------------
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
-        fields = self._fields(header)
+        fields = rec.header_fields(header)
         args = [self.prefix, self._retention_ms, len(fields), *fields]
         args.extend(encode_event(event) for event in events)
         reply = await self._eval(lua.CREATE, self._keys(header.run_id), args)
-        if _text(reply[0]) == "exists":
+        if rec.text(reply[0]) == "exists":
             raise RunExistsError(header.run_id)
 
     async def append(
@@ -383,21 +301,21 @@ class RedisBackend(Backend):
                 }
             )
         if self._status(run_id, reply) == "refused":
-            current = self._header(run_id, reply[1])
+            current = rec.header_from_hash(run_id, reply[1])
             check_append(current, events, expected_seq=expected_seq, lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
         return lease.model_copy(
             update={
-                "expires_at": float(_text(reply[1])),
+                "expires_at": float(rec.text(reply[1])),
                 "ttl": float(lease.ttl),
-                "cancel_requested": _optional(reply[2]),
+                "cancel_requested": rec.optional(reply[2]),
             }
         )
 
     async def load_run(self, run_id: str) -> StoredRun:
         reply = await self._eval(lua.LOAD, self._keys(run_id), [])
         self._status(run_id, reply)
-        header = self._header(run_id, reply[1])
+        header = rec.header_from_hash(run_id, reply[1])
         events = tuple(decode_event(run_id, seq, raw) for seq, raw in enumerate(reply[2], start=1))
         if len(events) != header.seq:
             raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
@@ -418,7 +336,7 @@ class RedisBackend(Backend):
             self._response_error(exc)
         if not raw:
             raise RunNotFoundError(run_id)
-        return self._header(run_id, raw)
+        return rec.header_from_hash(run_id, raw)
 
     async def list_runs(
         self,
@@ -447,26 +365,34 @@ class RedisBackend(Backend):
             indexes = [f"{self.prefix}idx:state:{s.value}" for s in sorted(wanted)]
         else:
             indexes = [f"{self.prefix}idx:created"]
-        high = "+inf" if created_before is None else f"({_stamp(created_before)}"
+        high = "+inf" if created_before is None else f"({rec.stamp(created_before)}"
         if after is not None and (created_before is None or after[0] < created_before.timestamp()):
             high = repr(after[0])  # inclusive: entries at the cursor's own time are skipped below
-        low = "-inf" if created_after is None else f"({_stamp(created_after)}"
-        found: list[RunHeader] = []
-        async for index, score, run_id in self._merged(indexes, high, low):
-            if after is not None and (score, run_id) >= after:
-                continue
-            header = await self._listed(index, run_id)
-            if header is None or not (
+        low = "-inf" if created_after is None else f"({rec.stamp(created_after)}"
+
+        def matches(header: RunHeader) -> bool:
+            return (
                 (session_id is None or header.session_id == session_id)
                 and (user_id is None or header.user_id == user_id)
                 and (wanted is None or header.state in wanted)
                 and (created_after is None or header.created_at > created_after)
                 and (created_before is None or header.created_at < created_before)
-            ):
+            )
+
+        found: list[RunHeader] = []
+        chunk: list[tuple[str, str]] = []
+        async for index, score, run_id in self._merged(indexes, high, low):
+            if after is not None and (score, run_id) >= after:
                 continue
-            found.append(header)
-            if len(found) > limit:
-                break
+            chunk.append((index, run_id))
+            # Headers are fetched a chunk per round trip, about as many as the page lacks.
+            if len(chunk) > limit - len(found):
+                found += [h for h in await self._headers(chunk) if h is not None and matches(h)]
+                chunk = []
+                if len(found) > limit:
+                    break
+        if chunk and len(found) <= limit:
+            found += [h for h in await self._headers(chunk) if h is not None and matches(h)]
         page = found[:limit]
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
@@ -503,28 +429,37 @@ class RedisBackend(Backend):
             # Equal scores come back in reverse member order: the (created_at, run_id) order.
             entries = cast(list[tuple[bytes, float]], batch)
             for member, score in entries:
-                yield index, float(score), _text(member)
+                yield index, float(score), rec.text(member)
             if len(entries) < _BATCH:
                 return
             offset += len(entries)
 
-    async def _listed(self, index: str, run_id: str) -> RunHeader | None:
-        keys = self._keys(run_id)
+    async def _headers(self, entries: Sequence[tuple[str, str]]) -> list[RunHeader | None]:
+        """The headers of listed runs, in one round trip; None for a run gone or damaged."""
         client = self._client()
+        pipe = client.pipeline(transaction=False)
+        for _, run_id in entries:
+            pipe.hgetall(self._keys(run_id)[0])
         try:
-            raw = await client.hgetall(keys[0])
+            replies = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self._unavailable(exc)
-        except ResponseError:
-            return None  # a key of the wrong type: load_run reports it, listing goes on
-        if not raw:
-            # The run expired (retention): drop its entry unless it was created meanwhile.
-            await self._eval(lua.FORGET, [index, keys[0]], [run_id])
-            return None
-        try:
-            return self._header(run_id, raw)
-        except CorruptRunError:
-            return None
+        headers: list[RunHeader | None] = []
+        for (index, run_id), raw in zip(entries, replies, strict=True):
+            if isinstance(raw, (RedisConnectionError, RedisTimeoutError)):
+                self._unavailable(raw)
+            if isinstance(raw, Exception):
+                headers.append(None)  # a key of the wrong type: load_run reports it
+            elif not raw:
+                # The run expired (retention): drop its entry unless it was created meanwhile.
+                await self._eval(lua.FORGET, [index, self._keys(run_id)[0]], [run_id])
+                headers.append(None)
+            else:
+                try:
+                    headers.append(rec.header_from_hash(run_id, raw))
+                except CorruptRunError:
+                    headers.append(None)
+        return headers
 
     async def delete_run(self, run_id: str) -> bool:
         reply = await self._eval(lua.DELETE, self._keys(run_id), [self.prefix, run_id, *_STATES])
@@ -536,18 +471,22 @@ class RedisBackend(Backend):
         older_than: datetime,
         states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
     ) -> int:
-        cutoff = _stamp(older_than)
+        cutoff = rec.stamp(older_than)
         wanted = sorted({RunState(s).value for s in states})
         self._client()
         if not wanted:
             return 0
         indexes = [f"{self.prefix}idx:state:{s}" for s in wanted]
         # created_at <= updated_at, so only runs created before the cutoff can qualify.
+        entries = [(index, run_id) async for index, _, run_id in self._merged(
+            indexes, f"({cutoff}", "-inf"
+        )]
         doomed: list[tuple[str, str]] = []
-        async for index, _, run_id in self._merged(indexes, f"({cutoff}", "-inf"):
-            header = await self._listed(index, run_id)
-            if header is not None and header.updated_at < older_than:
-                doomed.append((run_id, _stamp(header.updated_at)))
+        for start in range(0, len(entries), _BATCH):
+            batch = entries[start : start + _BATCH]
+            for (_, run_id), header in zip(batch, await self._headers(batch), strict=True):
+                if header is not None and header.updated_at < older_than:
+                    doomed.append((run_id, rec.stamp(header.updated_at)))
         removed = 0
         for run_id, updated in doomed:
             args = [self.prefix, run_id, updated, *wanted]
@@ -557,7 +496,7 @@ class RedisBackend(Backend):
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         reply = await self._eval(lua.CANCEL, self._keys(run_id)[:1], [reason])
         self._status(run_id, reply)
-        return self._header(run_id, reply[1])
+        return rec.header_from_hash(run_id, reply[1])
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -569,30 +508,30 @@ class RedisBackend(Backend):
         reply = await self._eval(lua.ACQUIRE, self._keys(run_id)[:1], args)
         status = self._status(run_id, reply)
         if status == "busy":
-            header = self._header(run_id, reply[2])
-            now = float(_text(reply[1]))
+            header = rec.header_from_hash(run_id, reply[2])
+            now = float(rec.text(reply[1]))
             check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=now)
             raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
         return Lease(
             owner=owner.id,
             host=owner.host,
             pid=owner.pid,
-            generation=int(_text(reply[1])),
-            expires_at=float(_text(reply[2])),
+            generation=int(rec.text(reply[1])),
+            expires_at=float(rec.text(reply[2])),
             ttl=float(ttl),
-            cancel_requested=_optional(reply[3]),
+            cancel_requested=rec.optional(reply[3]),
         )
 
     async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
-        args = [str(lease.generation), *_lease_args(lease)]
+        args = [str(lease.generation), *rec.lease_args(lease)]
         reply = await self._eval(lua.RENEW, self._keys(run_id)[:1], args)
         if self._status(run_id, reply) == "lost":
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
         return lease.model_copy(
             update={
-                "expires_at": float(_text(reply[1])),
+                "expires_at": float(rec.text(reply[1])),
                 "ttl": float(lease.ttl),
-                "cancel_requested": _optional(reply[2]),
+                "cancel_requested": rec.optional(reply[2]),
             }
         )
 
@@ -612,30 +551,6 @@ class RedisBackend(Backend):
             await link.close()
         elif not link.loop.is_closed():
             link.loop.call_soon_threadsafe(link.keeper.cancel)
-
-
-def _lease_fields(lease: Lease) -> dict[str, str]:
-    return {
-        "lease_owner": lease.owner,
-        "lease_host": lease.host,
-        "lease_pid": str(lease.pid),
-        "lease_expires": f"{lease.expires_at:.6f}",
-        "lease_ttl": repr(float(lease.ttl)),
-    }
-
-
-def _lease_args(lease: Lease) -> list[str]:
-    return [lease.owner, lease.host, str(lease.pid), repr(float(lease.ttl))]
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
-def _optional(value: object) -> str | None:
-    return None if value is None or value is False else _text(value)
 
 
 def _hide(url: object) -> str:

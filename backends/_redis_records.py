@@ -1,0 +1,124 @@
+"""How `RedisBackend` keeps a header in a Redis hash: one field per header field.
+
+Times are ``"<seconds>.<microseconds>"`` decimal strings, exact both ways (a
+float would lose the last microsecond of some datetimes); the creation time
+doubles as the score of the index entries.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from durable_agent.errors import ConfigurationError, CorruptRunError
+from durable_agent.records import Lease, RunHeader, decode_header_fields
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stamp(moment: datetime) -> str:
+    """An aware datetime as exact ``seconds.micros`` text (a ZSET score and a hash field)."""
+    if moment.tzinfo is None:
+        raise ConfigurationError(
+            f"{moment.isoformat()} has no time zone; use an aware datetime such as "
+            "durable_agent.records.utcnow()"
+        )
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def unstamp(text: str) -> datetime | str:
+    """Inverse of `stamp`; text that is not a time is returned for validation to reject."""
+    seconds, _, micros = text.partition(".")
+    try:
+        return _EPOCH + timedelta(seconds=int(seconds), microseconds=int(micros.ljust(6, "0")))
+    except (ValueError, OverflowError):
+        return text  # left for validation to reject, naming the run
+
+
+def header_fields(header: RunHeader) -> list[str]:
+    """The header as HSET arguments: field, value, field, value, ..."""
+    fields: dict[str, str] = {
+        "run_id": header.run_id,
+        "agent_name": header.agent_name,
+        "state": header.state.value,
+        "seq": str(header.seq),
+        "created_at": stamp(header.created_at),
+        "updated_at": stamp(header.updated_at),
+        "lease_generation": str(header.lease_generation),
+        "schema_version": str(header.schema_version),
+    }
+    if header.session_id is not None:
+        fields["session_id"] = header.session_id
+    if header.user_id is not None:
+        fields["user_id"] = header.user_id
+    if header.cancel_requested is not None:
+        fields["cancel_requested"] = header.cancel_requested
+    if header.lease is not None:
+        fields.update(lease_fields(header.lease))
+    return [part for pair in fields.items() for part in pair]
+
+
+def header_from_hash(run_id: str, raw: Any) -> RunHeader:
+    """A header from HGETALL (a dict, or the flat list a script returns)."""
+    if isinstance(raw, list):  # HGETALL inside a script comes back flat
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
+    try:
+        f = {text(k): text(v) for k, v in raw.items()}
+    except UnicodeDecodeError as exc:
+        raise CorruptRunError(run_id, None, f"a header field is not UTF-8 ({exc})") from exc
+    version: object = f.get("schema_version")
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    lease = None
+    if "lease_owner" in f:
+        lease = {
+            "owner": f["lease_owner"],
+            "host": f.get("lease_host"),
+            "pid": f.get("lease_pid"),
+            "generation": f.get("lease_generation"),
+            "expires_at": f.get("lease_expires"),
+            "ttl": f.get("lease_ttl"),
+            "cancel_requested": f.get("cancel_requested"),
+        }
+    return decode_header_fields(
+        run_id,
+        {
+            "schema_version": version,
+            "run_id": f.get("run_id"),
+            "session_id": f.get("session_id"),
+            "user_id": f.get("user_id"),
+            "agent_name": f.get("agent_name"),
+            "state": f.get("state"),
+            "seq": f.get("seq"),
+            "created_at": unstamp(f.get("created_at", "")),
+            "updated_at": unstamp(f.get("updated_at", "")),
+            "lease": lease,
+            "lease_generation": f.get("lease_generation"),
+            "cancel_requested": f.get("cancel_requested"),
+        },
+    )
+
+
+def lease_fields(lease: Lease) -> dict[str, str]:
+    return {
+        "lease_owner": lease.owner,
+        "lease_host": lease.host,
+        "lease_pid": str(lease.pid),
+        "lease_expires": repr(float(lease.expires_at)),
+        "lease_ttl": repr(float(lease.ttl)),
+    }
+
+
+def lease_args(lease: Lease) -> list[str]:
+    return [lease.owner, lease.host, str(lease.pid), repr(float(lease.ttl))]
+
+
+def text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def optional(value: object) -> str | None:
+    return None if value is None or value is False else text(value)
