@@ -73,7 +73,7 @@ from durable_agent.records import (
     encode_event,
 )
 
-NAME = "backends"
+NAME = "g) backends"
 LIMIT = 1.5
 RESULT = "sunny and mild, light wind from the west, " * 12  # ~500 bytes, a typical tool result
 

@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "d": "bench_load_restore",
     "e": "bench_import",
     "f": "bench_provider_overhead",
+    "g": "bench_backends",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""

@@ -47,12 +47,14 @@ from durable_agent.fsm import RunState
 from durable_agent.human import Requirement
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models.scripted import ScriptedFailure, ScriptedModel, ToolCall
-from durable_agent.registry import open_backend
+from durable_agent.registry import open_backend, register_backend
 from durable_agent.run import RunOutput
 from durable_agent.tools import Tool, ToolContext, tool
 
 if TYPE_CHECKING:
+    from durable_agent.backends.jsonfile import JsonFileBackend
     from durable_agent.backends.memory import MemoryBackend
+    from durable_agent.backends.redis import RedisBackend
     from durable_agent.backends.sqlite import SqliteBackend
 
 __version__ = "0.1.0"
@@ -69,6 +71,7 @@ __all__ = [
     "DurabilityWarning",
     "DurableAgentError",
     "InvalidTransitionError",
+    "JsonFileBackend",
     "LeaseLostError",
     "LeaseOwner",
     "MemoryBackend",
@@ -81,6 +84,7 @@ __all__ = [
     "ModelTimeoutError",
     "OutputSchema",
     "OutputValidationError",
+    "RedisBackend",
     "Requirement",
     "RetryPolicy",
     "RunBusyError",
@@ -112,12 +116,15 @@ __all__ = [
     "cancel_run",
     "decide_run",
     "open_backend",
+    "register_backend",
     "tool",
 ]
 
 _LAZY = {
     "MemoryBackend": "durable_agent.backends.memory",
     "SqliteBackend": "durable_agent.backends.sqlite",
+    "RedisBackend": "durable_agent.backends.redis",
+    "JsonFileBackend": "durable_agent.backends.jsonfile",
 }
 
 

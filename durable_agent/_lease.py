@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from durable_agent.backend import Backend, LeaseOwner
@@ -41,14 +40,12 @@ async def acquire_lease(backend: Backend, run_id: str, owner: LeaseOwner, ttl: f
     except RunBusyError:
         header = await backend.get_run(run_id)
         held = header.lease
-        if (
-            held is None
-            or held.expires_at <= time.time()
-            or (held.host == owner.host and not process_alive(held.pid))
-        ):
+        if held is not None and held.host == owner.host and not process_alive(held.pid):
             # `takeover` is a compare-and-set on the generation: of two
             # processes racing here, one wins and the other gets RunBusyError.
             return await backend.acquire_lease(
                 run_id, owner, ttl=ttl, takeover=header.lease_generation
             )
-        raise
+        # Released or expired meanwhile? Only the store's clock may say so: a
+        # takeover judged by this host's clock could steal a live lease.
+        return await backend.acquire_lease(run_id, owner, ttl=ttl)
