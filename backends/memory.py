@@ -52,6 +52,20 @@ __all__ = ["MemoryBackend"]
 class _Stored:
     header: str
     events: list[str] = field(default_factory=list)
+    decoded: tuple[str, RunHeader] | None = None
+    """The header decoded from the text it came from: reused while the text is the
+    same object (headers are immutable), decoded again once it is replaced."""
+
+    def read_header(self, run_id: str) -> RunHeader:
+        if self.decoded is not None and self.decoded[0] is self.header:
+            return self.decoded[1]
+        header = decode_header(run_id, self.header)
+        self.decoded = (self.header, header)
+        return header
+
+    def write_header(self, header: RunHeader) -> None:
+        self.header = encode_header(header)
+        self.decoded = (self.header, header)
 
 
 class MemoryBackend(Backend):
@@ -79,7 +93,7 @@ class MemoryBackend(Backend):
         return stored
 
     def _header(self, run_id: str) -> RunHeader:
-        return decode_header(run_id, self._stored(run_id).header)
+        return self._stored(run_id).read_header(run_id)
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
         self._check_open()
@@ -99,7 +113,7 @@ class MemoryBackend(Backend):
         release: bool = False,
     ) -> Lease:
         stored = self._stored(run_id)
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         check_append(header, events, expected_seq=expected_seq, lease=lease)
         renewed = lease.model_copy(
             update={
@@ -109,7 +123,7 @@ class MemoryBackend(Backend):
         )
         encoded = [encode_event(e) for e in events]
         last = events[-1] if events else None
-        stored.header = encode_header(
+        stored.write_header(
             header.model_copy(
                 update={
                     "seq": last.seq if last else header.seq,
@@ -124,7 +138,7 @@ class MemoryBackend(Backend):
 
     async def load_run(self, run_id: str) -> StoredRun:
         stored = self._stored(run_id)
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         events = tuple(
             decode_event(run_id, seq, text) for seq, text in enumerate(stored.events, start=1)
         )
@@ -154,7 +168,7 @@ class MemoryBackend(Backend):
         matches: list[RunHeader] = []
         for run_id, stored in self._runs.items():
             try:
-                header = decode_header(run_id, stored.header)
+                header = stored.read_header(run_id)
             except CorruptRunError:
                 continue  # a damaged header is reported by load_run, never breaks a listing
             if (
@@ -191,7 +205,7 @@ class MemoryBackend(Backend):
         doomed = []
         for run_id, stored in self._runs.items():
             try:
-                header = decode_header(run_id, stored.header)
+                header = stored.read_header(run_id)
             except CorruptRunError:
                 continue
             live = header.lease is not None and header.lease.expires_at > now
@@ -205,16 +219,16 @@ class MemoryBackend(Backend):
         self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
     ) -> Lease:
         stored = self._stored(run_id)
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         lease = check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=time.time())
-        stored.header = encode_header(
+        stored.write_header(
             header.model_copy(update={"lease": lease, "lease_generation": lease.generation})
         )
         return lease
 
     async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
         stored = self._stored(run_id)
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         if header.lease is None or header.lease_generation != lease.generation:
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
         renewed = lease.model_copy(
@@ -223,15 +237,15 @@ class MemoryBackend(Backend):
                 "cancel_requested": header.cancel_requested,
             }
         )
-        stored.header = encode_header(header.model_copy(update={"lease": renewed}))
+        stored.write_header(header.model_copy(update={"lease": renewed}))
         return renewed
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         stored = self._stored(run_id)
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         if header.cancel_requested is None:
             header = header.model_copy(update={"cancel_requested": reason})
-            stored.header = encode_header(header)
+            stored.write_header(header)
         return header
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
@@ -239,9 +253,9 @@ class MemoryBackend(Backend):
         stored = self._runs.get(run_id)
         if stored is None:
             return
-        header = decode_header(run_id, stored.header)
+        header = stored.read_header(run_id)
         if header.lease is not None and header.lease_generation == lease.generation:
-            stored.header = encode_header(header.model_copy(update={"lease": None}))
+            stored.write_header(header.model_copy(update={"lease": None}))
 
     async def close(self) -> None:
         self._closed = True
