@@ -15,6 +15,11 @@ worker host. Each script checks key types before its first write, so a key of
 the wrong type fails the call with nothing written (a Lua error after a write
 would leave that write in place).
 
+On Redis Cluster the indexes cannot share a script with a run's keys (other
+slots): `durable_agent.backends._redis_cluster_scripts` has the twins of
+CREATE, APPEND, DELETE and PRUNE_ONE without them, and the scripts that keep
+the indexes there; ACQUIRE, RENEW, RELEASE, CANCEL and LOAD serve both.
+
 Replies: a table whose first element is a status string. ``refused`` and
 ``busy`` carry the run's whole header hash, read in the same atomic step, so
 the Python side explains the refusal with the shared rules of

@@ -27,6 +27,12 @@ redis-py's asyncio connections belong to the event loop that opened them, so
 the backend keeps one pool per event loop: used from a new loop (``agent.do``
 runs each call under a fresh ``asyncio.run``) it opens a new pool there, and
 when a loop shuts down its pool is closed with it.
+
+On Redis Cluster (``redis+cluster://`` or ``cluster=True``) a run's keys share
+the hash tag ``{run_id}``, so every write to a run is still one atomic
+single-slot script; the listing indexes live in another slot and are updated
+right after, with an intent recorded first, so a listing finishes any update a
+dead writer left (see `durable_agent.backends._redis_cluster`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from datetime import datetime
+from types import TracebackType
 from typing import Any, Final, NoReturn, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from durable_agent.backend import (
     Backend,
@@ -72,11 +79,21 @@ from durable_agent.records import (
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import (
+        ClusterError,
+        NoScriptError,
+        RedisClusterException,
+        ResponseError,
+        TryAgainError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import NoScriptError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from durable_agent.backends import _redis_cluster as clx
+    from durable_agent.backends import _redis_cluster_scripts as cl
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
         "RedisBackend needs the redis package: pip install 'durable-agent[redis]'",
@@ -88,16 +105,51 @@ __all__ = ["RedisBackend"]
 _STATES: Final = tuple(state.value for state in RunState)
 _BATCH: Final = 200
 """Index entries read (and headers fetched in one pipeline) per round trip when listing."""
+_UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""Errors that mean Redis could not be reached or could not serve the call right now."""
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+Client = aioredis.Redis | RedisCluster
 
 
 class _Link:
-    """One event loop's client and pool, closed when that loop shuts down."""
+    """One event loop's client and pool, closed when that loop shuts down.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: aioredis.Redis) -> None:
+    On Redis Cluster redis-py's per-node pools fail a call when they are full
+    instead of waiting, so ``gate`` (a semaphore as large as a node's pool)
+    makes calls wait for their turn: a call holds at most one connection per
+    node, so no node's pool is ever exhausted. Each call also waits until the
+    client knows the cluster's layout: redis-py 8 drops connections in use when
+    several calls discover it at once.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: Client,
+        gate: asyncio.Semaphore | None = None,
+        pool_timeout: float = 0.0,
+    ) -> None:
         self.loop = loop
         self.client = client
+        self.gate = gate
+        self.pool_timeout = pool_timeout
+        self.layout = asyncio.Lock()
         self.closed = False
         self.keeper = loop.create_task(self._keep(), name="RedisBackend pool keeper")
+
+    def turn(self) -> AbstractAsyncContextManager[object]:
+        """Wait for a free connection (cluster mode; a no-op on a single Redis)."""
+        if self.gate is None:
+            return nullcontext()
+        return _Turn(self)
 
     async def _keep(self) -> None:
         try:
@@ -105,7 +157,10 @@ class _Link:
         finally:
             # Cancelled by close(), or by asyncio.run() shutting the loop down.
             self.closed = True
-            await self.client.aclose(close_connection_pool=True)
+            if isinstance(self.client, RedisCluster):
+                await self.client.aclose()
+            else:
+                await self.client.aclose(close_connection_pool=True)
 
     async def close(self) -> None:
         if not self.keeper.done():
@@ -114,19 +169,71 @@ class _Link:
                 await self.keeper
 
 
+class _Turn:
+    """One call's permit of a `_Link` gate, taken once the cluster's layout is known."""
+
+    def __init__(self, link: _Link) -> None:
+        assert link.gate is not None
+        assert isinstance(link.client, RedisCluster)
+        self.gate = link.gate
+        self.link = link
+        self.client = link.client
+
+    async def __aenter__(self) -> None:
+        if self.gate.locked():
+            try:
+                async with asyncio.timeout(self.link.pool_timeout):
+                    await self.gate.acquire()
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    f"no Redis connection became free within pool_timeout="
+                    f"{self.link.pool_timeout} s"
+                ) from None
+        else:
+            await self.gate.acquire()
+        try:
+            async with self.link.layout:
+                await self.client.initialize()  # a no-op once the layout is known
+        except BaseException:
+            self.gate.release()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.gate.release()
+
+
 class RedisBackend(Backend):
     """Runs in Redis: durable per Redis's persistence settings, shared by many hosts.
+
+    Works on one Redis primary (with replicas or Sentinel) and on Redis Cluster.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for
             TLS; redis-py's URL options (``?socket_keepalive=true``, ...) work.
+            ``redis+cluster://host:port`` (``rediss+cluster://`` for TLS) names
+            any one node of a Redis Cluster; the others are discovered.
         prefix: put before every key, so several stores share one database.
             May not contain ``{`` or ``}`` (the run id is the keys' hash tag).
+        cluster: use Redis Cluster; None (the default) decides by the URL's
+            scheme. On a cluster each write to a run is still one atomic script
+            (a run's keys share one slot, through the hash tag ``{run_id}``);
+            the listing indexes live in the slot of ``{idx}`` and are updated
+            right after that script, an intent recorded first. A listing thus
+            reads every run's header and checks its filters there, finishes
+            index updates a dead writer left, and may miss or include (in its
+            new state) a run that changes bucket while it runs; see
+            docs/backends.md. Run ids may not start with ``}`` there.
         session_id: tags the runs an agent creates through this backend.
         user_id: tags the runs an agent creates through this backend.
         retention: seconds a run is kept once it is DONE or CANCELLED (a TTL
             on its keys); None keeps it until deleted or pruned.
-        max_connections: size of the connection pool of each event loop.
+        max_connections: size of the connection pool of each event loop (on a
+            cluster: of each node's pool, and the number of calls at once).
         pool_timeout: seconds a call waits for a free connection before
             raising `StoreUnavailableError`.
         socket_timeout: seconds a call waits for Redis's answer.
@@ -149,12 +256,16 @@ class RedisBackend(Backend):
         pool_timeout: float = 20.0,
         socket_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        cluster: bool | None = None,
     ) -> None:
         super().__init__(session_id=session_id, user_id=user_id)
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        schemes = ("redis", "rediss", "unix", *_CLUSTER_SCHEMES)
+        if not isinstance(url, str) or urlsplit(url).scheme.lower() not in schemes:
             raise ConfigurationError(
-                f"RedisBackend(url={_hide(url)!r}) must be a redis://, rediss:// or unix:// URL"
+                f"RedisBackend(url={_hide(url)!r}) must be a redis://, rediss://, unix:// or "
+                "redis+cluster:// URL"
             )
+        node_url, cluster = _cluster_url(url, cluster)
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise ConfigurationError(
                 f"RedisBackend(prefix={prefix!r}) must be a str without '{{' or '}}'"
@@ -177,15 +288,21 @@ class RedisBackend(Backend):
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigurationError(f"RedisBackend({name}={value!r}) must be seconds > 0")
         self._url = url
+        self._node_url = node_url
+        self.cluster = cluster
         self.prefix = prefix
         self._retention_ms = str(round(retention * 1000)) if retention else "0"
+        self._pool_timeout = float(pool_timeout)
+        self._max_connections = max_connections
         self._pool_options: dict[str, Any] = {
             "max_connections": max_connections,
-            "timeout": pool_timeout,
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
             "retry": Retry(NoBackoff(), 0),
         }
+        if not cluster:
+            self._pool_options["timeout"] = pool_timeout
+        self._indexes = clx.ClusterIndexes(self) if cluster else None
         self._link: _Link | None = None
         self._closed = False
 
@@ -197,18 +314,30 @@ class RedisBackend(Backend):
     def _keys(self, run_id: str) -> list[str]:
         if not isinstance(run_id, str) or not run_id:
             raise ConfigurationError(f"run id {run_id!r} must be a non-empty str")
+        if run_id[0] == "}" and self.cluster:
+            # "{}" is no hash tag: the run's two keys would fall in different slots.
+            raise ConfigurationError(f"run id {run_id!r} may not start with '}}' on Redis Cluster")
         tag = f"{self.prefix}{{{run_id}}}"
         return [f"{tag}:header", f"{tag}:events"]
 
-    def _client(self) -> aioredis.Redis:
+    def _connect(self) -> _Link:
+        """This event loop's client (and, on a cluster, its gate); opened on first use."""
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed")
         loop = asyncio.get_running_loop()
         link = self._link
         if link is None or link.loop is not loop or link.closed:
-            pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._pool_options)
-            link = self._link = _Link(loop, aioredis.Redis(connection_pool=pool))
-        return link.client
+            if self.cluster:
+                client = RedisCluster.from_url(self._node_url, **self._pool_options)
+                gate = asyncio.Semaphore(self._max_connections)
+                link = self._link = _Link(loop, client, gate, self._pool_timeout)
+            else:
+                pool = aioredis.BlockingConnectionPool.from_url(self._url, **self._pool_options)
+                link = self._link = _Link(loop, aioredis.Redis(connection_pool=pool))
+        return link
+
+    def _client(self) -> Client:
+        return self._connect().client
 
     def _unavailable(self, exc: BaseException) -> NoReturn:
         raise StoreUnavailableError(
@@ -217,22 +346,43 @@ class RedisBackend(Backend):
             "reload the run and continue it once Redis is back"
         ) from exc
 
+    def _translate(self, exc: BaseException) -> NoReturn:
+        """Raise what a redis-py error means for the caller."""
+        if isinstance(exc, _UNAVAILABLE):
+            self._unavailable(exc)
+        if isinstance(exc, ResponseError):
+            self._response_error(exc)
+        raise exc
+
     async def _eval(self, script: lua.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client = self._client()
+        link = self._connect()
+        if link.gate is not None:
+            try:
+                async with link.turn():
+                    return await self._evalsha(link.client, script, keys, args)
+            except _UNAVAILABLE as exc:  # finding the cluster's layout failed
+                self._unavailable(exc)
+        return await self._evalsha(link.client, script, keys, args)
+
+    async def _evalsha(
+        self, client: Client, script: lua.Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         try:
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:  # a restarted or flushed Redis forgot the script
                 await client.script_load(script.source)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             self._unavailable(exc)
         except ResponseError as exc:
             self._response_error(exc)
 
     def _response_error(self, exc: ResponseError) -> NoReturn:
         text = str(exc)
-        if text.startswith(("LOADING", "READONLY", "MISCONF", "OOM", "BUSY", "MASTERDOWN")):
+        if text.startswith(
+            ("LOADING", "READONLY", "MISCONF", "OOM", "BUSY", "MASTERDOWN", "CLUSTERDOWN")
+        ):
             self._unavailable(exc)
         raise StoreUnavailableError(
             f"Redis store {_hide(self._url)} refused a call: {text}"
@@ -255,12 +405,23 @@ class RedisBackend(Backend):
     # -- runs ------------------------------------------------------------------------------------
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
+        keys = self._keys(header.run_id)
         fields = rec.header_fields(header)
-        args = [self.prefix, self._retention_ms, len(fields), *fields]
+        ix = self._indexes
+        if ix is None:
+            args = [self.prefix, self._retention_ms, len(fields), *fields]
+            args.extend(encode_event(event) for event in events)
+            reply = await self._eval(lua.CREATE, keys, args)
+            if rec.text(reply[0]) == "exists":
+                raise RunExistsError(header.run_id)
+            return
+        incarnation = await ix.intent(header.run_id, header.seq, new=True)
+        args = [self._retention_ms, incarnation, len(fields), *fields]
         args.extend(encode_event(event) for event in events)
-        reply = await self._eval(lua.CREATE, self._keys(header.run_id), args)
+        reply = await self._eval(cl.CREATE, keys, args)
         if rec.text(reply[0]) == "exists":
             raise RunExistsError(header.run_id)
+        await ix.index([ix.truth(header, incarnation)], after_write=True)
 
     async def append(
         self,
@@ -288,18 +449,13 @@ class RedisBackend(Backend):
             last.state.value if last else "",
             "1" if release else "0",
         )
+        if self._indexes is not None:
+            return await self._append_on_cluster(run_id, keys, events, control, lease)
         args = ["".join(f"{part}\x1f" for part in control)]
         args.extend(encode_event(event) for event in events)
         reply = await self._eval(lua.APPEND, keys, args)
         if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
-            parts = reply.decode().split("\x1f", 2)
-            return lease.model_copy(
-                update={
-                    "expires_at": float(parts[1]),
-                    "ttl": float(lease.ttl),
-                    "cancel_requested": parts[2] if len(parts) > 2 else None,
-                }
-            )
+            return _renewed(lease, reply)
         if self._status(run_id, reply) == "refused":
             current = rec.header_from_hash(run_id, reply[1])
             check_append(current, events, expected_seq=expected_seq, lease=lease)
@@ -312,6 +468,52 @@ class RedisBackend(Backend):
             }
         )
 
+    async def _append_on_cluster(
+        self,
+        run_id: str,
+        keys: list[str],
+        events: tuple[Event, ...],
+        control: tuple[str, ...],
+        lease: Lease,
+    ) -> Lease:
+        """`append` on Redis Cluster: the same script, and the index update after it.
+
+        A write that moves the run to another index bucket (it comes to rest, or
+        leaves rest) is announced first. Coming to rest is recognised by the last
+        event's state; leaving it only by the script, which then asks for the intent.
+        """
+        ix = self._indexes
+        assert ix is not None
+        last = events[-1] if events else None
+        announced = last is not None and clx.bucket(last.state) != clx.ACTIVE
+        if announced:
+            await ix.intent(run_id, int(control[5]))
+        encoded = [encode_event(event) for event in events]
+        while True:
+            packed = "".join(f"{part}\x1f" for part in (*control, "1" if announced else "0"))
+            reply = await self._eval(cl.APPEND, keys, [packed, *encoded])
+            if isinstance(reply, bytes):
+                return _renewed(lease, reply)
+            status = self._status(run_id, reply)
+            if status == "intent" and not announced:
+                await ix.intent(run_id, int(control[5]))
+                announced = True
+                continue
+            if status == "indexed":
+                await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True)
+                return lease.model_copy(
+                    update={
+                        "expires_at": float(rec.text(reply[1])),
+                        "ttl": float(lease.ttl),
+                        "cancel_requested": rec.optional(reply[2]),
+                    }
+                )
+            if status != "refused":
+                raise StoreUnavailableError(f"the append script of {run_id!r} answered {status!r}")
+            current = rec.header_from_hash(run_id, reply[1])
+            check_append(current, events, expected_seq=int(control[4]), lease=lease)
+            raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
+
     async def load_run(self, run_id: str) -> StoredRun:
         reply = await self._eval(lua.LOAD, self._keys(run_id), [])
         self._status(run_id, reply)
@@ -323,10 +525,14 @@ class RedisBackend(Backend):
 
     async def get_run(self, run_id: str) -> RunHeader:
         keys = self._keys(run_id)
-        client = self._client()
+        link = self._connect()
         try:
-            raw = await client.hgetall(keys[0])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if link.gate is None:
+                raw = await link.client.hgetall(keys[0])
+            else:
+                async with link.turn():
+                    raw = await link.client.hgetall(keys[0])
+        except _UNAVAILABLE as exc:
             self._unavailable(exc)
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):
@@ -357,7 +563,10 @@ class RedisBackend(Backend):
         if wanted is not None and not wanted:
             return RunPage(runs=(), next_cursor=None)
         # The most selective index drives the scan; every filter is checked on the header.
-        if session_id is not None:
+        if self._indexes is not None:
+            await self._indexes.settle()
+            indexes = self._indexes.keys_for(session_id, user_id, wanted)
+        elif session_id is not None:
             indexes = [f"{self.prefix}idx:session:{session_id}"]
         elif user_id is not None:
             indexes = [f"{self.prefix}idx:user:{user_id}"]
@@ -380,11 +589,15 @@ class RedisBackend(Backend):
             )
 
         found: list[RunHeader] = []
-        chunk: list[tuple[str, str]] = []
+        chunk: list[tuple[str, float, str]] = []
+        seen: set[str] = set()
         async for index, score, run_id in self._merged(indexes, high, low):
             if after is not None and (score, run_id) >= after:
                 continue
-            chunk.append((index, run_id))
+            if run_id in seen:
+                continue  # listed by two of the indexes (it changed state meanwhile)
+            seen.add(run_id)
+            chunk.append((index, score, run_id))
             # Headers are fetched a chunk per round trip, about as many as the page lacks.
             if len(chunk) > limit - len(found):
                 found += [h for h in await self._headers(chunk) if h is not None and matches(h)]
@@ -413,57 +626,112 @@ class RedisBackend(Backend):
             heads[i] = await anext(streams[i], None)
 
     async def _scan(self, index: str, high: str, low: str) -> AsyncIterator[tuple[str, float, str]]:
-        client = self._client()
-        offset = 0
+        """One index's entries in (score, run id) order, newest first.
+
+        Each batch starts at the last entry's score rather than at an offset, so
+        entries removed or added meanwhile (a listing drops those of expired runs)
+        never make the scan skip one.
+        """
+        link = self._connect()
+        last: tuple[float, str] | None = None
+        size = _BATCH
         while True:
             try:
-                batch = await client.zrevrangebyscore(
-                    index, high, low, start=offset, num=_BATCH, withscores=True
-                )
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                async with link.turn():
+                    batch = await link.client.zrevrangebyscore(
+                        index, high, low, start=0, num=size, withscores=True
+                    )
+            except _UNAVAILABLE as exc:
                 self._unavailable(exc)
             except ResponseError as exc:
                 if str(exc).startswith("WRONGTYPE"):
                     return  # a damaged index lists nothing; the runs themselves are intact
                 self._response_error(exc)
             # Equal scores come back in reverse member order: the (created_at, run_id) order.
-            entries = cast(list[tuple[bytes, float]], batch)
-            for member, score in entries:
-                yield index, float(score), rec.text(member)
-            if len(entries) < _BATCH:
+            entries = [
+                (float(score), rec.text(member))
+                for member, score in cast(list[tuple[bytes, float]], batch)
+            ]
+            fresh = [entry for entry in entries if last is None or entry < last]
+            for score, run_id in fresh:
+                yield index, score, run_id
+            if len(entries) < size:
                 return
-            offset += len(entries)
+            if fresh:
+                last = fresh[-1]
+                high, size = repr(last[0]), _BATCH
+            else:
+                size *= 2  # a whole batch of one creation time, already seen: read further
 
-    async def _headers(self, entries: Sequence[tuple[str, str]]) -> list[RunHeader | None]:
-        """The headers of listed runs, in one round trip; None for a run gone or damaged."""
-        client = self._client()
-        pipe = client.pipeline(transaction=False)
-        for _, run_id in entries:
+    async def _read_headers(self, run_ids: Sequence[str]) -> list[Any]:
+        """HGETALL of runs' headers in one round trip (one per node on a cluster)."""
+        link = self._connect()
+        pipe = link.client.pipeline(transaction=False)
+        for run_id in run_ids:
             pipe.hgetall(self._keys(run_id)[0])
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            async with link.turn():
+                replies = await pipe.execute(raise_on_error=False)
+        except _UNAVAILABLE as exc:
             self._unavailable(exc)
-        headers: list[RunHeader | None] = []
-        for (index, run_id), raw in zip(entries, replies, strict=True):
-            if isinstance(raw, (RedisConnectionError, RedisTimeoutError)):
+        for raw in replies:
+            if isinstance(raw, _UNAVAILABLE):
                 self._unavailable(raw)
+        return replies
+
+    async def _headers(self, entries: Sequence[tuple[str, float, str]]) -> list[RunHeader | None]:
+        """The headers of listed runs, in one round trip; None for a run gone or damaged.
+
+        On a cluster, index entries that disagree with the header are mended.
+        """
+        replies = await self._read_headers([run_id for _, _, run_id in entries])
+        ix = self._indexes
+        stale: list[str] = []
+        gone: list[tuple[str, str]] = []
+        headers: list[RunHeader | None] = []
+        for (index, score, run_id), raw in zip(entries, replies, strict=True):
             if isinstance(raw, Exception):
                 headers.append(None)  # a key of the wrong type: load_run reports it
             elif not raw:
-                # The run expired (retention): drop its entry unless it was created meanwhile.
-                await self._eval(lua.FORGET, [index, self._keys(run_id)[0]], [run_id])
+                if ix is None:
+                    # The run expired (retention): drop its entry unless it was created meanwhile.
+                    await self._eval(lua.FORGET, [index, self._keys(run_id)[0]], [run_id])
+                else:
+                    gone.append((run_id, index))
                 headers.append(None)
             else:
                 try:
-                    headers.append(rec.header_from_hash(run_id, raw))
+                    header = rec.header_from_hash(run_id, raw)
                 except CorruptRunError:
                     headers.append(None)
+                    continue
+                if ix is not None and not ix.belongs(index, score, header):
+                    stale.append(ix.truth(header, raw.get(b"incarnation"), index))
+                headers.append(header)
+        if ix is not None and (stale or gone):
+            await ix.mend(stale, gone)
         return headers
 
     async def delete_run(self, run_id: str) -> bool:
-        reply = await self._eval(lua.DELETE, self._keys(run_id), [self.prefix, run_id, *_STATES])
-        return bool(reply)
+        keys = self._keys(run_id)
+        ix = self._indexes
+        if ix is None:
+            reply = await self._eval(lua.DELETE, keys, [self.prefix, run_id, *_STATES])
+            return bool(reply)
+        deleted, incarnation = await self._eval(cl.DELETE, keys, [])
+        if deleted:
+            await self._forget([(run_id, rec.optional(incarnation))])
+        return bool(deleted)
+
+    async def _forget(self, runs: Sequence[tuple[str, str | None]]) -> None:
+        """Cluster: remove the index entries of runs just deleted (incarnation if known)."""
+        ix = self._indexes
+        assert ix is not None
+        known = [(run_id, inc, "") for run_id, inc in runs if inc is not None]
+        await ix.unindex(known, after_write=True)
+        unknown = [(run_id, "") for run_id, inc in runs if inc is None]
+        if unknown:  # a damaged header: remove whatever is indexed, then look again
+            await ix.mend([], unknown, after_write=True)
 
     async def prune(
         self,
@@ -476,22 +744,52 @@ class RedisBackend(Backend):
         self._client()
         if not wanted:
             return 0
-        indexes = [f"{self.prefix}idx:state:{s}" for s in wanted]
+        ix = self._indexes
+        if ix is not None:
+            await ix.settle()
+            indexes = ix.keys_for(None, None, {RunState(s) for s in wanted})
+        else:
+            indexes = [f"{self.prefix}idx:state:{s}" for s in wanted]
         # created_at <= updated_at, so only runs created before the cutoff can qualify.
-        entries = [(index, run_id) async for index, _, run_id in self._merged(
-            indexes, f"({cutoff}", "-inf"
-        )]
+        entries = [entry async for entry in self._merged(indexes, f"({cutoff}", "-inf")]
         doomed: list[tuple[str, str]] = []
         for start in range(0, len(entries), _BATCH):
             batch = entries[start : start + _BATCH]
-            for (_, run_id), header in zip(batch, await self._headers(batch), strict=True):
-                if header is not None and header.updated_at < older_than:
+            for (_, _, run_id), header in zip(batch, await self._headers(batch), strict=True):
+                if (
+                    header is not None
+                    and header.updated_at < older_than
+                    and header.state.value in wanted
+                ):
                     doomed.append((run_id, rec.stamp(header.updated_at)))
         removed = 0
-        for run_id, updated in doomed:
-            args = [self.prefix, run_id, updated, *wanted]
-            removed += int(await self._eval(lua.PRUNE_ONE, self._keys(run_id), args))
+        if ix is None:
+            for run_id, updated in doomed:
+                args = [self.prefix, run_id, updated, *wanted]
+                removed += int(await self._eval(lua.PRUNE_ONE, self._keys(run_id), args))
+            return removed
+        for start in range(0, len(doomed), _BATCH):
+            pruned: list[tuple[str, str | None]] = []
+            for run_id, updated in doomed[start : start + _BATCH]:
+                reply = await self._eval(cl.PRUNE_ONE, self._keys(run_id), [updated, *wanted])
+                if int(reply[0]):
+                    pruned.append((run_id, rec.optional(reply[1])))
+            removed += len(pruned)
+            await self._forget(pruned)
         return removed
+
+    async def repair_indexes(self) -> int:
+        """Rebuild the listing indexes from the runs' headers; return how many runs it indexed.
+
+        Only Redis Cluster needs it, and only after a failover lost writes of the
+        index slot but not of a run's slot (replication is asynchronous): listings
+        mend everything else themselves. Safe while other processes write. On a
+        single Redis the indexes are written with the runs, so it does nothing.
+        """
+        if self._indexes is None:
+            self._client()
+            return 0
+        return await self._indexes.rebuild()
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         reply = await self._eval(lua.CANCEL, self._keys(run_id)[:1], [reason])
@@ -551,6 +849,43 @@ class RedisBackend(Backend):
             await link.close()
         elif not link.loop.is_closed():
             link.loop.call_soon_threadsafe(link.keeper.cancel)
+
+
+def _renewed(lease: Lease, reply: bytes) -> Lease:
+    """The lease from the append script's one-string reply: ok, expires[, cancel]."""
+    parts = reply.decode().split("\x1f", 2)
+    return lease.model_copy(
+        update={
+            "expires_at": float(parts[1]),
+            "ttl": float(lease.ttl),
+            "cancel_requested": parts[2] if len(parts) > 2 else None,
+        }
+    )
+
+
+def _cluster_url(url: str, cluster: bool | None) -> tuple[str, bool]:
+    """The URL redis-py opens, and whether it names a Redis Cluster."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    named = scheme in _CLUSTER_SCHEMES
+    if cluster is None:
+        cluster = named
+    if not isinstance(cluster, bool):
+        raise ConfigurationError(f"RedisBackend(cluster={cluster!r}) must be True, False or None")
+    if named and not cluster:
+        raise ConfigurationError(
+            f"RedisBackend({_hide(url)!r}, cluster=False): a {scheme}:// URL names a Redis Cluster"
+        )
+    if not cluster:
+        return url, False
+    if scheme == "unix":
+        raise ConfigurationError(
+            f"RedisBackend({_hide(url)!r}): Redis Cluster is reached over TCP, not a unix socket"
+        )
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(f"RedisBackend({_hide(url)!r}): Redis Cluster has only database 0")
+    plain = _CLUSTER_SCHEMES.get(scheme, scheme)
+    return urlunsplit(parts._replace(scheme=plain)), True
 
 
 def _hide(url: object) -> str:

@@ -7,6 +7,7 @@ URL                                        backend
 ``sqlite:///runs.db``                      `SqliteBackend`, path relative to the cwd
 ``sqlite:////var/lib/app/runs.db``         `SqliteBackend`, absolute path
 ``redis://[:password@]host[:port][/db]``   `RedisBackend` (``rediss://`` for TLS)
+``redis+cluster://host:port``              `RedisBackend` on Redis Cluster (``rediss+cluster://``)
 ``file:///var/lib/app/runs``               `JsonFileBackend`, absolute folder
 ``file:runs``                              `JsonFileBackend`, folder relative to the cwd
 =========================================  ==============================================
@@ -62,6 +63,8 @@ _BUILTIN: Final[dict[str, _Target]] = {
     "sqlite": _Target("durable_agent.backends.sqlite:SqliteBackend"),
     "redis": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
     "rediss": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
+    "redis+cluster": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
+    "rediss+cluster": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
     "file": _Target("durable_agent.backends.jsonfile:JsonFileBackend"),
 }
 _REGISTERED: dict[str, _Target] = {}
@@ -216,6 +219,8 @@ _BUILDERS: Final[dict[str, _Builder]] = {
     "file": _build_file,
     "redis": _build_redis,
     "rediss": _build_redis,
+    "redis+cluster": _build_redis,
+    "rediss+cluster": _build_redis,
 }
 
 
