@@ -21,10 +21,22 @@
    bytes plus each store's own overhead: Redis ``MEMORY USAGE`` of the run's
    keys, the JSON files' sizes, SQLite's event rows): bytes(40) / bytes(20)
    <= 2.1 means linear growth.
+4. Redis Cluster (three local masters, ``redis+cluster://``): the append
+   within a run's active states against the same append on the single Redis,
+   in paired rounds (<= 1.2x: the hot path stays one script, one round trip;
+   against an ``RPUSH`` through the cluster client it is printed only: that
+   client's floor is cheaper than the single Redis's blocking pool, so the
+   script's own work weighs more), and 1,000 concurrent runs through the
+   engine with at most 50 calls at once: all DONE, no error, listed back by
+   state.
 
 Redis: a private ``redis-server`` on a free port when the binary is on PATH
 (``--save "" --appendonly no``: the floor and the backend see the same server),
 else ``DURABLE_AGENT_TEST_REDIS_URL``; without either the Redis rows are skipped.
+
+Redis Cluster: three private ``redis-server --cluster-enabled yes`` joined by
+``redis-cli --cluster create`` when both binaries are on PATH, else
+``DURABLE_AGENT_TEST_REDIS_CLUSTER_URL``; without either those rows are skipped.
 
 Run alone: ``python benchmarks/bench_backends.py [--quick] [--dir DISK]``.
 """
@@ -191,6 +203,19 @@ def _redis_floor(store: Any) -> Call:
     return lambda _: client.rpush(key, value)
 
 
+def _cluster_floor(store: Any) -> Call:
+    """The same RPUSH through the backend's cluster client, taking a turn as its calls do."""
+    link = store._connect()
+    value = _event_line() + b"x" * 160
+    key = f"{store.prefix}{{floor}}:list"
+
+    async def push(_: int) -> None:
+        async with link.turn():
+            await link.client.rpush(key, value)
+
+    return push
+
+
 # -- a private redis-server -----------------------------------------------------------------
 
 
@@ -233,6 +258,63 @@ def redis_server(folder: Path) -> Iterator[str | None]:
         proc.wait()
 
 
+@contextmanager
+def redis_cluster(folder: Path) -> Iterator[str | None]:
+    """Three local cluster masters (no replicas), joined; their URL, or None."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        yield os.environ.get("DURABLE_AGENT_TEST_REDIS_CLUSTER_URL")
+        return
+    ports = []
+    for _ in range(3):
+        pair = []
+        for _ in range(2):  # the client port and the cluster bus port
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                pair.append(sock.getsockname()[1])
+        ports.append(pair)
+    procs = []
+    try:
+        for port, bus in ports:
+            where = folder / f"cluster-{port}"
+            where.mkdir()
+            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+            args += ["--appendonly", "no", "--dir", str(where), "--cluster-enabled", "yes"]
+            args += ["--cluster-port", str(bus), "--cluster-config-file", "nodes.conf"]
+            procs.append(
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        for port, _ in ports:
+            _wait_for(lambda port=port: _cli(cli, port, "PING") == "PONG")
+        nodes = [f"127.0.0.1:{port}" for port, _ in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        for port, _ in ports:
+            _wait_for(lambda port=port: "cluster_state:ok" in _cli(cli, port, "CLUSTER", "INFO"))
+        yield f"redis+cluster://127.0.0.1:{ports[0][0]}"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _cli(cli: str, port: int, *command: str) -> str:
+    done = subprocess.run([cli, "-p", str(port), *command], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _wait_for(ready: Callable[[], bool]) -> None:
+    for _ in range(400):
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the local Redis Cluster did not come up within 20 s")
+
+
 # -- 1,000 runs through the engine ----------------------------------------------------------
 
 
@@ -246,6 +328,7 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
     script: list[Any] = [ToolCall("weather", {"city": f"city{i}"}) for i in range(turns)]
     script.append("done")
     store = RedisBackend(url, prefix=f"many-{uuid.uuid4().hex[:6]}:", max_connections=50)
+    kind = "redis cluster: " if store.cluster else ""
     agent = Agent(ScriptedModel(script), db=store, tools=[weather], retry=1)
     started = time.perf_counter()
     outcomes = await asyncio.gather(
@@ -254,16 +337,29 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
     )
     elapsed = time.perf_counter() - started
     errors = [o for o in outcomes if isinstance(o, BaseException)]
-    pool = store._client().connection_pool
-    opened = len(pool._available_connections) + len(pool._in_use_connections)  # type: ignore[attr-defined]
+    client = store._client()
+    if store.cluster:
+        opened = max(len(node._connections) for node in client.get_nodes())  # type: ignore[union-attr]
+        where = "per master"
+    else:
+        pool = client.connection_pool  # type: ignore[union-attr]
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        where = "pool max 50"
     done = sum(
         h.state is RunState.DONE
         for h in await asyncio.gather(*(store.get_run(f"run-{i}") for i in range(runs)))
     )
     sample = [await store.get_run(f"run-{i}") for i in range(min(runs, 20))]
     transitions = sum(h.seq for h in sample) / len(sample)
+    listed, cursor, started_listing = 0, None, time.perf_counter()
+    while True:
+        page = await store.list_runs(states=[RunState.DONE], limit=100, cursor=cursor)
+        listed += len(page.runs)
+        if (cursor := page.next_cursor) is None:
+            break
+    listing = time.perf_counter() - started_listing
     await store.close()
-    label = f"{runs} concurrent runs x {turns} tool turns (engine, 50-connection pool)"
+    label = f"{kind}{runs} concurrent runs x {turns} tool turns (engine, 50-connection pool)"
     kinds = sorted({type(e).__name__ for e in errors})
     return [
         Row(
@@ -275,7 +371,14 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
             f"{label}: wall time",
             f"{elapsed:.1f} s, {runs * transitions / elapsed:,.0f} transitions/s",
         ),
-        info(NAME, f"{label}: connections opened", f"{opened} (pool max 50)"),
+        info(NAME, f"{label}: connections opened", f"{opened} ({where})"),
+        Row(
+            NAME,
+            f"{label}: listed back as DONE, 100 a page",
+            f"{listed} in {listing * 1000:.0f} ms",
+            f"{runs}",
+            listed == runs,
+        ),
     ]
 
 
@@ -329,6 +432,54 @@ async def _growth(kind: str, store: Backend) -> list[Row]:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
+
+
+async def _measure_cluster(quick: bool, url: str | None, single: str | None) -> list[Row]:
+    """The cluster rows; ``single`` is the single Redis to compare the hot path with."""
+    if url is None:
+        reason = (
+            "skipped: no redis-server/redis-cli on PATH, no DURABLE_AGENT_TEST_REDIS_CLUSTER_URL"
+        )
+        return [info(NAME, "redis cluster", reason)]
+    from durable_agent.backends.redis import RedisBackend
+
+    calls, rounds = (200, 5) if quick else (300, 9)
+    total = calls * (rounds + 1)
+    store = RedisBackend(url, prefix=f"bench-{uuid.uuid4().hex[:6]}:")
+    cost, floor, ratio = await _compare(
+        calls, rounds, await _appender(store, total), _cluster_floor(store)
+    )
+    # A cheaper client floor than the single Redis's blocking pool makes the same
+    # script weigh more here; the gate is that the hot path stays one round trip.
+    rows = [
+        info(
+            NAME,
+            "redis cluster: append script / RPUSH round trip",
+            f"{cost * 1e6:.0f} / "
+            f"{floor * 1e6:.0f} us = {ratio:.2f}x (the script's own ~12 us of Lua included)",
+        ),
+    ]
+    if single is not None:
+        other = RedisBackend(single, prefix=f"bench-{uuid.uuid4().hex[:6]}:")
+        cost, alone, ratio = await _compare(
+            calls, rounds, await _appender(store, total), await _appender(other, total)
+        )
+        rows.append(
+            info(
+                NAME,
+                "redis cluster: append / the same append on a single Redis",
+                f"{cost * 1e6:.0f} / {alone * 1e6:.0f} us",
+            )
+        )
+        rows.append(
+            gated(
+                NAME, "redis cluster: append / single-Redis append (paired)", ratio, "x", 1.2, ".2f"
+            )
+        )
+        await other.close()
+    await store.close()
+    rows += await _many_runs(url, 1000, 10 if not quick else 5)
+    return rows
 
 
 async def _measure(quick: bool, folder: Path, url: str | None) -> list[Row]:
@@ -397,7 +548,10 @@ def _pair(kind: str, what: str, cost: float, floor: float, ratio: float) -> list
 
 def run(quick: bool) -> list[Row]:
     with scratch_dir() as folder, redis_server(folder) as url:
-        return asyncio.run(_measure(quick, folder, url))
+        rows = asyncio.run(_measure(quick, folder, url))
+        with scratch_dir() as other, redis_cluster(other) as cluster_url:
+            rows += asyncio.run(_measure_cluster(quick, cluster_url, url))
+    return rows
 
 
 def main() -> None:
