@@ -31,6 +31,7 @@ from durable_agent.records import JSONValue
 
 __all__ = [
     "LoopHTTPClients",
+    "LoopSDKClients",
     "check_max_tokens",
     "check_timeout",
     "describe_cause",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+S = TypeVar("S")
 
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 529})
 """Besides every 5xx: timeouts, conflicts, rate limits and Anthropic's overload."""
@@ -289,3 +291,29 @@ async def _close_at_shutdown(
         await loop.create_future()
     finally:
         await close(client)
+
+
+class LoopSDKClients(Generic[C, S]):
+    """One model's SDK client per event loop, wrapping that loop's shared HTTP client.
+
+    The SDK client is a thin wrapper (about 30 us to build), kept per loop and
+    rebuilt when the loop's HTTP client was replaced; the connections live in
+    the shared `LoopHTTPClients`.
+    """
+
+    def __init__(self, http: LoopHTTPClients[C], build: Callable[[C], S]) -> None:
+        self._http = http
+        self._build = build
+        self._cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[C, S]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> S:
+        """The running loop's SDK client."""
+        http = self._http.get()
+        loop = asyncio.get_running_loop()
+        cached = self._cache.get(loop)
+        if cached is None or cached[0] is not http:
+            cached = (http, self._build(http))
+            self._cache[loop] = cached
+        return cached[1]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +36,7 @@ from durable_agent.errors import (
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
     LoopHTTPClients,
+    LoopSDKClients,
     check_max_tokens,
     check_timeout,
     describe_cause,
@@ -118,10 +118,7 @@ class AnthropicModel(ChatModel):
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop,
-            tuple[anthropic.DefaultAsyncHttpxClient, anthropic.AsyncAnthropic],
-        ] = weakref.WeakKeyDictionary()
+        self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
@@ -141,17 +138,7 @@ class AnthropicModel(ChatModel):
         return f"anthropic/{self.model}"
 
     def _client(self) -> anthropic.AsyncAnthropic:
-        if self._fixed is not None:
-            return self._fixed
-        # The SDK client is a thin wrapper (about 30 us to build), kept per
-        # loop; the connections live in the loop's shared HTTP client.
-        http = _HTTP.get()
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(loop)
-        if cached is None or cached[0] is not http:
-            cached = (http, self._new_client(http))
-            self._clients[loop] = cached
-        return cached[1]
+        return self._fixed if self._fixed is not None else self._clients.get()
 
     async def request(
         self,

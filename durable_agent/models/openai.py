@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,6 +27,7 @@ from durable_agent.errors import (
 from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import (
     LoopHTTPClients,
+    LoopSDKClients,
     check_max_tokens,
     check_timeout,
     describe_cause,
@@ -113,9 +113,7 @@ class OpenAIModel(ChatModel):
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[openai.DefaultAsyncHttpxClient, openai.AsyncOpenAI]
-        ] = weakref.WeakKeyDictionary()
+        self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -135,17 +133,7 @@ class OpenAIModel(ChatModel):
         return f"openai/{self.model}"
 
     def _client(self) -> openai.AsyncOpenAI:
-        if self._fixed is not None:
-            return self._fixed
-        # The SDK client is a thin wrapper (about 30 us to build), kept per
-        # loop; the connections live in the loop's shared HTTP client.
-        http = _HTTP.get()
-        loop = asyncio.get_running_loop()
-        cached = self._clients.get(loop)
-        if cached is None or cached[0] is not http:
-            cached = (http, self._new_client(http))
-            self._clients[loop] = cached
-        return cached[1]
+        return self._fixed if self._fixed is not None else self._clients.get()
 
     async def request(
         self,
