@@ -340,12 +340,19 @@ class RunExecution:
             )
             await self._record_interruption(ctx, error)
             raise error from exc
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             # Recorded so the run is visibly interrupted (ERROR) and resumable;
-            # the cancellation itself always reaches the canceller.
-            await self._record_interruption(
-                ctx, asyncio.CancelledError("the task awaiting the run was cancelled")
-            )
+            # the cancellation itself always reaches the canceller, even when the
+            # record cannot be written (the failure is attached, not dropped).
+            try:
+                await self._record_interruption(
+                    ctx, asyncio.CancelledError("the task awaiting the run was cancelled")
+                )
+            except Exception as failed:
+                cancelled.add_note(
+                    f"run {ctx.run_id!r}: the interruption could not be recorded "
+                    f"({type(failed).__name__}: {failed}); the store keeps state {ctx.state}"
+                )
             raise
 
     async def _loop(self, ctx: RunContext) -> None:

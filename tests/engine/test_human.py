@@ -554,3 +554,33 @@ def test_run_output_draws_the_path_it_took(store: StoreFactory) -> None:
     text = out.diagram().text
     assert "TOOL_EXEC --> WAITING : 3. needs_human" in text
     assert "class WAITING current" in text
+
+
+def test_a_cancellation_reaches_the_canceller_even_when_the_record_fails() -> None:
+    from durable_agent import StoreUnavailableError
+    from durable_agent.backends.memory import MemoryBackend
+
+    class Failing(MemoryBackend):
+        broken = False
+
+        async def append(self, run_id, events, *, expected_seq, lease, release=False):  # type: ignore[no-untyped-def]
+            if self.broken:
+                raise StoreUnavailableError("store went away")
+            return await super().append(
+                run_id, events, expected_seq=expected_seq, lease=lease, release=release
+            )
+
+    db = Failing()
+    agent = Agent(ScriptedModel(["late"], delay=30), db=db)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agent.do_async("x"))
+        await asyncio.sleep(0.05)
+        db.broken = True
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await running
+        notes = getattr(raised.value, "__notes__", [])
+        assert any("could not be recorded" in n and "store went away" in n for n in notes)
+
+    run(scenario())
