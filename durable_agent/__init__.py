@@ -41,6 +41,7 @@ from durable_agent.errors import (
     ToolArgumentsError,
     ToolError,
     ToolNotFoundError,
+    ToolResultError,
     ToolRetry,
 )
 from durable_agent.fsm import RunState
@@ -112,6 +113,7 @@ __all__ = [
     "ToolDefinition",
     "ToolError",
     "ToolNotFoundError",
+    "ToolResultError",
     "ToolRetry",
     "cancel_run",
     "decide_run",

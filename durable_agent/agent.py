@@ -15,17 +15,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Literal, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
 from durable_agent.backend import Backend
-from durable_agent.engine import Engine, RetryPolicy, RunExecution, cancel_run
+from durable_agent.engine import Engine, RetryPolicy, RunExecution, cancel_run, decide_run
 from durable_agent.errors import (
     ConfigurationError,
     DecisionError,
@@ -271,8 +272,8 @@ class Agent:
 
     async def continue_run_async(
         self,
-        *,
         run_id: str | None = None,
+        *,
         task: Task | None = None,
         return_output: bool = False,
         requirements: Iterable[Requirement] = (),
@@ -310,9 +311,81 @@ class Agent:
         decisions = _Decisions(requirements, approvals, results, inputs)
         return await self._continue(run_id, task, return_output, decisions, timeout)
 
-    def continue_run(self, **kwargs: Any) -> Any:
+    def continue_run(
+        self,
+        run_id: str | None = None,
+        *,
+        task: Task | None = None,
+        return_output: bool = False,
+        requirements: Iterable[Requirement] = (),
+        approvals: Mapping[str, bool | str] | None = None,
+        results: Mapping[str, JSONValue] | None = None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Synchronous twin of `continue_run_async` (same keyword arguments)."""
-        return self._sync(self.continue_run_async(**kwargs))
+        return self._sync(
+            self.continue_run_async(
+                run_id=run_id,
+                task=task,
+                return_output=return_output,
+                requirements=requirements,
+                approvals=approvals,
+                results=results,
+                inputs=inputs,
+                timeout=timeout,
+            )
+        )
+
+    async def decide_run_async(
+        self,
+        run_id: str,
+        *,
+        requirements: Iterable[Requirement] = (),
+        approvals: Mapping[str, bool | str] | None = None,
+        results: Mapping[str, JSONValue] | None = None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> RunOutput:
+        """Record human decisions on a WAITING run without running anything; return it.
+
+        The same checks and records as `continue_run_async` with decisions,
+        but nothing runs afterwards: the run stays WAITING with what is left,
+        or waits in TOOL_EXEC for any `continue_run_async` (here or in another
+        process) to go on. Raises `DecisionError` (nothing recorded) for
+        decisions that do not fit.
+        """
+        with self._naming_store(run_id):
+            await decide_run(
+                self.db,
+                run_id,
+                requirements=requirements,
+                approvals=approvals,
+                results=results,
+                inputs=inputs,
+                owner=self._engine.owner,
+                lease_ttl=self._engine.lease_ttl,
+            )
+        return await self.get_run_async(run_id)
+
+    def decide_run(
+        self,
+        run_id: str,
+        *,
+        requirements: Iterable[Requirement] = (),
+        approvals: Mapping[str, bool | str] | None = None,
+        results: Mapping[str, JSONValue] | None = None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> RunOutput:
+        """Synchronous twin of `decide_run_async`."""
+        return self._sync(
+            self.decide_run_async(
+                run_id,
+                requirements=requirements,
+                approvals=approvals,
+                results=results,
+                inputs=inputs,
+            )
+        )
 
     async def cancel_run_async(
         self, run_id: str, *, reason: str = "cancelled by request"
@@ -324,10 +397,11 @@ class Agent:
         current model or tool call may finish, no further one starts) and
         records CANCELLED itself. A cancelled run cannot be continued.
         """
-        await cancel_run(
-            self.db, run_id, reason=reason, owner=self._engine.owner,
-            lease_ttl=self._engine.lease_ttl,
-        )
+        with self._naming_store(run_id):
+            await cancel_run(
+                self.db, run_id, reason=reason, owner=self._engine.owner,
+                lease_ttl=self._engine.lease_ttl,
+            )
         return await self.get_run_async(run_id)
 
     def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> RunOutput:
@@ -337,9 +411,56 @@ class Agent:
     async def get_run_async(self, run_id: str) -> RunOutput:
         """Load a run's current outcome without running anything."""
         execution = self._engine.execution(run_id, self.tools)
-        return RunOutput.from_context(await execution.load())
+        with self._naming_store(run_id):
+            return RunOutput.from_context(await execution.load())
+
+    def get_run(self, run_id: str) -> RunOutput:
+        """Synchronous twin of `get_run_async`."""
+        return self._sync(self.get_run_async(run_id))
+
+    # -- closing ------------------------------------------------------------
+
+    async def close_async(self) -> None:
+        """Close the agent's store (``db``), also one passed in as a `Backend`.
+
+        ``async with Agent(...) as agent:`` does it on exit. Agents that share
+        one store should not close it each: close the store once instead
+        (``async with db:``). Closing twice is harmless.
+        """
+        await self.db.close()
+
+    def close(self) -> None:
+        """Synchronous twin of `close_async` (``with Agent(...) as agent:`` calls it)."""
+        self._sync(self.close_async())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_async()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- internals ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _naming_store(self, run_id: str) -> Iterator[None]:
+        """Say which store was asked when a run is not found: the usual cause is another one."""
+        try:
+            yield
+        except RunNotFoundError as exc:
+            if exc.store is not None:
+                raise
+            raise RunNotFoundError(
+                run_id,
+                "check the run id, and that this agent's db= is the store the run was "
+                "started in (runs are not shared between stores)",
+                store=repr(self.db),
+            ) from None
 
     def _execution(self, run_id: str, task: Task | None) -> RunExecution:
         tools = dict(self.tools)
@@ -357,7 +478,8 @@ class Agent:
         timeout: float | None = None,
     ) -> Any:
         execution = self._execution(run_id, task)
-        ctx = await execution.load()
+        with self._naming_store(run_id):
+            ctx = await execution.load()
         if task is not None:
             task.run_id = run_id
         if decisions and ctx.state is not RunState.WAITING:

@@ -111,7 +111,11 @@ class Backend(ABC):
     """Abstract store of runs. Subclass it and implement every abstract method.
 
     ``session_id`` and ``user_id`` tag the runs an agent creates through this
-    backend. Backends are async context managers: ``async with`` closes them.
+    backend. They label runs; they are not a scope: a backend is a handle on
+    the whole store, so `list_runs` shows every run unless given
+    ``session_id=`` / ``user_id=`` (pass ``session_id=backend.session_id`` for
+    this session's runs). Backends are async context managers: ``async with``
+    closes them.
     """
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset()

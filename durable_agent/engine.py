@@ -688,6 +688,7 @@ class RunExecution:
             raise RunFailedError(
                 ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
                 f"tool {call.name!r} (call {call.id}) raised {info.type}: {info.message}",
+                next_step=getattr(error, "next_step", None),
             ) from error
 
     async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:

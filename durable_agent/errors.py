@@ -29,7 +29,8 @@ The tree::
     │   └── ScriptExhaustedError                     a ScriptedModel asked for a turn it lacks
     └── ToolError                                    a tool could not be called
         ├── ToolNotFoundError                        the model named a tool the agent lacks
-        └── ToolArgumentsError                       arguments failed validation
+        ├── ToolArgumentsError                       arguments failed validation
+        └── ToolResultError (TypeError)              a tool returned a value JSON cannot hold
 
 `ToolRetry` is not an error of the library: a tool raises it to send a message
 back to the model as the call's error result.
@@ -66,6 +67,7 @@ __all__ = [
     "ToolArgumentsError",
     "ToolError",
     "ToolNotFoundError",
+    "ToolResultError",
     "ToolRetry",
 ]
 
@@ -81,9 +83,10 @@ class ConfigurationError(DurableAgentError, ValueError, TypeError):
 class RunNotFoundError(DurableAgentError, KeyError):
     """The store holds no run with this id."""
 
-    def __init__(self, run_id: str, detail: str = "") -> None:
+    def __init__(self, run_id: str, detail: str = "", *, store: str | None = None) -> None:
         self.run_id = run_id
-        msg = f"run {run_id!r} not found in the store"
+        self.store = store
+        msg = f"run {run_id!r} not found in " + (store or "the store")
         super().__init__(msg + (f"; {detail}" if detail else ""))
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
@@ -183,13 +186,24 @@ class RunFailedError(DurableAgentError):
     resumes at ``failed_state``.
     """
 
-    def __init__(self, run_id: str, state: str, failed_state: str | None, message: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        state: str,
+        failed_state: str | None,
+        message: str,
+        *,
+        next_step: str | None = None,
+    ) -> None:
         self.run_id = run_id
         self.state = state
         self.failed_state = failed_state
+        # Continuing at once is the right advice for a transient failure; a
+        # failure that would happen again (a tool bug) says what to fix first.
+        then = f"continue with continue_run_async(run_id={run_id!r})"
         super().__init__(
             f"run {run_id!r} failed in {failed_state or state}: {message}; it is recorded, "
-            f"continue with continue_run_async(run_id={run_id!r})"
+            + (f"{next_step}, then {then}" if next_step else then)
         )
 
 
@@ -307,6 +321,22 @@ class ToolNotFoundError(ToolError):
 
 class ToolArgumentsError(ToolError):
     """The model's arguments for a tool failed validation."""
+
+
+class ToolResultError(ToolError, TypeError):
+    """A tool returned a value that is not a str and cannot be turned into JSON.
+
+    Continuing the run as it is would call the tool again and fail the same
+    way: ``next_step`` says what to fix first.
+    """
+
+    def __init__(self, tool_name: str, message: str) -> None:
+        self.tool_name = tool_name
+        self.next_step = (
+            f"fix tool {tool_name!r} so it returns a str or a JSON-serializable value "
+            "(dict, list, str, int, float, bool, None, or a pydantic model)"
+        )
+        super().__init__(message)
 
 
 class ToolRetry(Exception):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
-from durable_agent.errors import ConfigurationError, ToolArgumentsError
+from durable_agent.errors import ConfigurationError, ToolArgumentsError, ToolResultError
 from durable_agent.models import ToolDefinition
 from durable_agent.records import JSONValue
 
@@ -77,7 +77,14 @@ class Tool:
         self.function = function
         self.name: str = name or str(getattr(function, "__name__", ""))
         if not self.name.isidentifier():
-            raise ConfigurationError(f"tool name {self.name!r} must be an identifier")
+            raise ConfigurationError(
+                f"tool name {self.name!r} must be an identifier (letters, digits, _); "
+                + (
+                    "a lambda has no name of its own: wrap it as Tool(fn, name='my_tool')"
+                    if self.name == "<lambda>"
+                    else "pass a valid one with @tool(name='my_tool')"
+                )
+            )
         self.description = description or inspect.getdoc(function) or ""
         self.is_async = inspect.iscoroutinefunction(function)
         self._ctx_param, self._arguments = self._build_arguments_model(function)
@@ -158,7 +165,15 @@ class Tool:
             result = await cast(Callable[..., Awaitable[Any]], self.function)(**kwargs)
         else:
             result = await asyncio.to_thread(self.function, **kwargs)
-        return result if isinstance(result, str) else to_json(result).decode()
+        if isinstance(result, str):
+            return result
+        try:
+            return to_json(result).decode()
+        except PydanticSerializationError as exc:
+            raise ToolResultError(
+                self.name,
+                f"tool {self.name!r} returned a {type(result).__name__}, which is not JSON: {exc}",
+            ) from exc
 
     @property
     def requirement_kind(self) -> Literal["confirmation", "external", "user_input"] | None:
