@@ -13,16 +13,36 @@ what is new (DESIGN.md §2), so storage grows linearly with the conversation.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
-from durable_agent.errors import CorruptRunError, SchemaVersionError
+from durable_agent._storable import (
+    MAX_DEPTH,
+    check_record,
+    check_text,
+    check_value,
+    escape_surrogates,
+)
+from durable_agent.errors import CorruptRunError, SchemaVersionError, UnstorableValueError
 from durable_agent.fsm import RunState
 
 __all__ = [
+    "MAX_DEPTH",
     "SCHEMA_VERSION",
     "AssistantMessage",
     "CancelledEvent",
@@ -52,11 +72,15 @@ __all__ = [
     "Usage",
     "UserMessage",
     "WaitingEvent",
+    "check_answer",
+    "check_event",
     "decode_event",
     "decode_header",
     "decode_header_fields",
     "encode_event",
     "encode_header",
+    "encode_tool_result",
+    "escape_surrogates",
     "utcnow",
 ]
 
@@ -65,6 +89,23 @@ SCHEMA_VERSION: Final = 1
 
 JSONValue: TypeAlias = JsonValue
 """Any value JSON can hold: the type of tool arguments and results."""
+
+
+def _keep_too_deep(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        # pydantic refuses a Python value nested past ~254 levels while the
+        # record is built, which would make a model's answer fail inside its
+        # adapter. Kept as given instead, so the encoder refuses it by name
+        # (MAX_DEPTH) and the engine can tell the model what to fix.
+        deep = any(e["type"] == "recursion_depth_exceeded" for e in exc.errors())
+        if deep and isinstance(value, dict | list):
+            return value
+        raise
+
+
+_Deep = WrapValidator(_keep_too_deep)
 
 
 def utcnow() -> datetime:
@@ -88,7 +129,7 @@ class ToolCallPart(BaseModel):
 
     id: str
     name: str
-    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
 
 
 class SystemMessage(_Record):
@@ -151,7 +192,11 @@ class Usage(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    """A failure as stored: the exception's type and message, never its object."""
+    """A failure as stored: the exception's type and message, never its object.
+
+    Lone surrogates in its text are escaped (``\\udce9``): an exception about
+    a file name or a tool's odd output must still be recordable.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -160,6 +205,11 @@ class ErrorInfo(BaseModel):
     retryable: bool = False
     status_code: int | None = None
     request_id: str | None = None
+
+    @field_validator("type", "message", "request_id")
+    @classmethod
+    def _storable_text(cls, text: str | None) -> str | None:
+        return None if text is None else escape_surrogates(text)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -322,7 +372,7 @@ class RequirementRecord(BaseModel):
     kind: RequirementKind
     call_id: str
     tool_name: str
-    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
     fields: tuple[str, ...] = ()
 
 
@@ -340,8 +390,8 @@ class DecisionEvent(_Event):
     requirement_id: str
     action: DecisionAction
     reason: str | None = None
-    value: JSONValue = None
-    inputs: dict[str, JSONValue] = Field(default_factory=dict)
+    value: Annotated[JSONValue, _Deep] = None
+    inputs: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
 
 
 class CancelledEvent(_Event):
@@ -393,18 +443,92 @@ _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 _VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
 
 
+def check_answer(message: AssistantMessage) -> None:
+    """Raise `UnstorableValueError` if a model's answer could not be stored and read back.
+
+    The message names the tool call (id and tool) and the value inside its
+    arguments, in words a model can act on. Two calls with one id are refused
+    too: each result is matched to its call by id.
+    """
+    if message.content is not None:
+        check_text(message.content, "the answer's text")
+    seen: dict[str, int] = {}
+    for index, call in enumerate(message.tool_calls):
+        check_text(call.id, f"tool_calls[{index}].id")
+        check_text(call.name, f"tool_calls[{index}].name")
+        if call.id in seen:
+            raise UnstorableValueError(
+                f"tool_calls[{index}].id",
+                f"call id {call.id!r} is also the id of tool_calls[{seen[call.id]}]; "
+                "each tool call of one answer needs its own id",
+            )
+        seen[call.id] = index
+        check_value(call.arguments, f"arguments of tool call {call.id!r} ({call.name})")
+
+
+def check_event(event: Event) -> None:
+    """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing.
+
+    The engine calls it before an append, so a refused value never reaches
+    a store, whatever the store does with an error half-way through a write.
+    """
+    if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
+        check_answer(event.message)
+    check_record(event, text=True)
+
+
 def encode_event(event: Event) -> str:
-    """Serialize an event to compact JSON text.
+    """Serialize an event to compact JSON text that `decode_event` reads back equal.
+
+    Raises `UnstorableValueError` (path and reason) for a value the decoder would
+    refuse or change: deeper than `MAX_DEPTH`, NaN or infinity, a lone surrogate,
+    something that is not JSON, or one call id used twice in an answer.
 
     Fields that are None are left out (every such field defaults to None, so
     the record reads back the same); it keeps the log ~3% smaller.
     """
-    return event.model_dump_json(exclude_none=True)
+    if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
+        check_answer(event.message)
+    check_record(event, text=False)
+    try:
+        return event.model_dump_json(exclude_none=True)
+    except PydanticSerializationError as exc:
+        _unserializable(event, exc)
 
 
 def encode_header(header: RunHeader) -> str:
-    """Serialize a header to compact JSON text."""
-    return header.model_dump_json()
+    """Serialize a header to compact JSON text; `UnstorableValueError` as `encode_event`."""
+    check_record(header, text=False)
+    try:
+        return header.model_dump_json()
+    except PydanticSerializationError as exc:
+        _unserializable(header, exc)
+
+
+def encode_tool_result(value: object) -> str:
+    """A tool's return value as the JSON text the model is shown and the log stores.
+
+    Anything pydantic can serialize (models, dataclasses, datetimes) is
+    accepted; NaN, infinity and lone surrogates raise `UnstorableValueError`
+    naming where in the result they are, instead of writing non-standard JSON.
+    """
+    try:
+        text = to_json(value).decode()
+    except PydanticSerializationError as exc:
+        check_value(to_jsonable_python(value), "the tool's result")
+        raise UnstorableValueError("the tool's result", escape_surrogates(str(exc))) from exc
+    # Only text that holds one of JSON's missing constants is parsed again to
+    # find where (the word may as well be inside a string).
+    if "NaN" in text or "Infinity" in text:
+        check_value(json.loads(text), "the tool's result")
+    return text
+
+
+def _unserializable(record: BaseModel, exc: PydanticSerializationError) -> NoReturn:
+    # Text is only checked when the serializer fails (a lone surrogate is the
+    # one thing left it can fail on), so valid records pay nothing for it.
+    check_record(record, text=True)
+    raise UnstorableValueError("", escape_surrogates(str(exc))) from exc
 
 
 def _check_version(run_id: str, seq: int | None, data: object) -> None:

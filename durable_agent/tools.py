@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from pydantic_core import to_json
 
 from durable_agent.errors import ConfigurationError, ToolArgumentsError
 from durable_agent.models import ToolDefinition
-from durable_agent.records import JSONValue
+from durable_agent.records import JSONValue, encode_tool_result
 
 __all__ = ["Tool", "ToolContext", "tool", "toolset"]
 
@@ -158,7 +157,7 @@ class Tool:
             result = await cast(Callable[..., Awaitable[Any]], self.function)(**kwargs)
         else:
             result = await asyncio.to_thread(self.function, **kwargs)
-        return result if isinstance(result, str) else to_json(result).decode()
+        return result if isinstance(result, str) else encode_tool_result(result)
 
     @property
     def requirement_kind(self) -> Literal["confirmation", "external", "user_input"] | None:

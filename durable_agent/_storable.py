@@ -1,0 +1,184 @@
+"""What a store can hold: the decoder's limits, checked before anything is written.
+
+`records.encode_event` refuses, with `UnstorableValueError` naming the value's path
+and the reason, every value `records.decode_event` could not read back equal:
+
+- a JSON value (tool arguments, a decision's value or inputs, an output schema)
+  nested more than `MAX_DEPTH` levels;
+- NaN or infinity (the serializer would write ``null`` or a non-standard token);
+- text with a lone surrogate (UTF-8 cannot encode it);
+- anything that is not JSON (a set, an object, a key that is not a str).
+
+Measured with pydantic-core 2.50 (pydantic 2.14): its JSON parser refuses a
+document nested more than 200 levels (``recursion limit exceeded``) on every
+backend's read path (SQLite, Redis, JSON files and memory all hand stored text to
+``validate_json``); a record puts at most 4 levels of its own around a JSON value,
+so 64 leaves a wide margin, and pydantic's Python-side validation (refuses past
+~254 levels) is never the limit either.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from pydantic import BaseModel
+
+from durable_agent.errors import UnstorableValueError
+
+__all__ = ["MAX_DEPTH", "check_record", "check_text", "check_value", "escape_surrogates"]
+
+MAX_DEPTH: Final = 64
+"""How deep a stored JSON value may nest; the value itself (an arguments object) is level 1."""
+
+_SHOWN_SEGMENTS: Final = 8
+"""A longer path is shortened in messages: a 64-level path helps nobody."""
+
+
+class _Refused(Exception):
+    """Internal: raised at the refused value; each frame adds its segment on the way out."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.segments: list[str] = []
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\udcxx``, so UTF-8 can encode it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def check_text(text: str, path: str) -> None:
+    """Raise `UnstorableValueError` if ``text`` holds a lone surrogate."""
+    try:
+        _text(text)
+    except _Refused as refused:
+        raise UnstorableValueError(path, refused.reason) from None
+
+
+def check_value(value: object, path: str) -> None:
+    """Raise `UnstorableValueError` if the JSON value ``value`` could not be read back."""
+    try:
+        _value(value, 0, True)
+    except _Refused as refused:
+        raise UnstorableValueError(_path(path, refused.segments), refused.reason) from None
+
+
+def check_record(record: BaseModel, *, text: bool) -> None:
+    """Raise `UnstorableValueError` for the first value of ``record`` a store could not hold.
+
+    ``text=False`` leaves the surrogate check to the serializer (it fails on
+    one at no extra cost); a caller that meets that failure checks again with
+    ``text=True`` to learn where the bad text is.
+    """
+    try:
+        _model(record, text)
+    except _Refused as refused:
+        raise UnstorableValueError(_path("", refused.segments), refused.reason) from None
+
+
+def _path(base: str, segments: list[str]) -> str:
+    parts = segments[::-1]
+    if len(parts) > _SHOWN_SEGMENTS:
+        parts = [*parts[: _SHOWN_SEGMENTS - 2], "…", *parts[-2:]]
+    return (base + "".join(parts)).lstrip(".")
+
+
+def _key(key: str) -> str:
+    return f".{key}" if key.isidentifier() else f"[{escape_surrogates(key)!r}]"
+
+
+def _text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Refused(
+            f"text holds a lone surrogate {text[exc.start]!r} at position {exc.start}, which "
+            "is not valid Unicode and cannot be stored (decode bytes with errors='replace'; "
+            "for a file name, os.fsencode(name).decode(errors='replace'))"
+        ) from None
+
+
+def _number(value: float) -> None:
+    if not math.isfinite(value):
+        shown = "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+        raise _Refused(
+            f"{shown} is not a JSON number: NaN and infinity cannot be stored "
+            "(use null, a string, or a finite number)"
+        )
+
+
+def _model(record: BaseModel, text: bool) -> None:
+    for name in type(record).model_fields:
+        try:
+            _field(getattr(record, name), text)
+        except _Refused as refused:
+            refused.segments.append(f".{name}")
+            raise
+
+
+def _field(value: object, text: bool) -> None:
+    """A field of a record: models and tuples are the record's own shape, not JSON values."""
+    if isinstance(value, BaseModel):
+        _model(value, text)
+    elif isinstance(value, tuple):
+        for index, item in enumerate(value):
+            try:
+                _field(item, text)
+            except _Refused as refused:
+                refused.segments.append(f"[{index}]")
+                raise
+    else:
+        _value(value, 0, text)
+
+
+def _value(value: object, depth: int, text: bool) -> None:
+    """A JSON value ``depth`` containers deep (0: a record's field itself)."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            raise _Refused(
+                f"nested more than {MAX_DEPTH} levels deep; a stored JSON value may nest at "
+                f"most {MAX_DEPTH} levels (flatten it, or pass it as a JSON string)"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _member(key, item, depth, text)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                try:
+                    _value(item, depth + 1, text)
+                except _Refused as refused:
+                    refused.segments.append(f"[{index}]")
+                    raise
+    elif isinstance(value, str):  # a str subclass too (an enum's value)
+        if text:
+            _text(value)
+    elif value is None or isinstance(value, bool | int):
+        pass
+    elif isinstance(value, float):
+        _number(value)
+    elif depth == 0 and not isinstance(value, list | dict | set | frozenset | bytes):
+        pass  # a record's own typed field (a datetime, an enum): pydantic writes it
+    else:
+        raise _Refused(f"a {type(value).__name__} is not a JSON value")
+
+
+def _member(key: object, item: object, depth: int, text: bool) -> None:
+    if not isinstance(key, str):
+        raise _Refused(f"a {type(key).__name__} key is not a JSON object key (keys are str)")
+    try:
+        if text:
+            _text(key)
+        _value(item, depth + 1, text)
+    except _Refused as refused:
+        refused.segments.append(_key(key))
+        raise
