@@ -42,6 +42,7 @@ from durable_agent.errors import (
     ToolError,
     ToolNotFoundError,
     ToolRetry,
+    UnstorableValueError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.human import Requirement
@@ -113,6 +114,7 @@ __all__ = [
     "ToolError",
     "ToolNotFoundError",
     "ToolRetry",
+    "UnstorableValueError",
     "cancel_run",
     "decide_run",
     "open_backend",

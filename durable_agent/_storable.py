@@ -19,14 +19,28 @@ so 64 leaves a wide margin, and pydantic's Python-side validation (refuses past
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError, ValidatorFunctionWrapHandler
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from durable_agent.errors import UnstorableValueError
 
-__all__ = ["MAX_DEPTH", "check_record", "check_text", "check_value", "escape_surrogates"]
+if TYPE_CHECKING:
+    from durable_agent.records import AssistantMessage
+
+__all__ = [
+    "MAX_DEPTH",
+    "check_answer",
+    "check_record",
+    "check_text",
+    "check_value",
+    "encode_tool_result",
+    "escape_surrogates",
+    "keep_too_deep",
+]
 
 MAX_DEPTH: Final = 64
 """How deep a stored JSON value may nest; the value itself (an arguments object) is level 1."""
@@ -81,6 +95,66 @@ def check_record(record: BaseModel, *, text: bool) -> None:
         _model(record, text)
     except _Refused as refused:
         raise UnstorableValueError(_path("", refused.segments), refused.reason) from None
+
+
+def check_answer(message: AssistantMessage) -> None:
+    """Raise `UnstorableValueError` if a model's answer could not be stored and read back.
+
+    The message names the tool call (id and tool) and the value inside its
+    arguments, in words a model can act on. Two calls with one id are refused
+    too: each result is matched to its call by id.
+    """
+    if message.content is not None:
+        check_text(message.content, "the answer's text")
+    seen: dict[str, int] = {}
+    for index, call in enumerate(message.tool_calls):
+        check_text(call.id, f"tool_calls[{index}].id")
+        check_text(call.name, f"tool_calls[{index}].name")
+        if call.id in seen:
+            raise UnstorableValueError(
+                f"tool_calls[{index}].id",
+                f"call id {call.id!r} is also the id of tool_calls[{seen[call.id]}]; "
+                "each tool call of one answer needs its own id",
+            )
+        seen[call.id] = index
+        check_value(call.arguments, f"arguments of tool call {call.id!r} ({call.name})")
+
+
+def encode_tool_result(value: object) -> str:
+    """A tool's return value as the JSON text the model is shown and the log stores.
+
+    Anything pydantic can serialize (models, dataclasses, datetimes) is
+    accepted; NaN, infinity and lone surrogates raise `UnstorableValueError`
+    naming where in the result they are, instead of writing non-standard JSON.
+    """
+    try:
+        text = to_json(value).decode()
+    except PydanticSerializationError as exc:
+        check_value(to_jsonable_python(value), "the tool's result")
+        raise UnstorableValueError("the tool's result", escape_surrogates(str(exc))) from exc
+    # Only text that holds one of JSON's missing constants is parsed again to
+    # find where (the word may as well be inside a string).
+    if "NaN" in text or "Infinity" in text:
+        check_value(json.loads(text), "the tool's result")
+    return text
+
+
+def keep_too_deep(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a JSON field, but keep a value too deep for pydantic as it is.
+
+    pydantic refuses a Python value nested past ~254 levels while a record is
+    built, which would make a model's answer fail inside its adapter. Kept,
+    the encoder refuses it by name (`MAX_DEPTH`) and the engine can tell the
+    model what to fix.
+    """
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        deep = any(e["type"] == "recursion_depth_exceeded" for e in errors)
+        if deep and isinstance(value, dict | list):
+            return value
+        raise
 
 
 def _path(base: str, segments: list[str]) -> str:

@@ -13,10 +13,9 @@ what is new (DESIGN.md §2), so storage grows linearly with the conversation.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, NoReturn, TypeAlias
+from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -25,18 +24,18 @@ from pydantic import (
     JsonValue,
     TypeAdapter,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
 )
-from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
+from pydantic_core import PydanticSerializationError
 
 from durable_agent._storable import (
     MAX_DEPTH,
+    check_answer,
     check_record,
-    check_text,
-    check_value,
+    encode_tool_result,
     escape_surrogates,
+    keep_too_deep,
 )
 from durable_agent.errors import CorruptRunError, SchemaVersionError, UnstorableValueError
 from durable_agent.fsm import RunState
@@ -91,21 +90,7 @@ JSONValue: TypeAlias = JsonValue
 """Any value JSON can hold: the type of tool arguments and results."""
 
 
-def _keep_too_deep(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    try:
-        return handler(value)
-    except ValidationError as exc:
-        # pydantic refuses a Python value nested past ~254 levels while the
-        # record is built, which would make a model's answer fail inside its
-        # adapter. Kept as given instead, so the encoder refuses it by name
-        # (MAX_DEPTH) and the engine can tell the model what to fix.
-        deep = any(e["type"] == "recursion_depth_exceeded" for e in exc.errors())
-        if deep and isinstance(value, dict | list):
-            return value
-        raise
-
-
-_Deep = WrapValidator(_keep_too_deep)
+_Deep = WrapValidator(keep_too_deep)
 
 
 def utcnow() -> datetime:
@@ -340,9 +325,13 @@ class ToolFinishedEvent(_Event):
 
 
 class OutputRejectedEvent(_Event):
-    """A final answer that failed structured-output validation, and the feedback sent back.
+    """A refused model answer and the feedback sent back; the run stays in MODEL_CALL.
 
-    The run stays in MODEL_CALL; the next model call sees both messages.
+    Refused: a final answer that failed structured-output validation, or an
+    answer that could not be stored (``error`` is an `UnstorableValueError`;
+    ``message`` is then a stand-in: the answer's text with lone surrogates
+    escaped and the names of its tool calls). The next model call sees both
+    messages.
     """
 
     kind: Literal["output_rejected"] = "output_rejected"
@@ -443,29 +432,6 @@ _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 _VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
 
 
-def check_answer(message: AssistantMessage) -> None:
-    """Raise `UnstorableValueError` if a model's answer could not be stored and read back.
-
-    The message names the tool call (id and tool) and the value inside its
-    arguments, in words a model can act on. Two calls with one id are refused
-    too: each result is matched to its call by id.
-    """
-    if message.content is not None:
-        check_text(message.content, "the answer's text")
-    seen: dict[str, int] = {}
-    for index, call in enumerate(message.tool_calls):
-        check_text(call.id, f"tool_calls[{index}].id")
-        check_text(call.name, f"tool_calls[{index}].name")
-        if call.id in seen:
-            raise UnstorableValueError(
-                f"tool_calls[{index}].id",
-                f"call id {call.id!r} is also the id of tool_calls[{seen[call.id]}]; "
-                "each tool call of one answer needs its own id",
-            )
-        seen[call.id] = index
-        check_value(call.arguments, f"arguments of tool call {call.id!r} ({call.name})")
-
-
 def check_event(event: Event) -> None:
     """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing.
 
@@ -503,25 +469,6 @@ def encode_header(header: RunHeader) -> str:
         return header.model_dump_json()
     except PydanticSerializationError as exc:
         _unserializable(header, exc)
-
-
-def encode_tool_result(value: object) -> str:
-    """A tool's return value as the JSON text the model is shown and the log stores.
-
-    Anything pydantic can serialize (models, dataclasses, datetimes) is
-    accepted; NaN, infinity and lone surrogates raise `UnstorableValueError`
-    naming where in the result they are, instead of writing non-standard JSON.
-    """
-    try:
-        text = to_json(value).decode()
-    except PydanticSerializationError as exc:
-        check_value(to_jsonable_python(value), "the tool's result")
-        raise UnstorableValueError("the tool's result", escape_surrogates(str(exc))) from exc
-    # Only text that holds one of JSON's missing constants is parsed again to
-    # find where (the word may as well be inside a string).
-    if "NaN" in text or "Infinity" in text:
-        check_value(json.loads(text), "the tool's result")
-    return text
 
 
 def _unserializable(record: BaseModel, exc: PydanticSerializationError) -> NoReturn:
