@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Final
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Literal, get_origin
 
 from pydantic import BaseModel, ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
@@ -84,15 +86,16 @@ def check_value(value: object, path: str) -> None:
         raise UnstorableValueError(_path(path, refused.segments), refused.reason) from None
 
 
-def check_record(record: BaseModel, *, text: bool) -> None:
+def check_record(record: BaseModel, *, text: bool, skip: str | None = None) -> None:
     """Raise `UnstorableValueError` for the first value of ``record`` a store could not hold.
 
     ``text=False`` leaves the surrogate check to the serializer (it fails on
     one at no extra cost); a caller that meets that failure checks again with
-    ``text=True`` to learn where the bad text is.
+    ``text=True`` to learn where the bad text is. ``skip`` names a field
+    already checked (an answer, by `check_answer`).
     """
     try:
-        _model(record, text)
+        _model(record, text, skip)
     except _Refused as refused:
         raise UnstorableValueError(_path("", refused.segments), refused.reason) from None
 
@@ -104,12 +107,13 @@ def check_answer(message: AssistantMessage) -> None:
     arguments, in words a model can act on. Two calls with one id are refused
     too: each result is matched to its call by id.
     """
-    if message.content is not None:
+    if message.content is not None and not message.content.isascii():
         check_text(message.content, "the answer's text")
     seen: dict[str, int] = {}
     for index, call in enumerate(message.tool_calls):
-        check_text(call.id, f"tool_calls[{index}].id")
-        check_text(call.name, f"tool_calls[{index}].name")
+        if not (call.id.isascii() and call.name.isascii()):
+            check_text(call.id, f"tool_calls[{index}].id")
+            check_text(call.name, f"tool_calls[{index}].name")
         if call.id in seen:
             raise UnstorableValueError(
                 f"tool_calls[{index}].id",
@@ -117,7 +121,11 @@ def check_answer(message: AssistantMessage) -> None:
                 "each tool call of one answer needs its own id",
             )
         seen[call.id] = index
-        check_value(call.arguments, f"arguments of tool call {call.id!r} ({call.name})")
+        try:
+            _value(call.arguments, 0, True)
+        except _Refused as refused:
+            where = f"arguments of tool call {call.id!r} ({call.name})"
+            raise UnstorableValueError(_path(where, refused.segments), refused.reason) from None
 
 
 def encode_tool_result(value: object) -> str:
@@ -190,23 +198,56 @@ def _number(value: float) -> None:
         )
 
 
-def _model(record: BaseModel, text: bool) -> None:
-    for name in type(record).model_fields:
-        try:
-            _field(getattr(record, name), text)
-        except _Refused as refused:
-            refused.segments.append(f".{name}")
-            raise
+_SAFE: Final = (int, bool, datetime, int | None, bool | None)
+"""Field types whose values any store holds: a record walk skips them."""
+
+_PLANS: dict[type[BaseModel], tuple[tuple[str, bool], ...]] = {}
+"""Per record class, the fields worth a look, each with whether it is plain text."""
 
 
-def _field(value: object, text: bool) -> None:
+def _plan(cls: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        fields = []
+        for name, info in cls.model_fields.items():
+            kind = info.annotation
+            plain = isinstance(kind, type) and issubclass(kind, Enum)
+            if kind in _SAFE or plain or get_origin(kind) is Literal:
+                continue
+            fields.append((name, kind in (str, str | None)))
+        plan = _PLANS[cls] = tuple(fields)
+    return plan
+
+
+def _model(record: BaseModel, text: bool, skip: str | None = None) -> None:
+    # Only the fields that can hold something unstorable are looked at (this
+    # walk runs on every append), and plain text only when it is not ASCII.
+    values = record.__dict__
+    for name, plain in _plan(type(record)):
+        value = values[name]
+        if plain:
+            if text and value is not None and not value.isascii():
+                _field(value, text, name)
+        elif name != skip and value is not None:
+            _field(value, text, name)
+
+
+def _field(value: object, text: bool, name: str) -> None:
+    try:
+        _member_of_record(value, text)
+    except _Refused as refused:
+        refused.segments.append(f".{name}")
+        raise
+
+
+def _member_of_record(value: object, text: bool) -> None:
     """A field of a record: models and tuples are the record's own shape, not JSON values."""
     if isinstance(value, BaseModel):
         _model(value, text)
     elif isinstance(value, tuple):
         for index, item in enumerate(value):
             try:
-                _field(item, text)
+                _member_of_record(item, text)
             except _Refused as refused:
                 refused.segments.append(f"[{index}]")
                 raise
@@ -216,8 +257,14 @@ def _field(value: object, text: bool) -> None:
 
 def _value(value: object, depth: int, text: bool) -> None:
     """A JSON value ``depth`` containers deep (0: a record's field itself)."""
-    kind = type(value)
-    if kind is dict or kind is list:
+    if isinstance(value, str):  # a str subclass too (an enum's value)
+        if text and not value.isascii():
+            _text(value)
+    elif value is None or isinstance(value, int):  # a bool is an int
+        pass
+    elif isinstance(value, float):
+        _number(value)
+    elif type(value) is dict or type(value) is list:
         if depth >= MAX_DEPTH:
             raise _Refused(
                 f"nested more than {MAX_DEPTH} levels deep; a stored JSON value may nest at "
@@ -233,13 +280,6 @@ def _value(value: object, depth: int, text: bool) -> None:
                 except _Refused as refused:
                     refused.segments.append(f"[{index}]")
                     raise
-    elif isinstance(value, str):  # a str subclass too (an enum's value)
-        if text:
-            _text(value)
-    elif value is None or isinstance(value, bool | int):
-        pass
-    elif isinstance(value, float):
-        _number(value)
     elif depth == 0 and not isinstance(value, list | dict | set | frozenset | bytes):
         pass  # a record's own typed field (a datetime, an enum): pydantic writes it
     else:

@@ -432,6 +432,10 @@ _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 _VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
 
 
+_CHECKED: Final[dict[int, Event]] = {}
+"""Events `check_event` passed and `encode_event` has not seen yet, by identity."""
+
+
 def check_event(event: Event) -> None:
     """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing.
 
@@ -440,7 +444,12 @@ def check_event(event: Event) -> None:
     """
     if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
         check_answer(event.message)
-    check_record(event, text=True)
+        check_record(event, text=True, skip="message")
+    else:
+        check_record(event, text=True)
+    if len(_CHECKED) > 1024:  # events checked but never encoded (a store that keeps objects)
+        _CHECKED.clear()
+    _CHECKED[id(event)] = event
 
 
 def encode_event(event: Event) -> str:
@@ -453,9 +462,14 @@ def encode_event(event: Event) -> str:
     Fields that are None are left out (every such field defaults to None, so
     the record reads back the same); it keeps the log ~3% smaller.
     """
-    if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
-        check_answer(event.message)
-    check_record(event, text=False)
+    # An event the engine has just checked (the same, immutable object) is not
+    # walked again: the check costs about as much as the serialization.
+    if _CHECKED.pop(id(event), None) is not event:
+        if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
+            check_answer(event.message)
+            check_record(event, text=False, skip="message")
+        else:
+            check_record(event, text=False)
     try:
         return event.model_dump_json(exclude_none=True)
     except PydanticSerializationError as exc:
