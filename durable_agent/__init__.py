@@ -43,6 +43,7 @@ from durable_agent.errors import (
     ToolNotFoundError,
     ToolResultError,
     ToolRetry,
+    UnstorableValueError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.human import Requirement
@@ -115,6 +116,7 @@ __all__ = [
     "ToolNotFoundError",
     "ToolResultError",
     "ToolRetry",
+    "UnstorableValueError",
     "cancel_run",
     "decide_run",
     "open_backend",

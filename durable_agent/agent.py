@@ -54,6 +54,21 @@ class DurabilityWarning(UserWarning):
 _warned_in_memory = False
 
 
+def _check_run_id(run_id: object, where: str) -> None:
+    """Refuse a run id no store can hold, before anything is stored or looked up."""
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise ConfigurationError(f"{where} must be a non-empty str, got {run_id!r}")
+    try:
+        run_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # repr() escapes the surrogate, so the message itself is printable and storable.
+        raise ConfigurationError(
+            f"{where}: run id {run_id!r} holds a lone surrogate {run_id[exc.start]!r} at "
+            f"position {exc.start}, which UTF-8 cannot encode, so no store can keep it; "
+            "use an id of valid Unicode text"
+        ) from None
+
+
 class Task:
     """What to do: a description for the model, task-specific tools and an optional run id.
 
@@ -84,8 +99,8 @@ class Task:
             raise ConfigurationError(
                 f"Task(description=...) must be a non-empty str, got {description!r}"
             )
-        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
-            raise ConfigurationError(f"Task(run_id=...) must be a non-empty str, got {run_id!r}")
+        if run_id is not None:
+            _check_run_id(run_id, "Task(run_id=...)")
         self.description = description
         self.tools = toolset(tools, owner="Task")
         self.run_id = run_id
@@ -306,8 +321,7 @@ class Agent:
                 "continue_run_async() needs run_id=... or a task that has been started "
                 "(task.run_id is set once do_async starts it)"
             )
-        if not isinstance(run_id, str):
-            raise ConfigurationError(f"run_id must be a str, got {type(run_id).__name__}")
+        _check_run_id(run_id, "continue_run_async(run_id=...)")
         decisions = _Decisions(requirements, approvals, results, inputs)
         return await self._continue(run_id, task, return_output, decisions, timeout)
 
@@ -354,6 +368,7 @@ class Agent:
         process) to go on. Raises `DecisionError` (nothing recorded) for
         decisions that do not fit.
         """
+        _check_run_id(run_id, "decide_run_async(run_id)")
         with self._naming_store(run_id):
             await decide_run(
                 self.db,
@@ -397,6 +412,7 @@ class Agent:
         current model or tool call may finish, no further one starts) and
         records CANCELLED itself. A cancelled run cannot be continued.
         """
+        _check_run_id(run_id, "cancel_run_async(run_id)")
         with self._naming_store(run_id):
             await cancel_run(
                 self.db, run_id, reason=reason, owner=self._engine.owner,
@@ -410,6 +426,7 @@ class Agent:
 
     async def get_run_async(self, run_id: str) -> RunOutput:
         """Load a run's current outcome without running anything."""
+        _check_run_id(run_id, "get_run_async(run_id)")
         execution = self._engine.execution(run_id, self.tools)
         with self._naming_store(run_id):
             return RunOutput.from_context(await execution.load())

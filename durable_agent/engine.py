@@ -51,11 +51,13 @@ from durable_agent.errors import (
     RunTimeoutError,
     ToolArgumentsError,
     ToolRetry,
+    UnstorableValueError,
 )
 from durable_agent.fsm import FINAL_STATES, RunState, next_state
 from durable_agent.human import Decision, Requirement, collect_decisions
 from durable_agent.models import ChatModel, OutputSchema
 from durable_agent.records import (
+    AssistantMessage,
     CancelledEvent,
     CreatedEvent,
     DecisionEvent,
@@ -78,6 +80,9 @@ from durable_agent.records import (
     TransitionEvent,
     UserMessage,
     WaitingEvent,
+    check_answer,
+    check_event,
+    escape_surrogates,
 )
 from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
@@ -432,6 +437,10 @@ class RunExecution:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+            # Refused here, before the store sees any of it: a value the decoder
+            # could not read back must never be half-written (UnstorableValueError).
+            for event in events:
+                check_event(event)
             # The write that brings the run to rest gives the lease up atomically.
             release = state in _AT_REST
             try:
@@ -501,34 +510,18 @@ class RunExecution:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 "repeated": repeated,
             }
-            calls = response.message.tool_calls
-            if calls:
-                # The intents of the calls that start at once ride in the same
-                # atomic append as the answer that asks for them: one write
-                # instead of two, and rule 1 holds because they start only after
-                # it returns. Calls that wait for a human get no intent yet.
-                now = [c for c in calls if self._runs_at_once(c)]
-                await self._append(
-                    (ModelResponseEvent, "tool_calls", answer),
-                    *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in now),
-                )
-                self._live_intents.update(c.id for c in now)
+            refused = await self._record_answer(ctx, response.message, answer)
+            if refused is None:
                 return
-            problem = self._check_output(ctx, response.message.content)
-            if problem is None:
-                await self._append((ModelResponseEvent, "final_answer", answer))
-                return
+            problem, message, feedback = refused
             info = ErrorInfo.from_exception(problem)
             if attempt < engine.retry.attempts:
                 # Within the retry budget the model sees why its answer was refused.
-                feedback = UserMessage(
-                    content=f"Your answer does not match the required output format: "
-                    f"{problem}. Answer again with only JSON that matches the schema."
-                )
                 await self._append(
                     (OutputRejectedEvent, None, {
-                        "message": response.message, "feedback": feedback, "error": info,
-                        "model": response.model, "usage": response.usage, "attempt": attempt,
+                        "message": message, "feedback": UserMessage(content=feedback),
+                        "error": info, "model": escape_surrogates(response.model),
+                        "usage": response.usage, "attempt": attempt,
                     })
                 )
                 attempt += 1
@@ -536,10 +529,53 @@ class RunExecution:
             await self._append(
                 (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
             )
+            what = (
+                "the final answer failed validation"
+                if isinstance(problem, OutputValidationError)
+                else "the model's answer could not be stored"
+            )
             raise RunFailedError(
                 ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
-                f"the final answer failed validation after {attempt} attempt(s): {problem}",
+                f"{what} after {attempt} attempt(s): {info.message}",
             ) from problem
+
+    async def _record_answer(
+        self, ctx: RunContext, message: AssistantMessage, answer: dict[str, Any]
+    ) -> tuple[Exception, AssistantMessage, str] | None:
+        """Append an acceptable answer and return None; else why not, with nothing appended.
+
+        A refusal comes with the message to keep in the log in the answer's
+        place and the feedback for the model.
+        """
+        try:
+            check_answer(message)
+            if message.tool_calls:
+                # The intents of the calls that start at once ride in the same
+                # atomic append as the answer that asks for them: one write
+                # instead of two, and rule 1 holds because they start only after
+                # it returns. Calls that wait for a human get no intent yet.
+                now = [c for c in message.tool_calls if self._runs_at_once(c)]
+                await self._append(
+                    (ModelResponseEvent, "tool_calls", answer),
+                    *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in now),
+                )
+                self._live_intents.update(c.id for c in now)
+                return None
+            problem = self._check_output(ctx, message.content)
+            if problem is None:
+                await self._append((ModelResponseEvent, "final_answer", answer))
+                return None
+        except UnstorableValueError as unstorable:
+            # The answer itself cannot be kept: the log keeps its text (escaped)
+            # and the names of its calls, so the model sees what it sent.
+            return unstorable, _stand_in(message), escape_surrogates(
+                f"Your previous answer could not be stored: {unstorable}. Answer again "
+                "without that value."
+            )
+        return problem, message, (
+            f"Your answer does not match the required output format: {problem}. "
+            "Answer again with only JSON that matches the schema."
+        )
 
     def _runs_at_once(self, call: ToolCallPart) -> bool:
         tool = self.tools.get(call.name)
@@ -685,10 +721,20 @@ class RunExecution:
                 (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
                                        "call_id": call.id})
             )
+            what = (
+                "returned a result that cannot be stored"
+                if isinstance(error, UnstorableValueError)
+                else f"raised {info.type}"
+            )
             raise RunFailedError(
                 ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
-                f"tool {call.name!r} (call {call.id}) raised {info.type}: {info.message}",
-                next_step=getattr(error, "next_step", None),
+                f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
+                next_step=getattr(error, "next_step", None)
+                or (
+                    f"fix tool {call.name!r} so its result can be stored"
+                    if isinstance(error, UnstorableValueError)
+                    else None
+                ),
             ) from error
 
     async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:
@@ -719,6 +765,8 @@ class RunExecution:
                 content = str(invalid)
             except Exception as exc:
                 return exc
+        if is_error:
+            content = escape_surrogates(content)  # error text, like a stored ErrorInfo
         result = ToolResultMessage(
             call_id=call.id, name=call.name, content=content, is_error=is_error
         )
@@ -732,10 +780,15 @@ class RunExecution:
         # The last result and the move back to MODEL_CALL share one append: the
         # next effect is the model call, which starts only after it returns.
         # Only this task can complete `call`, so `last` cannot go stale.
-        if last:
-            await self._append(finished, (TransitionEvent, "tools_done", {}))
-        else:
-            await self._append(finished)
+        try:
+            if last:
+                await self._append(finished, (TransitionEvent, "tools_done", {}))
+            else:
+                await self._append(finished)
+        except UnstorableValueError as unstorable:
+            # Nothing was written: it fails the call as a raise would (recorded
+            # with its call id), rather than staying pending and running again.
+            return unstorable
         return None
 
     @asynccontextmanager
@@ -778,6 +831,15 @@ class RunExecution:
             return
         if self.lease is not None and self.lease.generation == renewed.generation:
             self.lease = renewed
+
+
+def _stand_in(message: AssistantMessage) -> AssistantMessage:
+    """What the log keeps of an answer it could not store: its text escaped, its calls named."""
+    parts = [escape_surrogates(message.content)] if message.content else []
+    if message.tool_calls:
+        names = ", ".join(escape_surrogates(c.name) for c in message.tool_calls)
+        parts.append(f"[tool calls not stored: {names}]")
+    return AssistantMessage(content="\n".join(parts))
 
 
 async def cancel_run(

@@ -11,6 +11,7 @@ The tree::
     │   └── LeaseLostError                           the lease was taken over by another owner
     ├── CorruptRunError (ValueError)                 a stored record that does not validate
     │   └── SchemaVersionError                       a record written by a newer durable-agent
+    ├── UnstorableValueError (ValueError)            a value a store could not read back
     ├── StoreUnavailableError (ConnectionError)      the store cannot be reached or written
     ├── InvalidTransitionError                       a trigger the machine forbids in a state
     ├── RunStateError                                the run is in a state that forbids the call
@@ -69,6 +70,7 @@ __all__ = [
     "ToolNotFoundError",
     "ToolResultError",
     "ToolRetry",
+    "UnstorableValueError",
 ]
 
 
@@ -153,6 +155,22 @@ class SchemaVersionError(CorruptRunError):
         )
         self.run_id = run_id
         self.seq = seq
+
+
+class UnstorableValueError(DurableAgentError, ValueError):
+    """A value cannot be stored because it could not be read back; nothing was written.
+
+    ``path`` names the value inside the record (``arguments.items[3]``), ``reason``
+    says what is wrong with it: nested deeper than `records.MAX_DEPTH`, NaN or
+    infinity, text with a lone surrogate, something that is not JSON, or a tool
+    call id used twice in one answer. Both are free of lone surrogates, so the
+    message itself can always be stored.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
 
 
 class StoreUnavailableError(DurableAgentError, ConnectionError):

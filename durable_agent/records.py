@@ -15,14 +15,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+)
+from pydantic_core import PydanticSerializationError
 
-from durable_agent.errors import CorruptRunError, SchemaVersionError
+from durable_agent._storable import (
+    MAX_DEPTH,
+    check_answer,
+    check_record,
+    encode_tool_result,
+    escape_surrogates,
+    keep_too_deep,
+)
+from durable_agent.errors import CorruptRunError, SchemaVersionError, UnstorableValueError
 from durable_agent.fsm import RunState
 
 __all__ = [
+    "MAX_DEPTH",
     "SCHEMA_VERSION",
     "AssistantMessage",
     "CancelledEvent",
@@ -52,11 +71,15 @@ __all__ = [
     "Usage",
     "UserMessage",
     "WaitingEvent",
+    "check_answer",
+    "check_event",
     "decode_event",
     "decode_header",
     "decode_header_fields",
     "encode_event",
     "encode_header",
+    "encode_tool_result",
+    "escape_surrogates",
     "utcnow",
 ]
 
@@ -65,6 +88,9 @@ SCHEMA_VERSION: Final = 1
 
 JSONValue: TypeAlias = JsonValue
 """Any value JSON can hold: the type of tool arguments and results."""
+
+
+_Deep = WrapValidator(keep_too_deep)
 
 
 def utcnow() -> datetime:
@@ -88,7 +114,7 @@ class ToolCallPart(BaseModel):
 
     id: str
     name: str
-    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
 
 
 class SystemMessage(_Record):
@@ -151,7 +177,11 @@ class Usage(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    """A failure as stored: the exception's type and message, never its object."""
+    """A failure as stored: the exception's type and message, never its object.
+
+    Lone surrogates in its text are escaped (``\\udce9``): an exception about
+    a file name or a tool's odd output must still be recordable.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -160,6 +190,11 @@ class ErrorInfo(BaseModel):
     retryable: bool = False
     status_code: int | None = None
     request_id: str | None = None
+
+    @field_validator("type", "message", "request_id")
+    @classmethod
+    def _storable_text(cls, text: str | None) -> str | None:
+        return None if text is None else escape_surrogates(text)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -290,9 +325,13 @@ class ToolFinishedEvent(_Event):
 
 
 class OutputRejectedEvent(_Event):
-    """A final answer that failed structured-output validation, and the feedback sent back.
+    """A refused model answer and the feedback sent back; the run stays in MODEL_CALL.
 
-    The run stays in MODEL_CALL; the next model call sees both messages.
+    Refused: a final answer that failed structured-output validation, or an
+    answer that could not be stored (``error`` is an `UnstorableValueError`;
+    ``message`` is then a stand-in: the answer's text with lone surrogates
+    escaped and the names of its tool calls). The next model call sees both
+    messages.
     """
 
     kind: Literal["output_rejected"] = "output_rejected"
@@ -322,7 +361,7 @@ class RequirementRecord(BaseModel):
     kind: RequirementKind
     call_id: str
     tool_name: str
-    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
     fields: tuple[str, ...] = ()
 
 
@@ -340,8 +379,8 @@ class DecisionEvent(_Event):
     requirement_id: str
     action: DecisionAction
     reason: str | None = None
-    value: JSONValue = None
-    inputs: dict[str, JSONValue] = Field(default_factory=dict)
+    value: Annotated[JSONValue, _Deep] = None
+    inputs: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
 
 
 class CancelledEvent(_Event):
@@ -393,18 +432,64 @@ _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
 _VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
 
 
+_CHECKED: Final[dict[int, Event]] = {}
+"""Events `check_event` passed and `encode_event` has not seen yet, by identity."""
+
+
+def check_event(event: Event) -> None:
+    """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing.
+
+    The engine calls it before an append, so a refused value never reaches
+    a store, whatever the store does with an error half-way through a write.
+    """
+    if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
+        check_answer(event.message)
+        check_record(event, text=True, skip="message")
+    else:
+        check_record(event, text=True)
+    if len(_CHECKED) > 1024:  # events checked but never encoded (a store that keeps objects)
+        _CHECKED.clear()
+    _CHECKED[id(event)] = event
+
+
 def encode_event(event: Event) -> str:
-    """Serialize an event to compact JSON text.
+    """Serialize an event to compact JSON text that `decode_event` reads back equal.
+
+    Raises `UnstorableValueError` (path and reason) for a value the decoder would
+    refuse or change: deeper than `MAX_DEPTH`, NaN or infinity, a lone surrogate,
+    something that is not JSON, or one call id used twice in an answer.
 
     Fields that are None are left out (every such field defaults to None, so
     the record reads back the same); it keeps the log ~3% smaller.
     """
-    return event.model_dump_json(exclude_none=True)
+    # An event the engine has just checked (the same, immutable object) is not
+    # walked again: the check costs about as much as the serialization.
+    if _CHECKED.pop(id(event), None) is not event:
+        if isinstance(event, ModelResponseEvent | OutputRejectedEvent):
+            check_answer(event.message)
+            check_record(event, text=False, skip="message")
+        else:
+            check_record(event, text=False)
+    try:
+        return event.model_dump_json(exclude_none=True)
+    except PydanticSerializationError as exc:
+        _unserializable(event, exc)
 
 
 def encode_header(header: RunHeader) -> str:
-    """Serialize a header to compact JSON text."""
-    return header.model_dump_json()
+    """Serialize a header to compact JSON text; `UnstorableValueError` as `encode_event`."""
+    check_record(header, text=False)
+    try:
+        return header.model_dump_json()
+    except PydanticSerializationError as exc:
+        _unserializable(header, exc)
+
+
+def _unserializable(record: BaseModel, exc: PydanticSerializationError) -> NoReturn:
+    # Text is only checked when the serializer fails (a lone surrogate is the
+    # one thing left it can fail on), so valid records pay nothing for it.
+    check_record(record, text=True)
+    raise UnstorableValueError("", escape_surrogates(str(exc))) from exc
 
 
 def _check_version(run_id: str, seq: int | None, data: object) -> None:

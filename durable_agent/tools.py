@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError
 
 from durable_agent.errors import ConfigurationError, ToolArgumentsError, ToolResultError
 from durable_agent.models import ToolDefinition
-from durable_agent.records import JSONValue
+from durable_agent.records import JSONValue, encode_tool_result
 
 __all__ = ["Tool", "ToolContext", "tool", "toolset"]
 
@@ -168,7 +168,7 @@ class Tool:
         if isinstance(result, str):
             return result
         try:
-            return to_json(result).decode()
+            return encode_tool_result(result)
         except PydanticSerializationError as exc:
             raise ToolResultError(
                 self.name,
