@@ -14,9 +14,11 @@ bundles Graphviz (``pip install "durable-agent[diagrams]"``), or else a
 ``dot`` program on ``PATH``.
 
 A `Diagram` shows itself in a notebook (SVG and PNG as images, Mermaid as a
-Markdown code block that JupyterLab renders)::
+Markdown code block that JupyterLab renders):
 
-    run_diagram(await backend.load_run(run_id), format="svg")
+```python
+run_diagram(await backend.load_run(run_id), format="svg")
+```
 """
 
 from __future__ import annotations
