@@ -293,8 +293,10 @@ def _demo(db: Path, ledger: Path, kill_after: int, echo: Callable[[str], None]) 
     killed_seq = stored_before[-1].seq if stored_before else 0
     echo(f"1. process {first.pid} runs the agent on KillSwitchBackend(kill_after={kill_after})")
     if killed:
-        held = f"the store holds events 1-{killed_seq}"
-        echo(f"   -> SIGKILLed right after durable write {kill_after}; {held}")
+        # One durable write can store several events: say which events the writes left.
+        writes = "write 1" if kill_after == 1 else f"writes 1-{kill_after}"
+        stored = "event 1" if killed_seq == 1 else f"events 1-{killed_seq}"
+        echo(f"   -> SIGKILLed right after durable write {kill_after}: {writes} stored {stored}")
     else:
         echo(f"   -> the run made fewer than {kill_after} writes: it finished, nothing was killed")
 

@@ -1,15 +1,15 @@
 """`Agent` and `Task`: the public facade (the seed API).
 
-::
-
-    db = SqliteBackend(db_file="durable.db", session_id="s1", user_id="u1")
-    agent = Agent("openai/gpt-4o-mini", db=db, retry=1)
-    task = Task("What is 7 + 7? Reply with just the number.")
-    try:
-        result = await agent.do_async(task, return_output=True)
-    except Exception:
-        run_id = agent.last_run.run_id
-        result = await agent.continue_run_async(run_id=run_id, return_output=True)
+```python
+db = SqliteBackend(db_file="durable.db", session_id="s1", user_id="u1")
+agent = Agent("openai/gpt-4o-mini", db=db, retry=1)
+task = Task("What is 7 + 7? Reply with just the number.")
+try:
+    result = await agent.do_async(task, return_output=True)
+except Exception:
+    run_id = agent.last_run.run_id
+    result = await agent.continue_run_async(run_id=run_id, return_output=True)
+```
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``durable-agent`` command: inspect, clean up, decide, resume and draw runs.
 
-::
+Its commands:
 
     durable-agent runs list [--state WAITING] [--session ID] [--user ID] [--since 7d] [--json]
     durable-agent runs show RUN_ID            # the timeline of its events

@@ -14,9 +14,11 @@ bundles Graphviz (``pip install "durable-agent[diagrams]"``), or else a
 ``dot`` program on ``PATH``.
 
 A `Diagram` shows itself in a notebook (SVG and PNG as images, Mermaid as a
-Markdown code block that JupyterLab renders)::
+Markdown code block that JupyterLab renders):
 
-    run_diagram(await backend.load_run(run_id), format="svg")
+```python
+run_diagram(await backend.load_run(run_id), format="svg")
+```
 """
 
 from __future__ import annotations
@@ -284,13 +286,15 @@ def _attrs(**attrs: str | int | float) -> str:
 
 
 def _dot_header(name: str, title: str | None) -> list[str]:
+    # Top to bottom, tightly spaced, in large type: the picture comes out about
+    # as wide as a docs page, so it is not scaled down to unreadable labels.
     lines = [
         f"digraph {name} {{",
-        "    rankdir=LR;",
-        '    fontname="Helvetica"; fontsize=12; nodesep=0.5; ranksep=0.7;',
-        f'    node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=12, '
+        "    rankdir=TB;",
+        '    fontname="Helvetica"; fontsize=14; nodesep=0.3; ranksep=0.5;',
+        f'    node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=14, '
         f'color="{_INK}", fillcolor="#ffffff", fontcolor="{_INK}"];',
-        f'    edge [fontname="Helvetica", fontsize=10, color="{_INK}", fontcolor="{_INK}"];',
+        f'    edge [fontname="Helvetica", fontsize=13, color="{_INK}", fontcolor="{_INK}"];',
         # A point has no label. (Setting label="" on one node would make "" every
         # node's default label: Graphviz declares an attribute on first use.)
         f'    __start__ [shape=point, width=0.15, color="{_INK}", fillcolor="{_INK}"];',

@@ -1,6 +1,6 @@
 """Every exception durable-agent raises.
 
-The tree::
+The tree:
 
     DurableAgentError
     ├── ConfigurationError (ValueError, TypeError)  bad arguments to Agent, Task, a backend

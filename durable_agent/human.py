@@ -8,14 +8,12 @@ waiting call is one `Requirement`; decide it with a method
 back, or pass plain data by requirement id (``approvals``, ``results``,
 ``inputs``) from any process.
 
-===========  ======================  =====================  ==================
-kind         confirm / approvals     set_result / results   provide / inputs
-===========  ======================  =====================  ==================
-confirmation run the call            -                      -
-external     -                       the call's result      -
-user_input   -                       -                      the missing fields
-in_doubt     run it again            skip: use this result  -
-===========  ======================  =====================  ==================
+| kind         | confirm / approvals | set_result / results  | provide / inputs   |
+|--------------|---------------------|-----------------------|--------------------|
+| confirmation | run the call        | -                     | -                  |
+| external     | -                   | the call's result     | -                  |
+| user_input   | -                   | -                     | the missing fields |
+| in_doubt     | run it again        | skip: use this result | -                  |
 
 ``reject(reason)`` (``approvals={id: False}`` or ``{id: "reason"}``) fits every
 kind: the model receives the rejection as the call's error result; for an

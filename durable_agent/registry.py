@@ -1,16 +1,14 @@
 """Store URLs → backends: ``sqlite:///runs.db``, ``redis://…``, ``file:///runs``, ``memory://``.
 
-=========================================  ==============================================
-URL                                        backend
-=========================================  ==============================================
-``memory://``                              `MemoryBackend` (this process only)
-``sqlite:///runs.db``                      `SqliteBackend`, path relative to the cwd
-``sqlite:////var/lib/app/runs.db``         `SqliteBackend`, absolute path
-``redis://[:password@]host[:port][/db]``   `RedisBackend` (``rediss://`` for TLS)
-``redis+cluster://host:port``              `RedisBackend` on Redis Cluster (``rediss+cluster://``)
-``file:///var/lib/app/runs``               `JsonFileBackend`, absolute folder
-``file:runs``                              `JsonFileBackend`, folder relative to the cwd
-=========================================  ==============================================
+| URL                                      | backend                                             |
+|------------------------------------------|-----------------------------------------------------|
+| ``memory://``                            | `MemoryBackend` (this process only)                 |
+| ``sqlite:///runs.db``                    | `SqliteBackend`, path relative to the cwd           |
+| ``sqlite:////var/lib/app/runs.db``       | `SqliteBackend`, absolute path                      |
+| ``redis://[:password@]host[:port][/db]`` | `RedisBackend` (``rediss://`` for TLS)              |
+| ``redis+cluster://host:port``            | `RedisBackend` on a cluster (``rediss+cluster://``) |
+| ``file:///var/lib/app/runs``             | `JsonFileBackend`, absolute folder                  |
+| ``file:runs``                            | `JsonFileBackend`, folder relative to the cwd       |
 
 Query parameters become keyword options of the backend, converted to the
 types its constructor declares: ``sqlite:///runs.db?busy_timeout=10`` passes

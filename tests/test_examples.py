@@ -80,7 +80,7 @@ def test_demo_kills_a_run_and_shows_replayed_and_executed_steps(tmp_path: Path) 
     done = run_python(["-m", "durable_agent", "demo"], cwd=tmp_path)
     out = done.stdout
     assert done.returncode == 0, f"{out}\n{done.stderr}"
-    assert "SIGKILLed right after durable write 3" in out
+    assert "SIGKILLed right after durable write 3: writes 1-3 stored events 1-6" in out
     rows = [line for line in out.splitlines() if re.match(r"^\s+\d+\s+[A-Z_]+\s", line)]
     replayed = [r for r in rows if r.endswith("replayed from store")]
     executed = [r for r in rows if r.endswith("executed")]

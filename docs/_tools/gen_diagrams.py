@@ -5,8 +5,8 @@ one transition table, never by hand. This script rewrites the Mermaid blocks
 between the ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` lines
 of docs/state-machine.md, and renders docs/img/machine.svg and
 docs/img/run-path.svg with Graphviz (``pip install -e ".[diagrams]"``).
-tests/cli/test_docs.py fails when the committed Mermaid differs from what this
-script writes.
+tests/cli/test_docs.py fails when the committed Mermaid, or the labels of the
+committed SVGs, differ from what this script writes.
 
 Run with: python docs/_tools/gen_diagrams.py
 """

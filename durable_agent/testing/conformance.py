@@ -1,18 +1,20 @@
 """The Backend conformance suite: subclass `BackendConformance`, give it a ``backend``.
 
-A custom store is correct when it passes the same tests as the built-in ones::
+A custom store is correct when it passes the same tests as the built-in ones:
 
-    from collections.abc import AsyncIterator
-    from pathlib import Path
+```python
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-    from durable_agent.testing.conformance import BackendConformance
+from durable_agent.testing.conformance import BackendConformance
 
 
-    class TestMyBackend(BackendConformance):
-        async def backend(self, tmp_path: Path) -> AsyncIterator[MyBackend]:
-            store = MyBackend(tmp_path / "runs")   # set up: a fresh, empty store
-            yield store
-            await store.close()                    # clean up
+class TestMyBackend(BackendConformance):
+    async def backend(self, tmp_path: Path) -> AsyncIterator[MyBackend]:
+        store = MyBackend(tmp_path / "runs")   # set up: a fresh, empty store
+        yield store
+        await store.close()                    # clean up
+```
 
 ``backend`` is an async generator method, written like a pytest yield
 fixture: its parameters name pytest fixtures (``tmp_path`` above, or one of

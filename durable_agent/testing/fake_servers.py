@@ -2,14 +2,16 @@
 
 Each is a real HTTP server on 127.0.0.1 that speaks enough of its provider's
 API (Chat Completions; Messages) for the official SDK: it answers each request
-with the next item of a script, records every request, and injects faults::
+with the next item of a script, records every request, and injects faults:
 
-    async with FakeOpenAIServer(
-        [Fault.http(500), ToolCall("lookup", {"city": "Oslo"}), "Sunny in Oslo."]
-    ) as server:
-        model = OpenAIModel("gpt-4o-mini", base_url=server.base_url, api_key="test")
-        ...
-        assert len(server.requests) == 3
+```python
+async with FakeOpenAIServer(
+    [Fault.http(500), ToolCall("lookup", {"city": "Oslo"}), "Sunny in Oslo."]
+) as server:
+    model = OpenAIModel("gpt-4o-mini", base_url=server.base_url, api_key="test")
+    ...
+    assert len(server.requests) == 3
+```
 
 A script item is a final text (`str`), a `ToolCall`, a list of them (parallel
 calls in one answer), a `Reply` (text, tool calls, structured output, usage,

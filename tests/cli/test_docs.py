@@ -5,16 +5,19 @@ from __future__ import annotations
 import importlib.util
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from types import ModuleType
 
 import click
 
 from durable_agent.cli import cli
+from durable_agent.diagram import RunPath, machine_dot, run_dot
 from durable_agent.fsm import RunState
 from tests.cli.scenario import ROOT
 
 DOCS = ROOT / "docs"
 REGENERATE = "python docs/_tools/gen_diagrams.py"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _generator() -> ModuleType:
@@ -46,6 +49,41 @@ def test_the_committed_images_draw_every_state() -> None:
     page = (DOCS / "state-machine.md").read_text()
     assert "](img/machine.svg)" in page
     assert "](img/run-path.svg)" in page
+
+
+def _svg_texts(image: str) -> Counter[str | None]:
+    root = ET.fromstring((DOCS / "img" / image).read_bytes())
+    return Counter(t.text for t in root.iter(f"{SVG}text"))
+
+
+def _dot_texts(dot: str) -> Counter[str | None]:
+    """The lines of text Graphviz draws for ``dot``: each label's lines, each state's name."""
+    texts: Counter[str | None] = Counter(s.value for s in RunState)
+    for label in re.findall(r'label="((?:[^"\\]|\\.)*)"', dot):
+        texts.update(line.replace('\\"', '"') for line in label.split("\\n"))
+    return texts
+
+
+def test_the_committed_images_have_the_labels_fsm_generates() -> None:
+    generator = _generator()
+    path = RunPath.from_stored(generator.example_run())
+    for image, dot in (("machine.svg", machine_dot()), ("run-path.svg", run_dot(path))):
+        assert _svg_texts(image) == _dot_texts(dot), f"docs/img/{image} is stale: run {REGENERATE}"
+
+
+def test_the_committed_images_are_readable_at_page_width() -> None:
+    # Material scales an image down to its content column (~690 px wide on a
+    # desktop screen); a picture drawn much wider has labels too small to read.
+    column_px, smallest_px = 690, 10.0
+    for image in ("machine.svg", "run-path.svg"):
+        root = ET.fromstring((DOCS / "img" / image).read_bytes())
+        width_px = float(root.attrib["width"].removesuffix("pt")) * 4 / 3
+        scale = min(1.0, column_px / width_px)
+        font_px = min(float(t.attrib["font-size"]) for t in root.iter(f"{SVG}text")) * 4 / 3
+        assert font_px * scale >= smallest_px, (
+            f"docs/img/{image}: its smallest label shows at {font_px * scale:.1f} px "
+            f"in a {column_px} px column"
+        )
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
