@@ -134,7 +134,9 @@ def redact(text: str) -> str:
 def _leaks(exc: BaseException) -> bool:
     """Whether any text of ``exc`` alone (not its chain) still holds a secret."""
     texts: list[str] = []
-    for render in (str, repr):
+    # A group's repr shows its members, which are checked one by one instead.
+    renders = (str,) if isinstance(exc, BaseExceptionGroup) else (str, repr)
+    for render in renders:
         try:
             texts.append(render(exc))
         except Exception:  # a broken __str__ cannot be checked: treat it as a leak
