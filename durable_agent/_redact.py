@@ -12,7 +12,7 @@ surrounding whitespace (the core is matched), ``repr``/``ascii`` escaped, JSON
 escaped (``\\n``, ``\\u00e9``, ``\\/``), as the body of a bytes repr
 (``b'...'``), percent-encoded (either hex case, ``+`` for a space), HTML
 escaped, and one escaping nested in another (the repr of a JSON body). Any
-``Bearer <token>`` is redacted too, known or not.
+``Bearer <token>`` or ``Basic <credentials>`` is redacted too, known or not.
 
 The short-value rule: a value shorter than `MIN_SECRET_LENGTH` (8) characters
 once stripped is never redacted. It cannot be told apart from ordinary text
@@ -46,7 +46,9 @@ MIN_SECRET_LENGTH = 8
 REDACTED = "[redacted]"
 """What a secret is replaced with."""
 
-_BEARER = re.compile(r"\bBearer\s+[A-Za-z0-9._~+/-]{8,}=*")
+_CREDENTIAL = re.compile(r"\b(Bearer|Basic)\s+(?=[A-Za-z._~-]*[0-9+/])[A-Za-z0-9._~+/-]{8,}=*")
+"""An HTTP credential, known or not; a digit, ``+`` or ``/`` in it keeps prose such as
+"Basic information" readable."""
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -121,14 +123,14 @@ def _add(cores: Iterable[str]) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with every marked secret, in every form, and any bearer token replaced.
+    """``text`` with every marked secret, in every form, and any HTTP credential replaced.
 
     Redact before shortening a text: a cut secret would no longer match.
     """
     for form in _forms:  # a snapshot: `_add` replaces the tuple, never mutates it
         if form in text:
             text = text.replace(form, REDACTED)
-    return _BEARER.sub("Bearer " + REDACTED, text)
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
 def _leaks(exc: BaseException) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -125,7 +126,11 @@ class AnthropicModel(ChatModel):
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
-            mark_secrets(key=self._secret, headers=self._headers, base_url=base_url)
+            mark_secrets(
+                key=self._secret,
+                headers=self._headers,
+                base_url=base_url if base_url is not None else os.environ.get("ANTHROPIC_BASE_URL"),
+            )
         self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -119,7 +120,11 @@ class OpenAIModel(ChatModel):
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
-            mark_secrets(key=self._secret, headers=self._headers, base_url=base_url)
+            mark_secrets(
+                key=self._secret,
+                headers=self._headers,
+                base_url=base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL"),
+            )
         self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:

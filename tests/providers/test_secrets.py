@@ -7,6 +7,7 @@ repr), so a secret stored in any form would still be found.
 
 from __future__ import annotations
 
+import base64
 import json
 import traceback
 import urllib.parse
@@ -307,3 +308,41 @@ def test_a_model_call_that_fails_raises_a_chain_without_the_secret(provider: Pro
     assert "[redacted]" in printed
     assert custom[5:21] not in printed
     assert type(raised.value.__cause__).__module__.startswith(provider.name), "SDK error kept"
+
+
+def test_a_ready_clients_key_and_headers_are_never_stored_or_shown(
+    provider: Provider, store: Store
+) -> None:
+    sdk = pytest.importorskip(provider.name)
+    key, custom = f"sk-test-{token()}-key", f"team-{token()}-auth"
+    with provider.server([Fault.echo_headers(400)]).running_in_thread() as server:
+        cls = sdk.AsyncOpenAI if provider.name == "openai" else sdk.AsyncAnthropic
+        client = cls(api_key=key, base_url=server.base_url, default_headers={"x-team": custom})
+        model = provider.model(server, client=client, api_key=None, base_url=None)
+
+        async def go() -> tuple[RunFailedError, list[bytes]]:
+            try:
+                return await fail_run(store, Agent(model, db=store.backend, retry=TWO))
+            finally:
+                await client.close()
+
+        error, scans = run(go())
+    assert_secret_free(error, key[8:24], custom[5:21], scans=scans)
+
+
+def test_a_password_in_the_base_url_is_never_stored_or_shown(
+    provider: Provider, store: Store
+) -> None:
+    password = f"pw-{token()}-word"
+    with provider.server([Fault.echo_headers(400)]).running_in_thread() as server:
+        url = server.base_url.replace("http://", f"http://user:{password}@")
+        model = provider.model(server, base_url=url)
+
+        async def go() -> tuple[RunFailedError, list[bytes]]:
+            return await fail_run(store, Agent(model, db=store.backend, retry=TWO))
+
+        error, scans = run(go())
+    # httpx sends the URL's user and password as a Basic credential, which the
+    # server echoes: base64, so its own token is looked for too.
+    basic = base64.b64encode(f"user:{password}".encode()).decode()
+    assert_secret_free(error, password[3:19], basic[4:20], scans=scans)

@@ -81,7 +81,9 @@ def test_eight_characters_are_redacted() -> None:
 
 def test_a_bearer_token_is_redacted_even_when_it_was_never_marked() -> None:
     assert redact("Authorization: Bearer abc123.def456-ghi") == "Authorization: Bearer [redacted]"
-    assert redact("a Bearer of news") == "a Bearer of news"
+    assert redact("Authorization: Basic dXNlcjpodW50ZXIy") == "Authorization: Basic [redacted]"
+    for prose in ("a Bearer of news", "Basic information", "Bearer tokenless"):
+        assert redact(prose) == prose
 
 
 def test_only_str_values_can_be_marked() -> None:
