@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from durable_agent._redact import mark_secret, redact, redact_exception
 from durable_agent.agent import Agent, DurabilityWarning, Task
 from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
 from durable_agent.engine import RetryPolicy, cancel_run, decide_run
@@ -27,6 +28,7 @@ from durable_agent.errors import (
     ModelResponseError,
     ModelTimeoutError,
     OutputValidationError,
+    RedactedError,
     RunBusyError,
     RunCancelledError,
     RunExistsError,
@@ -86,6 +88,7 @@ __all__ = [
     "ModelTimeoutError",
     "OutputSchema",
     "OutputValidationError",
+    "RedactedError",
     "RedisBackend",
     "Requirement",
     "RetryPolicy",
@@ -119,7 +122,10 @@ __all__ = [
     "UnstorableValueError",
     "cancel_run",
     "decide_run",
+    "mark_secret",
     "open_backend",
+    "redact",
+    "redact_exception",
     "register_backend",
     "tool",
 ]

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from durable_agent._lease import acquire_lease
+from durable_agent._redact import redact_exception
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     DecisionError,
@@ -321,7 +322,8 @@ class RunExecution:
             return ctx  # at rest already (decisions left the run WAITING)
         try:
             await self._guarded(ctx, timeout)
-        except BaseException:
+        except BaseException as exc:
+            redact_exception(exc)  # its chain may hold a tool's or SDK's text quoting a secret
             # A release that fails must not hide the exception that ended the
             # run; the lease then simply expires after its TTL.
             await asyncio.shield(self._release_quietly())

@@ -28,10 +28,12 @@ The tree:
     │   ├── ModelResponseError                       an answer that cannot be used
     │   ├── OutputValidationError                    structured output failed validation
     │   └── ScriptExhaustedError                     a ScriptedModel asked for a turn it lacks
-    └── ToolError                                    a tool could not be called
-        ├── ToolNotFoundError                        the model named a tool the agent lacks
-        ├── ToolArgumentsError                       arguments failed validation
-        └── ToolResultError (TypeError)              a tool returned a value JSON cannot hold
+    ├── ToolError                                    a tool could not be called
+    │   ├── ToolNotFoundError                        the model named a tool the agent lacks
+    │   ├── ToolArgumentsError                       arguments failed validation
+    │   └── ToolResultError (TypeError)              a tool returned a value JSON cannot hold
+    └── RedactedError                                stands in, in an exception chain, for an
+                                                     exception whose text held a secret
 
 `ToolRetry` is not an error of the library: a tool raises it to send a message
 back to the model as the call's error result.
@@ -54,6 +56,7 @@ __all__ = [
     "ModelResponseError",
     "ModelTimeoutError",
     "OutputValidationError",
+    "RedactedError",
     "RunBusyError",
     "RunCancelledError",
     "RunExistsError",
@@ -355,6 +358,22 @@ class ToolResultError(ToolError, TypeError):
             "(dict, list, str, int, float, bool, None, or a pydantic model)"
         )
         super().__init__(message)
+
+
+class RedactedError(DurableAgentError):
+    """Stands in, in an exception chain, for an exception whose text held a secret.
+
+    Never raised on its own: `durable_agent.redact_exception` puts it where the
+    original was (the ``__cause__`` of a `RunFailedError`, say), so a printed
+    traceback shows no secret. ``original_type`` is the qualified name of the
+    exception it replaces; its message is that exception's text with every
+    secret replaced by ``[redacted]``; its traceback, cause and context are the
+    original's.
+    """
+
+    def __init__(self, original_type: str, message: str) -> None:
+        self.original_type = original_type
+        super().__init__(f"{original_type}: {message} (secrets redacted)")
 
 
 class ToolRetry(Exception):

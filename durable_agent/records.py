@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
+from durable_agent._redact import redact
 from durable_agent._storable import (
     MAX_DEPTH,
     check_answer,
@@ -198,11 +199,15 @@ class ErrorInfo(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Describe ``exc`` by its qualified type name and message."""
+        """Describe ``exc`` by its qualified type name and message, secrets redacted.
+
+        Every stored error passes here, so this is where exception text becomes
+        stored data: `durable_agent.redact` removes every marked secret from it.
+        """
         kind = type(exc)
         return cls(
             type=f"{kind.__module__}.{kind.__qualname__}",
-            message=str(exc) or kind.__name__,
+            message=redact(str(exc) or kind.__name__),
             retryable=bool(getattr(exc, "retryable", False)),
             status_code=getattr(exc, "status_code", None),
             request_id=getattr(exc, "request_id", None),

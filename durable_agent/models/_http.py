@@ -16,11 +16,13 @@ import math
 import os
 import re
 import time
+import unicodedata
 import urllib.parse
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Generic, TypeVar
 
+from durable_agent._redact import mark_secret, redact
 from durable_agent.errors import (
     ConfigurationError,
     ModelHTTPError,
@@ -37,13 +39,13 @@ __all__ = [
     "describe_cause",
     "http_error",
     "install_hint",
+    "mark_secrets",
     "parse_arguments",
     "provider_message",
     "public_url",
     "require_api_key",
     "retry_after_seconds",
     "safe_name",
-    "scrub",
 ]
 
 C = TypeVar("C")
@@ -74,17 +76,61 @@ def install_hint(package: str, extra: str) -> ModelNotAvailableError:
 
 
 def require_api_key(explicit: str | None, *, env_var: str, owner: str) -> str:
-    """The API key from ``explicit`` or ``env_var``; `ConfigurationError` when neither is set.
+    """The API key from ``explicit`` or ``env_var``, stripped of surrounding whitespace.
 
-    Checked when the model is built, so a missing key fails before any run starts.
+    Checked when the model is built, so a bad key fails before any run starts:
+    a missing or blank key, or one that still holds a character no HTTP header
+    may carry (a control character, a space, anything outside visible ASCII)
+    once surrounding whitespace is stripped, is a `ConfigurationError` that
+    names where the key came from and the offending position, never the key.
     """
+    source = "api_key=..." if explicit is not None else f"the {env_var} environment variable"
     key = explicit if explicit is not None else os.environ.get(env_var)
     if not isinstance(key, str) or not key.strip():
         raise ConfigurationError(
             f"{owner} needs an API key: set the {env_var} environment variable or pass "
             f"api_key=...; a local server that ignores keys still needs a non-empty one"
         )
+    # A key read from a file or a shell variable often ends in a newline, which
+    # the HTTP client would refuse, quoting the key in its error.
+    key = key.strip()
+    for position, char in enumerate(key, start=1):
+        if not "!" <= char <= "~":
+            raise ConfigurationError(
+                f"{owner}: the API key from {source} holds {_kind(char)} at position "
+                f"{position} of {len(key)} (after stripping surrounding whitespace); an "
+                "API key is visible ASCII only: check the file or variable it was read "
+                "from (the key is not shown)"
+            )
     return key
+
+
+def _kind(char: str) -> str:
+    code = f"U+{ord(char):04X}"
+    if char == " ":
+        return "a space"
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return f"a control character ({code}, {_CONTROL_NAMES.get(char, 'control')})"
+    return f"a non-ASCII character ({code}, {unicodedata.name(char, 'unnamed')})"
+
+
+_CONTROL_NAMES: Final = {
+    "\n": "line feed", "\r": "carriage return", "\t": "tab", "\x00": "NUL", "\x7f": "DEL"
+}
+
+
+def mark_secrets(
+    *, key: object, headers: Mapping[str, str], base_url: object, extra: Iterable[object] = ()
+) -> None:
+    """Mark what a model was given as secret: its key, header values, a URL's password.
+
+    Values shorter than the redaction minimum are skipped (see
+    `durable_agent.mark_secret`), so a header ``x-shard: 1`` leaves digits alone.
+    """
+    values = [key, *headers.values(), *extra]
+    if base_url is not None:
+        values.append(urllib.parse.urlsplit(str(base_url)).password)
+    mark_secret(*(v for v in values if isinstance(v, str)))
 
 
 def check_max_tokens(value: object, owner: str) -> None:
@@ -103,13 +149,6 @@ def check_timeout(timeout: object, owner: str) -> float:
     ):
         raise ConfigurationError(f"{owner}: timeout must be positive seconds, got {timeout!r}")
     return float(timeout)
-
-
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced: keys never reach the store."""
-    if secret and len(secret) >= 4:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 def safe_name(name: str, *, limit: int = 64) -> str:
@@ -150,16 +189,17 @@ def provider_message(body: object, fallback: str) -> str:
 
     A body that is not JSON (a proxy's error page) is quoted, shortened.
     """
+    # Redacted before it is shortened: a secret cut in two would no longer match.
     if isinstance(body, str) and body.strip():
-        return f"{fallback}: {' '.join(body.split())[:200]}"
+        return f"{redact(fallback)}: {redact(' '.join(body.split()))[:200]}"
     current = body
     for _ in range(2):
         if isinstance(current, Mapping):
             message = current.get("message")
             if isinstance(message, str) and message:
-                return message[:500]
+                return redact(message)[:500]
             current = current.get("error")
-    return fallback[:500]
+    return redact(fallback)[:500]
 
 
 def http_error(
@@ -172,7 +212,6 @@ def http_error(
     model: str,
     base_url: str,
     key_env: str,
-    secret: str | None,
 ) -> ModelHTTPError:
     """Our `ModelHTTPError` for an HTTP error status, classified and worded.
 
@@ -181,7 +220,7 @@ def http_error(
     says what to fix.
     """
     retryable = status in RETRYABLE_STATUSES or status >= 500
-    said = scrub(message, secret)
+    said = redact(message)
     if retryable:
         text = f"{provider} answered {status} ({said}); retryable"
     else:
@@ -209,14 +248,14 @@ def public_url(url: object) -> str:
 
 
 def describe_cause(exc: BaseException) -> str:
-    """The lowest cause of a connection failure, as ``Type: message``."""
+    """The lowest cause of a connection failure, as ``Type: message``, redacted."""
     cause: BaseException = exc
     seen: set[int] = set()
     while cause.__cause__ is not None and id(cause.__cause__) not in seen:
         seen.add(id(cause))
         cause = cause.__cause__
     text = str(cause) or type(cause).__name__
-    return f"{type(cause).__name__}: {text}"[:300]
+    return redact(f"{type(cause).__name__}: {text}")[:300]
 
 
 def parse_arguments(raw: str, *, provider: str, tool: str) -> dict[str, JSONValue]:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from durable_agent._redact import redact, redact_exception
 from durable_agent.errors import (
     ModelConnectionError,
     ModelError,
@@ -42,11 +44,11 @@ from durable_agent.models._http import (
     describe_cause,
     http_error,
     install_hint,
+    mark_secrets,
     provider_message,
     public_url,
     require_api_key,
     safe_name,
-    scrub,
 )
 from durable_agent.records import (
     AssistantMessage,
@@ -115,9 +117,20 @@ class AnthropicModel(ChatModel):
             ready = client.with_options(max_retries=0)
             self._secret: str | None = ready.api_key or ready.auth_token or None
             self._fixed: anthropic.AsyncAnthropic | None = ready
+            mark_secrets(
+                key=ready.api_key,
+                headers=getattr(ready, "_custom_headers", {}),
+                base_url=ready.base_url,
+                extra=[ready.auth_token],
+            )
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
+            mark_secrets(
+                key=self._secret,
+                headers=self._headers,
+                base_url=base_url if base_url is not None else os.environ.get("ANTHROPIC_BASE_URL"),
+            )
         self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
@@ -146,6 +159,21 @@ class AnthropicModel(ChatModel):
         *,
         tools: Sequence[ToolDefinition],
         output_schema: OutputSchema | None = None,
+    ) -> ModelResponse:
+        try:
+            return await self._request(messages, tools, output_schema)
+        except Exception as exc:
+            # The SDK exception ours is chained from may quote a secret (httpx
+            # quotes a header value it refuses): clean the chain before anyone
+            # prints it.
+            redact_exception(exc)
+            raise
+
+    async def _request(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
     ) -> ModelResponse:
         client = self._client()
         system, turns = to_anthropic_messages(messages)
@@ -190,7 +218,6 @@ class AnthropicModel(ChatModel):
                 model=self.model,
                 base_url=public_url(client.base_url),
                 key_env=_KEY_ENV,
-                secret=self._secret,
             ) from exc
         except anthropic.APITimeoutError as exc:
             raise self._timeout_error() from exc
@@ -200,11 +227,11 @@ class AnthropicModel(ChatModel):
                 f"({describe_cause(exc)}); retryable"
             ) from exc
         except anthropic.APIResponseValidationError as exc:
-            raise _malformed(scrub(exc.message, self._secret)) from exc
+            raise _malformed(exc.message) from exc
         except json.JSONDecodeError as exc:
             raise _malformed(f"the body is not JSON ({exc})") from exc
         except anthropic.AnthropicError as exc:
-            raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
+            raise ModelError(f"{_PROVIDER} client error: {redact(str(exc))}") from exc
         if not isinstance(answer, AnthropicMessage):
             raise _malformed(f"expected a message, got {type(answer).__name__}")
         try:
@@ -241,7 +268,7 @@ class AnthropicModel(ChatModel):
             said = " ".join(texts).strip()
             raise ModelResponseError(
                 f"{where} refused to answer (stop_reason 'refusal')"
-                + (f": {said[:300]}" if said else "")
+                + (f": {redact(said)[:300]}" if said else "")
             )
         calls: list[ToolCallPart] = []
         final: str | None = None
@@ -289,7 +316,8 @@ _HTTP: LoopHTTPClients[anthropic.DefaultAsyncHttpxClient] = LoopHTTPClients(
 
 def _malformed(detail: str) -> ModelResponseError:
     return ModelResponseError(
-        f"{_PROVIDER} sent an answer that cannot be read: {detail}; retryable", retryable=True
+        f"{_PROVIDER} sent an answer that cannot be read: {redact(detail)}; retryable",
+        retryable=True,
     )
 
 

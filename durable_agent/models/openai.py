@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from durable_agent._redact import redact, redact_exception
 from durable_agent.errors import (
     ModelConnectionError,
     ModelError,
@@ -33,12 +35,12 @@ from durable_agent.models._http import (
     describe_cause,
     http_error,
     install_hint,
+    mark_secrets,
     parse_arguments,
     provider_message,
     public_url,
     require_api_key,
     safe_name,
-    scrub,
 )
 from durable_agent.records import (
     AssistantMessage,
@@ -108,11 +110,21 @@ class OpenAIModel(ChatModel):
             # with_options copies the client (sharing its connection pool) with
             # retries off: the engine's policy must be the only retry.
             ready = client.with_options(max_retries=0)
-            self._secret: str | None = ready.api_key or None
+            self._secret: str | None = ready.api_key if isinstance(ready.api_key, str) else None
             self._fixed: openai.AsyncOpenAI | None = ready
+            mark_secrets(
+                key=self._secret,
+                headers=getattr(ready, "_custom_headers", {}),
+                base_url=ready.base_url,
+            )
         else:
             self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
             self._fixed = None
+            mark_secrets(
+                key=self._secret,
+                headers=self._headers,
+                base_url=base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL"),
+            )
         self._clients = LoopSDKClients(_HTTP, self._new_client)
 
     def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
@@ -142,6 +154,21 @@ class OpenAIModel(ChatModel):
         tools: Sequence[ToolDefinition],
         output_schema: OutputSchema | None = None,
     ) -> ModelResponse:
+        try:
+            return await self._request(messages, tools, output_schema)
+        except Exception as exc:
+            # The SDK exception ours is chained from may quote a secret (httpx
+            # quotes a header value it refuses): clean the chain before anyone
+            # prints it.
+            redact_exception(exc)
+            raise
+
+    async def _request(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
+    ) -> ModelResponse:
         client = self._client()
         options: dict[str, Any] = {}
         if tools:
@@ -170,7 +197,6 @@ class OpenAIModel(ChatModel):
                 model=self.model,
                 base_url=public_url(client.base_url),
                 key_env=_KEY_ENV,
-                secret=self._secret,
             ) from exc
         except openai.APITimeoutError as exc:
             raise self._timeout_error() from exc
@@ -180,11 +206,11 @@ class OpenAIModel(ChatModel):
                 f"({describe_cause(exc)}); retryable"
             ) from exc
         except openai.APIResponseValidationError as exc:
-            raise _malformed(scrub(exc.message, self._secret)) from exc
+            raise _malformed(exc.message) from exc
         except json.JSONDecodeError as exc:
             raise _malformed(f"the body is not JSON ({exc})") from exc
         except openai.OpenAIError as exc:
-            raise ModelError(f"{_PROVIDER} client error: {scrub(str(exc), self._secret)}") from exc
+            raise ModelError(f"{_PROVIDER} client error: {redact(str(exc))}") from exc
         if not isinstance(completion, ChatCompletion):
             raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
         try:
@@ -209,7 +235,7 @@ class OpenAIModel(ChatModel):
         refusal = reply.refusal
         where = f"{_PROVIDER} model {self.model!r}"
         if refusal:
-            raise ModelResponseError(f"{where} refused to answer: {refusal[:300]}")
+            raise ModelResponseError(f"{where} refused to answer: {redact(refusal)[:300]}")
         if finish == "length":
             limit = (
                 f"max_tokens={self.max_tokens} (OpenAIModel(max_tokens=...))"
@@ -265,7 +291,8 @@ _HTTP: LoopHTTPClients[openai.DefaultAsyncHttpxClient] = LoopHTTPClients(
 
 def _malformed(detail: str) -> ModelResponseError:
     return ModelResponseError(
-        f"{_PROVIDER} sent an answer that cannot be read: {detail}; retryable", retryable=True
+        f"{_PROVIDER} sent an answer that cannot be read: {redact(detail)}; retryable",
+        retryable=True,
     )
 
 

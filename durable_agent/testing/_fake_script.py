@@ -59,7 +59,7 @@ class Reply:
     delay: float = 0.0
 
 
-FaultKind: TypeAlias = Literal["http", "hang", "malformed_json", "drop_connection"]
+FaultKind: TypeAlias = Literal["http", "hang", "malformed_json", "drop_connection", "echo_headers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,15 @@ class Fault:
     def malformed_json(cls) -> Fault:
         """Answer 200 with a JSON body cut off in the middle."""
         return cls("malformed_json")
+
+    @classmethod
+    def echo_headers(cls, status: int = 400) -> Fault:
+        """Answer HTTP ``status`` with an error message quoting every request header.
+
+        Secret ones included, as some providers and proxies do: what a test
+        needs to prove that header values never reach the store.
+        """
+        return cls("echo_headers", status=status)
 
     @classmethod
     def drop_connection(cls) -> Fault:
@@ -201,7 +210,12 @@ class ScriptedServer(HTTPFakeServer):
                 request_id,
             )
         if isinstance(item, Fault):
-            return self._fault(item, request_id)
+            # Secrets and custom headers first: the client keeps only the start
+            # of an error message, and those are what a test looks for.
+            received = {**request.headers, **secret_headers}
+            first = [k for k in received if k in secret_headers or _custom(k)]
+            order = first + [k for k in received if k not in first]
+            return self._fault(item, request_id, {k: received[k] for k in order})
         try:
             body = self.render(item, request, request.index)
         except ValueError as exc:
@@ -225,11 +239,14 @@ class ScriptedServer(HTTPFakeServer):
             headers={self.request_id_header: request_id},
         )
 
-    def _fault(self, fault: Fault, request_id: str) -> Plan:
+    def _fault(self, fault: Fault, request_id: str, received: Mapping[str, str]) -> Plan:
         headers = {self.request_id_header: request_id}
         match fault.kind:
             case "hang":
                 return Plan(hang=fault.seconds, delay=fault.delay)
+            case "echo_headers":
+                said = f"bad request; headers received: {json.dumps(dict(received))}"
+                return self._error(fault.status, said, request_id)
             case "malformed_json":
                 cut = b'{"id": "broken", "choices": [{"index": 0, "mess'
                 return Plan(body=cut, headers=headers)
@@ -271,6 +288,10 @@ class ScriptedServer(HTTPFakeServer):
     @abstractmethod
     def render(self, reply: Reply, request: RecordedRequest, index: int) -> JSONValue:
         """The provider's success body for ``reply``."""
+
+
+def _custom(header: str) -> bool:
+    return header.startswith("x-") and not header.startswith("x-stainless-")
 
 
 def dicts(value: JSONValue) -> list[dict[str, JSONValue]]:
