@@ -12,9 +12,11 @@ one ``fsync``::
 
     {"commit":2,"state":"MODEL_CALL","updated_at":"…","generation":1,"expires_at":…,"release":false}
 
-The commit line makes the append atomic: events after the last commit line
-are a torn append (the process died inside its write) and are ignored, then
-cut off by the next append, which never touches a committed byte. It also
+The commit line makes the append atomic: events after the last complete
+commit line are a torn append (the process died inside its write) and are
+ignored, then cut off by the next append, which never touches a committed
+byte; damage to committed bytes is `CorruptRunError`, never a torn tail (see
+`durable_agent.backends._jsonfile_log` for how the two are told apart). It also
 carries what an append changes in the header (seq, state, updated_at, the
 renewed or released lease), so an append costs one append plus one fsync
 instead of a second atomic replacement of ``header.json`` (temp file, fsync,
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -44,6 +45,7 @@ from datetime import datetime
 from typing import Final
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.backends._jsonfile_log import EVENTS, Commit, Tail, committed_lines, read_tail
 from durable_agent.errors import (
     ConfigurationError,
     CorruptRunError,
@@ -65,10 +67,6 @@ from durable_agent.records import (
 )
 
 HEADER: Final = "header.json"
-EVENTS: Final = "events.jsonl"
-_COMMIT: Final = b'{"commit":'
-_TAIL_CHUNK: Final = 1024
-"""Bytes read from the end of a log at a time: a commit line is ~170 bytes."""
 _MAX_ID_BYTES: Final = 200
 
 
@@ -94,122 +92,7 @@ def check_run_id(run_id: object) -> str:
     return run_id
 
 
-# -- commit lines ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """What one append (or the create) changed in the header."""
-
-    seq: int
-    state: RunState
-    updated_at: datetime
-    generation: int
-    expires_at: float | None
-    release: bool
-
-    def line(self) -> bytes:
-        # Framing of the log, not a stored record: the records themselves are
-        # written by durable_agent.records. Every value is a number, a bool, or
-        # text that needs no JSON escaping (a state name, an ISO time).
-        expires = "null" if self.expires_at is None else repr(self.expires_at)
-        return (
-            f'{{"commit":{self.seq},"state":"{self.state.value}",'
-            f'"updated_at":"{self.updated_at.isoformat()}","generation":{self.generation},'
-            f'"expires_at":{expires},"release":{"true" if self.release else "false"}}}\n'
-        ).encode()
-
-    @classmethod
-    def parse(cls, run_id: str, raw: bytes) -> Commit:
-        try:
-            data = json.loads(raw)
-            expires = data["expires_at"]
-            commit = cls(
-                seq=_int(data["commit"]),
-                state=RunState(data["state"]),
-                updated_at=datetime.fromisoformat(data["updated_at"]),
-                generation=_int(data["generation"]),
-                expires_at=None if expires is None else float(expires),
-                release=bool(data["release"]),
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            detail = f"{EVENTS} has a damaged commit line ({exc})"
-            raise CorruptRunError(run_id, None, detail) from exc
-        if commit.updated_at.tzinfo is None:
-            raise CorruptRunError(run_id, None, f"{EVENTS} commit line has a naive time")
-        return commit
-
-    def fold(self, base: RunHeader) -> RunHeader:
-        """``base`` (header.json) as this commit, later than the file, leaves it."""
-        lease = base.lease
-        if lease is not None and self.generation == base.lease_generation:
-            if self.release:
-                lease = None
-            elif self.expires_at is not None and self.expires_at > lease.expires_at:
-                lease = lease.model_copy(update={"expires_at": self.expires_at})
-        return base.model_copy(
-            update={
-                "seq": self.seq,
-                "state": self.state,
-                "updated_at": max(base.updated_at, self.updated_at),
-                "lease": lease,
-            }
-        )
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{value!r} is not an int")
-    return value
-
-
 # -- reading -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    """The last commit of a log and where the committed bytes end."""
-
-    commit: Commit
-    end: int
-    size: int
-
-
-def read_tail(run_id: str, fd: int) -> Tail:
-    """Find the last commit line, reading the file backwards a chunk at a time."""
-    size = os.fstat(fd).st_size
-    start, buffer = size, b""
-    while start > 0:
-        begin = max(0, start - _TAIL_CHUNK)
-        buffer = os.pread(fd, start - begin, begin) + buffer
-        start = begin
-        # Bytes after the last newline are a torn line: never committed.
-        cut = buffer.rfind(b"\n")
-        if cut < 0:
-            continue
-        lines = buffer[:cut].split(b"\n")
-        ends = start + cut + 1  # where the line being looked at ends
-        for index in range(len(lines) - 1, -1, -1):
-            if index == 0 and start > 0:
-                break  # may be cut short: read the chunk before it first
-            raw = lines[index]
-            if raw.startswith(_COMMIT):
-                return Tail(Commit.parse(run_id, raw), ends, size)
-            _check_uncommitted(run_id, raw)
-            ends -= len(raw) + 1
-    raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
-
-
-def _check_uncommitted(run_id: str, raw: bytes) -> None:
-    """A complete line after the last commit must be an event of a torn append."""
-    if raw.startswith(_COMMIT):
-        return
-    try:
-        json.loads(raw)
-    except ValueError:
-        raise CorruptRunError(
-            run_id, None, f"{EVENTS} has a damaged line after its last commit"
-        ) from None
 
 
 # The last header.json read per run folder, keyed by the file's identity: the
@@ -307,26 +190,7 @@ def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
             raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
         raise RunNotFoundError(run_id) from None
     base = read_header_file(run_id, folder)
-    committed: list[tuple[int, bytes]] = []
-    pending: list[bytes] = []
-    last: Commit | None = None
-    for raw in data.split(b"\n")[:-1]:  # the last piece is empty, or a torn line
-        if not raw.startswith(_COMMIT):
-            pending.append(raw)
-            continue
-        commit = Commit.parse(run_id, raw)
-        expected = len(committed) + len(pending)
-        if commit.seq != expected:
-            raise CorruptRunError(
-                run_id, commit.seq, f"a commit line says seq {commit.seq} after {expected} events"
-            )
-        committed.extend((seq, line) for seq, line in enumerate(pending, start=len(committed) + 1))
-        pending = []
-        last = commit
-    if last is None:
-        raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
-    for raw in pending:  # a torn append: its complete lines must still be JSON
-        _check_uncommitted(run_id, raw)
+    last, committed = committed_lines(run_id, data)
     return last.fold(base), committed
 
 
@@ -505,7 +369,8 @@ def write_append(
         )
         if tail.size > tail.end:
             os.ftruncate(fd, tail.end)  # a torn append: never committed, never read
-        data = b"".join(lines) + commit.line()
+        # A last commit line cut just before its newline is committed; it gets its newline.
+        data = (b"" if tail.newline else b"\n") + b"".join(lines) + commit.line()
         try:
             _write_all(fd, data)
         except OSError:

@@ -8,8 +8,10 @@ for the layout and why an append is one write and one fsync.
 
 Durability: every create and append is written and fsynced (and a new run's
 folder fsynced into its parent) before it returns, so a run survives the
-process being killed and the machine losing power. A torn last line, left by
-a process killed inside its write, is ignored without touching earlier events.
+process being killed and the machine losing power. A torn append, left by a
+process killed inside its write, is ignored without touching earlier events;
+damage to what was committed (a byte overwritten, a commit line's newline
+lost) is `CorruptRunError` naming the run and the byte, never a silent loss.
 
 Sharing: processes on one machine may share the folder. Writers of a run take
 an OS file lock (``flock``) on its log and check ``seq`` and the lease under
