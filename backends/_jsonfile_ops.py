@@ -41,7 +41,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
@@ -54,7 +53,6 @@ from durable_agent.errors import (
     RunNotFoundError,
     StoreUnavailableError,
 )
-from durable_agent.fsm import RunState
 from durable_agent.records import (
     Event,
     Lease,
@@ -165,14 +163,36 @@ def _remember(folder: str, key: _Key | None, header: RunHeader, tail: Tail) -> N
     _CURRENT[folder] = (key, header, tail)
 
 
+def holds_run(folder: str) -> bool:
+    """Whether ``folder`` is a run's: it holds the header or the log (both, unless damaged)."""
+    return os.path.isdir(folder) and any(
+        os.path.lexists(os.path.join(folder, name)) for name in (HEADER, EVENTS)
+    )
+
+
+def absent(run_id: str, folder: str) -> RunNotFoundError | CorruptRunError:
+    """Why ``folder`` has no log: no run, an entry that is not a run, or a damaged run."""
+    if not os.path.isdir(folder):
+        return RunNotFoundError(run_id)  # never was, deleted, or a file of another program
+    if not holds_run(folder):
+        return RunNotFoundError(
+            run_id,
+            f"{folder} holds neither {HEADER} nor {EVENTS}, so it is not a run; it was left "
+            "untouched",
+        )
+    return CorruptRunError(run_id, None, f"{EVENTS} is missing")
+
+
+def _open_log(run_id: str, folder: str, flags: int) -> int:
+    try:
+        return os.open(os.path.join(folder, EVENTS), flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise absent(run_id, folder) from None
+
+
 def get_header(root: str, run_id: str) -> RunHeader:
     folder = os.path.join(root, check_run_id(run_id))
-    try:
-        fd = os.open(os.path.join(folder, EVENTS), os.O_RDONLY)
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    fd = _open_log(run_id, folder, os.O_RDONLY)
     try:
         return current_header(run_id, folder, fd)[0]
     finally:
@@ -182,13 +202,8 @@ def get_header(root: str, run_id: str) -> RunHeader:
 def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
     """The header and every committed event line, in order."""
     folder = os.path.join(root, check_run_id(run_id))
-    try:
-        with open(os.path.join(folder, EVENTS), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    with open(_open_log(run_id, folder, os.O_RDONLY), "rb") as f:
+        data = f.read()
     base = read_header_file(run_id, folder)
     last, committed = committed_lines(run_id, data)
     return last.fold(base), committed
@@ -196,19 +211,6 @@ def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
 
 def decode_events(run_id: str, lines: Sequence[tuple[int, bytes]]) -> tuple[Event, ...]:
     return tuple(decode_event(run_id, seq, raw) for seq, raw in lines)
-
-
-def list_headers(root: str) -> Iterator[RunHeader]:
-    """Every readable run's header; missing or damaged runs are skipped."""
-    try:
-        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return
-    for name in entries:
-        try:
-            yield get_header(root, name)
-        except (RunNotFoundError, CorruptRunError, ConfigurationError):
-            continue  # deleted meanwhile, or damaged: load_run reports it, listing goes on
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -250,7 +252,12 @@ def create(root: str, header: RunHeader, lines: Sequence[bytes]) -> None:
     run_id = check_run_id(header.run_id)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, run_id)
-    if os.path.exists(final):
+    if os.path.lexists(final):
+        if not holds_run(final):
+            raise ConfigurationError(
+                f"cannot create run {run_id!r}: {final} exists and is not a run (a file or "
+                "folder of something else, left untouched); choose another run id"
+            )
         raise RunExistsError(run_id)
     lease = header.lease
     commit = Commit(
@@ -288,12 +295,7 @@ def _open_locked(root: str, run_id: str, *, wait: bool) -> tuple[str, int]:
     """Open the run's log for appending and take its exclusive flock."""
     folder = os.path.join(root, check_run_id(run_id))
     path = os.path.join(folder, EVENTS)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    fd = _open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -465,7 +467,7 @@ def request_cancel(root: str, run_id: str, reason: str) -> RunHeader:
         return header
 
 
-def _remove(root: str, folder: str) -> None:
+def remove(root: str, folder: str) -> None:
     # Moved aside in one rename (the run is gone at once, whole), then removed.
     trash = os.path.join(root, f".deleted-{uuid.uuid4().hex}")
     os.rename(folder, trash)
@@ -479,37 +481,12 @@ def delete(root: str, run_id: str) -> bool:
         return False
     try:
         with locked(root, run_id) as (folder, _):
-            _remove(root, folder)
+            remove(root, folder)
     except RunNotFoundError:
         return False
     except CorruptRunError:  # no log to lock: nothing to serialize with
-        _remove(root, folder)
+        remove(root, folder)
     return True
-
-
-def prune(root: str, older_than: datetime, states: Sequence[RunState]) -> int:
-    try:
-        names = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return 0
-    removed = 0
-    for name in names:
-        with (
-            suppress(RunNotFoundError, CorruptRunError, ConfigurationError),
-            locked(root, name) as (folder, fd),
-        ):
-            header, _ = current_header(name, folder, fd)
-            live = header.lease is not None and header.lease.expires_at > time.time()
-            if header.state in states and header.updated_at < older_than and not live:
-                _remove(root, folder)
-                removed += 1
-    # Left by creates and deletes that were killed half-way.
-    for leftover in os.scandir(root):
-        if leftover.name.startswith((".create-", ".deleted-")):
-            with suppress(OSError):
-                if time.time() - leftover.stat().st_mtime > 3600:
-                    shutil.rmtree(leftover.path, ignore_errors=True)
-    return removed
 
 
 def stored_run(root: str, run_id: str) -> StoredRun:
