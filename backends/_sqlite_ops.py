@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar, cast
 
-from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.backend import (
+    LeaseOwner,
+    Position,
+    UnreadableRun,
+    check_append,
+    check_lease_acquire,
+)
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -350,9 +356,15 @@ def read_run(
 
 def list_headers(
     db: sqlite3.Connection, where: list[str], params: list[object], wanted: int
-) -> list[RunHeader]:
-    """Up to ``wanted`` valid headers, newest first, skipping damaged ones like MemoryBackend."""
+) -> tuple[list[RunHeader], list[tuple[Position | None, UnreadableRun]]]:
+    """Up to ``wanted`` valid headers, newest first, and the damaged rows met on the way.
+
+    A damaged row keeps its place in the order while its ``created_at`` is a
+    number; otherwise (it sorts before every number in SQLite) it has none.
+    The filters are SQL on the columns, so they apply to damaged rows too.
+    """
     found: list[RunHeader] = []
+    unreadable: list[tuple[Position | None, UnreadableRun]] = []
     after: tuple[object, object] | None = None
     db.execute("BEGIN")
     try:
@@ -365,14 +377,22 @@ def list_headers(
             asked = wanted - len(found)
             rows = db.execute(sql, (*params, *(after or ()), asked)).fetchall()
             for row in rows:
-                with suppress(CorruptRunError):
+                try:
                     found.append(header_from_row(row))
+                except CorruptRunError as exc:
+                    run_id, created = str(row[0]), row[6]
+                    place = (
+                        (float(created), run_id)
+                        if isinstance(created, int | float) and not isinstance(created, bool)
+                        else None
+                    )
+                    unreadable.append((place, UnreadableRun.from_error(run_id, exc)))
             if len(rows) < asked:
                 break
             after = (rows[-1][6], rows[-1][0])
     finally:
         db.execute("COMMIT")
-    return found
+    return found, unreadable
 
 
 # -- batches -------------------------------------------------------------------------------
