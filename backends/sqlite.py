@@ -48,6 +48,7 @@ from durable_agent.backend import (
     make_page,
 )
 from durable_agent.backends import _sqlite_ops as ops
+from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
@@ -400,7 +401,7 @@ class SqliteBackend(Backend):
         link = _Link(loop, conn, execute, opened[0], path, self._max_batch, self._stats)
         try:
             busy_ms = round(self._busy_timeout * 1000)
-            await link.execute(ops.prepare, path, self._synchronous, busy_ms)
+            await link.execute(schema.prepare, path, self._synchronous, busy_ms)
         except BaseException:
             await conn.close()
             raise
