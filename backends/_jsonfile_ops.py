@@ -12,9 +12,11 @@ one ``fsync``::
 
     {"commit":2,"state":"MODEL_CALL","updated_at":"…","generation":1,"expires_at":…,"release":false}
 
-The commit line makes the append atomic: events after the last commit line
-are a torn append (the process died inside its write) and are ignored, then
-cut off by the next append, which never touches a committed byte. It also
+The commit line makes the append atomic: events after the last complete
+commit line are a torn append (the process died inside its write) and are
+ignored, then cut off by the next append, which never touches a committed
+byte; damage to committed bytes is `CorruptRunError`, never a torn tail (see
+`durable_agent.backends._jsonfile_log` for how the two are told apart). It also
 carries what an append changes in the header (seq, state, updated_at, the
 renewed or released lease), so an append costs one append plus one fsync
 instead of a second atomic replacement of ``header.json`` (temp file, fsync,
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -40,10 +41,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.backends._jsonfile_log import EVENTS, Commit, Tail, committed_lines, read_tail
 from durable_agent.errors import (
     ConfigurationError,
     CorruptRunError,
@@ -52,7 +53,6 @@ from durable_agent.errors import (
     RunNotFoundError,
     StoreUnavailableError,
 )
-from durable_agent.fsm import RunState
 from durable_agent.records import (
     Event,
     Lease,
@@ -65,10 +65,6 @@ from durable_agent.records import (
 )
 
 HEADER: Final = "header.json"
-EVENTS: Final = "events.jsonl"
-_COMMIT: Final = b'{"commit":'
-_TAIL_CHUNK: Final = 1024
-"""Bytes read from the end of a log at a time: a commit line is ~170 bytes."""
 _MAX_ID_BYTES: Final = 200
 
 
@@ -94,122 +90,7 @@ def check_run_id(run_id: object) -> str:
     return run_id
 
 
-# -- commit lines ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """What one append (or the create) changed in the header."""
-
-    seq: int
-    state: RunState
-    updated_at: datetime
-    generation: int
-    expires_at: float | None
-    release: bool
-
-    def line(self) -> bytes:
-        # Framing of the log, not a stored record: the records themselves are
-        # written by durable_agent.records. Every value is a number, a bool, or
-        # text that needs no JSON escaping (a state name, an ISO time).
-        expires = "null" if self.expires_at is None else repr(self.expires_at)
-        return (
-            f'{{"commit":{self.seq},"state":"{self.state.value}",'
-            f'"updated_at":"{self.updated_at.isoformat()}","generation":{self.generation},'
-            f'"expires_at":{expires},"release":{"true" if self.release else "false"}}}\n'
-        ).encode()
-
-    @classmethod
-    def parse(cls, run_id: str, raw: bytes) -> Commit:
-        try:
-            data = json.loads(raw)
-            expires = data["expires_at"]
-            commit = cls(
-                seq=_int(data["commit"]),
-                state=RunState(data["state"]),
-                updated_at=datetime.fromisoformat(data["updated_at"]),
-                generation=_int(data["generation"]),
-                expires_at=None if expires is None else float(expires),
-                release=bool(data["release"]),
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            detail = f"{EVENTS} has a damaged commit line ({exc})"
-            raise CorruptRunError(run_id, None, detail) from exc
-        if commit.updated_at.tzinfo is None:
-            raise CorruptRunError(run_id, None, f"{EVENTS} commit line has a naive time")
-        return commit
-
-    def fold(self, base: RunHeader) -> RunHeader:
-        """``base`` (header.json) as this commit, later than the file, leaves it."""
-        lease = base.lease
-        if lease is not None and self.generation == base.lease_generation:
-            if self.release:
-                lease = None
-            elif self.expires_at is not None and self.expires_at > lease.expires_at:
-                lease = lease.model_copy(update={"expires_at": self.expires_at})
-        return base.model_copy(
-            update={
-                "seq": self.seq,
-                "state": self.state,
-                "updated_at": max(base.updated_at, self.updated_at),
-                "lease": lease,
-            }
-        )
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{value!r} is not an int")
-    return value
-
-
 # -- reading -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tail:
-    """The last commit of a log and where the committed bytes end."""
-
-    commit: Commit
-    end: int
-    size: int
-
-
-def read_tail(run_id: str, fd: int) -> Tail:
-    """Find the last commit line, reading the file backwards a chunk at a time."""
-    size = os.fstat(fd).st_size
-    start, buffer = size, b""
-    while start > 0:
-        begin = max(0, start - _TAIL_CHUNK)
-        buffer = os.pread(fd, start - begin, begin) + buffer
-        start = begin
-        # Bytes after the last newline are a torn line: never committed.
-        cut = buffer.rfind(b"\n")
-        if cut < 0:
-            continue
-        lines = buffer[:cut].split(b"\n")
-        ends = start + cut + 1  # where the line being looked at ends
-        for index in range(len(lines) - 1, -1, -1):
-            if index == 0 and start > 0:
-                break  # may be cut short: read the chunk before it first
-            raw = lines[index]
-            if raw.startswith(_COMMIT):
-                return Tail(Commit.parse(run_id, raw), ends, size)
-            _check_uncommitted(run_id, raw)
-            ends -= len(raw) + 1
-    raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
-
-
-def _check_uncommitted(run_id: str, raw: bytes) -> None:
-    """A complete line after the last commit must be an event of a torn append."""
-    if raw.startswith(_COMMIT):
-        return
-    try:
-        json.loads(raw)
-    except ValueError:
-        raise CorruptRunError(
-            run_id, None, f"{EVENTS} has a damaged line after its last commit"
-        ) from None
 
 
 # The last header.json read per run folder, keyed by the file's identity: the
@@ -282,14 +163,36 @@ def _remember(folder: str, key: _Key | None, header: RunHeader, tail: Tail) -> N
     _CURRENT[folder] = (key, header, tail)
 
 
+def holds_run(folder: str) -> bool:
+    """Whether ``folder`` is a run's: it holds the header or the log (both, unless damaged)."""
+    return os.path.isdir(folder) and any(
+        os.path.lexists(os.path.join(folder, name)) for name in (HEADER, EVENTS)
+    )
+
+
+def absent(run_id: str, folder: str) -> RunNotFoundError | CorruptRunError:
+    """Why ``folder`` has no log: no run, an entry that is not a run, or a damaged run."""
+    if not os.path.isdir(folder):
+        return RunNotFoundError(run_id)  # never was, deleted, or a file of another program
+    if not holds_run(folder):
+        return RunNotFoundError(
+            run_id,
+            f"{folder} holds neither {HEADER} nor {EVENTS}, so it is not a run; it was left "
+            "untouched",
+        )
+    return CorruptRunError(run_id, None, f"{EVENTS} is missing")
+
+
+def _open_log(run_id: str, folder: str, flags: int) -> int:
+    try:
+        return os.open(os.path.join(folder, EVENTS), flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise absent(run_id, folder) from None
+
+
 def get_header(root: str, run_id: str) -> RunHeader:
     folder = os.path.join(root, check_run_id(run_id))
-    try:
-        fd = os.open(os.path.join(folder, EVENTS), os.O_RDONLY)
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    fd = _open_log(run_id, folder, os.O_RDONLY)
     try:
         return current_header(run_id, folder, fd)[0]
     finally:
@@ -299,52 +202,15 @@ def get_header(root: str, run_id: str) -> RunHeader:
 def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
     """The header and every committed event line, in order."""
     folder = os.path.join(root, check_run_id(run_id))
-    try:
-        with open(os.path.join(folder, EVENTS), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    with open(_open_log(run_id, folder, os.O_RDONLY), "rb") as f:
+        data = f.read()
     base = read_header_file(run_id, folder)
-    committed: list[tuple[int, bytes]] = []
-    pending: list[bytes] = []
-    last: Commit | None = None
-    for raw in data.split(b"\n")[:-1]:  # the last piece is empty, or a torn line
-        if not raw.startswith(_COMMIT):
-            pending.append(raw)
-            continue
-        commit = Commit.parse(run_id, raw)
-        expected = len(committed) + len(pending)
-        if commit.seq != expected:
-            raise CorruptRunError(
-                run_id, commit.seq, f"a commit line says seq {commit.seq} after {expected} events"
-            )
-        committed.extend((seq, line) for seq, line in enumerate(pending, start=len(committed) + 1))
-        pending = []
-        last = commit
-    if last is None:
-        raise CorruptRunError(run_id, None, f"{EVENTS} holds no commit line")
-    for raw in pending:  # a torn append: its complete lines must still be JSON
-        _check_uncommitted(run_id, raw)
+    last, committed = committed_lines(run_id, data)
     return last.fold(base), committed
 
 
 def decode_events(run_id: str, lines: Sequence[tuple[int, bytes]]) -> tuple[Event, ...]:
     return tuple(decode_event(run_id, seq, raw) for seq, raw in lines)
-
-
-def list_headers(root: str) -> Iterator[RunHeader]:
-    """Every readable run's header; missing or damaged runs are skipped."""
-    try:
-        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return
-    for name in entries:
-        try:
-            yield get_header(root, name)
-        except (RunNotFoundError, CorruptRunError, ConfigurationError):
-            continue  # deleted meanwhile, or damaged: load_run reports it, listing goes on
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -386,7 +252,12 @@ def create(root: str, header: RunHeader, lines: Sequence[bytes]) -> None:
     run_id = check_run_id(header.run_id)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, run_id)
-    if os.path.exists(final):
+    if os.path.lexists(final):
+        if not holds_run(final):
+            raise ConfigurationError(
+                f"cannot create run {run_id!r}: {final} exists and is not a run (a file or "
+                "folder of something else, left untouched); choose another run id"
+            )
         raise RunExistsError(run_id)
     lease = header.lease
     commit = Commit(
@@ -424,12 +295,7 @@ def _open_locked(root: str, run_id: str, *, wait: bool) -> tuple[str, int]:
     """Open the run's log for appending and take its exclusive flock."""
     folder = os.path.join(root, check_run_id(run_id))
     path = os.path.join(folder, EVENTS)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    except FileNotFoundError:
-        if os.path.isdir(folder):
-            raise CorruptRunError(run_id, None, f"{EVENTS} is missing") from None
-        raise RunNotFoundError(run_id) from None
+    fd = _open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -505,7 +371,8 @@ def write_append(
         )
         if tail.size > tail.end:
             os.ftruncate(fd, tail.end)  # a torn append: never committed, never read
-        data = b"".join(lines) + commit.line()
+        # A last commit line cut just before its newline is committed; it gets its newline.
+        data = (b"" if tail.newline else b"\n") + b"".join(lines) + commit.line()
         try:
             _write_all(fd, data)
         except OSError:
@@ -600,7 +467,7 @@ def request_cancel(root: str, run_id: str, reason: str) -> RunHeader:
         return header
 
 
-def _remove(root: str, folder: str) -> None:
+def remove(root: str, folder: str) -> None:
     # Moved aside in one rename (the run is gone at once, whole), then removed.
     trash = os.path.join(root, f".deleted-{uuid.uuid4().hex}")
     os.rename(folder, trash)
@@ -614,37 +481,12 @@ def delete(root: str, run_id: str) -> bool:
         return False
     try:
         with locked(root, run_id) as (folder, _):
-            _remove(root, folder)
+            remove(root, folder)
     except RunNotFoundError:
         return False
     except CorruptRunError:  # no log to lock: nothing to serialize with
-        _remove(root, folder)
+        remove(root, folder)
     return True
-
-
-def prune(root: str, older_than: datetime, states: Sequence[RunState]) -> int:
-    try:
-        names = sorted(e.name for e in os.scandir(root) if not e.name.startswith("."))
-    except FileNotFoundError:
-        return 0
-    removed = 0
-    for name in names:
-        with (
-            suppress(RunNotFoundError, CorruptRunError, ConfigurationError),
-            locked(root, name) as (folder, fd),
-        ):
-            header, _ = current_header(name, folder, fd)
-            live = header.lease is not None and header.lease.expires_at > time.time()
-            if header.state in states and header.updated_at < older_than and not live:
-                _remove(root, folder)
-                removed += 1
-    # Left by creates and deletes that were killed half-way.
-    for leftover in os.scandir(root):
-        if leftover.name.startswith((".create-", ".deleted-")):
-            with suppress(OSError):
-                if time.time() - leftover.stat().st_mtime > 3600:
-                    shutil.rmtree(leftover.path, ignore_errors=True)
-    return removed
 
 
 def stored_run(root: str, run_id: str) -> StoredRun:

@@ -1,4 +1,6 @@
-"""The SQL side of `SqliteBackend`: tables, rows <-> records, and the work done in SQLite's thread.
+"""The SQL side of `SqliteBackend`: rows <-> records, and the work done in SQLite's thread.
+
+The tables and opening the file are in `durable_agent.backends._sqlite_schema`.
 
 Every function taking a ``sqlite3.Connection`` runs in aiosqlite's worker
 thread, called by `durable_agent.backends.sqlite`. The writes (`create`,
@@ -18,7 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar, cast
 
-from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
+from durable_agent.backend import (
+    LeaseOwner,
+    Position,
+    UnreadableRun,
+    check_append,
+    check_lease_acquire,
+)
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -33,45 +41,6 @@ from durable_agent.fsm import RunState
 from durable_agent.records import SCHEMA_VERSION, Event, Lease, RunHeader
 
 T = TypeVar("T")
-
-STORE_VERSION: Final = 1
-"""Version of the table layout below, kept in the ``meta`` table."""
-
-_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    # Headers are small, so they live in their primary-key b-tree (WITHOUT ROWID).
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        session_id TEXT,
-        user_id TEXT,
-        agent_name TEXT NOT NULL,
-        state TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        lease_owner TEXT,
-        lease_host TEXT,
-        lease_pid INTEGER,
-        lease_generation INTEGER NOT NULL,
-        lease_expires REAL,
-        lease_ttl REAL,
-        schema_version INTEGER NOT NULL,
-        cancel_requested TEXT
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
-    "CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at, run_id)",
-    "CREATE INDEX IF NOT EXISTS runs_by_user ON runs (user_id, created_at, run_id)",
-    "CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created_at, run_id)",
-    # Events often exceed the ~200 bytes SQLite recommends for WITHOUT ROWID rows
-    # (model answers, tool results), so they stay in a rowid table whose
-    # interior pages hold only rowids; the (run_id, seq) key is a separate index.
-    """CREATE TABLE IF NOT EXISTS events (
-        run_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        body TEXT NOT NULL,
-        PRIMARY KEY (run_id, seq)
-    )""",
-)
 
 _HEADER_COLUMNS: Final = (
     "run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at, "
@@ -349,9 +318,15 @@ def read_run(
 
 def list_headers(
     db: sqlite3.Connection, where: list[str], params: list[object], wanted: int
-) -> list[RunHeader]:
-    """Up to ``wanted`` valid headers, newest first, skipping damaged ones like MemoryBackend."""
+) -> tuple[list[RunHeader], list[tuple[Position | None, UnreadableRun]]]:
+    """Up to ``wanted`` valid headers, newest first, and the damaged rows met on the way.
+
+    A damaged row keeps its place in the order while its ``created_at`` is a
+    number; otherwise (it sorts before every number in SQLite) it has none.
+    The filters are SQL on the columns, so they apply to damaged rows too.
+    """
     found: list[RunHeader] = []
+    unreadable: list[tuple[Position | None, UnreadableRun]] = []
     after: tuple[object, object] | None = None
     db.execute("BEGIN")
     try:
@@ -364,14 +339,22 @@ def list_headers(
             asked = wanted - len(found)
             rows = db.execute(sql, (*params, *(after or ()), asked)).fetchall()
             for row in rows:
-                with suppress(CorruptRunError):
+                try:
                     found.append(header_from_row(row))
+                except CorruptRunError as exc:
+                    run_id, created = str(row[0]), row[6]
+                    place = (
+                        (float(created), run_id)
+                        if isinstance(created, int | float) and not isinstance(created, bool)
+                        else None
+                    )
+                    unreadable.append((place, UnreadableRun.from_error(run_id, exc)))
             if len(rows) < asked:
                 break
             after = (rows[-1][6], rows[-1][0])
     finally:
         db.execute("COMMIT")
-    return found
+    return found, unreadable
 
 
 # -- batches -------------------------------------------------------------------------------
@@ -449,54 +432,3 @@ def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
 
 def noop(db: sqlite3.Connection) -> None:
     pass
-
-
-def prepare(db: sqlite3.Connection, path: str, synchronous: str, busy_ms: int) -> None:
-    """Set the pragmas and create the tables (once, in one transaction), in SQLite's thread."""
-    try:
-        db.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        db.execute("PRAGMA journal_mode = WAL").fetchone()
-        db.execute(f"PRAGMA synchronous = {synchronous}")
-        version = _store_version(db, path)
-        if version is None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                version = _store_version(db, path)  # another process may have been first
-                if version is None:
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                    db.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(STORE_VERSION),),
-                    )
-                    version = STORE_VERSION
-                db.execute("COMMIT")
-            finally:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(f"cannot open SQLite store {path}: {exc}") from exc
-    if version > STORE_VERSION:
-        raise StoreUnavailableError(
-            f"SQLite store {path} has table layout version {version}, but this durable-agent "
-            f"reads up to {STORE_VERSION}; upgrade durable-agent to open it (the file was left "
-            "untouched)"
-        )
-
-
-def _store_version(db: sqlite3.Connection, path: str) -> int | None:
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-    ).fetchone()
-    if exists is None:
-        return None
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        return None
-    try:
-        return int(row[0])
-    except (TypeError, ValueError):
-        raise StoreUnavailableError(
-            f"SQLite store {path}: meta.schema_version is {row[0]!r}, not a number; the file "
-            "is damaged or was not written by durable-agent"
-        ) from None

@@ -8,13 +8,21 @@ for the layout and why an append is one write and one fsync.
 
 Durability: every create and append is written and fsynced (and a new run's
 folder fsynced into its parent) before it returns, so a run survives the
-process being killed and the machine losing power. A torn last line, left by
-a process killed inside its write, is ignored without touching earlier events.
+process being killed and the machine losing power. A torn append, left by a
+process killed inside its write, is ignored without touching earlier events;
+damage to what was committed (a byte overwritten, a commit line's newline
+lost) is `CorruptRunError` naming the run and the byte, never a silent loss.
 
 Sharing: processes on one machine may share the folder. Writers of a run take
 an OS file lock (``flock``) on its log and check ``seq`` and the lease under
 it. Do not share the folder over NFS or other network filesystems, whose
 locks are not reliable; use Redis, SQLite on a local disk, or PostgreSQL.
+
+Other things in the folder (a ``README.txt``, a backup folder, an editor's
+temporary file, a ``.DS_Store``) are not runs: every call leaves them alone,
+and `JsonFileBackend.foreign_entries` names them. A run folder whose header
+cannot be read is listed in `RunPage.unreadable` (see
+`durable_agent.backends._jsonfile_folder`).
 
 Scale: listing reads every run's header, so it suits thousands of runs, not
 millions; each append costs one fsync of its own (no group commit).
@@ -35,8 +43,9 @@ from durable_agent.backend import (
     LeaseOwner,
     RunPage,
     decode_cursor,
-    encode_cursor,
+    make_page,
 )
+from durable_agent.backends import _jsonfile_folder as folder_ops
 from durable_agent.backends import _jsonfile_ops as ops
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 from durable_agent.fsm import RunState
@@ -169,10 +178,10 @@ class JsonFileBackend(Backend):
         wanted = set(states) if states is not None else None
         if wanted is not None and not wanted:
             return RunPage(runs=(), next_cursor=None)
-        headers = await self._run(lambda root: list(ops.list_headers(root)))
+        found = await self._run(folder_ops.scan)
         matches = [
             h
-            for h in headers
+            for h in found.headers
             if not (
                 (session_id is not None and h.session_id != session_id)
                 or (user_id is not None and h.user_id != user_id)
@@ -183,10 +192,20 @@ class JsonFileBackend(Backend):
             )
         ]
         matches.sort(key=lambda h: (h.created_at.timestamp(), h.run_id), reverse=True)
-        page = matches[:limit]
-        more = len(matches) > limit
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
-        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+        # An unreadable header's fields are unknown: no filter can rule it out, and it
+        # has no place in the order, so the first page reports it.
+        unreadable = [(None, u) for u in found.unreadable] if after is None else []
+        return make_page(matches[: limit + 1], limit=limit, unreadable=unreadable)
+
+    async def foreign_entries(self) -> tuple[str, ...]:
+        """The entries of the folder that are not runs, which every call leaves alone.
+
+        A file, a hidden entry, or a folder holding neither ``header.json`` nor
+        ``events.jsonl`` (a folder's name ends in ``/``); the store's own
+        temporary folders are not listed. ``durable-agent runs list`` prints
+        them on stderr.
+        """
+        return tuple((await self._run(lambda root: folder_ops.scan(root, read=False))).foreign)
 
     async def delete_run(self, run_id: str) -> bool:
         return await self._run(ops.delete, run_id)
@@ -207,7 +226,7 @@ class JsonFileBackend(Backend):
             if self._closed:
                 raise StoreUnavailableError(f"{self!r} is closed")
             return 0
-        return await self._run(ops.prune, older_than, wanted)
+        return await self._run(folder_ops.prune, older_than, wanted)
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         return await self._run(ops.request_cancel, run_id, reason)

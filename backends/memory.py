@@ -18,11 +18,13 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    Position,
     RunPage,
+    UnreadableRun,
     check_append,
     check_lease_acquire,
     decode_cursor,
-    encode_cursor,
+    make_page,
 )
 from durable_agent.errors import (
     ConfigurationError,
@@ -165,12 +167,19 @@ class MemoryBackend(Backend):
             raise ConfigurationError(f"list_runs(limit={limit}) must be at least 1")
         after = decode_cursor(cursor) if cursor else None
         wanted = set(states) if states is not None else None
+        if wanted is not None and not wanted:
+            return RunPage(runs=(), next_cursor=None)
         matches: list[RunHeader] = []
+        unreadable: list[tuple[Position | None, UnreadableRun]] = []
         for run_id, stored in self._runs.items():
             try:
                 header = stored.read_header(run_id)
-            except CorruptRunError:
-                continue  # a damaged header is reported by load_run, never breaks a listing
+            except CorruptRunError as exc:
+                # Its fields are unknown, so no filter can rule it out and it has no
+                # place in the order: the first page reports it.
+                if after is None:
+                    unreadable.append((None, UnreadableRun.from_error(run_id, exc)))
+                continue
             if (
                 (session_id is not None and header.session_id != session_id)
                 or (user_id is not None and header.user_id != user_id)
@@ -184,11 +193,8 @@ class MemoryBackend(Backend):
                 continue
             matches.append(header)
         matches.sort(key=lambda h: (h.created_at.timestamp(), h.run_id), reverse=True)
-        page = matches[:limit]
-        more = len(matches) > limit
-        last = page[-1] if page else None
-        next_cursor = encode_cursor(last.created_at, last.run_id) if more and last else None
-        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+        unreadable.sort(key=lambda item: item[1].run_id)
+        return make_page(matches[: limit + 1], limit=limit, unreadable=unreadable)
 
     async def delete_run(self, run_id: str) -> bool:
         self._check_open()

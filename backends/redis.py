@@ -50,11 +50,13 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    Position,
     RunPage,
+    UnreadableRun,
     check_append,
     check_lease_acquire,
     decode_cursor,
-    encode_cursor,
+    make_page,
 )
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
@@ -589,6 +591,9 @@ class RedisBackend(Backend):
             )
 
         found: list[RunHeader] = []
+        # Met in the index but unreadable: the index still places it, and the index it
+        # was found in is the one filter it is known to match.
+        unreadable: list[tuple[Position | None, UnreadableRun]] = []
         chunk: list[tuple[str, float, str]] = []
         seen: set[str] = set()
         async for index, score, run_id in self._merged(indexes, high, low):
@@ -600,16 +605,15 @@ class RedisBackend(Backend):
             chunk.append((index, score, run_id))
             # Headers are fetched a chunk per round trip, about as many as the page lacks.
             if len(chunk) > limit - len(found):
-                found += [h for h in await self._headers(chunk) if h is not None and matches(h)]
+                headers = await self._headers(chunk, unreadable)
+                found += [h for h in headers if h is not None and matches(h)]
                 chunk = []
                 if len(found) > limit:
                     break
         if chunk and len(found) <= limit:
-            found += [h for h in await self._headers(chunk) if h is not None and matches(h)]
-        page = found[:limit]
-        more = len(found) > limit
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
-        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+            headers = await self._headers(chunk, unreadable)
+            found += [h for h in headers if h is not None and matches(h)]
+        return make_page(found, limit=limit, unreadable=unreadable)
 
     async def _merged(
         self, indexes: list[str], high: str, low: str
@@ -679,10 +683,15 @@ class RedisBackend(Backend):
                 self._unavailable(raw)
         return replies
 
-    async def _headers(self, entries: Sequence[tuple[str, float, str]]) -> list[RunHeader | None]:
+    async def _headers(
+        self,
+        entries: Sequence[tuple[str, float, str]],
+        unreadable: list[tuple[Position | None, UnreadableRun]] | None = None,
+    ) -> list[RunHeader | None]:
         """The headers of listed runs, in one round trip; None for a run gone or damaged.
 
-        On a cluster, index entries that disagree with the header are mended.
+        A damaged one is added to ``unreadable`` at its index entry's place. On a
+        cluster, index entries that disagree with the header are mended.
         """
         replies = await self._read_headers([run_id for _, _, run_id in entries])
         ix = self._indexes
@@ -692,6 +701,9 @@ class RedisBackend(Backend):
         for (index, score, run_id), raw in zip(entries, replies, strict=True):
             if isinstance(raw, Exception):
                 headers.append(None)  # a key of the wrong type: load_run reports it
+                if unreadable is not None:
+                    wrong = CorruptRunError(run_id, None, f"its Redis header key: {raw}")
+                    unreadable.append(((score, run_id), UnreadableRun.from_error(run_id, wrong)))
             elif not raw:
                 if ix is None:
                     # The run expired (retention): drop its entry unless it was created meanwhile.
@@ -702,8 +714,10 @@ class RedisBackend(Backend):
             else:
                 try:
                     header = rec.header_from_hash(run_id, raw)
-                except CorruptRunError:
+                except CorruptRunError as exc:
                     headers.append(None)
+                    if unreadable is not None:
+                        unreadable.append(((score, run_id), UnreadableRun.from_error(run_id, exc)))
                     continue
                 if ix is not None and not ix.belongs(index, score, header):
                     stale.append(ix.truth(header, raw.get(b"incarnation"), index))

@@ -45,9 +45,10 @@ from durable_agent.backend import (
     LeaseOwner,
     RunPage,
     decode_cursor,
-    encode_cursor,
+    make_page,
 )
 from durable_agent.backends import _sqlite_ops as ops
+from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
@@ -400,7 +401,7 @@ class SqliteBackend(Backend):
         link = _Link(loop, conn, execute, opened[0], path, self._max_batch, self._stats)
         try:
             busy_ms = round(self._busy_timeout * 1000)
-            await link.execute(ops.prepare, path, self._synchronous, busy_ms)
+            await link.execute(schema.prepare, path, self._synchronous, busy_ms)
         except BaseException:
             await conn.close()
             raise
@@ -496,11 +497,8 @@ class SqliteBackend(Backend):
         if cursor:
             where.append("(created_at, run_id) < (?, ?)")
             params.extend(decode_cursor(cursor))
-        found = await self._read(ops.list_headers, where, params, limit + 1)
-        page = found[:limit]
-        more = len(found) > limit
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
-        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+        found, unreadable = await self._read(ops.list_headers, where, params, limit + 1)
+        return make_page(found, limit=limit, unreadable=unreadable)
 
     async def delete_run(self, run_id: str) -> bool:
         return await self._write(run_id, ops.delete, run_id)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from durable_agent.agent import Agent
-from durable_agent.backend import Backend
+from durable_agent.backend import Backend, UnreadableRun
 from durable_agent.engine import decide_run
 from durable_agent.errors import DurableAgentError
 from durable_agent.fsm import RunState
@@ -44,12 +44,17 @@ __all__ = [
     "StoreChoice",
     "choose_store",
     "export_document",
+    "foreign_entries",
+    "foreign_note",
     "import_document",
     "load_agent",
     "open_store",
     "parse_age",
     "parse_since",
     "record_decision",
+    "unreadable_json",
+    "unreadable_notes",
+    "unreadable_row",
 ]
 
 DB_ENV: Final = "DURABLE_AGENT_DB"
@@ -113,6 +118,70 @@ def open_store(choice: StoreChoice, *, create: bool = False) -> Backend:
             f"{DB_ENV} to the store your agents use"
         )
     return open_backend(choice.url)
+
+
+# -- what a listing could not show -------------------------------------------------------------
+
+UNREADABLE_STATE: Final = {"corrupt": "corrupt", "newer_version": "newer"}
+"""What ``runs list`` prints in the STATE column of a run it cannot read."""
+
+
+def unreadable_row(run: UnreadableRun, width: int) -> list[str]:
+    """A ``runs list`` table row for a run whose header cannot be read."""
+    return [run.run_id, UNREADABLE_STATE[run.reason], *["-"] * (width - 2)]
+
+
+def unreadable_json(run: UnreadableRun) -> dict[str, str]:
+    """A run whose header cannot be read, as ``runs list --json`` gives it."""
+    return {"run_id": run.run_id, "reason": run.reason, "message": run.message}
+
+
+def unreadable_notes(runs: Sequence[UnreadableRun]) -> list[str]:
+    """What to do about the runs a listing could not read, one line per reason."""
+    notes = []
+    corrupt = [r.run_id for r in runs if r.reason == "corrupt"]
+    newer = [r.run_id for r in runs if r.reason == "newer_version"]
+    if corrupt:
+        notes.append(
+            f"{_count(corrupt, 'run')} could not be read (state corrupt: {_names(corrupt)}); "
+            "`durable-agent runs show RUN_ID` says what is damaged, `runs delete` removes one"
+        )
+    if newer:
+        notes.append(
+            f"{_count(newer, 'run')} written by a newer durable-agent (state newer: "
+            f"{_names(newer)}); upgrade durable-agent to read them"
+        )
+    return notes
+
+
+async def foreign_entries(backend: Backend) -> tuple[str, ...]:
+    """What the store holds that is not a run, for a store that can tell (JSON files), else ().
+
+    A store tells by having an async ``foreign_entries()`` method, as
+    `JsonFileBackend` does; the CLI never imports a concrete backend.
+    """
+    method = getattr(backend, "foreign_entries", None)
+    if not callable(method):
+        return ()
+    found = await method()
+    return tuple(str(entry) for entry in found)
+
+
+def foreign_note(choice: StoreChoice, entries: Sequence[str]) -> str:
+    """One line naming the entries of a store that are not runs (and were left alone)."""
+    return (
+        f"ignored {_count(entries, 'entry', 'entries')} of {choice.url} that "
+        f"{'is' if len(entries) == 1 else 'are'} not a run: {_names(entries)}"
+    )
+
+
+def _count(items: Sequence[object], noun: str, plural: str = "") -> str:
+    return f"{len(items)} {noun if len(items) == 1 else plural or noun + 's'}"
+
+
+def _names(names: Sequence[str], most: int = 20) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 # -- durations and dates ----------------------------------------------------------------------

@@ -34,13 +34,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
+    CorruptRunError,
     LeaseLostError,
     RunBusyError,
+    SchemaVersionError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun
@@ -49,11 +51,15 @@ __all__ = [
     "Backend",
     "Capability",
     "LeaseOwner",
+    "Position",
     "RunPage",
+    "UnreadableReason",
+    "UnreadableRun",
     "check_append",
     "check_lease_acquire",
     "decode_cursor",
     "encode_cursor",
+    "make_page",
 ]
 
 
@@ -99,12 +105,80 @@ def _pid_namespace() -> str:
         return ""
 
 
+UnreadableReason = Literal["corrupt", "newer_version"]
+"""Why a listed run could not be read: a damaged header, or one a newer durable-agent wrote."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRun:
+    """A stored run a listing came across but could not read; listed so it is never hidden.
+
+    ``reason`` is ``"newer_version"`` for a header written by a newer
+    durable-agent (upgrade to read it), else ``"corrupt"``; ``message`` is the
+    error `Backend.get_run` raises for it.
+    """
+
+    run_id: str
+    reason: UnreadableReason
+    message: str
+
+    @classmethod
+    def from_error(cls, run_id: str, error: CorruptRunError) -> UnreadableRun:
+        """The entry for a run whose header raised ``error`` (a `SchemaVersionError` is newer)."""
+        reason: UnreadableReason = (
+            "newer_version" if isinstance(error, SchemaVersionError) else "corrupt"
+        )
+        return cls(run_id=run_id, reason=reason, message=str(error))
+
+
 @dataclass(frozen=True, slots=True)
 class RunPage:
-    """One page of `Backend.list_runs`; pass ``next_cursor`` back for the next page."""
+    """One page of `Backend.list_runs`; pass ``next_cursor`` back for the next page.
+
+    ``unreadable`` holds the stored runs the page's scan met but could not read
+    (a damaged header, or one from a newer durable-agent): a listing never
+    drops a run silently. They are not in ``runs`` and do not count toward
+    ``limit``. Over a walk through every page each is reported once: on the
+    page whose part of the listing order holds it, where the store still knows
+    its creation time (an SQL column, an index), otherwise on the first page.
+    A filter leaves one out only when the store can still tell it does not
+    match (a column, an index); otherwise it is reported whatever the filter.
+    A backend written before this field existed simply reports none.
+    """
 
     runs: tuple[RunHeader, ...]
     next_cursor: str | None
+    unreadable: tuple[UnreadableRun, ...] = ()
+
+
+Position = tuple[float, str]
+"""A run's place in the listing order: (creation time as a timestamp, run id)."""
+
+
+def make_page(
+    found: Sequence[RunHeader],
+    *,
+    limit: int,
+    unreadable: Sequence[tuple[Position | None, UnreadableRun]] = (),
+) -> RunPage:
+    """The page of a newest-first scan, with its cursor and the unreadable runs it owns.
+
+    ``found`` holds the readable headers the scan kept, up to ``limit + 1`` of
+    them (one more than the page, to know whether another page follows).
+    ``unreadable`` holds the runs the scan met but could not read, each with
+    its `Position`, or None when the store cannot place it (it belongs to this
+    page). One met past the page's last run is left to the next page, whose
+    scan meets it again, so each is reported exactly once.
+    """
+    page = tuple(found[:limit])
+    if len(found) <= limit or not page:
+        return RunPage(runs=page, next_cursor=None, unreadable=tuple(u for _, u in unreadable))
+    last = page[-1]
+    cut = (last.created_at.timestamp(), last.run_id)
+    owned = tuple(u for place, u in unreadable if place is None or place > cut)
+    return RunPage(
+        runs=page, next_cursor=encode_cursor(last.created_at, last.run_id), unreadable=owned
+    )
 
 
 class Backend(ABC):
@@ -186,7 +260,11 @@ class Backend(ABC):
         limit: int = 100,
         cursor: str | None = None,
     ) -> RunPage:
-        """List run headers matching every given filter, newest first, a page at a time."""
+        """List run headers matching every given filter, newest first, a page at a time.
+
+        Runs whose header cannot be read are listed in `RunPage.unreadable`
+        (see there for the page that reports each), never skipped silently.
+        """
 
     @abstractmethod
     async def delete_run(self, run_id: str) -> bool:
@@ -201,7 +279,8 @@ class Backend(ABC):
     ) -> int:
         """Delete runs in ``states`` last updated before ``older_than``; return how many.
 
-        Runs holding a live lease are kept.
+        Runs holding a live lease are kept, and so is every run whose header
+        cannot be read (its state and age are unknown).
         """
 
     @abstractmethod

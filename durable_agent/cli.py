@@ -42,7 +42,7 @@ from durable_agent import _demo
 from durable_agent._cli_output import Column, Printer
 from durable_agent._cli_timeline import error_text, timeline
 from durable_agent._lease import process_alive
-from durable_agent.backend import Backend, LeaseOwner
+from durable_agent.backend import Backend, LeaseOwner, UnreadableRun
 from durable_agent.diagram import FORMATS, DiagramFormat, machine_diagram, run_diagram
 from durable_agent.engine import cancel_run
 from durable_agent.errors import DurableAgentError, RunExistsError, RunNotFoundError
@@ -234,6 +234,7 @@ def runs_list(
     async def body() -> int:
         out = Printer()
         found: list[RunHeader] = []
+        unreadable: list[UnreadableRun] = []
         next_cursor = cursor
         async with _opened(choice) as backend:
             while True:
@@ -246,26 +247,37 @@ def runs_list(
                     cursor=next_cursor,
                 )
                 found.extend(page.runs)
+                unreadable.extend(page.unreadable)  # a run it cannot read is shown, not hidden
                 next_cursor = page.next_cursor
                 if not every or next_cursor is None:
                     break
+            foreign = await store.foreign_entries(backend)
+        if foreign:
+            out.note(store.foreign_note(choice, foreign))
         if as_json:
-            out.json({"runs": [_header_json(h) for h in found], "next_cursor": next_cursor})
+            out.json(
+                {
+                    "runs": [_header_json(h) for h in found],
+                    "unreadable": [store.unreadable_json(u) for u in unreadable],
+                    "next_cursor": next_cursor,
+                }
+            )
             return 0
-        if not found:
+        if not found and not unreadable:
             out.note(f"no runs match in {choice.url}")
             return 0
+        columns = [
+            Column("RUN ID", "bold"),
+            Column("STATE", "cyan"),
+            Column("AGENT"),
+            Column("SESSION"),
+            Column("USER"),
+            Column("EVENTS", right=True),
+            Column("CREATED (UTC)"),
+            Column("UPDATED (UTC)"),
+        ]
         out.table(
-            [
-                Column("RUN ID", "bold"),
-                Column("STATE", "cyan"),
-                Column("AGENT"),
-                Column("SESSION"),
-                Column("USER"),
-                Column("EVENTS", right=True),
-                Column("CREATED (UTC)"),
-                Column("UPDATED (UTC)"),
-            ],
+            columns,
             [
                 [
                     h.run_id,
@@ -278,8 +290,11 @@ def runs_list(
                     _when(h.updated_at),
                 ]
                 for h in found
-            ],
+            ]
+            + [store.unreadable_row(u, len(columns)) for u in unreadable],
         )
+        for note in store.unreadable_notes(unreadable):
+            out.note(note)
         if next_cursor is not None:
             out.note(f"more runs: add --cursor {next_cursor} (or --all)")
         return 0

@@ -33,11 +33,15 @@ the suite test more:
   tests (with the ``DURABLE`` / ``CROSS_PROCESS`` capabilities).
 * ``damage(store, run_id, seq)`` overwrites the stored event ``seq`` of a run
   (or its header when ``seq`` is None) with bytes that are not a valid record:
-  it enables the corrupted-data tests.
+  it enables the corrupted-data tests, and the check that a listing reports
+  a damaged header in `RunPage.unreadable` instead of hiding it.
+* ``mark_newer_version(store, run_id)`` makes a run's stored header one a
+  newer durable-agent wrote (``schema_version`` above this one's): listings
+  must report it as ``"newer_version"``.
 
 The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
 `DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
-`DamageTests`) may also be subclassed one by one.
+`DamageTests`, `UnreadableTests`) may also be subclassed one by one.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from durable_agent.testing._conformance_runs import (
     LifecycleTests,
     PayloadTests,
     RunTests,
+    UnreadableTests,
 )
 
 __all__ = [
@@ -76,6 +81,7 @@ __all__ = [
     "ListTests",
     "PayloadTests",
     "RunTests",
+    "UnreadableTests",
     "at",
     "created",
     "header",
@@ -94,5 +100,6 @@ class BackendConformance(
     LifecycleTests,
     DurabilityTests,
     DamageTests,
+    UnreadableTests,
 ):
     """The whole contract. Subclass it as ``Test...`` and define ``backend``."""

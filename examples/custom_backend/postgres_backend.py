@@ -11,8 +11,10 @@ in one small file a backend author can copy. It is deliberately plain:
 * records are serialized only by `durable_agent.records` (``encode_event``,
   ``encode_header``), never pickled; the columns next to the header text
   exist only so that listing can filter and sort in SQL;
-* a damaged record raises `CorruptRunError` for its own run and is skipped by
-  listings; a lost connection raises `StoreUnavailableError`.
+* a damaged record raises `CorruptRunError` for its own run; a listing reports
+  a run whose header it cannot read in `RunPage.unreadable` (`make_page` puts
+  it on the right page), and prune keeps it; a lost connection raises
+  `StoreUnavailableError`.
 
 Run with: ``pip install "psycopg[binary]"`` and a PostgreSQL you can reach, then
 ``pytest examples/custom_backend`` (see docs/backends.md). The tests read
@@ -40,11 +42,13 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    Position,
     RunPage,
+    UnreadableRun,
     check_append,
     check_lease_acquire,
     decode_cursor,
-    encode_cursor,
+    make_page,
 )
 from durable_agent.errors import (
     ConfigurationError,
@@ -266,22 +270,23 @@ class PostgresBackend(Backend):
             where.append("(created_at, run_id) < (%s, %s)")
             params.extend(decode_cursor(cursor))
         query = self._q(
-            "SELECT run_id, header FROM {runs} WHERE " + " AND ".join(where)
+            "SELECT run_id, header, created_at FROM {runs} WHERE " + " AND ".join(where)
             + " ORDER BY created_at DESC, run_id DESC"
         )
         found: list[RunHeader] = []
+        unreadable: list[tuple[Position | None, UnreadableRun]] = []
         async with self._transaction() as cur:
-            async for run_id, text in cur.stream(query, params):
+            async for run_id, text, created_at in cur.stream(query, params):
                 try:
                     found.append(decode_header(run_id, text))
-                except CorruptRunError:
-                    continue  # reported by load_run; a listing goes on
+                except CorruptRunError as exc:
+                    # Listed, not skipped: the columns still place it and filter it.
+                    place = (created_at, run_id)
+                    unreadable.append((place, UnreadableRun.from_error(run_id, exc)))
+                    continue
                 if len(found) > limit:
                     break
-        page = found[:limit]
-        more = len(found) > limit
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].run_id) if more else None
-        return RunPage(runs=tuple(page), next_cursor=next_cursor)
+        return make_page(found, limit=limit, unreadable=unreadable)
 
     async def delete_run(self, run_id: str) -> bool:
         async with self._transaction() as cur:

@@ -1,4 +1,4 @@
-"""The conformance suite on the example PostgreSQL backend: a fixture, two hooks, nothing else.
+"""The conformance suite on the example PostgreSQL backend: a fixture, three hooks, nothing else.
 
 Run with: ``pytest examples/custom_backend`` (CI runs it through
 tests/backends/test_custom_backend_example.py). Each test gets a schema of its
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from durable_agent.backend import Backend
+from durable_agent.records import SCHEMA_VERSION
 from durable_agent.testing.conformance import BackendConformance
 
 URL = os.environ.get("DURABLE_AGENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test")
@@ -69,3 +70,13 @@ class TestPostgresBackend(BackendConformance):
                 f"UPDATE {store.schema}.durable_events SET body = '{{garbage'"
                 f" WHERE run_id = '{run_id}' AND seq = {seq}"
             )
+
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        from .postgres_backend import PostgresBackend
+
+        assert isinstance(store, PostgresBackend)
+        await _admin(
+            f"UPDATE {store.schema}.durable_runs SET header = jsonb_set(header::jsonb,"
+            f" '{{schema_version}}', to_jsonb({SCHEMA_VERSION + 1}))::text"
+            f" WHERE run_id = '{run_id}'"
+        )

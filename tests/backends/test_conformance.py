@@ -6,6 +6,7 @@ Each class gives the suite only what a custom backend author gives it: a
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from durable_agent.backend import Backend
 from durable_agent.backends.jsonfile import JsonFileBackend
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.records import SCHEMA_VERSION
 from durable_agent.testing.conformance import BackendConformance
 
 
@@ -32,6 +34,11 @@ class TestMemoryBackend(BackendConformance):
             stored.header = "{not json"
         else:
             stored.events[seq - 1] = "{not json"
+
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        assert isinstance(store, MemoryBackend)
+        stored = store._runs[run_id]
+        stored.header = _newer(stored.header)
 
 
 class TestSqliteBackend(BackendConformance):
@@ -55,6 +62,13 @@ class TestSqliteBackend(BackendConformance):
                     (run_id, seq),
                 )
 
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        assert isinstance(store, SqliteBackend)
+        with closing(sqlite3.connect(store._path, isolation_level=None)) as conn:
+            conn.execute(
+                "UPDATE runs SET schema_version = ? WHERE run_id = ?", (SCHEMA_VERSION + 1, run_id)
+            )
+
 
 class TestJsonFileBackend(BackendConformance):
     async def backend(self, tmp_path: Path) -> AsyncIterator[Backend]:
@@ -77,6 +91,11 @@ class TestJsonFileBackend(BackendConformance):
         events = [i for i, line in enumerate(lines) if line.startswith(b'{"schema_version"')]
         lines[events[seq - 1]] = b"{garbage"
         log.write_bytes(b"\n".join(lines))
+
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        assert isinstance(store, JsonFileBackend)
+        path = Path(store.folder) / run_id / "header.json"
+        path.write_text(_newer(path.read_text()) + "\n")
 
 
 class TestRedisBackend(BackendConformance):
@@ -105,6 +124,21 @@ class TestRedisBackend(BackendConformance):
                 await client.hset(header_key, "state", "BOGUS")
             else:
                 await client.lset(events_key, seq - 1, "{garbage")
+
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        from redis.asyncio import Redis
+
+        assert hasattr(store, "prefix")
+        header_key = f"{store.prefix}{{{run_id}}}:header"
+        async with Redis.from_url(store._url) as client:  # type: ignore[attr-defined]
+            await client.hset(header_key, "schema_version", str(SCHEMA_VERSION + 1))
+
+
+def _newer(header_text: str) -> str:
+    """A stored header's JSON text as a newer durable-agent would have written it."""
+    fields = json.loads(header_text)
+    fields["schema_version"] = SCHEMA_VERSION + 1
+    return json.dumps(fields)
 
 
 async def _forget(url: str, prefix: str) -> None:

@@ -22,7 +22,7 @@ from durable_agent import Agent, ScriptedModel, Task, ToolCall
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import ConfigurationError, RunNotFoundError, StoreUnavailableError
 from durable_agent.fsm import RunState
-from durable_agent.records import RunHeader, TransitionEvent, utcnow
+from durable_agent.records import SCHEMA_VERSION, RunHeader, TransitionEvent, utcnow
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance
 from tests.backends.conftest import created, header, new_run, run, step
@@ -88,6 +88,12 @@ class TestRedisClusterBackend(BackendConformance):
                 await client.hset(_key(store, run_id, "header"), "state", "BOGUS")
             else:
                 await client.lset(_key(store, run_id, "events"), seq - 1, "{garbage")
+
+    async def mark_newer_version(self, store: Backend, run_id: str) -> None:
+        assert isinstance(store, RedisBackend)
+        async with _raw(store._url) as client:
+            newer = str(SCHEMA_VERSION + 1)
+            await client.hset(_key(store, run_id, "header"), "schema_version", newer)
 
 
 # -- where the keys are ------------------------------------------------------------------------

@@ -4,9 +4,9 @@ each seq, and no event is lost or duplicated."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +35,11 @@ async def main() -> None:
     wins, refused = [], 0
     async with open_backend(url) as store:
         await store.get_run(run_id)  # connected before the start
+        print("ready", flush=True)
+        deadline = time.monotonic() + 60
         while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                sys.exit("no go-file within 60 s")
             time.sleep(0.001)
         while True:
             # Both read the store's seq and try to extend it: they collide often.
@@ -88,7 +92,11 @@ def test_two_processes_appending_to_one_run_win_each_seq_exactly_once(
         )
         for _ in range(2)
     ]
-    time.sleep(0.3)  # both have read seq 1 and wait at the gate
+    for proc in procs:  # each says when it is connected and waits at the gate
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "a writer never got ready"
+        assert proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
     go.touch()
     results = []
     for proc in procs:

@@ -1,0 +1,147 @@
+"""Opening `SqliteBackend`'s file: the pragmas, the tables, and a crowd opening it at once.
+
+Runs in aiosqlite's worker thread, called once per connection by
+`durable_agent.backends.sqlite`.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from typing import Final
+
+from durable_agent.errors import StoreUnavailableError
+
+STORE_VERSION: Final = 1
+"""Version of the table layout below, kept in the ``meta`` table."""
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # Headers are small, so they live in their primary-key b-tree (WITHOUT ROWID).
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        session_id TEXT,
+        user_id TEXT,
+        agent_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_host TEXT,
+        lease_pid INTEGER,
+        lease_generation INTEGER NOT NULL,
+        lease_expires REAL,
+        lease_ttl REAL,
+        schema_version INTEGER NOT NULL,
+        cancel_requested TEXT
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_user ON runs (user_id, created_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, created_at, run_id)",
+    # Events often exceed the ~200 bytes SQLite recommends for WITHOUT ROWID rows
+    # (model answers, tool results), so they stay in a rowid table whose
+    # interior pages hold only rowids; the (run_id, seq) key is a separate index.
+    """CREATE TABLE IF NOT EXISTS events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    )""",
+)
+
+
+def prepare(db: sqlite3.Connection, path: str, synchronous: str, busy_ms: int) -> None:
+    """Set the pragmas and create the tables (once, in one transaction), in SQLite's thread.
+
+    Several processes may open a brand-new file at the same moment (a fleet of
+    workers starting together). Switching it to WAL needs the file alone, and
+    SQLite refuses that at once with "database is locked" rather than wait in
+    its busy handler (waiting there could deadlock), so a busy refusal is tried
+    again, with a growing, jittered pause, for up to ``busy_ms``.
+    """
+    deadline = time.monotonic() + busy_ms / 1000
+    pause = 0.001
+    while True:
+        try:
+            version = _prepare_once(db, path, synchronous, busy_ms)
+            break
+        except sqlite3.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if not _busy(exc) or left <= 0:
+                hint = "; another process held the file longer than busy_timeout"
+                raise StoreUnavailableError(
+                    f"cannot open SQLite store {path}: {exc}{hint if _busy(exc) else ''}"
+                ) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {path}: {exc}") from exc
+        time.sleep(min(left, pause * random.uniform(0.5, 1.5)))
+        pause = min(pause * 2, 0.05)
+    if version > STORE_VERSION:
+        raise StoreUnavailableError(
+            f"SQLite store {path} has table layout version {version}, but this durable-agent "
+            f"reads up to {STORE_VERSION}; upgrade durable-agent to open it (the file was left "
+            "untouched)"
+        )
+
+
+class _NotYetWal(sqlite3.OperationalError):
+    """The WAL switch answered another journal mode: another connection was in the way."""
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    if isinstance(exc, _NotYetWal):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _prepare_once(db: sqlite3.Connection, path: str, synchronous: str, busy_ms: int) -> int:
+    db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        raise _NotYetWal(
+            f"the switch to WAL mode was refused (journal mode stayed {mode and mode[0]!r})"
+        )
+    db.execute(f"PRAGMA synchronous = {synchronous}")
+    version = _store_version(db, path)
+    if version is not None:
+        return version
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = _store_version(db, path)  # another process may have been first
+        if version is None:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(STORE_VERSION),),
+            )
+            version = STORE_VERSION
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    return version
+
+
+def _store_version(db: sqlite3.Connection, path: str) -> int | None:
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if exists is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreUnavailableError(
+            f"SQLite store {path}: meta.schema_version is {row[0]!r}, not a number; the file "
+            "is damaged or was not written by durable-agent"
+        ) from None
