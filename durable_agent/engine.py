@@ -29,70 +29,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from durable_agent._lease import acquire_lease
+from durable_agent._model_step import ModelStep
+from durable_agent._recording import CancelRequested, Spec
 from durable_agent._redact import redact_exception
+from durable_agent._tool_step import ToolStep
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     DecisionError,
-    OutputValidationError,
     RunBusyError,
     RunCancelledError,
-    RunFailedError,
     RunStateError,
     RunTimeoutError,
-    ToolArgumentsError,
-    ToolRetry,
-    UnstorableValueError,
 )
 from durable_agent.fsm import FINAL_STATES, RunState, next_state
 from durable_agent.human import Decision, Requirement, collect_decisions
-from durable_agent.models import ChatModel, OutputSchema
+from durable_agent.models import ChatModel
 from durable_agent.records import (
-    AssistantMessage,
     CancelledEvent,
     CreatedEvent,
     DecisionEvent,
-    ErrorInfo,
     Event,
-    FailedEvent,
     JSONValue,
     Lease,
     Message,
-    ModelAttemptFailedEvent,
-    ModelResponseEvent,
     OutputFormat,
-    OutputRejectedEvent,
-    RequirementRecord,
     RunHeader,
-    ToolCallPart,
-    ToolFinishedEvent,
-    ToolResultMessage,
-    ToolStartedEvent,
     TransitionEvent,
-    UserMessage,
-    WaitingEvent,
-    check_answer,
-    check_event,
-    escape_surrogates,
 )
 from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
-from durable_agent.tools import Tool, ToolContext
+from durable_agent.tools import Tool
 
 __all__ = ["Engine", "RetryPolicy", "RunExecution", "cancel_run", "decide_run", "is_retryable"]
-
-_Spec = tuple[type[Any], str | None, dict[str, Any]]
-"""An event to build: its class, its trigger (None: no transition) and its fields."""
 
 
 class Engine:
@@ -142,55 +117,14 @@ class Engine:
         return RunExecution(self, run_id, tools, output_type=output_type)
 
 
-_AT_REST: frozenset[RunState] = frozenset(
-    {RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED}
-)
-"""States a run rests in without an owner: the write that enters one releases the lease."""
 
+class RunExecution(ModelStep, ToolStep):
+    """One attempt to drive one run while holding its lease.
 
-class _CancelRequested(Exception):
-    """Internal: a cancellation request was seen at a transition boundary."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What to do now with one pending tool call."""
-
-    action: Literal["run", "record", "wait"]
-    call: ToolCallPart
-    arguments: Mapping[str, JSONValue] | None = None
-    result: ToolResultMessage | None = None
-    requirement: RequirementRecord | None = None
-
-
-class RunExecution:
-    """One attempt to drive one run while holding its lease."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        run_id: str,
-        tools: Mapping[str, Tool],
-        *,
-        output_type: type[BaseModel] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.run_id = run_id
-        self.tools = tools
-        self.output_type = output_type
-        self._definitions = [t.definition() for t in tools.values()]
-        self.ctx: RunContext | None = None
-        self.lease: Lease | None = None
-        self._lock = asyncio.Lock()
-        self._live_intents: set[str] = set()
-        self._resumed_in_model_call = False
-        self._heartbeat_error: BaseException | None = None
-        self._uncertain = False
-        """An append was interrupted: whether it landed is for the store to say."""
-
-    @property
-    def backend(self) -> Backend:
-        return self.engine.backend
+    The lifecycle lives here (create or acquire, drive, release); the model step,
+    the tool step and recording are in `durable_agent._model_step`,
+    `durable_agent._tool_step` and `durable_agent._recording`.
+    """
 
     # -- opening ------------------------------------------------------------
 
@@ -279,7 +213,7 @@ class RunExecution:
         if ctx.state is not RunState.WAITING:
             raise RunStateError(ctx.run_id, ctx.state.value, "only a WAITING run takes decisions")
         remaining = set(ctx.open_requirements) - set(decisions)
-        specs: list[_Spec] = []
+        specs: list[Spec] = []
         items = list(decisions.items())
         for index, (rid, decision) in enumerate(items):
             last = index == len(items) - 1
@@ -336,7 +270,7 @@ class RunExecution:
         try:
             async with asyncio.timeout(timeout) as deadline:
                 await self._loop(ctx)
-        except _CancelRequested:
+        except CancelRequested:
             await self.cancel(ctx.cancel_reason or self._cancel_reason())
         except TimeoutError as exc:
             if not deadline.expired():
@@ -383,465 +317,9 @@ class RunExecution:
                 case RunState.ERROR:
                     raise RunStateError(ctx.run_id, ctx.state.value, "it cannot be driven further")
 
-    def _cancel_reason(self) -> str:
-        return (self.lease.cancel_requested if self.lease else None) or "cancelled"
-
-    def _check_cancel(self) -> None:
-        if self.lease is not None and self.lease.cancel_requested is not None:
-            raise _CancelRequested
-
-    async def _record_interruption(self, ctx: RunContext, error: BaseException) -> None:
-        """Append ERROR for a deadline or cancellation, if the run was mid-effect.
-
-        Shielded, so a second cancellation cannot cut the record short. If an
-        append was interrupted, the run is reloaded first: the store is the
-        source of truth, and the record must follow what it holds.
-        """
-        await asyncio.shield(self._record_interruption_now(ctx, error))
-
-    async def _record_interruption_now(self, ctx: RunContext, error: BaseException) -> None:
-        if self.lease is None:
-            return
-        if self._uncertain:
-            stored = await self.backend.load_run(self.run_id)
-            held = stored.header.lease
-            if held is None or stored.header.lease_generation != self.lease.generation:
-                self.lease = None  # the interrupted write brought the run to rest
-                return
-            fresh = RunContext.from_stored(stored)
-            vars(ctx).update(vars(fresh))  # callers hold `ctx`; keep it the same object
-            self._uncertain = False
-        if ctx.state not in (RunState.MODEL_CALL, RunState.TOOL_EXEC):
-            return
-        info = ErrorInfo.from_exception(error).model_copy(update={"retryable": True})
-        await self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
-
     async def _release_quietly(self) -> None:
         with contextlib.suppress(Exception):
             await self.release()
-
-    def _context(self) -> RunContext:
-        if self.ctx is None or self.lease is None:
-            raise RuntimeError("RunExecution needs create() or acquire() first")
-        return self.ctx
-
-    async def _append(self, *specs: _Spec) -> None:
-        """Build events for ``specs`` after the current seq, append them, then apply them."""
-        async with self._lock:
-            if self._heartbeat_error is not None:
-                raise self._heartbeat_error
-            ctx = self._context()
-            assert self.lease is not None
-            events: list[Event] = []
-            state, seq = ctx.state, ctx.seq
-            for cls, trigger, fields in specs:
-                if trigger is not None:
-                    state = next_state(state, trigger, failed_state=ctx.failed_state)
-                seq += 1
-                events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
-            # Refused here, before the store sees any of it: a value the decoder
-            # could not read back must never be half-written (UnstorableValueError).
-            for event in events:
-                check_event(event)
-            # The write that brings the run to rest gives the lease up atomically.
-            release = state in _AT_REST
-            try:
-                self.lease = await self.backend.append(
-                    ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
-                )
-            except asyncio.CancelledError:
-                # The write may or may not have landed: the store will say
-                # (`_record_interruption` reloads before it writes again).
-                # Awaiting it under a shield instead would cost a task per append.
-                self._uncertain = True
-                raise
-            self._settle(events, release)
-
-    def _settle(self, events: list[Event], released: bool) -> None:
-        self._context().apply_all(events)
-        if released:
-            self.lease = None
-
-    # -- model calls ----------------------------------------------------------
-
-    async def _model_step(self, ctx: RunContext) -> None:
-        engine = self.engine
-        model = engine.model
-        if model is None:
-            raise RunStateError(
-                ctx.run_id, ctx.state.value,
-                "this engine only records decisions and cancellations; continue the run "
-                "with its Agent",
-            )
-        definitions = self._definitions
-        fmt = ctx.output_format
-        schema = OutputSchema(fmt.name, fmt.json_schema, fmt.description) if fmt else None
-        repeated, self._resumed_in_model_call = self._resumed_in_model_call, False
-        attempt = 1
-        while True:
-            self._check_cancel()
-            started = time.perf_counter()
-            try:
-                async with self._keepalive():
-                    response = await model.request(
-                        ctx.messages, tools=definitions, output_schema=schema
-                    )
-            except Exception as exc:
-                info = ErrorInfo.from_exception(exc)
-                if is_retryable(exc) and attempt < engine.retry.attempts:
-                    delay = engine.retry.delay_for(attempt, exc)
-                    await self._append(
-                        (ModelAttemptFailedEvent, None, {"attempt": attempt, "error": info,
-                                                         "retry_in": delay})
-                    )
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
-                await self._append(
-                    (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
-                )
-                raise RunFailedError(
-                    ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
-                    f"model call failed after {attempt} attempt(s): {info.type}: {info.message}",
-                ) from exc
-            answer = {
-                "message": response.message,
-                "model": response.model,
-                "usage": response.usage,
-                "attempt": attempt,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                "repeated": repeated,
-            }
-            refused = await self._record_answer(ctx, response.message, answer)
-            if refused is None:
-                return
-            problem, message, feedback = refused
-            info = ErrorInfo.from_exception(problem)
-            if attempt < engine.retry.attempts:
-                # Within the retry budget the model sees why its answer was refused.
-                await self._append(
-                    (OutputRejectedEvent, None, {
-                        "message": message, "feedback": UserMessage(content=feedback),
-                        "error": info, "model": escape_surrogates(response.model),
-                        "usage": response.usage, "attempt": attempt,
-                    })
-                )
-                attempt += 1
-                continue
-            await self._append(
-                (FailedEvent, "fail", {"error": info, "failed_state": RunState.MODEL_CALL})
-            )
-            what = (
-                "the final answer failed validation"
-                if isinstance(problem, OutputValidationError)
-                else "the model's answer could not be stored"
-            )
-            raise RunFailedError(
-                ctx.run_id, ctx.state.value, RunState.MODEL_CALL.value,
-                f"{what} after {attempt} attempt(s): {info.message}",
-            ) from problem
-
-    async def _record_answer(
-        self, ctx: RunContext, message: AssistantMessage, answer: dict[str, Any]
-    ) -> tuple[Exception, AssistantMessage, str] | None:
-        """Append an acceptable answer and return None; else why not, with nothing appended.
-
-        A refusal comes with the message to keep in the log in the answer's
-        place and the feedback for the model.
-        """
-        try:
-            check_answer(message)
-            if message.tool_calls:
-                # The intents of the calls that start at once ride in the same
-                # atomic append as the answer that asks for them: one write
-                # instead of two, and rule 1 holds because they start only after
-                # it returns. Calls that wait for a human get no intent yet.
-                now = [c for c in message.tool_calls if self._runs_at_once(c)]
-                await self._append(
-                    (ModelResponseEvent, "tool_calls", answer),
-                    *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in now),
-                )
-                self._live_intents.update(c.id for c in now)
-                return None
-            problem = self._check_output(ctx, message.content)
-            if problem is None:
-                await self._append((ModelResponseEvent, "final_answer", answer))
-                return None
-        except UnstorableValueError as unstorable:
-            # The answer itself cannot be kept: the log keeps its text (escaped)
-            # and the names of its calls, so the model sees what it sent.
-            return unstorable, _stand_in(message), escape_surrogates(
-                f"Your previous answer could not be stored: {unstorable}. Answer again "
-                "without that value."
-            )
-        return problem, message, (
-            f"Your answer does not match the required output format: {problem}. "
-            "Answer again with only JSON that matches the schema."
-        )
-
-    def _runs_at_once(self, call: ToolCallPart) -> bool:
-        tool = self.tools.get(call.name)
-        return tool is None or tool.requirement_kind is None
-
-    def _check_output(self, ctx: RunContext, content: str | None) -> Exception | None:
-        """Return why ``content`` is not an acceptable final answer, or None."""
-        if ctx.output_format is None:
-            return None
-        text = content or ""
-        try:
-            if self.output_type is not None:
-                self.output_type.model_validate_json(text)
-            else:
-                json.loads(text)
-        except ValidationError as exc:
-            return OutputValidationError(
-                f"{exc.error_count()} error(s): "
-                + "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                    for e in exc.errors()
-                )
-            )
-        except ValueError as exc:
-            return OutputValidationError(f"not JSON: {exc}")
-        return None
-
-    # -- tool calls -----------------------------------------------------------
-
-    def _plan(self, ctx: RunContext, call: ToolCallPart) -> _Plan:
-        """Decide what to do with one pending call from the tool and the recorded decisions."""
-        tool = self.tools.get(call.name)
-        attempts = ctx.call_attempts.get(call.id, 0)
-        # An intent without a result, not written by this execution and not
-        # followed by a recorded failure: the call may or may not have run.
-        in_doubt = (
-            attempts > 0 and call.id not in self._live_intents and call.id not in ctx.failed_calls
-        )
-        if tool is not None and in_doubt and not tool.idempotent:
-            rid = f"{call.id}:in_doubt:{attempts}"
-            decision = ctx.decisions.get(rid)
-            if decision is None:
-                return self._wait(call, rid, "in_doubt")
-            match decision.action:
-                case "confirm":
-                    return _Plan("run", call)
-                case "result":
-                    return self._record(call, decision.value, is_error=False)
-                case _:
-                    reason = decision.reason or "the call may have run before a crash"
-                    return self._record(call, f"failed by a human decision: {reason}", True)
-        kind = tool.requirement_kind if tool is not None else None
-        if kind is None:
-            return _Plan("run", call)
-        rid = f"{call.id}:{kind}"
-        decision = ctx.decisions.get(rid)
-        if decision is None:
-            return self._wait(call, rid, kind)
-        match decision.action:
-            case "confirm":
-                return _Plan("run", call)
-            case "input":
-                return _Plan("run", call, arguments={**call.arguments, **decision.inputs})
-            case "result":
-                return self._record(call, decision.value, is_error=False)
-            case _:
-                reason = decision.reason or "no reason given"
-                return self._record(call, f"rejected by a human: {reason}", is_error=True)
-
-    def _wait(self, call: ToolCallPart, rid: str, kind: Any) -> _Plan:
-        tool = self.tools.get(call.name)
-        fields = tool.user_fields if tool is not None and kind == "user_input" else ()
-        record = RequirementRecord(
-            id=rid, kind=kind, call_id=call.id, tool_name=call.name,
-            arguments=dict(call.arguments), fields=fields,
-        )
-        return _Plan("wait", call, requirement=record)
-
-    @staticmethod
-    def _record(call: ToolCallPart, value: JSONValue, is_error: bool) -> _Plan:
-        content = value if isinstance(value, str) else json.dumps(value)
-        result = ToolResultMessage(
-            call_id=call.id, name=call.name, content=content, is_error=is_error
-        )
-        return _Plan("record", call, result=result)
-
-    async def _tool_step(self, ctx: RunContext) -> None:
-        calls = list(ctx.pending_calls.values())
-        plans = [self._plan(ctx, c) for c in calls]
-        waits = [p.requirement for p in plans if p.requirement is not None]
-        records = [p for p in plans if p.result is not None]
-        runs = [p for p in plans if p.action == "run"]
-        if records:
-            specs: list[_Spec] = [
-                (ToolFinishedEvent, None, {"result": p.result}) for p in records
-            ]
-            if len(records) == len(calls):
-                specs.append((TransitionEvent, "tools_done", {}))
-            await self._append(*specs)
-        if not calls:
-            await self._append((TransitionEvent, "tools_done", {}))
-            return
-        if runs:
-            await self._run_calls(ctx, runs)
-        if waits:
-            await self._append((WaitingEvent, "needs_human", {"requirements": tuple(waits)}))
-
-    async def _run_calls(self, ctx: RunContext, runs: list[_Plan]) -> None:
-        again = [p.call for p in runs if p.call.id not in self._live_intents]
-        if again:
-            self._check_cancel()
-            # A call with no live intent either never started (approved just
-            # now) or may have run in an earlier process: tools are
-            # at-least-once (rule 4), and the new intent records the (re-)run
-            # under the same idempotency key.
-            await self._append(
-                *(
-                    (ToolStartedEvent, None, {"call_id": c.id, "name": c.name,
-                                              "attempt": ctx.call_attempts.get(c.id, 0) + 1})
-                    for c in again
-                )
-            )
-            self._live_intents.update(c.id for c in again)
-        self._check_cancel()
-        outcomes: list[Exception | None]
-        if len(runs) == 1:  # the common case needs no task group
-            async with self._keepalive():
-                outcomes = [await self._run_call(ctx, runs[0])]
-        else:
-            try:
-                async with self._keepalive(), asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
-            except BaseExceptionGroup as grouped:
-                raise grouped.exceptions[0] from None
-            outcomes = [t.result() for t in tasks]
-        self._live_intents.clear()
-        failures = [(p.call, o) for p, o in zip(runs, outcomes, strict=True) if o is not None]
-        if failures:
-            call, error = failures[0]
-            assert error is not None
-            info = ErrorInfo.from_exception(error)
-            await self._append(
-                (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
-                                       "call_id": call.id})
-            )
-            what = (
-                "returned a result that cannot be stored"
-                if isinstance(error, UnstorableValueError)
-                else f"raised {info.type}"
-            )
-            raise RunFailedError(
-                ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
-                f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
-                next_step=getattr(error, "next_step", None)
-                or (
-                    f"fix tool {call.name!r} so its result can be stored"
-                    if isinstance(error, UnstorableValueError)
-                    else None
-                ),
-            ) from error
-
-    async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:
-        """Run one call and append its result; return the tool's exception instead of raising.
-
-        Store errors propagate: without a durable result nothing else may start.
-        """
-        call = plan.call
-        started = time.perf_counter()
-        tool = self.tools.get(call.name)
-        is_error = True
-        if tool is None:
-            known = ", ".join(sorted(self.tools)) or "none"
-            content = f"unknown tool {call.name!r}; the available tools are: {known}"
-        else:
-            tool_ctx = ToolContext(
-                run_id=ctx.run_id,
-                call_id=call.id,
-                idempotency_key=f"{ctx.run_id}:{ctx.calls_seq}:{call.id}",
-                attempt=ctx.call_attempts.get(call.id, 1),
-            )
-            try:
-                content = await tool.call(plan.arguments or call.arguments, tool_ctx)
-                is_error = False
-            except ToolRetry as retry:
-                content = retry.message
-            except ToolArgumentsError as invalid:
-                content = str(invalid)
-            except Exception as exc:
-                return exc
-        if is_error:
-            content = escape_surrogates(content)  # error text, like a stored ErrorInfo
-        result = ToolResultMessage(
-            call_id=call.id, name=call.name, content=content, is_error=is_error
-        )
-        finished: _Spec = (
-            ToolFinishedEvent,
-            None,
-            {"result": result, "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
-        )
-        async with self._lock:
-            last = set(ctx.pending_calls) == {call.id}
-        # The last result and the move back to MODEL_CALL share one append: the
-        # next effect is the model call, which starts only after it returns.
-        # Only this task can complete `call`, so `last` cannot go stale.
-        try:
-            if last:
-                await self._append(finished, (TransitionEvent, "tools_done", {}))
-            else:
-                await self._append(finished)
-        except UnstorableValueError as unstorable:
-            # Nothing was written: it fails the call as a raise would (recorded
-            # with its call id), rather than staying pending and running again.
-            return unstorable
-        return None
-
-    @asynccontextmanager
-    async def _keepalive(self) -> AsyncIterator[None]:
-        """Renew the lease every third of its TTL while one effect runs.
-
-        Appends renew the lease too, so this timer only fires for effects that
-        outlast a third of the TTL; an idle run holds no timer at all.
-        """
-        assert self.lease is not None
-        loop = asyncio.get_running_loop()
-        interval = self.lease.ttl / 3
-        renewals: set[asyncio.Task[None]] = set()
-        handle: asyncio.TimerHandle | None = None
-
-        def tick() -> None:
-            nonlocal handle
-            task = loop.create_task(self._renew())
-            renewals.add(task)
-            task.add_done_callback(renewals.discard)
-            handle = loop.call_later(interval, tick)
-
-        handle = loop.call_later(interval, tick)
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.cancel()
-            for task in list(renewals):
-                await task
-
-    async def _renew(self) -> None:
-        lease = self.lease
-        if lease is None or self._heartbeat_error is not None:
-            return
-        try:
-            renewed = await self.backend.renew_lease(self.run_id, lease)
-        except Exception as exc:  # raised at the next append, never ignored
-            self._heartbeat_error = exc
-            return
-        if self.lease is not None and self.lease.generation == renewed.generation:
-            self.lease = renewed
-
-
-def _stand_in(message: AssistantMessage) -> AssistantMessage:
-    """What the log keeps of an answer it could not store: its text escaped, its calls named."""
-    parts = [escape_surrogates(message.content)] if message.content else []
-    if message.tool_calls:
-        names = ", ".join(escape_surrogates(c.name) for c in message.tool_calls)
-        parts.append(f"[tool calls not stored: {names}]")
-    return AssistantMessage(content="\n".join(parts))
 
 
 async def cancel_run(

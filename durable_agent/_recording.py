@@ -1,0 +1,197 @@
+"""The state of one run execution, and how it records (DESIGN.md §3 rules 1, 2, 5 and 7).
+
+`ExecutionCore` holds what an execution knows: the run's context as applied so
+far, the lease it writes under and the lock that orders its appends. Its
+methods are the only way an execution writes: `_append` builds events after the
+current seq and appends them with the lease (the write that brings a run to
+rest releases the lease in the same step); `_record_interruption` writes the
+ERROR of a deadline or cancellation, reloading first when an append was cut
+short; `_keepalive` renews the lease while one effect outlasts a third of its
+TTL. The steps (`durable_agent._model_step`, `durable_agent._tool_step`) and the
+lifecycle (`durable_agent.engine.RunExecution`) build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from durable_agent.backend import Backend
+from durable_agent.fsm import RunState, next_state
+from durable_agent.records import (
+    ErrorInfo,
+    Event,
+    FailedEvent,
+    Lease,
+    check_event,
+)
+from durable_agent.run import RunContext
+from durable_agent.tools import Tool
+
+if TYPE_CHECKING:
+    from durable_agent.engine import Engine
+
+__all__ = ["AT_REST", "CancelRequested", "ExecutionCore", "Spec"]
+
+Spec = tuple[type[Any], str | None, dict[str, Any]]
+"""An event to build: its class, its trigger (None: no transition) and its fields."""
+
+AT_REST: frozenset[RunState] = frozenset(
+    {RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED}
+)
+"""States a run rests in without an owner: the write that enters one releases the lease."""
+
+
+class CancelRequested(Exception):
+    """Internal: a cancellation request was seen at a transition boundary."""
+
+
+class ExecutionCore:
+    """What one execution of one run holds, and how it writes to the store."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: str,
+        tools: Mapping[str, Tool],
+        *,
+        output_type: type[BaseModel] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.tools = tools
+        self.output_type = output_type
+        self._definitions = [t.definition() for t in tools.values()]
+        self.ctx: RunContext | None = None
+        self.lease: Lease | None = None
+        self._lock = asyncio.Lock()
+        self._live_intents: set[str] = set()
+        self._resumed_in_model_call = False
+        self._heartbeat_error: BaseException | None = None
+        self._uncertain = False
+        """An append was interrupted: whether it landed is for the store to say."""
+
+    @property
+    def backend(self) -> Backend:
+        return self.engine.backend
+
+    def _cancel_reason(self) -> str:
+        return (self.lease.cancel_requested if self.lease else None) or "cancelled"
+
+    def _check_cancel(self) -> None:
+        if self.lease is not None and self.lease.cancel_requested is not None:
+            raise CancelRequested
+
+    async def _record_interruption(self, ctx: RunContext, error: BaseException) -> None:
+        """Append ERROR for a deadline or cancellation, if the run was mid-effect.
+
+        Shielded, so a second cancellation cannot cut the record short. If an
+        append was interrupted, the run is reloaded first: the store is the
+        source of truth, and the record must follow what it holds.
+        """
+        await asyncio.shield(self._record_interruption_now(ctx, error))
+
+    async def _record_interruption_now(self, ctx: RunContext, error: BaseException) -> None:
+        if self.lease is None:
+            return
+        if self._uncertain:
+            stored = await self.backend.load_run(self.run_id)
+            held = stored.header.lease
+            if held is None or stored.header.lease_generation != self.lease.generation:
+                self.lease = None  # the interrupted write brought the run to rest
+                return
+            fresh = RunContext.from_stored(stored)
+            vars(ctx).update(vars(fresh))  # callers hold `ctx`; keep it the same object
+            self._uncertain = False
+        if ctx.state not in (RunState.MODEL_CALL, RunState.TOOL_EXEC):
+            return
+        info = ErrorInfo.from_exception(error).model_copy(update={"retryable": True})
+        await self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
+
+    def _context(self) -> RunContext:
+        if self.ctx is None or self.lease is None:
+            raise RuntimeError("RunExecution needs create() or acquire() first")
+        return self.ctx
+
+    async def _append(self, *specs: Spec) -> None:
+        """Build events for ``specs`` after the current seq, append them, then apply them."""
+        async with self._lock:
+            if self._heartbeat_error is not None:
+                raise self._heartbeat_error
+            ctx = self._context()
+            assert self.lease is not None
+            events: list[Event] = []
+            state, seq = ctx.state, ctx.seq
+            for cls, trigger, fields in specs:
+                if trigger is not None:
+                    state = next_state(state, trigger, failed_state=ctx.failed_state)
+                seq += 1
+                events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+            # Refused here, before the store sees any of it: a value the decoder
+            # could not read back must never be half-written (UnstorableValueError).
+            for event in events:
+                check_event(event)
+            # The write that brings the run to rest gives the lease up atomically.
+            release = state in AT_REST
+            try:
+                self.lease = await self.backend.append(
+                    ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
+                )
+            except asyncio.CancelledError:
+                # The write may or may not have landed: the store will say
+                # (`_record_interruption` reloads before it writes again).
+                # Awaiting it under a shield instead would cost a task per append.
+                self._uncertain = True
+                raise
+            self._settle(events, release)
+
+    def _settle(self, events: list[Event], released: bool) -> None:
+        self._context().apply_all(events)
+        if released:
+            self.lease = None
+
+    @asynccontextmanager
+    async def _keepalive(self) -> AsyncIterator[None]:
+        """Renew the lease every third of its TTL while one effect runs.
+
+        Appends renew the lease too, so this timer only fires for effects that
+        outlast a third of the TTL; an idle run holds no timer at all.
+        """
+        assert self.lease is not None
+        loop = asyncio.get_running_loop()
+        interval = self.lease.ttl / 3
+        renewals: set[asyncio.Task[None]] = set()
+        handle: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal handle
+            task = loop.create_task(self._renew())
+            renewals.add(task)
+            task.add_done_callback(renewals.discard)
+            handle = loop.call_later(interval, tick)
+
+        handle = loop.call_later(interval, tick)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.cancel()
+            for task in list(renewals):
+                await task
+
+    async def _renew(self) -> None:
+        lease = self.lease
+        if lease is None or self._heartbeat_error is not None:
+            return
+        try:
+            renewed = await self.backend.renew_lease(self.run_id, lease)
+        except Exception as exc:  # raised at the next append, never ignored
+            self._heartbeat_error = exc
+            return
+        if self.lease is not None and self.lease.generation == renewed.generation:
+            self.lease = renewed
+
