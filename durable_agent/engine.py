@@ -28,7 +28,6 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -39,13 +38,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from durable_agent._lease import acquire_lease
+from durable_agent._lease import (
+    Claim,
+    OwedReleases,
+    acquire_lease,
+    claim_run,
+    release_own,
+    settle,
+)
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     DecisionError,
     OutputValidationError,
     RunBusyError,
     RunCancelledError,
+    RunExistsError,
     RunFailedError,
     RunStateError,
     RunTimeoutError,
@@ -112,13 +119,18 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.lease_ttl = lease_ttl
         self.agent_name = agent_name
-        self._owner = owner or LeaseOwner.current()
+        # One owner per process (not per engine): a lease this process still
+        # holds, after a cancellation or a failed release, never blocks any
+        # agent of the same process.
+        self._owner = owner or LeaseOwner.process()
+        self.owed = OwedReleases()
+        """Leases this engine failed to release, retried at its next create or acquire."""
 
     @property
     def owner(self) -> LeaseOwner:
         """This process's lease owner (renewed after a fork, since the pid changed)."""
         if self._owner.pid != os.getpid():
-            self._owner = LeaseOwner.current()
+            self._owner = LeaseOwner.process()
         return self._owner
 
     def execution(
@@ -181,6 +193,8 @@ class RunExecution:
         self._heartbeat_error: BaseException | None = None
         self._uncertain = False
         """An append was interrupted: whether it landed is for the store to say."""
+        self._claim: Claim | None = None
+        """This execution drives the run (no other one of this process may meanwhile)."""
 
     @property
     def backend(self) -> Backend:
@@ -231,10 +245,62 @@ class RunExecution:
             lease=lease,
             lease_generation=1,
         )
-        await self.backend.create_run(header, events)
+        await self._retry_owed()
+        self._take_claim()
+        # The write runs in its own task: a cancellation of the caller never
+        # cuts it mid-command, so its outcome is known and can be settled.
+        write = asyncio.ensure_future(self.backend.create_run(header, events))
+        try:
+            await asyncio.shield(write)
+        except RunExistsError:
+            self._drop_claim()
+            raise
+        except BaseException as exc:
+            await settle(self._undo_create(write, lease, exc), exc)
+            raise
         ctx = RunContext.from_header(header)
         ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
+
+    async def _undo_create(
+        self, write: asyncio.Future[None], lease: Lease, error: BaseException
+    ) -> str | None:
+        """After a create its caller did not see return: record the interruption if it landed.
+
+        The store is asked (the write may have failed after landing, a
+        connection lost mid-command). Returns a note when the lease may still
+        be held, and never raises.
+        """
+        try:
+            await asyncio.wait([write])
+            if not write.cancelled() and isinstance(write.exception(), RunExistsError):
+                return None  # the id was taken by another run: nothing of ours to undo
+            try:
+                stored = await self.backend.load_run(self.run_id)
+            except KeyError:  # RunNotFoundError: the create never landed
+                return None
+            held = stored.header.lease
+            if held is None or held.owner != lease.owner or stored.header.lease_generation != 1:
+                return None  # not ours (or already taken over)
+            self.ctx, self.lease = RunContext.from_stored(stored), held
+            try:
+                await self._record_interruption_now(self.ctx, self._interruption(error))
+            except Exception:  # recording failed: at least give the lease up
+                lease_now, self.lease = self.lease, None
+                if lease_now is not None:
+                    await self.backend.release_lease(self.run_id, lease_now)
+            return None
+        except Exception as failed:
+            self.lease = None
+            return self.engine.owed.owe(self.run_id, lease, failed)
+        finally:
+            self._drop_claim()
+
+    @staticmethod
+    def _interruption(error: BaseException) -> BaseException:
+        if isinstance(error, asyncio.CancelledError):
+            return asyncio.CancelledError("the task awaiting the run was cancelled")
+        return error
 
     async def load(self) -> RunContext:
         """Read the run without taking its lease (for finished runs and inspection)."""
@@ -243,23 +309,89 @@ class RunExecution:
         return self.ctx
 
     async def acquire(self) -> RunContext:
-        """Take the lease (taking over from a dead owner on this host) and load the run."""
-        self.lease = await acquire_lease(
-            self.backend, self.run_id, self.engine.owner, self.engine.lease_ttl
+        """Take the lease (taking over from a dead owner on this host) and load the run.
+
+        A lease this process holds is taken back at once. Raises `RunBusyError`
+        when another live process holds the run, and `RunStateError` when
+        another task of this process is driving it right now. If the caller is
+        cancelled, or the load fails, after the store granted the lease, the
+        lease is given back before the exception propagates.
+        """
+        await self._retry_owed()
+        self._take_claim()
+        owner = self.engine.owner
+        write = asyncio.ensure_future(
+            acquire_lease(self.backend, self.run_id, owner, self.engine.lease_ttl)
         )
         try:
+            self.lease = await asyncio.shield(write)
             ctx = await self.load()
-        except BaseException:
-            await self.release()
+        except BaseException as exc:
+            await settle(self._undo_acquire(write), exc)
             raise
+        self.engine.owed.forget(self.run_id)  # the new lease supersedes the one left behind
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
         return ctx
 
+    async def _undo_acquire(self, write: asyncio.Future[Lease]) -> str | None:
+        """After an acquire its caller did not see through: give back what the store granted."""
+        lease: Lease | None = None
+        try:
+            await asyncio.wait([write])
+            if write.cancelled():
+                pass
+            elif isinstance(write.exception(), RunBusyError | KeyError):
+                return None  # refused, or no such run: nothing was granted
+            elif write.exception() is None:
+                lease = write.result()
+            self.lease = None
+            if lease is not None:
+                await self.backend.release_lease(self.run_id, lease)
+            else:  # the outcome is unknown: the store says whether the lease is ours
+                await release_own(self.backend, self.run_id, self.engine.owner)
+            return None
+        except Exception as failed:
+            return self.engine.owed.owe(self.run_id, lease, failed)
+        finally:
+            self._drop_claim()
+
     async def release(self) -> None:
-        """Give the lease up; the run stays as stored."""
+        """Give the lease up; the run stays as stored.
+
+        A release that fails (the store is unreachable) raises, with a note: the
+        release is retried when this engine next uses the store, and any
+        continue from this process takes the lease back meanwhile.
+        """
         lease, self.lease = self.lease, None
-        if lease is not None:
+        try:
+            if lease is not None:
+                failed = await asyncio.shield(self._release_now(lease))
+                if failed is not None:
+                    raise failed
+        finally:
+            self._drop_claim()
+
+    async def _release_now(self, lease: Lease) -> Exception | None:
+        """Release ``lease``; a failure is owed and returned, never raised (it may run alone)."""
+        try:
             await self.backend.release_lease(self.run_id, lease)
+        except Exception as failed:
+            failed.add_note(self.engine.owed.owe(self.run_id, lease, failed))
+            return failed
+        return None
+
+    def _take_claim(self) -> None:
+        self._drop_claim()
+        self._claim = claim_run(self.run_id, self.engine.owner, self)
+
+    def _drop_claim(self) -> None:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.drop()
+
+    async def _retry_owed(self) -> None:
+        if self.engine.owed:
+            await self.engine.owed.retry(self.backend, self.engine.owner)
 
     # -- human decisions and cancellation --------------------------------------
 
@@ -313,13 +445,12 @@ class RunExecution:
         if ctx is None:
             raise RuntimeError("RunExecution.run() needs create() or acquire() first")
         if self.lease is None:
+            self._drop_claim()
             return ctx  # at rest already (decisions left the run WAITING)
         try:
             await self._guarded(ctx, timeout)
-        except BaseException:
-            # A release that fails must not hide the exception that ended the
-            # run; the lease then simply expires after its TTL.
-            await asyncio.shield(self._release_quietly())
+        except BaseException as exc:
+            await asyncio.shield(self._release_noting(exc))
             raise
         await self.release()  # a no-op when the last write released it
         return ctx
@@ -409,9 +540,17 @@ class RunExecution:
         info = ErrorInfo.from_exception(error).model_copy(update={"retryable": True})
         await self._append((FailedEvent, "fail", {"error": info, "failed_state": ctx.state}))
 
-    async def _release_quietly(self) -> None:
-        with contextlib.suppress(Exception):
+    async def _release_noting(self, exc: BaseException) -> None:
+        """Release after ``exc`` ended the run; a failed release is noted on it, never raised.
+
+        The release is owed (`OwedReleases`), so it does not hide the exception
+        that ended the run and is not lost either.
+        """
+        try:
             await self.release()
+        except Exception as failed:
+            for note in getattr(failed, "__notes__", ()):
+                exc.add_note(note)
 
     def _context(self) -> RunContext:
         if self.ctx is None or self.lease is None:
@@ -804,7 +943,7 @@ async def cancel_run(
     execution = _recorder(backend, run_id, owner, lease_ttl)
     try:
         ctx = await execution.acquire()
-    except RunBusyError:
+    except (RunBusyError, RunStateError):  # another process, or another task here, runs it
         return (await backend.get_run(run_id)).state
     try:
         await execution.cancel(reason)
