@@ -378,6 +378,9 @@ class RunExecution:
         except Exception as failed:
             failed.add_note(self.engine.owed.owe(self.run_id, lease, failed))
             return failed
+        except asyncio.CancelledError as cut:  # by the driver itself: the outcome is unknown
+            self.engine.owed.owe(self.run_id, lease, cut)
+            raise
         return None
 
     def _take_claim(self) -> None:

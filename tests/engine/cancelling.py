@@ -13,7 +13,8 @@ does one of:
   yield (a driver that raises `CancelledError` after its command executed);
 - ``fail``: let the call finish, then raise `StoreUnavailableError` (a
   connection lost after the command executed);
-- ``release``: make every `release_lease` fail while ``down`` is set.
+and while ``down`` is set, every ``append`` and ``release_lease`` fails as a
+store that went away does.
 
 The wrapper records whether the cancellation fired while the run was still
 being created or acquired: before its first ``append`` started.
@@ -61,7 +62,7 @@ class CancellingBackend(Backend):
         """The call in flight when the cancellation fired, or "later"."""
         self.appended = False
         self.down = False
-        """While set, `release_lease` fails as a store that went away does."""
+        """While set, `append` and `release_lease` fail as a store that went away does."""
 
     def arm(self, plan: Plan | None, target: asyncio.Task[object] | None) -> None:
         self.plan, self.target = plan, target
@@ -79,6 +80,8 @@ class CancellingBackend(Backend):
             task.cancel()
 
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        if self.down and name in ("append", "release_lease"):
+            raise StoreUnavailableError(f"the store went away (injected): {name} failed")
         self.calls += 1
         if name == "append":
             self.appended = True
@@ -180,8 +183,6 @@ class CancellingBackend(Backend):
         return await self._call("renew_lease", lambda: self.inner.renew_lease(run_id, lease))
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
-        if self.down:
-            raise StoreUnavailableError("the store went away (injected): release_lease failed")
         await self._call("release_lease", lambda: self.inner.release_lease(run_id, lease))
 
     async def close(self) -> None:
