@@ -17,23 +17,27 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from durable_agent.backend import Backend, LeaseOwner
-from durable_agent.errors import RunBusyError, RunStateError
-from durable_agent.records import Lease
+from durable_agent.errors import RunBusyError, RunExistsError, RunStateError
+from durable_agent.records import Lease, StoredRun
 
 __all__ = [
     "Claim",
     "OwedReleases",
     "acquire_lease",
     "claim_run",
+    "interruption",
     "process_alive",
+    "release_now",
     "release_own",
     "settle",
+    "undo_acquire",
+    "undo_create",
 ]
 
 _log = logging.getLogger("durable_agent")
@@ -209,6 +213,102 @@ async def settle(undo: Coroutine[Any, Any, str | None], exc: BaseException) -> N
     note = await asyncio.shield(task)
     if note is not None:
         exc.add_note(note)
+
+
+def interruption(error: BaseException) -> BaseException:
+    """What to record for ``error`` (a cancellation gets a message that says whose)."""
+    if isinstance(error, asyncio.CancelledError):
+        return asyncio.CancelledError("the task awaiting the run was cancelled")
+    return error
+
+
+async def undo_create(
+    write: asyncio.Future[None],
+    backend: Backend,
+    run_id: str,
+    lease: Lease,
+    claim: Claim | None,
+    owed: OwedReleases,
+    *,
+    record: Callable[[StoredRun], Awaitable[None]],
+) -> str | None:
+    """After a create its caller did not see return: ``record`` the interruption if it landed.
+
+    Waits for the write's real outcome, then asks the store (the write may have
+    failed after landing: a connection lost mid-command). ``record`` appends the
+    interruption and releases the lease; if it fails the lease is released
+    alone. Returns a note when the lease may still be held; never raises.
+    """
+    try:
+        await asyncio.wait([write])
+        if not write.cancelled() and isinstance(write.exception(), RunExistsError):
+            return None  # the id was taken by another run: nothing of ours to undo
+        try:
+            stored = await backend.load_run(run_id)
+        except KeyError:  # RunNotFoundError: the create never landed
+            return None
+        held = stored.header.lease
+        if held is None or held.owner != lease.owner or stored.header.lease_generation != 1:
+            return None  # not ours (or already taken over)
+        try:
+            await record(stored)
+        except Exception:  # recording failed: at least give the lease up
+            await backend.release_lease(run_id, held)
+        return None
+    except Exception as failed:
+        return owed.owe(run_id, lease, failed)
+    finally:
+        if claim is not None:
+            claim.drop()
+
+
+async def undo_acquire(
+    write: asyncio.Future[Lease],
+    backend: Backend,
+    run_id: str,
+    owner: LeaseOwner,
+    claim: Claim | None,
+    owed: OwedReleases,
+) -> str | None:
+    """After an acquire its caller did not see through: give back what the store granted.
+
+    A granted lease is released; an unknown outcome (the call itself failed or
+    was cancelled) is settled by asking the store (`release_own`). Returns a
+    note when the lease may still be held; never raises.
+    """
+    lease: Lease | None = None
+    try:
+        await asyncio.wait([write])
+        if not write.cancelled():
+            if isinstance(write.exception(), RunBusyError | KeyError):
+                return None  # refused, or no such run: nothing was granted
+            if write.exception() is None:
+                lease = write.result()
+        if lease is not None:
+            await backend.release_lease(run_id, lease)
+        else:  # the outcome is unknown: the store says whether the lease is ours
+            await release_own(backend, run_id, owner)
+        return None
+    except Exception as failed:
+        return owed.owe(run_id, lease, failed)
+    finally:
+        if claim is not None:
+            claim.drop()
+
+
+async def release_now(
+    backend: Backend, lease: Lease, owed: OwedReleases, run_id: str
+) -> Exception | None:
+    """Release ``lease``; a failure is owed and returned, never raised (it may run alone)."""
+    try:
+        await backend.release_lease(run_id, lease)
+    except Exception as failed:
+        failed.add_note(owed.owe(run_id, lease, failed))
+        return failed
+    except asyncio.CancelledError as cut:  # by the driver itself: the outcome is unknown
+        owed.owe(run_id, lease, cut)
+        raise
+    return None
 
 
 # -- releases that failed ------------------------------------------------------------------

@@ -28,6 +28,7 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
@@ -43,8 +44,11 @@ from durable_agent._lease import (
     OwedReleases,
     acquire_lease,
     claim_run,
-    release_own,
+    interruption,
+    release_now,
     settle,
+    undo_acquire,
+    undo_create,
 )
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
@@ -78,6 +82,7 @@ from durable_agent.records import (
     OutputRejectedEvent,
     RequirementRecord,
     RunHeader,
+    StoredRun,
     ToolCallPart,
     ToolFinishedEvent,
     ToolResultMessage,
@@ -256,51 +261,23 @@ class RunExecution:
             self._drop_claim()
             raise
         except BaseException as exc:
-            await settle(self._undo_create(write, lease, exc), exc)
+            claim, self._claim = self._claim, None
+            # `partial`, not a closure: the settle may outlive this except block.
+            record = functools.partial(self._record_landed, error=exc)
+            undo = undo_create(
+                write, self.backend, self.run_id, lease, claim, self.engine.owed, record=record
+            )
+            await settle(undo, exc)
+            self.lease = None
             raise
         ctx = RunContext.from_header(header)
         ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
 
-    async def _undo_create(
-        self, write: asyncio.Future[None], lease: Lease, error: BaseException
-    ) -> str | None:
-        """After a create its caller did not see return: record the interruption if it landed.
-
-        The store is asked (the write may have failed after landing, a
-        connection lost mid-command). Returns a note when the lease may still
-        be held, and never raises.
-        """
-        try:
-            await asyncio.wait([write])
-            if not write.cancelled() and isinstance(write.exception(), RunExistsError):
-                return None  # the id was taken by another run: nothing of ours to undo
-            try:
-                stored = await self.backend.load_run(self.run_id)
-            except KeyError:  # RunNotFoundError: the create never landed
-                return None
-            held = stored.header.lease
-            if held is None or held.owner != lease.owner or stored.header.lease_generation != 1:
-                return None  # not ours (or already taken over)
-            self.ctx, self.lease = RunContext.from_stored(stored), held
-            try:
-                await self._record_interruption_now(self.ctx, self._interruption(error))
-            except Exception:  # recording failed: at least give the lease up
-                lease_now, self.lease = self.lease, None
-                if lease_now is not None:
-                    await self.backend.release_lease(self.run_id, lease_now)
-            return None
-        except Exception as failed:
-            self.lease = None
-            return self.engine.owed.owe(self.run_id, lease, failed)
-        finally:
-            self._drop_claim()
-
-    @staticmethod
-    def _interruption(error: BaseException) -> BaseException:
-        if isinstance(error, asyncio.CancelledError):
-            return asyncio.CancelledError("the task awaiting the run was cancelled")
-        return error
+    async def _record_landed(self, stored: StoredRun, error: BaseException) -> None:
+        """Record ``error`` on a run whose create landed unseen, releasing its lease."""
+        self.ctx, self.lease = RunContext.from_stored(stored), stored.header.lease
+        await self._record_interruption_now(self.ctx, interruption(error))
 
     async def load(self) -> RunContext:
         """Read the run without taking its lease (for finished runs and inspection)."""
@@ -327,33 +304,15 @@ class RunExecution:
             self.lease = await asyncio.shield(write)
             ctx = await self.load()
         except BaseException as exc:
-            await settle(self._undo_acquire(write), exc)
+            claim, self._claim, self.lease = self._claim, None, None
+            await settle(
+                undo_acquire(write, self.backend, self.run_id, owner, claim, self.engine.owed),
+                exc,
+            )
             raise
         self.engine.owed.forget(self.run_id)  # the new lease supersedes the one left behind
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
         return ctx
-
-    async def _undo_acquire(self, write: asyncio.Future[Lease]) -> str | None:
-        """After an acquire its caller did not see through: give back what the store granted."""
-        lease: Lease | None = None
-        try:
-            await asyncio.wait([write])
-            if write.cancelled():
-                pass
-            elif isinstance(write.exception(), RunBusyError | KeyError):
-                return None  # refused, or no such run: nothing was granted
-            elif write.exception() is None:
-                lease = write.result()
-            self.lease = None
-            if lease is not None:
-                await self.backend.release_lease(self.run_id, lease)
-            else:  # the outcome is unknown: the store says whether the lease is ours
-                await release_own(self.backend, self.run_id, self.engine.owner)
-            return None
-        except Exception as failed:
-            return self.engine.owed.owe(self.run_id, lease, failed)
-        finally:
-            self._drop_claim()
 
     async def release(self) -> None:
         """Give the lease up; the run stays as stored.
@@ -365,23 +324,12 @@ class RunExecution:
         lease, self.lease = self.lease, None
         try:
             if lease is not None:
-                failed = await asyncio.shield(self._release_now(lease))
+                owed = self.engine.owed
+                failed = await asyncio.shield(release_now(self.backend, lease, owed, self.run_id))
                 if failed is not None:
                     raise failed
         finally:
             self._drop_claim()
-
-    async def _release_now(self, lease: Lease) -> Exception | None:
-        """Release ``lease``; a failure is owed and returned, never raised (it may run alone)."""
-        try:
-            await self.backend.release_lease(self.run_id, lease)
-        except Exception as failed:
-            failed.add_note(self.engine.owed.owe(self.run_id, lease, failed))
-            return failed
-        except asyncio.CancelledError as cut:  # by the driver itself: the outcome is unknown
-            self.engine.owed.owe(self.run_id, lease, cut)
-            raise
-        return None
 
     def _take_claim(self) -> None:
         self._drop_claim()
