@@ -13,8 +13,8 @@ does one of:
   yield (a driver that raises `CancelledError` after its command executed);
 - ``fail``: let the call finish, then raise `StoreUnavailableError` (a
   connection lost after the command executed);
-and while ``down`` is set, every ``append`` and ``release_lease`` fails as a
-store that went away does.
+while ``down`` is set, every ``append`` and ``release_lease`` fails as a
+store that went away does; a call named in ``gates`` waits for its event.
 
 The wrapper records whether the cancellation fired while the run was still
 being created or acquired: before its first ``append`` started.
@@ -62,6 +62,9 @@ class CancellingBackend(Backend):
         """The call in flight when the cancellation fired, or "later"."""
         self.appended = False
         self.down = False
+        self.gates: dict[str, asyncio.Event] = {}
+        """Hold the next call of that name until its event is set (``entered`` is set then)."""
+        self.entered = asyncio.Event()
         """While set, `append` and `release_lease` fail as a store that went away does."""
 
     def arm(self, plan: Plan | None, target: asyncio.Task[object] | None) -> None:
@@ -82,6 +85,10 @@ class CancellingBackend(Backend):
     async def _call(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         if self.down and name in ("append", "release_lease"):
             raise StoreUnavailableError(f"the store went away (injected): {name} failed")
+        gate = self.gates.pop(name, None)
+        if gate is not None:  # held in flight until the test opens the gate
+            self.entered.set()
+            await gate.wait()
         self.calls += 1
         if name == "append":
             self.appended = True

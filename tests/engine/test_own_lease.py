@@ -329,3 +329,54 @@ def test_a_redis_restart_mid_run_leaves_a_lease_this_process_takes_back(tmp_path
         run(resume())
     finally:
         server.kill()
+
+
+# -- a second cancellation during the settle ---------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["create_run", "acquire_lease"])
+def test_a_second_cancellation_lets_the_caller_go_and_the_write_is_settled_alone(
+    tmp_path: Path, call: str
+) -> None:
+    inner = SqliteBackend(tmp_path / "runs.db")
+    wrapped = CancellingBackend(inner)
+    agent = Agent(ScriptedModel(["done"]), db=wrapped, retry=1)
+
+    async def scenario() -> None:
+        task = Task("go")
+        if call == "acquire_lease":
+            with pytest.raises(Exception, match="boom"):
+                await Agent(_failing(), db=inner, retry=1).do_async(task)
+            assert task.run_id is not None
+            run_id = task.run_id
+            start = agent.continue_run_async(run_id=run_id)
+        else:
+            start = agent.do_async(task)
+        gate = wrapped.gates[call] = asyncio.Event()
+        running = asyncio.ensure_future(start)
+        await wrapped.entered.wait()  # the write is in flight, held at the gate
+        running.cancel()
+        for _ in range(5):  # let the first cancellation reach the settle
+            await asyncio.sleep(0)
+        running.cancel()  # and a second one: the caller leaves at once
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert task.run_id is not None
+        gate.set()  # the write lands now, after both cancellations
+        deadline = time.monotonic() + 10
+        while True:  # the settle finishes on its own: the store shows it
+            try:
+                header = await inner.get_run(task.run_id)
+            except KeyError:
+                header = None
+            if header is not None and header.lease is None:
+                break
+            assert time.monotonic() < deadline, f"never settled: {header}"
+            await asyncio.sleep(0.005)
+        if call == "create_run":
+            assert header.state is RunState.ERROR  # the interruption is recorded
+        out = await agent.continue_run_async(run_id=task.run_id, return_output=True)
+        assert out.state is RunState.DONE
+
+    run(scenario())
+    run(inner.close())
