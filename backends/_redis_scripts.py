@@ -158,7 +158,9 @@ local f = redis.call('HMGET', h, 'lease_owner', 'lease_expires', 'lease_generati
 local now_s, now_n = now()
 local generation = tonumber(f[3])
 if not generation then return {'corrupt', 'lease_generation', tostring(f[3])} end
-if f[1] and (tonumber(f[2]) or 0) > now_n and ARGV[5] ~= f[3] then
+-- Busy unless expired, taken over by generation, or held by this very owner
+-- (a process may always take back its own lease: check_lease_acquire).
+if f[1] and f[1] ~= ARGV[1] and (tonumber(f[2]) or 0) > now_n and ARGV[5] ~= f[3] then
   return {'busy', now_s, redis.call('HGETALL', h)}
 end
 local gen = string.format('%d', generation + 1)

@@ -33,6 +33,7 @@ from durable_agent.run import RunContext
 from durable_agent.tools import Tool
 
 if TYPE_CHECKING:
+    from durable_agent._lease import Claim
     from durable_agent.engine import Engine
 
 __all__ = ["AT_REST", "CancelRequested", "ExecutionCore", "Spec"]
@@ -74,6 +75,8 @@ class ExecutionCore:
         self._heartbeat_error: BaseException | None = None
         self._uncertain = False
         """An append was interrupted: whether it landed is for the store to say."""
+        self._claim: Claim | None = None
+        """This execution drives the run (no other one of this process may meanwhile)."""
 
     @property
     def backend(self) -> Backend:

@@ -182,7 +182,11 @@ class Agent:
             agent_name=name,
         )
         self.last_run: RunOutput | None = None
-        """The outcome of the latest run this agent did or continued, failed ones included."""
+        """The outcome of the latest run this agent did or continued, failed ones included.
+
+        Set before a new run's first write (PENDING, no events yet), so its
+        ``run_id`` is known even when ``do_async`` is cancelled or fails at once.
+        """
 
     @staticmethod
     def _open_db(db: Backend | str | None) -> Backend:
@@ -246,6 +250,10 @@ class Agent:
         ``timeout`` seconds the run records a timeout error (ERROR, resumable)
         and raises `RunTimeoutError`. If the awaiting task is cancelled, the
         interruption is recorded and `asyncio.CancelledError` propagates.
+
+        ``task.run_id`` and ``last_run.run_id`` are set before anything is
+        written, so after any failure or cancellation ``do_async(task)`` again
+        (or ``continue_run_async(run_id=...)``) picks the run up.
         """
         if isinstance(task, str):
             task = Task(task)
@@ -261,6 +269,13 @@ class Agent:
             else:
                 return await self._continue(task.run_id, task, return_output, timeout=timeout)
         run_id = task.run_id or uuid.uuid4().hex
+        # The id is on the task and on `last_run` before the first write: a
+        # caller whose do_async is cancelled or fails can always find the run
+        # (doing the task again continues it, or starts it if it never landed).
+        task.run_id = run_id
+        self.last_run = RunOutput.from_context(
+            RunContext(run_id=run_id, session_id=self.db.session_id, user_id=self.db.user_id)
+        )
         execution = self._execution(run_id, task)
         messages: list[Message] = []
         if self.system_prompt:
@@ -276,7 +291,10 @@ class Agent:
         except RunExistsError:
             # Another caller created this run id between our check and create.
             return await self._continue(run_id, task, return_output, timeout=timeout)
-        task.run_id = run_id
+        except BaseException:
+            if execution.ctx is not None:  # it landed, and the interruption was recorded
+                self.last_run = RunOutput.from_context(execution.ctx)
+            raise
         return await self._drive(execution, return_output, timeout)
 
     def do(
@@ -499,6 +517,7 @@ class Agent:
             ctx = await execution.load()
         if task is not None:
             task.run_id = run_id
+        self.last_run = RunOutput.from_context(ctx)
         if decisions and ctx.state is not RunState.WAITING:
             raise DecisionError(
                 f"run {run_id!r} is {ctx.state.value}, not WAITING: it has no requirement "

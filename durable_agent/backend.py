@@ -76,7 +76,13 @@ class Capability(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LeaseOwner:
-    """Identifies one running process: host, pid and a random id (pids get reused)."""
+    """Identifies one running process: host, pid and a random id (pids get reused).
+
+    The engine leases runs as `LeaseOwner.process`, one owner per live
+    process, so every agent of a process may take back a lease the process
+    still holds (a release that failed, a write that landed after its caller
+    was cancelled): see `check_lease_acquire`.
+    """
 
     host: str
     pid: int
@@ -84,18 +90,37 @@ class LeaseOwner:
 
     @classmethod
     def current(cls) -> LeaseOwner:
-        """An owner for this process, with a fresh random id.
+        """A new owner for this process, with a fresh random id.
 
         ``host`` is the host name plus, on Linux, the pid namespace: two
         containers may share a host name while their pids mean different
         processes, and the same-host takeover must only trust a pid it can see.
+        Two calls give two owners, which a store tells apart; the engine uses
+        `process` instead.
         """
         return cls(host=socket.gethostname() + _pid_namespace(), pid=os.getpid())
+
+    @classmethod
+    def process(cls) -> LeaseOwner:
+        """This process's one owner: the same object on every call, renewed after a fork.
+
+        A forked child gets its own owner (its pid differs), so it never
+        passes for its parent.
+        """
+        global _process_owner
+        owner = _process_owner
+        if owner is None or owner.pid != os.getpid():
+            owner = _process_owner = cls.current()
+        return owner
 
     @property
     def id(self) -> str:
         """``host:pid:nonce``, the owner string stored on the lease."""
         return f"{self.host}:{self.pid}:{self.nonce}"
+
+
+_process_owner: LeaseOwner | None = None
+"""The owner `LeaseOwner.process` hands out, made on first use (and after a fork)."""
 
 
 def _pid_namespace() -> str:
@@ -303,9 +328,12 @@ class Backend(ABC):
     ) -> Lease:
         """Take the run's lease for ``ttl`` seconds and return it with a new generation.
 
-        Granted when no lease is held, the held one expired, or ``takeover``
+        Granted when no lease is held, the held one expired, ``takeover``
         equals the held generation (the caller established that the holder's
-        process is gone). Otherwise raises `RunBusyError` naming the holder.
+        process is gone), or the held lease has ``owner``'s id (a process may
+        always take back its own lease; the generation still increments, which
+        fences the earlier holder). Decide with `check_lease_acquire`.
+        Otherwise raises `RunBusyError` naming the holder.
         """
 
     @abstractmethod
@@ -340,9 +368,24 @@ class Backend(ABC):
 def check_lease_acquire(
     header: RunHeader, owner: LeaseOwner, *, ttl: float, takeover: int | None, now: float
 ) -> Lease:
-    """Decide an acquisition on ``header`` and return the new lease, or raise `RunBusyError`."""
+    """Decide an acquisition on ``header`` and return the new lease, or raise `RunBusyError`.
+
+    Granted when no lease is held, the held one expired, ``takeover`` equals the
+    held generation, or the held lease is ``owner``'s own (DESIGN.md §3 rule 5:
+    a process may always take back what its own owner id holds, for example
+    after a release that failed or a write that landed after its caller was
+    cancelled). Every grant increments the generation, so the previous holder
+    of the same owner is fenced: its next append raises `LeaseLostError`. The
+    engine itself never lets two executions of one process hold a run at once
+    (it refuses the second before asking the store).
+    """
     held = header.lease
-    if held is not None and held.expires_at > now and takeover != header.lease_generation:
+    if (
+        held is not None
+        and held.expires_at > now
+        and takeover != header.lease_generation
+        and held.owner != owner.id
+    ):
         raise RunBusyError(header.run_id, held.owner, held.expires_at - now)
     return Lease(
         owner=owner.id,

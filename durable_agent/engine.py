@@ -28,14 +28,23 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel
 
-from durable_agent._lease import acquire_lease
+from durable_agent._lease import (
+    OwedReleases,
+    acquire_lease,
+    claim_run,
+    interruption,
+    release_now,
+    settle,
+    undo_acquire,
+    undo_create,
+)
 from durable_agent._model_step import ModelStep
 from durable_agent._recording import CancelRequested, Spec
 from durable_agent._redact import redact_exception
@@ -45,6 +54,7 @@ from durable_agent.errors import (
     DecisionError,
     RunBusyError,
     RunCancelledError,
+    RunExistsError,
     RunStateError,
     RunTimeoutError,
 )
@@ -61,6 +71,7 @@ from durable_agent.records import (
     Message,
     OutputFormat,
     RunHeader,
+    StoredRun,
     TransitionEvent,
 )
 from durable_agent.retry import RetryPolicy, is_retryable
@@ -93,13 +104,18 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.lease_ttl = lease_ttl
         self.agent_name = agent_name
-        self._owner = owner or LeaseOwner.current()
+        # One owner per process (not per engine): a lease this process still
+        # holds, after a cancellation or a failed release, never blocks any
+        # agent of the same process.
+        self._owner = owner or LeaseOwner.process()
+        self.owed = OwedReleases()
+        """Leases this engine failed to release, retried at its next create or acquire."""
 
     @property
     def owner(self) -> LeaseOwner:
         """This process's lease owner (renewed after a fork, since the pid changed)."""
         if self._owner.pid != os.getpid():
-            self._owner = LeaseOwner.current()
+            self._owner = LeaseOwner.process()
         return self._owner
 
     def execution(
@@ -171,10 +187,34 @@ class RunExecution(ModelStep, ToolStep):
             lease=lease,
             lease_generation=1,
         )
-        await self.backend.create_run(header, events)
+        await self._retry_owed()
+        self._take_claim()
+        # The write runs in its own task: a cancellation of the caller never
+        # cuts it mid-command, so its outcome is known and can be settled.
+        write = asyncio.ensure_future(self.backend.create_run(header, events))
+        try:
+            await asyncio.shield(write)
+        except RunExistsError:
+            self._drop_claim()
+            raise
+        except BaseException as exc:
+            claim, self._claim = self._claim, None
+            # `partial`, not a closure: the settle may outlive this except block.
+            record = functools.partial(self._record_landed, error=exc)
+            undo = undo_create(
+                write, self.backend, self.run_id, lease, claim, self.engine.owed, record=record
+            )
+            await settle(undo, exc)
+            self.lease = None
+            raise
         ctx = RunContext.from_header(header)
         ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
+
+    async def _record_landed(self, stored: StoredRun, error: BaseException) -> None:
+        """Record ``error`` on a run whose create landed unseen, releasing its lease."""
+        self.ctx, self.lease = RunContext.from_stored(stored), stored.header.lease
+        await self._record_interruption_now(self.ctx, interruption(error))
 
     async def load(self) -> RunContext:
         """Read the run without taking its lease (for finished runs and inspection)."""
@@ -183,23 +223,63 @@ class RunExecution(ModelStep, ToolStep):
         return self.ctx
 
     async def acquire(self) -> RunContext:
-        """Take the lease (taking over from a dead owner on this host) and load the run."""
-        self.lease = await acquire_lease(
-            self.backend, self.run_id, self.engine.owner, self.engine.lease_ttl
+        """Take the lease (taking over from a dead owner on this host) and load the run.
+
+        A lease this process holds is taken back at once. Raises `RunBusyError`
+        when another live process holds the run, and `RunStateError` when
+        another task of this process is driving it right now. If the caller is
+        cancelled, or the load fails, after the store granted the lease, the
+        lease is given back before the exception propagates.
+        """
+        await self._retry_owed()
+        self._take_claim()
+        owner = self.engine.owner
+        write = asyncio.ensure_future(
+            acquire_lease(self.backend, self.run_id, owner, self.engine.lease_ttl)
         )
         try:
+            self.lease = await asyncio.shield(write)
             ctx = await self.load()
-        except BaseException:
-            await self.release()
+        except BaseException as exc:
+            claim, self._claim, self.lease = self._claim, None, None
+            await settle(
+                undo_acquire(write, self.backend, self.run_id, owner, claim, self.engine.owed),
+                exc,
+            )
             raise
+        self.engine.owed.forget(self.run_id)  # the new lease supersedes the one left behind
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
         return ctx
 
     async def release(self) -> None:
-        """Give the lease up; the run stays as stored."""
+        """Give the lease up; the run stays as stored.
+
+        A release that fails (the store is unreachable) raises, with a note: the
+        release is retried when this engine next uses the store, and any
+        continue from this process takes the lease back meanwhile.
+        """
         lease, self.lease = self.lease, None
-        if lease is not None:
-            await self.backend.release_lease(self.run_id, lease)
+        try:
+            if lease is not None:
+                owed = self.engine.owed
+                failed = await asyncio.shield(release_now(self.backend, lease, owed, self.run_id))
+                if failed is not None:
+                    raise failed
+        finally:
+            self._drop_claim()
+
+    def _take_claim(self) -> None:
+        self._drop_claim()
+        self._claim = claim_run(self.run_id, self.engine.owner, self)
+
+    def _drop_claim(self) -> None:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.drop()
+
+    async def _retry_owed(self) -> None:
+        if self.engine.owed:
+            await self.engine.owed.retry(self.backend, self.engine.owner)
 
     # -- human decisions and cancellation --------------------------------------
 
@@ -253,14 +333,13 @@ class RunExecution(ModelStep, ToolStep):
         if ctx is None:
             raise RuntimeError("RunExecution.run() needs create() or acquire() first")
         if self.lease is None:
+            self._drop_claim()
             return ctx  # at rest already (decisions left the run WAITING)
         try:
             await self._guarded(ctx, timeout)
         except BaseException as exc:
-            redact_exception(exc)  # its chain may hold a tool's or SDK's text quoting a secret
-            # A release that fails must not hide the exception that ended the
-            # run; the lease then simply expires after its TTL.
-            await asyncio.shield(self._release_quietly())
+            await asyncio.shield(self._release_noting(exc))
+            redact_exception(exc)  # its chain (and the notes) may quote a secret
             raise
         await self.release()  # a no-op when the last write released it
         return ctx
@@ -317,9 +396,17 @@ class RunExecution(ModelStep, ToolStep):
                 case RunState.ERROR:
                     raise RunStateError(ctx.run_id, ctx.state.value, "it cannot be driven further")
 
-    async def _release_quietly(self) -> None:
-        with contextlib.suppress(Exception):
+    async def _release_noting(self, exc: BaseException) -> None:
+        """Release after ``exc`` ended the run; a failed release is noted on it, never raised.
+
+        The release is owed (`OwedReleases`), so it does not hide the exception
+        that ended the run and is not lost either.
+        """
+        try:
             await self.release()
+        except Exception as failed:
+            for note in getattr(failed, "__notes__", ()):
+                exc.add_note(note)
 
 
 async def cancel_run(
@@ -347,7 +434,7 @@ async def cancel_run(
     execution = _recorder(backend, run_id, owner, lease_ttl)
     try:
         ctx = await execution.acquire()
-    except RunBusyError:
+    except (RunBusyError, RunStateError):  # another process, or another task here, runs it
         return (await backend.get_run(run_id)).state
     try:
         await execution.cancel(reason)

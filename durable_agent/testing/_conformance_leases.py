@@ -65,6 +65,35 @@ class LeaseTests(BackendTestCase):
 
         self.drive(request, body)
 
+    def test_an_owner_takes_its_own_live_lease_back_and_fences_the_earlier_holder(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            # DESIGN.md §3 rule 5: a process may always re-acquire what its own
+            # owner id holds (a release that failed, a write whose caller was
+            # cancelled); the new generation fences the lease left behind.
+            await backend.create_run(header("r1"), [created()])
+            owner = LeaseOwner.current()
+            left = await backend.acquire_lease("r1", owner, ttl=30)
+            again = await backend.acquire_lease("r1", owner, ttl=30)
+            assert again.generation == left.generation + 1
+            assert again.owner == owner.id
+            stored = await backend.get_run("r1")
+            assert stored.lease == again
+            assert stored.lease_generation == again.generation
+            with pytest.raises(LeaseLostError):
+                await backend.append("r1", [step(2)], expected_seq=1, lease=left)
+            await backend.release_lease("r1", left)  # stale: the new lease stays
+            assert (await backend.get_run("r1")).lease == again
+            await backend.append("r1", [step(2)], expected_seq=1, lease=again)
+            # Same host and pid, another owner id: still busy at the store (only
+            # the engine knows whether that owner still drives the run).
+            sibling = LeaseOwner(host=owner.host, pid=owner.pid)
+            with pytest.raises(RunBusyError, match=owner.id):
+                await backend.acquire_lease("r1", sibling, ttl=30)
+
+        self.drive(request, body)
+
     def test_renew_extends_a_held_lease(self, request: pytest.FixtureRequest) -> None:
         async def body(backend: Backend) -> None:
             lease = await new_run(backend, "r1")

@@ -370,15 +370,16 @@ def test_a_running_run_stops_at_the_next_boundary_when_cancelled_elsewhere(
     model = ScriptedModel([ToolCall("slow", {"step": "one"}), ToolCall("slow", {"step": "two"}),
                            "never"])
     agent = Agent(model, db=store(), tools=[slow])
-    # Another agent object in the same process stands in for another process:
-    # its lease owner differs, and the running owner is alive.
+    # Another agent object: it shares this process's lease owner, and the run
+    # is driven by another task of this process, so it only records the request.
     canceller = Agent(ScriptedModel(["x"]), db=store())
 
     async def scenario() -> None:
         running = asyncio.ensure_future(agent.do_async("go", return_output=True))
         await entered.wait()
-        assert agent.last_run is None
+        assert agent.last_run is not None  # set before the first write: the id is known
         run_id = (await store().list_runs(states=[RunState.TOOL_EXEC])).runs[0].run_id
+        assert agent.last_run.run_id == run_id
         pending = await canceller.cancel_run_async(run_id, reason="stop")
         assert pending.state is RunState.TOOL_EXEC, "the holder records CANCELLED itself"
         release.set()
