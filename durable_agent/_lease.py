@@ -19,9 +19,9 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from durable_agent._process import process_alive
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import RunBusyError, RunExistsError, RunStateError
 from durable_agent.records import Lease, StoredRun
@@ -43,21 +43,6 @@ __all__ = [
 _log = logging.getLogger("durable_agent")
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process on this host (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # The state letter follows the parenthesised command name; Z is a zombie:
-    # killed and not yet reaped, so it will never write again.
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 # -- claims: which execution of this process drives a run ----------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
@@ -36,6 +35,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Literal, Self
 
+from durable_agent._process import host_id
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -98,7 +98,7 @@ class LeaseOwner:
         Two calls give two owners, which a store tells apart; the engine uses
         `process` instead.
         """
-        return cls(host=socket.gethostname() + _pid_namespace(), pid=os.getpid())
+        return cls(host=host_id(), pid=os.getpid())
 
     @classmethod
     def process(cls) -> LeaseOwner:
@@ -121,13 +121,6 @@ class LeaseOwner:
 
 _process_owner: LeaseOwner | None = None
 """The owner `LeaseOwner.process` hands out, made on first use (and after a fork)."""
-
-
-def _pid_namespace() -> str:
-    try:
-        return f"~pidns{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:  # not Linux, or /proc not mounted: the host name alone
-        return ""
 
 
 UnreadableReason = Literal["corrupt", "newer_version"]

@@ -41,6 +41,8 @@ back to the model as the call's error result.
 
 from __future__ import annotations
 
+from durable_agent._process import describe_owner
+
 __all__ = [
     "ConcurrentUpdateError",
     "ConfigurationError",
@@ -114,8 +116,9 @@ class RunBusyError(DurableAgentError):
         self.owner = owner
         self.expires_in = expires_in
         super().__init__(
-            f"run {run_id!r} is being run by {owner} (lease expires in {expires_in:.1f}s); "
-            "wait for it to finish, or continue it after the lease expires"
+            f"run {run_id!r} is being run by {describe_owner(owner)}, lease expires in "
+            f"{expires_in:.1f}s (owner {owner}); wait for it to finish, or continue it "
+            "after the lease expires"
         )
 
 

@@ -171,3 +171,37 @@ def test_a_backends_tags_label_new_runs_but_do_not_filter_its_listings(
         assert [h.run_id for h in mine.runs] == ["run-s1"]
 
     asyncio.run(main())
+
+
+def test_run_busy_says_which_process_on_which_host_and_whether_it_is_alive(
+    tmp_path: Path,
+) -> None:
+    from durable_agent import LeaseOwner, RunBusyError
+
+    path = tmp_path / "r.db"
+    # An empty script: the run rests in ERROR.
+    with Agent(ScriptedModel([]), db=SqliteBackend(path)) as agent, pytest.raises(RunFailedError):
+        agent.do(Task("go", run_id="busy"))
+    # A live process of this host holds the run (a child that waits for its stdin to close).
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        here = LeaseOwner.process()
+        holder = LeaseOwner(host=here.host, pid=child.pid)
+
+        async def hold() -> None:
+            async with SqliteBackend(path) as db:
+                await db.acquire_lease("busy", holder, ttl=600)
+
+        asyncio.run(hold())
+        with (
+            Agent(ScriptedModel(["x"]), db=SqliteBackend(path)) as agent,
+            pytest.raises(RunBusyError) as caught,
+        ):
+            agent.continue_run("busy")
+        message = str(caught.value)
+        assert f"process {child.pid} on this host" in message
+        assert "alive" in message
+        assert "lease expires in" in message
+    finally:
+        child.communicate(b"")
