@@ -76,7 +76,9 @@ def race(url: str, lease: str, where: Path) -> list[dict[str, Any]]:
     ]
     try:
         wait_for_entries(
-            ready, 2, awaiting="both writers to have read seq 1 and wait at the gate",
+            ready,
+            2,
+            awaiting="both writers to have read seq 1 and wait at the gate",
             processes=procs,
         )
         go.touch()
