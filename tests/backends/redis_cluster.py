@@ -69,7 +69,7 @@ class RedisClusterProcesses:
             self._wait(proc, lambda port=port: "cluster_state:ok" in self._info(cli, port))
 
     def _wait(
-        self, proc: subprocess.Popen[bytes], ready: Callable[[], bool], limit: float = 20.0
+        self, proc: subprocess.Popen[bytes], ready: Callable[[], bool], limit: float = 60.0
     ) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:

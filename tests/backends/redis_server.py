@@ -52,7 +52,8 @@ class RedisServer:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
+        # A deadline that bounds a failure: a loaded machine may take seconds to start it.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
@@ -60,7 +61,7 @@ class RedisServer:
             if self._answers():
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within 60 s")
 
     def _answers(self) -> bool:
         try:
