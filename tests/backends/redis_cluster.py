@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends.redis_server import free_port
+from tests.backends.redis_server import PortTakenError, free_port, server_pid
 
 ENV_URL = "DURABLE_AGENT_TEST_REDIS_CLUSTER_URL"
 
@@ -43,19 +43,17 @@ class RedisClusterProcesses:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         assert server is not None, "redis-server is not on PATH"
         assert cli is not None, "redis-cli is not on PATH"
-        for port, bus in self.ports:
-            where = self.folder / str(port)
-            where.mkdir(parents=True, exist_ok=True)
-            args = [server, "--port", str(port), "--bind", "127.0.0.1"]
-            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus)]
-            args += ["--cluster-config-file", str(where / "nodes.conf")]
-            args += ["--save", "", "--appendonly", "no", "--dir", str(where)]
-            args += ["--protected-mode", "no"]
-            self.procs.append(
-                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            )
-        for (port, _), proc in zip(self.ports, self.procs, strict=True):
-            self._wait(proc, lambda port=port: self._ask(cli, port, "PING") == "PONG")
+        # A port picked by free_port() may be taken before the server binds it
+        # (another test session on the machine starts servers too): pick again.
+        for attempt in range(5):
+            try:
+                self._start_servers(server)
+                break
+            except PortTakenError as taken:
+                self.stop()
+                if attempt == 4:
+                    raise RuntimeError("the cluster found no free ports in 5 tries") from taken
+                self.ports = [(free_port(), free_port()) for _ in self.ports]
         nodes = [f"127.0.0.1:{port}" for port, _ in self.ports]
         created = subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
@@ -66,16 +64,39 @@ class RedisClusterProcesses:
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
         for (port, _), proc in zip(self.ports, self.procs, strict=True):
-            self._wait(proc, lambda port=port: "cluster_state:ok" in self._info(cli, port))
+            self._wait(proc, lambda port=port: "cluster_state:ok" in self._info(cli, port), port)
+
+    def _start_servers(self, server: str) -> None:
+        for port, bus in self.ports:
+            where = self.folder / str(port)
+            where.mkdir(parents=True, exist_ok=True)
+            args = [server, "--port", str(port), "--bind", "127.0.0.1"]
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus)]
+            args += ["--cluster-config-file", str(where / "nodes.conf")]
+            args += ["--save", "", "--appendonly", "no", "--dir", str(where)]
+            args += ["--protected-mode", "no", "--logfile", str(where / "redis.log")]
+            self.procs.append(
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            )
+        for (port, _), proc in zip(self.ports, self.procs, strict=True):
+            # Our own process answers, not another session's server on that port.
+            self._wait(proc, lambda port=port, proc=proc: server_pid(port) == proc.pid, port)
 
     def _wait(
-        self, proc: subprocess.Popen[bytes], ready: Callable[[], bool], limit: float = 20.0
+        self,
+        proc: subprocess.Popen[bytes],
+        ready: Callable[[], bool],
+        port: int,
+        limit: float = 60.0,
     ) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"a cluster redis-server exited: {err[-2000:]}")
+                log = self.folder / str(port) / "redis.log"
+                err = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                if "Address already in use" in err:
+                    raise PortTakenError(err)
+                raise RuntimeError(f"a cluster redis-server exited: {err}")
             if ready():
                 return
             time.sleep(0.05)

@@ -8,6 +8,7 @@ the reason; under CI (``CI=true``) a missing Redis fails instead of skipping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,26 @@ def free_port() -> int:
         return port
 
 
+def server_pid(port: int) -> int | None:
+    """The pid of the redis-server answering on ``port`` (None while none answers)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"INFO server\r\n")
+            data = b""
+            while (found := re.search(rb"process_id:(\d+)\r\n", data)) is None:
+                chunk = sock.recv(4096)
+                if not chunk or len(data) > 65536:
+                    return None
+                data += chunk
+            return int(found.group(1))
+    except OSError:
+        return None
+
+
+class PortTakenError(Exception):
+    """The port picked for a server was taken before the server could bind it."""
+
+
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``kill`` then ``start`` keeps the port."""
 
@@ -35,6 +56,10 @@ class RedisServer:
         self.folder = folder
         self.appendonly = appendonly
         self.port = port or free_port()
+        # A port we picked may be taken between free_port() and the bind (another
+        # test session on the machine starts its servers too): then pick again,
+        # but only before the first start; a restart must keep its port.
+        self._may_move = port is None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,27 +67,54 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        for _ in range(5):
+            try:
+                self._start()
+            except PortTakenError:
+                self.port = free_port()
+                continue
+            self._may_move = False
+            return
+        raise RuntimeError("redis-server found no free port in 5 tries")
+
+    def _start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not on PATH"
         self.folder.mkdir(parents=True, exist_ok=True)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.folder), "--protected-mode", "no"]
+        args += ["--logfile", str(self.folder / "redis.log")]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
+        # A deadline that bounds a failure: a loaded machine may take seconds to start it.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.kill()
+                err = self._log_tail()
+                if self._may_move and "Address already in use" in err:
+                    raise PortTakenError(err)
                 raise RuntimeError(f"redis-server exited at once: {err}")
             if self._answers():
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
+        self.kill()
+        raise RuntimeError(
+            f"redis-server on port {self.port} did not answer within 60 s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        log = self.folder / "redis.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
     def _answers(self) -> bool:
+        # Our process (not another session's server that won the race for the
+        # port), done loading its append-only file (PING is refused until then).
+        if self.proc is None or server_pid(self.port) != self.proc.pid:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")

@@ -24,6 +24,7 @@ from durable_agent.errors import (
 )
 from durable_agent.fsm import RunState
 from durable_agent.registry import open_backend
+from tests._barriers import wait_until, wait_until_async
 from tests.backends.conftest import created, header, new_run, run, step
 from tests.backends.redis_server import RedisServer, skip_or_fail
 
@@ -186,7 +187,10 @@ def test_a_run_whose_redis_dies_mid_tool_call_resumes_once_redis_is_back(
     server.start()
     at_restart = run(_load(server.url, "fault-run"))
     assert [e.seq for e in at_restart.events] == list(range(1, at_restart.header.seq + 1))
-    time.sleep(0.6)  # the dead run's lease (0.5 s) lapses
+    # The first agent's process (ours) is alive, so its lease must lapse first.
+    if (held := at_restart.header.lease) is not None:
+        expires = held.expires_at
+        wait_until(lambda: time.time() > expires, awaiting="the dead run's lease to lapse")
     second = agent()
 
     async def resume() -> str:
@@ -242,17 +246,32 @@ def test_one_backend_serves_successive_event_loops(redis_url: str) -> None:
 
 
 def test_retention_expires_finished_runs_and_their_index_entries(redis_url: str) -> None:
+    # Two stores: one whose retention no loaded machine outlasts, to read the TTL a
+    # finished run gets while its key surely still exists; one short, to see it expire.
+    kept = RedisBackend(redis_url, prefix=f"t-{uuid.uuid4().hex[:8]}:", retention=60)
     store = RedisBackend(redis_url, prefix=f"t-{uuid.uuid4().hex[:8]}:", retention=0.2)
 
     async def main() -> None:
+        lease = await new_run(kept, "done")
+        await new_run(kept, "running")
+        await kept.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
+        client = await _raw(kept)
+        async with client:
+            assert 0 < await client.pttl(_key(kept, "done", "header")) <= 60_000
+            assert await client.pttl(_key(kept, "running", "header")) == -1
+        await kept.close()
+
         lease = await new_run(store, "done", session_id="s")
         await new_run(store, "running", session_id="s")
         await store.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
         client = await _raw(store)
         async with client:
-            assert 0 < await client.pttl(_key(store, "done", "header")) <= 200
             assert await client.pttl(_key(store, "running", "header")) == -1
-        await asyncio.sleep(0.3)
+
+            async def expired() -> bool:
+                return not await client.exists(_key(store, "done", "header"))
+
+            await wait_until_async(expired, awaiting="the finished run's key to expire (0.2 s)")
         with pytest.raises(RunNotFoundError):
             await store.get_run("done")
         assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["running"]

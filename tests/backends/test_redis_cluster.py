@@ -5,11 +5,7 @@ writer left finished by the next listing, stale entries mended, a pool that wait
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -25,10 +21,11 @@ from durable_agent.fsm import RunState
 from durable_agent.records import SCHEMA_VERSION, RunHeader, TransitionEvent, utcnow
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance
+from tests._barriers import wait_until_async
 from tests.backends.conftest import created, header, new_run, run, step
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
 from tests.backends.redis_server import free_port
-from tests.backends.test_two_processes import _WRITER, TARGET
+from tests.backends.test_two_processes import TARGET, race
 
 redis = pytest.importorskip("redis", reason="the redis package is not installed")
 
@@ -340,6 +337,8 @@ def test_stale_entries_are_mended_and_a_late_index_update_never_undoes_a_newer_o
             assert await client.zrange(ix.session("s"), 0, -1) == [b"r1"]
             assert await client.zrange(ix.state("DONE"), 0, -1) == [b"r1"]
 
+    run(main())
+
 
 def test_an_intent_whose_write_never_happened_expires(
     store: RedisBackend, monkeypatch: pytest.MonkeyPatch
@@ -395,16 +394,29 @@ def test_a_transition_is_one_round_trip_and_a_bucket_change_three(
 def test_retention_expires_finished_runs_and_listings_drop_their_entries(
     redis_cluster_url: str,  # noqa: F811
 ) -> None:
-    prefix = f"t-{uuid.uuid4().hex[:8]}:"
+    prefix, kept_prefix = f"t-{uuid.uuid4().hex[:8]}:", f"t-{uuid.uuid4().hex[:8]}:"
+    # Two stores: one whose retention no loaded machine outlasts, to read the TTL a
+    # finished run gets while its key surely still exists; one short, to see it expire.
+    kept = RedisBackend(redis_cluster_url, prefix=kept_prefix, retention=60)
     store = RedisBackend(redis_cluster_url, prefix=prefix, retention=0.2)
 
     async def main() -> None:
+        lease = await new_run(kept, "done")
+        await kept.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
+        async with _raw(redis_cluster_url) as client:
+            assert 0 < await client.pttl(_key(kept, "done", "header")) <= 60_000
+        await kept.close()
+        await _forget(redis_cluster_url, kept_prefix)
+
         lease = await new_run(store, "done", session_id="s")
         await new_run(store, "running", session_id="s")
         await store.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
         async with _raw(redis_cluster_url) as client:
-            assert 0 < await client.pttl(_key(store, "done", "header")) <= 200
-        await asyncio.sleep(0.3)
+
+            async def expired() -> bool:
+                return not await client.exists(_key(store, "done", "header"))
+
+            await wait_until_async(expired, awaiting="the finished run's key to expire (0.2 s)")
         with pytest.raises(RunNotFoundError):
             await store.get_run("done")
         assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["running"]
@@ -513,27 +525,11 @@ def test_two_processes_appending_to_one_run_on_a_cluster_win_each_seq_once(
             lease = await new_run(store, "race")
             return lease.model_dump_json()
 
-    lease = run(setup())
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WRITER, url, "race", lease, str(go), str(TARGET)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    time.sleep(0.3)
-    go.touch()
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = race(url, run(setup()), tmp_path)
     wins = [set(r["wins"]) for r in results]
     assert not wins[0] & wins[1]
     assert wins[0] | wins[1] == set(range(2, TARGET + 1))
+    assert sum(r["refused"] for r in results) > 0, f"the writers never collided: {results}"
 
     async def check() -> None:
         async with open_backend(url) as store:

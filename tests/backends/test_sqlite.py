@@ -31,6 +31,7 @@ from durable_agent.errors import (
 )
 from durable_agent.fsm import RunState
 from durable_agent.records import Lease
+from tests._barriers import DEADLINE, wait_until_async
 from tests.backends.conftest import created, header, new_run, run, step
 
 
@@ -156,7 +157,14 @@ def test_a_write_cancelled_before_its_batch_started_is_not_stored(db_path: Path)
                 blocked = asyncio.create_task(
                     store.append("r1", [step(2)], expected_seq=1, lease=first)
                 )
-                await asyncio.sleep(0.05)  # r1's batch now waits for the lock
+                link = store._link
+                assert link is not None
+                await wait_until_async(
+                    # Set by the submit and still set while its batch runs: the
+                    # write has left the queue for a batch that waits for the lock.
+                    lambda: link.wakeup.is_set() and not link.pending,
+                    awaiting="r1's batch to be waiting for the lock",
+                )
                 queued = asyncio.create_task(
                     store.append("r2", [step(2)], expected_seq=1, lease=second)
                 )
@@ -463,7 +471,7 @@ def test_construction_needs_no_event_loop_and_touches_no_file(tmp_path: Path) ->
 
 
 def _wait_for_threads(count: int) -> int:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + DEADLINE
     while threading.active_count() > count and time.monotonic() < deadline:
         time.sleep(0.01)
     return threading.active_count()
@@ -509,9 +517,13 @@ def test_a_backend_dropped_with_its_connection_open_warns(db_path: Path) -> None
     async def main() -> None:
         held = [SqliteBackend(db_path)]
         await held[0].create_run(header("r1"), [created()])
+        link = held[0]._link
+        assert link is not None
         # The only reference goes, and the backend with it: it is in no reference cycle.
         with pytest.warns(ResourceWarning, match="close"):
             held.clear()
-        await asyncio.sleep(0.05)  # the writer, cancelled, closes the connection
+        await wait_until_async(
+            lambda: link.closed, awaiting="the cancelled writer to close the connection"
+        )
 
     run(main())

@@ -4,17 +4,18 @@ each seq, and no event is lost or duplicated."""
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from durable_agent.records import TransitionEvent
 from durable_agent.registry import open_backend
+from tests._barriers import DEADLINE, wait_for_entries
 from tests.backends.conftest import new_run, run
 
 TARGET = 80
@@ -27,23 +28,24 @@ from durable_agent.fsm import RunState
 from durable_agent.records import Lease, TransitionEvent
 from durable_agent.registry import open_backend
 
-url, run_id, lease_json, go, target = sys.argv[1:6]
+url, run_id, lease_json, ready, go, target = sys.argv[1:7]
 lease = Lease.model_validate_json(lease_json)
 me = f"writer-{os.getpid()}"
 
 async def main() -> None:
     wins, refused = [], 0
     async with open_backend(url) as store:
-        await store.get_run(run_id)  # connected before the start
-        print("ready", flush=True)
-        deadline = time.monotonic() + 60
+        # Connected, and holding the seq both writers will first try to extend.
+        seq = (await store.get_run(run_id)).seq
+        open(os.path.join(ready, me), "w").close()
+        deadline = time.monotonic() + 300  # only so an orphan never spins forever
         while not os.path.exists(go):
             if time.monotonic() > deadline:
-                sys.exit("no go-file within 60 s")
+                sys.exit(f"{me}: the start signal {go} never came")
             time.sleep(0.001)
         while True:
-            # Both read the store's seq and try to extend it: they collide often.
-            seq = (await store.get_run(run_id)).seq
+            # The first round is a certain collision (both extend the seq they
+            # read before the start); then both re-read and race freely.
             if seq >= int(target):
                 break
             event = TransitionEvent(seq=seq + 1, state=RunState.MODEL_CALL, trigger=me)
@@ -52,10 +54,45 @@ async def main() -> None:
                 wins.append(seq + 1)
             except ConcurrentUpdateError:
                 refused += 1
+            seq = (await store.get_run(run_id)).seq
     print(json.dumps({"me": me, "wins": wins, "refused": refused}))
 
 asyncio.run(main())
 """
+
+
+def race(url: str, lease: str, where: Path) -> list[dict[str, Any]]:
+    """Start two writers, release them together once both are ready, return their reports."""
+    ready, go = where / "ready", where / "go"
+    ready.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, url, "race", lease, str(ready), str(go), str(TARGET)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        wait_for_entries(
+            ready,
+            2,
+            awaiting="both writers to have read seq 1 and wait at the gate",
+            processes=procs,
+        )
+        go.touch()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=DEADLINE)
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
 
 
 def _urls() -> dict[str, Callable[[Path, pytest.FixtureRequest], str]]:
@@ -81,28 +118,7 @@ def test_two_processes_appending_to_one_run_win_each_seq_exactly_once(
             lease = await new_run(store, "race")
             return lease.model_dump_json()
 
-    lease = run(setup())
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WRITER, url, "race", lease, str(go), str(TARGET)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:  # each says when it is connected and waits at the gate
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "a writer never got ready"
-        assert proc.stdout.readline().strip() == "ready", proc.communicate()[1][-3000:]
-    go.touch()
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = race(url, run(setup()), tmp_path)
 
     wins = [set(r["wins"]) for r in results]
     assert not wins[0] & wins[1], "a seq was won by both writers"

@@ -75,8 +75,10 @@ def test_prune_removes_10000_finished_runs(
 ) -> None:
     path, _, report, seconds = pruned
     assert report["runs"] == RUNS
-    # Measured here: the prune itself 0.16 s, the whole command 0.4 s.
-    assert seconds < 20, f"pruning {RUNS} runs took {seconds:.1f} s"
+    # Measured here: the prune itself 0.16 s, the whole command 0.4 s. The bound
+    # catches a prune that is quadratic in the runs, not a slow (loaded) machine;
+    # benchmarks/ measures the speed.
+    assert seconds < 120, f"pruning {RUNS} runs took {seconds:.1f} s"
     listing = run_cli("runs", "list", "--json", db=f"sqlite:///{path}")
     assert json.loads(listing.stdout)["runs"] == []
 

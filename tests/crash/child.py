@@ -61,7 +61,12 @@ SCRIPT: list[str | ToolCall | list[ToolCall]] = [
 CITIES = ("Oslo", "Rome", "Lima", "Kyiv")
 MODEL_TURNS = len(SCRIPT)
 TASK = "What is the weather in Oslo, Rome, Lima and Kyiv?"
-LEASE_TTL = 30.0
+LEASE_TTL = 600.0
+"""Long enough that a resume which waited for a dead owner's lease would run into the
+parent's deadline: "took over at once" then needs no measurement of how fast."""
+WAIT_TIMEOUT = 300.0
+"""How long a child waits at a gate or barrier: longer than any parent's deadline, so
+the parent (not the child giving up) decides when a wait has failed."""
 
 
 class Gate(TypedDict):
@@ -120,9 +125,11 @@ def read_ledger(ledger: Path) -> list[dict[str, Any]]:
 
 
 def wait_for_file(path: str, timeout: float) -> None:
-    """Poll until ``path`` exists (or ``timeout`` passes, so no child hangs forever)."""
+    """Poll until ``path`` exists; exit with a message after ``timeout`` (no child hangs)."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit(f"child {os.getpid()}: {path} did not appear within {timeout} s")
         time.sleep(0.02)
 
 
@@ -131,7 +138,9 @@ def meet(barrier: Barrier, timeout: float) -> None:
     where = Path(barrier["dir"])
     (where / str(os.getpid())).touch()
     deadline = time.monotonic() + timeout
-    while len(list(where.iterdir())) < barrier["parties"] and time.monotonic() < deadline:
+    while len(list(where.iterdir())) < barrier["parties"]:
+        if time.monotonic() > deadline:
+            sys.exit(f"child {os.getpid()}: the other parties of {where} never arrived")
         time.sleep(0.01)
 
 
@@ -153,7 +162,7 @@ class RecordingKillSwitch(KillSwitchBackend):
         header = await super().get_run(run_id)
         barrier, self.barrier = self.barrier, None
         if barrier is not None:
-            await asyncio.to_thread(meet, barrier, 10.0)
+            await asyncio.to_thread(meet, barrier, WAIT_TIMEOUT)
         return header
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
@@ -197,7 +206,7 @@ def make_lookup(ledger: str, kill_in_tool: str | None, gate: Gate | None) -> Any
     async def lookup(city: str, ctx: ToolContext) -> str:
         """Look up the weather in a city."""
         if gate is not None and city == gate["city"]:
-            await asyncio.to_thread(wait_for_file, gate["file"], 30.0)
+            await asyncio.to_thread(wait_for_file, gate["file"], WAIT_TIMEOUT)
         record(
             ledger,
             {

@@ -69,7 +69,10 @@ def build(args: dict[str, Any]) -> Agent:
         """A step that waits for a gate file (in a worker thread, as sync tools run)."""
         note(ledger, f"slow-start {step}")
         Path(args["entered"]).touch()
+        deadline = time.monotonic() + 300  # the parent decides when this wait failed
         while not Path(args["gate"]).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gate {args['gate']} never opened")
             time.sleep(0.02)
         note(ledger, f"slow-end {step}")
         return f"{step} done"

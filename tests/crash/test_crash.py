@@ -14,7 +14,7 @@ then continues the run once, and the test checks what DESIGN.md §3 promises:
 * a model answer that was recorded is never asked for again; only a request in
   flight at the kill is repeated;
 * the new process takes over from the dead owner at once (same host, pid gone)
-  instead of waiting out the 30 s lease, and releases the lease at the end.
+  instead of waiting out the lease, and releases the lease at the end.
 
 Effects are counted in fsynced ledger files, so the dead process's count
 survives it. Cases run in parallel, each in its own store; the whole module runs
@@ -25,6 +25,7 @@ child processes by a store URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -50,6 +51,7 @@ from durable_agent.records import (
 )
 from durable_agent.registry import open_backend
 from durable_agent.run import RunContext
+from tests._barriers import wait_until
 from tests.crash.child import (
     CITIES,
     LEASE_TTL,
@@ -64,9 +66,12 @@ CHILD = Path(__file__).with_name("child.py")
 RUN_ID = "crash-run"
 PARALLEL = 4
 """Child processes at once: most of a child's life is interpreter start-up."""
-CHILD_TIMEOUT = 20.0
+CHILD_TIMEOUT = 120.0
+"""A child still running after this is killed and reported: a bound on a failure only
+(a healthy child takes a second or two, five times that on a loaded machine)."""
 QUICK_TAKEOVER = LEASE_TTL / 6
-"""A resume slower than this (5 s of a 30 s lease) has waited for the lease."""
+"""A resume slower than this (100 s of a 600 s lease) has waited for the lease: no
+healthy resume comes near it, however loaded the machine."""
 
 
 # -- running children -----------------------------------------------------------
@@ -554,9 +559,13 @@ def test_two_processes_continuing_one_dead_run_at_once_let_exactly_one_proceed(
         contender = with_args(contender, barrier={"dir": str(tmp_path / "barrier"), "parties": 2})
     procs = [spawn(contender), spawn(contender)]
     try:
-        deadline = time.monotonic() + CHILD_TIMEOUT / 2
-        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The loser stops on its own; the winner waits at the gate far longer than this.
+        with contextlib.suppress(AssertionError):
+            wait_until(
+                lambda: any(p.poll() is not None for p in procs),
+                awaiting="one contender to stop",
+                timeout=CHILD_TIMEOUT,
+            )
         first_done = [p.poll() is not None for p in procs]
     finally:
         gate.touch()

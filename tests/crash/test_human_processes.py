@@ -6,13 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.fsm import RunState
 from durable_agent.records import StoredRun
+from tests._barriers import wait_for_path
 
 CHILD = Path(__file__).with_name("hitl_child.py")
 
@@ -131,11 +131,7 @@ def test_cancel_from_a_second_process_stops_the_first_at_the_next_boundary(
               "gate": str(gate)}
     first = spawn(mode="start", **common)
     try:
-        deadline = time.monotonic() + 30
-        while not entered.exists():
-            assert first.poll() is None, first.communicate()
-            assert time.monotonic() < deadline, "the first process never reached its tool"
-            time.sleep(0.02)
+        wait_for_path(entered, awaiting="the first process to reach its tool", processes=[first])
         cancelled = child(mode="cancel", reason="operator stop", **common)
         # The first process is alive and holds the lease: it records CANCELLED itself.
         assert cancelled["state"] == "TOOL_EXEC"

@@ -30,6 +30,7 @@ from durable_agent.records import (
     ToolFinishedEvent,
     ToolStartedEvent,
 )
+from tests._barriers import wait_until
 from tests.engine.conftest import StoreFactory, run
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.001, max_delay=0.01)
@@ -332,15 +333,16 @@ def test_a_dead_owner_on_this_host_is_taken_over_at_once(store: StoreFactory) ->
         )
     )
     assert out.state is RunState.DONE
-    assert time.monotonic() - started < 5, "no waiting for the 600 s lease to expire"
+    # A bound that only a wait for the 600 s lease can break, however loaded the machine.
+    assert time.monotonic() - started < 60, "no waiting for the 600 s lease to expire"
 
 
 def test_an_expired_lease_is_taken_over(store: StoreFactory) -> None:
     _, ledger, model, task = _fail_then(store)
     assert task.run_id is not None
     backend = store()
-    run(backend.acquire_lease(task.run_id, LeaseOwner(host="elsewhere", pid=1), ttl=0.01))
-    time.sleep(0.05)
+    lease = run(backend.acquire_lease(task.run_id, LeaseOwner(host="elsewhere", pid=1), ttl=0.01))
+    wait_until(lambda: time.time() > lease.expires_at, awaiting="the 0.01 s lease to expire")
     out = run(
         Agent(model, db=backend, tools=ledger.tools()).continue_run_async(
             run_id=task.run_id, return_output=True

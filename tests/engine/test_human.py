@@ -21,6 +21,7 @@ from durable_agent import (
     tool,
 )
 from durable_agent.records import CancelledEvent, DecisionEvent, FailedEvent, WaitingEvent
+from tests._barriers import wait_until_async
 from tests.engine.conftest import StoreFactory, run
 
 
@@ -421,8 +422,10 @@ def test_a_timeout_is_recorded_and_the_run_can_be_continued(store: StoreFactory)
 
     agent = Agent(ScriptedModel([ToolCall("slow"), "finished"]), db=store(), tools=[slow])
     task = Task("x")
-    with pytest.raises(RunTimeoutError, match=r"deadline of 0\.2 s") as raised:
-        run(agent.do_async(task, timeout=0.2))
+    # The deadline must pass inside the tool: 2 s leaves a loaded machine ample time to
+    # get there (a model answer and two writes), and the test waits it out once.
+    with pytest.raises(RunTimeoutError, match=r"deadline of 2\.0 s") as raised:
+        run(agent.do_async(task, timeout=2.0))
     assert isinstance(raised.value, TimeoutError)
     assert task.run_id is not None
     stored = run(store().load_run(task.run_id))
@@ -441,10 +444,22 @@ def test_an_outer_cancellation_propagates_and_leaves_a_resumable_run(
     agent = Agent(model, db=store())
     task = Task("x")
 
+    triggers: list[asyncio.Task[None]] = []
+
+    async def expire_once_asked(deadline: asyncio.Timeout) -> None:
+        # The caller's deadline passes while the run waits for its model.
+        await wait_until_async(lambda: model.calls == 1, awaiting="the run's model request")
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+    async def under_a_deadline() -> None:
+        async with asyncio.timeout(None) as deadline:
+            triggers.append(asyncio.create_task(expire_once_asked(deadline)))
+            await agent.do_async(task)
+
     async def outer() -> None:
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.2):
-                await agent.do_async(task)
+            await under_a_deadline()
+        await triggers[0]
 
     run(outer())
     assert task.run_id is not None
@@ -572,11 +587,12 @@ def test_a_cancellation_reaches_the_canceller_even_when_the_record_fails() -> No
             )
 
     db = Failing()
-    agent = Agent(ScriptedModel(["late"], delay=30), db=db)
+    model = ScriptedModel(["late"], delay=30)
+    agent = Agent(model, db=db)
 
     async def scenario() -> None:
         running = asyncio.ensure_future(agent.do_async("x"))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: model.calls == 1, awaiting="the run's model request")
         db.broken = True
         running.cancel()
         with pytest.raises(asyncio.CancelledError) as raised:

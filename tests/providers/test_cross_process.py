@@ -52,7 +52,7 @@ def test_a_process_killed_during_its_second_model_request_is_finished_by_another
         args = {"db": db, "ledger": str(ledger)}
         first = child(provider, server.base_url, {**args, "mode": "start"})
         try:
-            server.wait_for_requests(2, timeout=30)
+            server.wait_for_requests(2, timeout=120)  # start-up and SDK import under load
         except TimeoutError:
             first.kill()
             _, err = first.communicate(timeout=30)

@@ -228,7 +228,7 @@ def test_stopping_a_server_cuts_a_held_request() -> None:
         await server.start()
         model = PROVIDERS["openai"].model(server, timeout=5)
         call = asyncio.create_task(model.request([UserMessage(content="hi")], tools=[]))
-        await server.wait_for_requests_async(1)
+        await server.wait_for_requests_async(1, within=60)
         await server.stop()
         with pytest.raises(ModelConnectionError):
             await call

@@ -94,7 +94,8 @@ def test_429_retry_after_is_honoured_and_recorded(
     else:
         assert attempt.retry_in == pytest.approx(wait)
     assert gap >= attempt.retry_in * 0.9
-    assert elapsed < 5
+    # A run that ignored the header would wait the policy's 20 s before its retry.
+    assert elapsed < policy.initial_delay
 
 
 def test_retry_after_is_capped_by_the_policy(provider: Provider, store: StoreFactory) -> None:
@@ -187,8 +188,9 @@ def test_malformed_json_and_a_dropped_connection_are_recorded_and_retried(
 def test_a_hang_past_the_timeout_is_recorded_as_a_retryable_timeout(
     provider: Provider, store: StoreFactory
 ) -> None:
+    # 1 s: the "ok" after the hang must arrive within it too, on a loaded machine.
     with provider.server([Fault.hang(), "ok"]).running_in_thread() as server:
-        model = provider.model(server, timeout=0.5)
+        model = provider.model(server, timeout=1.0)
         started = time.monotonic()
         out = run(Agent(model, db=store(), retry=FAST).do_async("hi", return_output=True))
         elapsed = time.monotonic() - started
@@ -196,8 +198,9 @@ def test_a_hang_past_the_timeout_is_recorded_as_a_retryable_timeout(
     (attempt,) = attempts_of(store, out.run_id)
     assert attempt.error.type == f"{ModelTimeoutError.__module__}.ModelTimeoutError"
     assert attempt.error.retryable
-    assert "0.5 s" in attempt.error.message
-    assert 0.45 <= elapsed < 3
+    assert "within 1 s" in attempt.error.message
+    # Under the 60 s hang: the client gave up, the server did not end the hang.
+    assert 0.95 <= elapsed < 30
 
 
 def test_a_hang_with_retry_one_fails_the_run_with_the_timeout(
