@@ -266,7 +266,7 @@ def test_a_release_interrupted_by_a_cancellation_or_a_lost_connection_leaves_no_
             await task
         # A release cut off by the cancellation finishes on its own: wait for
         # the store to show it, with a deadline.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound on failure only: generous on a busy machine
         while (await inner.get_run(failed.run_id)).lease is not None:
             assert time.monotonic() < deadline, "the lease was never released"
             await asyncio.sleep(0.005)
@@ -363,7 +363,7 @@ def test_a_second_cancellation_lets_the_caller_go_and_the_write_is_settled_alone
             await running
         assert task.run_id is not None
         gate.set()  # the write lands now, after both cancellations
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound on failure only: generous on a busy machine
         while True:  # the settle finishes on its own: the store shows it
             try:
                 header = await inner.get_run(task.run_id)
