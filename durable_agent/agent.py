@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import uuid
 import warnings
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -26,20 +25,19 @@ from typing import Any, Literal, Self, TypeVar, overload
 from pydantic import BaseModel
 
 from durable_agent.backend import Backend
-from durable_agent.engine import Engine, RetryPolicy, RunExecution, cancel_run, decide_run
+from durable_agent.engine import Engine, RetryPolicy, cancel_run, decide_run
 from durable_agent.errors import (
     ConfigurationError,
-    DecisionError,
     RunCancelledError,
-    RunExistsError,
     RunNotFoundError,
     RunWaitingError,
 )
 from durable_agent.fsm import RunState
-from durable_agent.human import Decision, Requirement, collect_decisions
+from durable_agent.human import DecisionRequest, Requirement
 from durable_agent.models import ChatModel, resolve_model
-from durable_agent.records import JSONValue, Message, OutputFormat, SystemMessage, UserMessage
+from durable_agent.records import JSONValue, Message, SystemMessage, UserMessage
 from durable_agent.run import RunContext, RunOutput
+from durable_agent.task import Task, check_run_id
 from durable_agent.tools import Tool, toolset
 
 __all__ = ["Agent", "DurabilityWarning", "Task"]
@@ -52,73 +50,6 @@ class DurabilityWarning(UserWarning):
 
 
 _warned_in_memory = False
-
-
-def _check_run_id(run_id: object, where: str) -> None:
-    """Refuse a run id no store can hold, before anything is stored or looked up."""
-    if not isinstance(run_id, str) or not run_id.strip():
-        raise ConfigurationError(f"{where} must be a non-empty str, got {run_id!r}")
-    try:
-        run_id.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        # repr() escapes the surrogate, so the message itself is printable and storable.
-        raise ConfigurationError(
-            f"{where}: run id {run_id!r} holds a lone surrogate {run_id[exc.start]!r} at "
-            f"position {exc.start}, which UTF-8 cannot encode, so no store can keep it; "
-            "use an id of valid Unicode text"
-        ) from None
-
-
-class Task:
-    """What to do: a description for the model, task-specific tools and an optional run id.
-
-    A caller-chosen ``run_id`` makes starting idempotent: doing a task whose run
-    already exists continues that run instead of starting another. After the
-    task starts, ``run_id`` holds the id of its run.
-
-    With ``response_format`` (a pydantic model class) the final answer must be
-    JSON matching it; an answer that fails validation is sent back to the model
-    within the retry budget, and ``do_async`` returns the model instance.
-    """
-
-    def __init__(
-        self,
-        description: str,
-        *,
-        tools: Iterable[Tool | Callable[..., Any]] = (),
-        run_id: str | None = None,
-        response_format: type[BaseModel] | None = None,
-    ) -> None:
-        if response_format is not None and not (
-            isinstance(response_format, type) and issubclass(response_format, BaseModel)
-        ):
-            raise ConfigurationError(
-                f"Task(response_format=...) must be a pydantic model class, got {response_format!r}"
-            )
-        if not isinstance(description, str) or not description.strip():
-            raise ConfigurationError(
-                f"Task(description=...) must be a non-empty str, got {description!r}"
-            )
-        if run_id is not None:
-            _check_run_id(run_id, "Task(run_id=...)")
-        self.description = description
-        self.tools = toolset(tools, owner="Task")
-        self.run_id = run_id
-        self.response_format = response_format
-
-    def output_format(self) -> OutputFormat | None:
-        """The stored form of ``response_format``: its name and JSON schema."""
-        cls = self.response_format
-        if cls is None:
-            return None
-        return OutputFormat(
-            name=cls.__name__,
-            json_schema=cls.model_json_schema(),
-            description=inspect.getdoc(cls) or "",
-        )
-
-    def __repr__(self) -> str:
-        return f"Task({self.description!r}, run_id={self.run_id!r})"
 
 
 class Agent:
@@ -261,13 +192,7 @@ class Agent:
             raise ConfigurationError(
                 f"do_async() takes a Task or a str, got {type(task).__name__}"
             )
-        if task.run_id is not None:
-            try:
-                await self.db.get_run(task.run_id)
-            except RunNotFoundError:
-                pass
-            else:
-                return await self._continue(task.run_id, task, return_output, timeout=timeout)
+        existing = task.run_id is not None
         run_id = task.run_id or uuid.uuid4().hex
         # The id is on the task and on `last_run` before the first write: a
         # caller whose do_async is cancelled or fails can always find the run
@@ -276,26 +201,23 @@ class Agent:
         self.last_run = RunOutput.from_context(
             RunContext(run_id=run_id, session_id=self.db.session_id, user_id=self.db.user_id)
         )
-        execution = self._execution(run_id, task)
         messages: list[Message] = []
         if self.system_prompt:
             messages.append(SystemMessage(content=self.system_prompt))
         messages.append(UserMessage(content=task.description))
-        try:
-            await execution.create(
-                messages,
-                session_id=self.db.session_id,
-                user_id=self.db.user_id,
-                output_format=task.output_format(),
-            )
-        except RunExistsError:
-            # Another caller created this run id between our check and create.
-            return await self._continue(run_id, task, return_output, timeout=timeout)
-        except BaseException:
-            if execution.ctx is not None:  # it landed, and the interruption was recorded
-                self.last_run = RunOutput.from_context(execution.ctx)
-            raise
-        return await self._drive(execution, return_output, timeout)
+        ctx = await self._engine.start(
+            run_id,
+            messages,
+            self._tools_for(task),
+            output_type=task.response_format,
+            output_format=task.output_format(),
+            session_id=self.db.session_id,
+            user_id=self.db.user_id,
+            existing=existing,
+            timeout=timeout,
+            observe=self._observe,
+        )
+        return self._result(ctx, task.response_format, return_output)
 
     def do(
         self, task: Task | str, *, return_output: bool = False, timeout: float | None = None
@@ -339,8 +261,8 @@ class Agent:
                 "continue_run_async() needs run_id=... or a task that has been started "
                 "(task.run_id is set once do_async starts it)"
             )
-        _check_run_id(run_id, "continue_run_async(run_id=...)")
-        decisions = _Decisions(requirements, approvals, results, inputs)
+        check_run_id(run_id, "continue_run_async(run_id=...)")
+        decisions = DecisionRequest(tuple(requirements), approvals, results, inputs)
         return await self._continue(run_id, task, return_output, decisions, timeout)
 
     def continue_run(
@@ -386,7 +308,7 @@ class Agent:
         process) to go on. Raises `DecisionError` (nothing recorded) for
         decisions that do not fit.
         """
-        _check_run_id(run_id, "decide_run_async(run_id)")
+        check_run_id(run_id, "decide_run_async(run_id)")
         with self._naming_store(run_id):
             await decide_run(
                 self.db,
@@ -430,7 +352,7 @@ class Agent:
         current model or tool call may finish, no further one starts) and
         records CANCELLED itself. A cancelled run cannot be continued.
         """
-        _check_run_id(run_id, "cancel_run_async(run_id)")
+        check_run_id(run_id, "cancel_run_async(run_id)")
         with self._naming_store(run_id):
             await cancel_run(
                 self.db, run_id, reason=reason, owner=self._engine.owner,
@@ -444,7 +366,7 @@ class Agent:
 
     async def get_run_async(self, run_id: str) -> RunOutput:
         """Load a run's current outcome without running anything."""
-        _check_run_id(run_id, "get_run_async(run_id)")
+        check_run_id(run_id, "get_run_async(run_id)")
         execution = self._engine.execution(run_id, self.tools)
         with self._naming_store(run_id):
             return RunOutput.from_context(await execution.load())
@@ -497,68 +419,43 @@ class Agent:
                 store=repr(self.db),
             ) from None
 
-    def _execution(self, run_id: str, task: Task | None) -> RunExecution:
+    def _tools_for(self, task: Task | None) -> dict[str, Tool]:
         tools = dict(self.tools)
         if task is not None:
             tools.update(task.tools)
-        output_type = task.response_format if task is not None else None
-        return self._engine.execution(run_id, tools, output_type=output_type)
+        return tools
+
+    def _observe(self, ctx: RunContext) -> None:
+        self.last_run = RunOutput.from_context(ctx)
 
     async def _continue(
         self,
         run_id: str,
         task: Task | None,
         return_output: bool,
-        decisions: _Decisions | None = None,
+        decisions: DecisionRequest | None = None,
         timeout: float | None = None,
     ) -> Any:
-        execution = self._execution(run_id, task)
-        with self._naming_store(run_id):
-            ctx = await execution.load()
         if task is not None:
             task.run_id = run_id
-        self.last_run = RunOutput.from_context(ctx)
-        if decisions and ctx.state is not RunState.WAITING:
-            raise DecisionError(
-                f"run {run_id!r} is {ctx.state.value}, not WAITING: it has no requirement "
-                "to decide; continue it without decisions"
+        output_type = task.response_format if task is not None else None
+        with self._naming_store(run_id):
+            ctx = await self._engine.resume(
+                run_id,
+                self._tools_for(task),
+                output_type=output_type,
+                decisions=decisions,
+                timeout=timeout,
+                observe=self._observe,
             )
-        match ctx.state:
-            case RunState.DONE:
-                return self._result(execution, ctx, return_output)
-            case RunState.CANCELLED:
-                self.last_run = RunOutput.from_context(ctx)
-                raise RunCancelledError(run_id, ctx.cancel_reason or "cancelled")
-            case RunState.WAITING:
-                if not decisions:
-                    return self._result(execution, ctx, return_output)
-                decisions.check(run_id, ctx)  # before the lease: nothing stored on bad input
-            case RunState.PENDING | RunState.MODEL_CALL | RunState.TOOL_EXEC | RunState.ERROR:
-                pass
-        ctx = await execution.acquire()
-        if decisions:
-            try:
-                # Checked again under the lease: another process may have decided meanwhile.
-                await execution.decide(decisions.check(run_id, ctx))
-            except BaseException:
-                await execution.release()
-                raise
-        return await self._drive(execution, return_output, timeout)
+        return self._result(ctx, output_type, return_output)
 
-    async def _drive(
-        self, execution: RunExecution, return_output: bool, timeout: float | None = None
+    def _result(
+        self, ctx: RunContext, output_type: type[BaseModel] | None, return_output: bool
     ) -> Any:
-        try:
-            ctx = await execution.run(timeout=timeout)
-        finally:
-            if execution.ctx is not None:
-                self.last_run = RunOutput.from_context(execution.ctx)
-        return self._result(execution, ctx, return_output)
-
-    def _result(self, execution: RunExecution, ctx: RunContext, return_output: bool) -> Any:
         output = RunOutput.from_context(ctx)
-        if execution.output_type is not None and output.output is not None:
-            parsed = execution.output_type.model_validate_json(output.output)
+        if output_type is not None and output.output is not None:
+            parsed = output_type.model_validate_json(output.output)
             output = dataclasses.replace(output, parsed=parsed)
         self.last_run = output
         if return_output:
@@ -582,38 +479,4 @@ class Agent:
         raise ConfigurationError(
             "the synchronous do()/continue_run() cannot run inside an event loop; "
             "await do_async()/continue_run_async() instead"
-        )
-
-
-class _Decisions:
-    """The decisions one continue call carries, checked against the run each time."""
-
-    def __init__(
-        self,
-        requirements: Iterable[Requirement],
-        approvals: Mapping[str, bool | str] | None,
-        results: Mapping[str, JSONValue] | None,
-        inputs: Mapping[str, Mapping[str, JSONValue]] | None,
-    ) -> None:
-        self.requirements = list(requirements)
-        self.approvals = approvals
-        self.results = results
-        self.inputs = inputs
-
-    def __bool__(self) -> bool:
-        return bool(
-            any(r.decision is not None for r in self.requirements)
-            or self.approvals
-            or self.results
-            or self.inputs
-        )
-
-    def check(self, run_id: str, ctx: RunContext) -> dict[str, Decision]:
-        return collect_decisions(
-            run_id,
-            ctx.open_requirements,
-            requirements=self.requirements,
-            approvals=self.approvals,
-            results=self.results,
-            inputs=self.inputs,
         )

@@ -1,9 +1,11 @@
 """Names for code written against the system the seed API comes from.
 
 Only what a port needs, kept here so the rest of the library has one name per
-thing::
+thing:
 
-    from durable_agent.compat import SqliteDatabase  # same as SqliteBackend
+```python
+from durable_agent.compat import SqliteDatabase  # same as SqliteBackend
+```
 
 ``SqliteDatabase(db_file=..., session_id=..., user_id=...)`` takes the same
 arguments as `durable_agent.backends.sqlite.SqliteBackend`, because it is that

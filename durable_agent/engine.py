@@ -28,30 +28,34 @@ The engine never imports a concrete backend or a vendor SDK.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel
 
 from durable_agent._execution import RunExecution
-from durable_agent._lease import (
-    OwedReleases,
-)
+from durable_agent._lease import OwedReleases
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     DecisionError,
     RunBusyError,
+    RunCancelledError,
+    RunExistsError,
+    RunNotFoundError,
     RunStateError,
 )
 from durable_agent.fsm import RunState
-from durable_agent.human import Requirement, collect_decisions
+from durable_agent.human import DecisionRequest, Requirement, collect_decisions
 from durable_agent.models import ChatModel
-from durable_agent.records import (
-    JSONValue,
-)
+from durable_agent.records import JSONValue, Message, OutputFormat
 from durable_agent.retry import RetryPolicy, is_retryable
+from durable_agent.run import RunContext
 from durable_agent.tools import Tool
 
 __all__ = ["Engine", "RetryPolicy", "RunExecution", "cancel_run", "decide_run", "is_retryable"]
+
+
+def _ignore(ctx: RunContext) -> None:
+    """The default ``observe``: nobody is watching."""
 
 
 class Engine:
@@ -104,6 +108,114 @@ class Engine:
         that has an output format only checks that the answer is JSON.
         """
         return RunExecution(self, run_id, tools, output_type=output_type)
+
+    # -- one entry per user intent ------------------------------------------
+    # The facade translates arguments and results; the sequence of store calls
+    # for each intent is decided here, once (the workers use the same entries).
+
+    async def start(
+        self,
+        run_id: str,
+        messages: Sequence[Message],
+        tools: Mapping[str, Tool],
+        *,
+        output_type: type[BaseModel] | None = None,
+        output_format: OutputFormat | None = None,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        existing: bool = False,
+        timeout: float | None = None,
+        observe: Callable[[RunContext], None] = _ignore,
+    ) -> RunContext:
+        """Store a new run with ``messages`` and drive it; return where it rests.
+
+        With ``existing=True`` (the caller chose the id) a run already stored
+        under ``run_id`` is continued instead: starting is idempotent. A run
+        another caller creates between the check and the create is continued
+        too. ``observe`` sees the run whenever the engine learns more of it
+        (after the create, after a failure), so a caller can always tell what
+        the store holds. Raises as `RunExecution.run` does.
+        """
+        if existing:
+            try:
+                await self.backend.get_run(run_id)
+            except RunNotFoundError:
+                pass
+            else:
+                return await self.resume(
+                    run_id, tools, output_type=output_type, timeout=timeout, observe=observe
+                )
+        execution = self.execution(run_id, tools, output_type=output_type)
+        try:
+            await execution.create(
+                messages, session_id=session_id, user_id=user_id, output_format=output_format
+            )
+        except RunExistsError:
+            return await self.resume(
+                run_id, tools, output_type=output_type, timeout=timeout, observe=observe
+            )
+        except BaseException:
+            if execution.ctx is not None:  # it landed, and the interruption was recorded
+                observe(execution.ctx)
+            raise
+        return await self._drive(execution, timeout, observe)
+
+    async def resume(
+        self,
+        run_id: str,
+        tools: Mapping[str, Tool],
+        *,
+        output_type: type[BaseModel] | None = None,
+        decisions: DecisionRequest | None = None,
+        timeout: float | None = None,
+        observe: Callable[[RunContext], None] = _ignore,
+    ) -> RunContext:
+        """Continue a stored run, recording ``decisions`` first; return where it rests.
+
+        DONE, and WAITING without decisions, are returned as stored (nothing
+        runs); CANCELLED raises `RunCancelledError`. Decisions are checked
+        before the lease is taken (bad input stores nothing) and again under it.
+        Raises `RunNotFoundError`, `RunBusyError`, `DecisionError` and what
+        `RunExecution.run` raises.
+        """
+        execution = self.execution(run_id, tools, output_type=output_type)
+        ctx = await execution.load()
+        observe(ctx)
+        if decisions and ctx.state is not RunState.WAITING:
+            raise DecisionError(
+                f"run {run_id!r} is {ctx.state.value}, not WAITING: it has no requirement "
+                "to decide; continue it without decisions"
+            )
+        match ctx.state:
+            case RunState.DONE:
+                return ctx
+            case RunState.CANCELLED:
+                raise RunCancelledError(run_id, ctx.cancel_reason or "cancelled")
+            case RunState.WAITING:
+                if not decisions:
+                    return ctx
+                decisions.check(run_id, ctx.open_requirements)  # nothing stored on bad input
+            case RunState.PENDING | RunState.MODEL_CALL | RunState.TOOL_EXEC | RunState.ERROR:
+                pass
+        ctx = await execution.acquire()
+        if decisions:
+            try:
+                # Checked again under the lease: another process may have decided meanwhile.
+                await execution.decide(decisions.check(run_id, ctx.open_requirements))
+            except BaseException:
+                await execution.release()
+                raise
+        return await self._drive(execution, timeout, observe)
+
+    @staticmethod
+    async def _drive(
+        execution: RunExecution, timeout: float | None, observe: Callable[[RunContext], None]
+    ) -> RunContext:
+        try:
+            return await execution.run(timeout=timeout)
+        finally:
+            if execution.ctx is not None:
+                observe(execution.ctx)
 
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from durable_agent.errors import DecisionError
 from durable_agent.records import DecisionAction, JSONValue, RequirementKind, RequirementRecord
 
-__all__ = ["Decision", "Requirement", "collect_decisions"]
+__all__ = ["Decision", "DecisionRequest", "Requirement", "collect_decisions"]
 
 _ALLOWED: dict[RequirementKind, frozenset[DecisionAction]] = {
     "confirmation": frozenset({"confirm", "reject"}),
@@ -185,3 +185,38 @@ def collect_decisions(
             raise DecisionError(f"run {run_id!r}: inputs[{rid!r}] must be a dict of fields")
         add(rid, Decision("input", inputs=dict(fields)))
     return decided
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    """The decisions one continue call carries, as given: checked against the run each time.
+
+    Checked once before anything is taken (bad input stores nothing) and again
+    under the lease, since another process may have decided meanwhile.
+    """
+
+    requirements: tuple[Requirement, ...] = ()
+    approvals: Mapping[str, bool | str] | None = None
+    results: Mapping[str, JSONValue] | None = None
+    inputs: Mapping[str, Mapping[str, JSONValue]] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(
+            any(r.decision is not None for r in self.requirements)
+            or self.approvals
+            or self.results
+            or self.inputs
+        )
+
+    def check(
+        self, run_id: str, open_requirements: Mapping[str, RequirementRecord]
+    ) -> dict[str, Decision]:
+        """The decisions by requirement id; `DecisionError` when one does not fit."""
+        return collect_decisions(
+            run_id,
+            open_requirements,
+            requirements=self.requirements,
+            approvals=self.approvals,
+            results=self.results,
+            inputs=self.inputs,
+        )
