@@ -30,12 +30,10 @@ import os
 import sqlite3
 import threading
 import warnings
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Final, Literal, TypeVar
 
 import aiosqlite
 
@@ -49,6 +47,7 @@ from durable_agent.backend import (
 )
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
+from durable_agent.backends._sqlite_writer import Link, Stats
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
@@ -61,165 +60,6 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 """The values of ``SqliteBackend(synchronous=...)``."""
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-
-@dataclass(slots=True)
-class _Stats:
-    """Counters the tests read to see group commit at work."""
-
-    commits: int = 0
-    batches: int = 0
-    writes: int = 0
-
-
-class _Link:
-    """One event loop's connection to the file, its write queue and its writer task."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        conn: aiosqlite.Connection,
-        execute: Callable[..., Awaitable[Any]],
-        raw: sqlite3.Connection,
-        path: str,
-        max_batch: int,
-        stats: _Stats,
-    ) -> None:
-        self.loop = loop
-        self.conn = conn
-        self._execute = execute
-        self.raw = raw
-        self.path = path
-        self.max_batch = max_batch
-        self.stats = stats
-        self.pending: deque[ops.Write[Any]] = deque()
-        self.wakeup = asyncio.Event()
-        self.writer: asyncio.Task[None] | None = None
-        self.closing = False
-        self.closed = False
-        self.close_error: BaseException | None = None
-
-    @property
-    def usable(self) -> bool:
-        return not self.closing and self.writer is not None and not self.writer.done()
-
-    async def execute(self, fn: Callable[..., T], *args: object) -> T:
-        """Run ``fn(raw_connection, *args)`` in aiosqlite's thread, one hop."""
-        return cast(T, await self._execute(fn, self.raw, *args))
-
-    def submit(self, run_id: str, apply: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = self.loop.create_future()
-        self.pending.append(ops.Write(run_id, apply, future))
-        self.wakeup.set()
-        return future
-
-    async def write_loop(self) -> None:
-        """Commit queued writes a batch at a time until closed; then close the connection."""
-        try:
-            while self.pending or not self.closing:
-                if not self.pending:
-                    self.wakeup.clear()
-                    await self.wakeup.wait()
-                    continue
-                await self._commit_next()
-        except asyncio.CancelledError:
-            # The event loop is shutting down (asyncio.run cancels leftover
-            # tasks): commit what callers still wait for, then close.
-            with suppress(asyncio.CancelledError):
-                while self.pending:
-                    await self._commit_next()
-            raise
-        finally:
-            self.closing = True
-            for write in self.pending:
-                if not write.future.done():
-                    write.future.set_exception(
-                        StoreUnavailableError(
-                            f"SQLite store {self.path} was closed before this write started; "
-                            "nothing was stored"
-                        )
-                    )
-            self.pending.clear()
-            try:
-                await self.conn.close()
-            except Exception as exc:
-                self.close_error = exc
-            finally:
-                self.closed = True
-
-    async def _commit_next(self) -> None:
-        writes: list[ops.Write[Any]] = []
-        while self.pending and len(writes) < self.max_batch:
-            write = self.pending.popleft()
-            if not write.future.done():  # its caller was cancelled before it started
-                writes.append(write)
-        if not writes:
-            return
-        batch = ops.Batch(writes)
-        try:
-            await self.execute(ops.apply_batch, batch, self.path)
-        except asyncio.CancelledError:
-            # The batch runs on in SQLite's thread and may commit. A no-op
-            # queued behind it tells when it ended, so its callers still learn
-            # whether their write is stored.
-            with suppress(Exception):
-                await self.execute(ops.noop)
-            self._settle(batch)
-            raise
-        except Exception as exc:  # aiosqlite refused the call: the connection is gone
-            batch.error = StoreUnavailableError(f"SQLite store {self.path}: {exc}")
-            batch.error.__cause__ = exc
-        self._settle(batch)
-
-    def _settle(self, batch: ops.Batch) -> None:
-        self.stats.batches += 1
-        self.stats.writes += len(batch.writes)
-        if batch.committed:
-            self.stats.commits += 1
-        for write in batch.writes:
-            if write.future.done():
-                continue
-            if batch.error is not None:
-                # One exception object per caller: each raise rewrites its traceback.
-                error = StoreUnavailableError(*batch.error.args)
-                error.__cause__ = batch.error.__cause__
-                write.future.set_exception(error)
-            elif write.error is not None:
-                write.future.set_exception(write.error)
-            elif batch.committed:
-                write.future.set_result(write.result)
-            else:  # the batch never reached its end (the thread was interrupted)
-                write.future.set_exception(
-                    StoreUnavailableError(f"SQLite store {self.path}: the write was not committed")
-                )
-
-    async def shutdown(self) -> None:
-        """Flush the queue and close the connection (from this link's own loop)."""
-        writer = self.writer
-        if writer is not None and not writer.done():
-            self.closing = True
-            self.wakeup.set()
-            await asyncio.wait([writer])
-        elif not self.closed:
-            await self.abandon()
-
-    async def abandon(self) -> None:
-        """Close a connection left open by an event loop that ended without cancelling it."""
-        if self.closed:
-            return
-        if self.loop.is_running() and self.loop is not asyncio.get_running_loop():
-            raise ConfigurationError(
-                f"SqliteBackend({self.path!r}) is in use by an event loop running in another "
-                "thread; create one backend per event loop"
-            )
-        self.closed = self.closing = True
-        self.pending.clear()  # their futures belong to the loop that is gone
-        stop = self.conn.stop()  # queues the close in SQLite's thread, behind its work
-        if stop is not None:
-            await asyncio.wait([stop], timeout=30)
-
-
-# -- the backend ---------------------------------------------------------------------------
 
 
 class SqliteBackend(Backend):
@@ -289,8 +129,8 @@ class SqliteBackend(Backend):
                 f"SqliteBackend(max_batch={max_batch!r}) must be an int of at least 1"
             )
         self._max_batch = max_batch
-        self._stats = _Stats()
-        self._link: _Link | None = None
+        self._stats = Stats()
+        self._link: Link | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -299,7 +139,7 @@ class SqliteBackend(Backend):
         return f"SqliteBackend({self._path!r})"
 
     def __del__(self) -> None:
-        link: _Link | None = getattr(self, "_link", None)
+        link: Link | None = getattr(self, "_link", None)
         if link is None or link.closed:
             return
         warnings.warn(
@@ -320,13 +160,13 @@ class SqliteBackend(Backend):
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed")
 
-    async def _connected(self) -> _Link:
+    async def _connected(self) -> Link:
         link = self._link
         if link is not None and link.usable and link.loop is asyncio.get_running_loop():
             return link
         return await self._reconnect()
 
-    async def _reconnect(self) -> _Link:
+    async def _reconnect(self) -> Link:
         self._check_open()
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
@@ -345,7 +185,7 @@ class SqliteBackend(Backend):
             self._link = link
             return link
 
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Link:
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> Link:
         path, timeout = self._path, self._busy_timeout
         opened: list[sqlite3.Connection] = []
         failed: list[StoreUnavailableError] = []
@@ -398,7 +238,7 @@ class SqliteBackend(Backend):
         if failed:
             await conn.close()
             raise failed[0]
-        link = _Link(loop, conn, execute, opened[0], path, self._max_batch, self._stats)
+        link = Link(loop, conn, execute, opened[0], path, self._max_batch, self._stats)
         try:
             busy_ms = round(self._busy_timeout * 1000)
             await link.execute(schema.prepare, path, self._synchronous, busy_ms)
