@@ -70,7 +70,9 @@ from durable_agent.records import (
 )
 
 try:
-    from redis.exceptions import ResponseError
+    # From redis.asyncio, the client this backend runs on: a missing (or pre-asyncio)
+    # redis-py fails here, with the hint below, even once the helpers are imported.
+    from redis.asyncio import ResponseError
 
     from durable_agent.backends import _redis_cluster as clx
     from durable_agent.backends import _redis_cluster_scripts as cl
