@@ -3,6 +3,9 @@
 Times are ``"<seconds>.<microseconds>"`` decimal strings, exact both ways (a
 float would lose the last microsecond of some datetimes); the creation time
 doubles as the score of the index entries.
+
+The scripts' replies are read here too: `status` raises what a failed one
+means, `renewed` and `extended` give the lease a successful one extended.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from durable_agent.errors import ConfigurationError, CorruptRunError
+from durable_agent.errors import ConfigurationError, CorruptRunError, RunNotFoundError
 from durable_agent.records import Lease, RunHeader, decode_header_fields
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -122,3 +125,42 @@ def text(value: object) -> str:
 
 def optional(value: object) -> str | None:
     return None if value is None or value is False else text(value)
+
+
+def status(run_id: str, reply: Any) -> str:
+    """A script reply's status; raises for a run that is missing or damaged."""
+    found = text(reply[0])
+    if found == "missing":
+        raise RunNotFoundError(run_id)
+    if found == "wrongtype":
+        which, kind = text(reply[1]), text(reply[2])
+        raise CorruptRunError(
+            run_id, None, f"its Redis {which} key holds a {kind}, not the expected type"
+        )
+    if found == "corrupt":
+        detail = " ".join(text(part) for part in reply[1:])
+        raise CorruptRunError(run_id, None, f"the stored header does not match ({detail})")
+    return found
+
+
+def renewed(lease: Lease, reply: bytes) -> Lease:
+    """The lease from the append script's one-string reply: ok, expires[, cancel]."""
+    parts = reply.decode().split("\x1f", 2)
+    return lease.model_copy(
+        update={
+            "expires_at": float(parts[1]),
+            "ttl": float(lease.ttl),
+            "cancel_requested": parts[2] if len(parts) > 2 else None,
+        }
+    )
+
+
+def extended(lease: Lease, reply: Any) -> Lease:
+    """The lease from a reply of status, expires, cancel requested (or nil)."""
+    return lease.model_copy(
+        update={
+            "expires_at": float(text(reply[1])),
+            "ttl": float(lease.ttl),
+            "cancel_requested": optional(reply[2]),
+        }
+    )

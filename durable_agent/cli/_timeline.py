@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from durable_agent._cli_output import abridge
+from durable_agent.cli._output import abridge
 from durable_agent.fsm import RunState
 from durable_agent.records import (
     AssistantMessage,

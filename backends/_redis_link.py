@@ -1,0 +1,300 @@
+"""How `RedisBackend` reaches Redis: one client per event loop, and what redis-py's errors mean.
+
+Connections come from a blocking pool: when all ``max_connections`` are busy,
+a caller waits (up to ``pool_timeout`` seconds) for one instead of failing, so
+a thousand runs on one event loop share a few dozen connections. A Redis that
+cannot be reached, or goes away mid-call, raises `StoreUnavailableError` (the
+redis-py error chained); the scripts are atomic, so nothing is half-written,
+and the run continues once Redis is back. Calls are not retried by redis-py:
+a retried append whose first attempt reached Redis would fail its own seq
+check and look like a concurrent writer.
+
+redis-py's asyncio connections belong to the event loop that opened them, so
+a `Connection` keeps one `Link` (client and pool) per event loop: used from a
+new loop (``agent.do`` runs each call under a fresh ``asyncio.run``) it opens
+a new one there, and when a loop shuts down its link is closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from types import TracebackType
+from typing import Any, Final, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from durable_agent.backends import _redis_scripts as lua
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
+
+__all__ = ["CLUSTER_SCHEMES", "UNAVAILABLE", "Client", "Connection", "Link", "cluster_url", "hide"]
+
+UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""Errors that mean Redis could not be reached or could not serve the call right now."""
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""The URL schemes that name a Redis Cluster, and the plain scheme redis-py opens."""
+
+Client = aioredis.Redis | RedisCluster
+
+
+class Link:
+    """One event loop's client and pool, closed when that loop shuts down.
+
+    On Redis Cluster redis-py's per-node pools fail a call when they are full
+    instead of waiting, so ``gate`` (a semaphore as large as a node's pool)
+    makes calls wait for their turn: a call holds at most one connection per
+    node, so no node's pool is ever exhausted. Each call also waits until the
+    client knows the cluster's layout: redis-py 8 drops connections in use when
+    several calls discover it at once.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: Client,
+        gate: asyncio.Semaphore | None = None,
+        pool_timeout: float = 0.0,
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.gate = gate
+        self.pool_timeout = pool_timeout
+        self.layout = asyncio.Lock()
+        self.closed = False
+        self.keeper = loop.create_task(self._keep(), name="RedisBackend pool keeper")
+
+    def turn(self) -> AbstractAsyncContextManager[object]:
+        """Wait for a free connection (cluster mode; a no-op on a single Redis)."""
+        if self.gate is None:
+            return nullcontext()
+        return _Turn(self)
+
+    async def _keep(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            # Cancelled by close(), or by asyncio.run() shutting the loop down.
+            self.closed = True
+            if isinstance(self.client, RedisCluster):
+                await self.client.aclose()
+            else:
+                await self.client.aclose(close_connection_pool=True)
+
+    async def close(self) -> None:
+        """Close the client and its pool, from the loop that owns them."""
+        if not self.keeper.done():
+            self.keeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self.keeper
+
+
+class _Turn:
+    """One call's permit of a `Link` gate, taken once the cluster's layout is known."""
+
+    def __init__(self, link: Link) -> None:
+        assert link.gate is not None
+        assert isinstance(link.client, RedisCluster)
+        self.gate = link.gate
+        self.link = link
+        self.client = link.client
+
+    async def __aenter__(self) -> None:
+        if self.gate.locked():
+            try:
+                async with asyncio.timeout(self.link.pool_timeout):
+                    await self.gate.acquire()
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    f"no Redis connection became free within pool_timeout="
+                    f"{self.link.pool_timeout} s"
+                ) from None
+        else:
+            await self.gate.acquire()
+        try:
+            async with self.link.layout:
+                await self.client.initialize()  # a no-op once the layout is known
+        except BaseException:
+            self.gate.release()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.gate.release()
+
+
+class Connection:
+    """A backend's way to Redis: this loop's `Link`, script calls, and redis-py's errors translated.
+
+    Args:
+        url: the backend's URL, for a single Redis and in messages (password hidden).
+        node_url: the URL redis-py opens on a cluster (see `cluster_url`).
+        cluster: whether it is a Redis Cluster.
+        label: names the backend in the error raised once it is closed.
+        max_connections: the pool size (on a cluster: of each node's pool, and
+            the number of calls at once).
+        pool_timeout: seconds a call waits for a free connection.
+        socket_timeout: seconds a call waits for Redis's answer.
+        connect_timeout: seconds to open a connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        node_url: str,
+        cluster: bool,
+        label: str,
+        max_connections: int,
+        pool_timeout: float,
+        socket_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.url = url
+        self.node_url = node_url
+        self.cluster = cluster
+        self.label = label
+        self.pool_timeout = float(pool_timeout)
+        self.max_connections = max_connections
+        self.pool_options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if not cluster:
+            self.pool_options["timeout"] = pool_timeout
+        self.current: Link | None = None
+        self.closed = False
+
+    def link(self) -> Link:
+        """This event loop's client (and, on a cluster, its gate); opened on first use."""
+        if self.closed:
+            raise StoreUnavailableError(f"{self.label} is closed")
+        loop = asyncio.get_running_loop()
+        link = self.current
+        if link is None or link.loop is not loop or link.closed:
+            if self.cluster:
+                client = RedisCluster.from_url(self.node_url, **self.pool_options)
+                gate = asyncio.Semaphore(self.max_connections)
+                link = self.current = Link(loop, client, gate, self.pool_timeout)
+            else:
+                pool = aioredis.BlockingConnectionPool.from_url(self.url, **self.pool_options)
+                link = self.current = Link(loop, aioredis.Redis(connection_pool=pool))
+        return link
+
+    def unavailable(self, exc: BaseException) -> NoReturn:
+        """Raise `StoreUnavailableError` for a Redis that could not serve the call."""
+        raise StoreUnavailableError(
+            f"Redis store {hide(self.url)} is unavailable ({type(exc).__name__}: {exc}); "
+            "nothing was half-written: an append either happened whole or not at all, so "
+            "reload the run and continue it once Redis is back"
+        ) from exc
+
+    def response_error(self, exc: ResponseError) -> NoReturn:
+        """Raise what an error reply means: Redis is busy or failing over, or it refused."""
+        text = str(exc)
+        if text.startswith(
+            ("LOADING", "READONLY", "MISCONF", "OOM", "BUSY", "MASTERDOWN", "CLUSTERDOWN")
+        ):
+            self.unavailable(exc)
+        raise StoreUnavailableError(f"Redis store {hide(self.url)} refused a call: {text}") from exc
+
+    def translate(self, exc: BaseException) -> NoReturn:
+        """Raise what a redis-py error means for the caller."""
+        if isinstance(exc, UNAVAILABLE):
+            self.unavailable(exc)
+        if isinstance(exc, ResponseError):
+            self.response_error(exc)
+        raise exc
+
+    async def eval(self, script: lua.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a script (loading it if Redis forgot it) and return its reply."""
+        link = self.link()
+        if link.gate is not None:
+            try:
+                async with link.turn():
+                    return await self._evalsha(link.client, script, keys, args)
+            except UNAVAILABLE as exc:  # finding the cluster's layout failed
+                self.unavailable(exc)
+        return await self._evalsha(link.client, script, keys, args)
+
+    async def _evalsha(
+        self, client: Client, script: lua.Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        try:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # a restarted or flushed Redis forgot the script
+                await client.script_load(script.source)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except UNAVAILABLE as exc:
+            self.unavailable(exc)
+        except ResponseError as exc:
+            self.response_error(exc)
+
+    async def close(self) -> None:
+        """Close this loop's link; idempotent. Later calls raise."""
+        self.closed = True
+        link, self.current = self.current, None
+        if link is None or link.closed:
+            return
+        if link.loop is asyncio.get_running_loop():
+            await link.close()
+        elif not link.loop.is_closed():
+            link.loop.call_soon_threadsafe(link.keeper.cancel)
+
+
+def cluster_url(url: str, cluster: bool | None) -> tuple[str, bool]:
+    """The URL redis-py opens, and whether it names a Redis Cluster."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    named = scheme in CLUSTER_SCHEMES
+    if cluster is None:
+        cluster = named
+    if not isinstance(cluster, bool):
+        raise ConfigurationError(f"RedisBackend(cluster={cluster!r}) must be True, False or None")
+    if named and not cluster:
+        raise ConfigurationError(
+            f"RedisBackend({hide(url)!r}, cluster=False): a {scheme}:// URL names a Redis Cluster"
+        )
+    if not cluster:
+        return url, False
+    if scheme == "unix":
+        raise ConfigurationError(
+            f"RedisBackend({hide(url)!r}): Redis Cluster is reached over TCP, not a unix socket"
+        )
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(f"RedisBackend({hide(url)!r}): Redis Cluster has only database 0")
+    plain = CLUSTER_SCHEMES.get(scheme, scheme)
+    return urlunsplit(parts._replace(scheme=plain)), True
+
+
+def hide(url: object) -> str:
+    """``url`` with any password replaced, for messages and reprs."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", str(url))

@@ -1,0 +1,57 @@
+"""The ``durable-agent`` command: inspect, clean up, decide, resume and draw runs.
+
+Its commands:
+
+    durable-agent runs list [--state WAITING] [--session ID] [--user ID] [--since 7d] [--json]
+    durable-agent runs show RUN_ID            # the timeline of its events
+    durable-agent runs export RUN_ID -o run.json
+    durable-agent runs import run.json
+    durable-agent runs delete RUN_ID
+    durable-agent runs prune --older-than 30d [--state DONE] [--dry-run]
+    durable-agent runs resume RUN_ID --agent myapp.agents:support
+    durable-agent runs approve RUN_ID REQUIREMENT_ID [--agent myapp.agents:support]
+    durable-agent runs reject RUN_ID REQUIREMENT_ID [--reason TEXT]
+    durable-agent runs cancel RUN_ID [--reason TEXT]
+    durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
+    durable-agent demo
+
+The store is ``--db URL`` (on the command or before it), else the
+``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
+Errors are one line on stderr with exit status 1 (2 for bad usage); ``--debug``
+shows the traceback.
+
+The package, one module per command group:
+
+- `durable_agent.cli._app`: the root group `cli`, the options and helpers
+  every command shares (``--db``, ``--json``, opening the store, a run that is
+  not there, what to do next) and `main`, which turns failures into one line;
+- `durable_agent.cli.runs`: the ``runs`` group, its commands in
+  `durable_agent.cli.runs_read` (list, show, export),
+  `durable_agent.cli.runs_write` (import, delete, prune) and
+  `durable_agent.cli.decide` (resume, approve, reject, cancel);
+- `durable_agent.cli.diagram` and `durable_agent.cli.demo`: one command each;
+- `durable_agent.cli._store` (store URLs, durations, the export document,
+  loading an agent, recording a decision), `durable_agent.cli._output`
+  (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
+  know nothing of click.
+
+A new command group (``worker``, ``ui``) is a module here that defines it
+with ``@cli.group(cls=Group, context_settings=CONTEXT)`` (or a single
+``@cli.command``), takes ``--db`` through `db_option` and `choose`, runs its
+coroutine with `run_command`, raises `durable_agent.cli._store.CliError` for a
+user's mistake, and is imported below: help lists groups and commands in the
+order they are imported and defined. Like the rest of the command line it sits
+on top of the library: nothing outside ``durable_agent.cli`` imports it
+(tests/unit/test_layers.py checks).
+"""
+
+from __future__ import annotations
+
+from durable_agent.cli._app import PROG, cli, main
+
+# Imported for the commands they add, in the order help lists them (not sorted).
+# isort: off
+from durable_agent.cli import runs, runs_read, runs_write, decide, diagram, demo  # noqa: F401
+# isort: on
+
+__all__ = ["PROG", "cli", "main"]

@@ -1,0 +1,242 @@
+"""The root ``durable-agent`` group, the options and helpers its commands share, and `main`.
+
+Every command module of `durable_agent.cli` adds its commands to `cli` (or to
+a group it adds there) and takes what it shares from here: the store chosen
+by ``--db``, `run` to run a command's coroutine, `opened` and `load` to reach
+the store, `missing` for a run that is not there, and `next_steps` to tell the
+user what to do with a run. `main` turns every failure into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, ParamSpec, TypeVar
+
+import click
+
+from durable_agent.backend import Backend
+from durable_agent.cli import _store as store
+from durable_agent.cli._output import Printer
+from durable_agent.errors import DurableAgentError, RunNotFoundError
+from durable_agent.fsm import RunState
+from durable_agent.records import StoredRun
+from durable_agent.run import RunOutput
+
+__all__ = [
+    "CONTEXT",
+    "PROG",
+    "Group",
+    "State",
+    "choose",
+    "cli",
+    "current_state",
+    "db_option",
+    "json_option",
+    "load",
+    "main",
+    "missing",
+    "next_steps",
+    "opened",
+    "run_command",
+]
+
+PROG: Final = "durable-agent"
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+# -- shared state, the group class, the --db option ------------------------------------------
+
+
+@dataclass
+class State:
+    """What the root options set, shared with every command through ``ctx.obj``."""
+
+    db: str | None = None
+    debug: bool = False
+    ran: bool = False
+    """Set when a command ran (not just --help or --version)."""
+
+
+class Group(click.Group):
+    """Commands listed in the order they are defined; usage errors kept to one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            raise click.UsageError("the following arguments are required: COMMAND", ctx)
+        return super().parse_args(ctx, args)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0]
+        if self.get_command(ctx, name) is None and not name.startswith("-"):
+            choices = ", ".join(repr(c) for c in self.list_commands(ctx))
+            raise click.UsageError(f"invalid choice: {name!r} (choose from {choices})", ctx)
+        return super().resolve_command(ctx, args)
+
+
+CONTEXT: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+"""The context settings of every group and command: ``-h`` and a 100-column help."""
+
+_DB_HELP: Final = (
+    f"store URL, e.g. sqlite:///runs.db, redis://localhost:6379/0, file:///var/runs "
+    f"(default: ${store.DB_ENV}, else {store.DEFAULT_DB})"
+)
+
+
+def db_option(function: Callable[_P, Any]) -> Callable[_P, Any]:
+    """Add ``--db URL`` to a command (it wins over the root group's ``--db``)."""
+    return click.option("--db", "db", metavar="URL", help=_DB_HELP)(function)
+
+
+def json_option(function: Callable[_P, Any]) -> Callable[_P, Any]:
+    """Add ``--json`` (passed as ``as_json``) to a command."""
+    return click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")(function)
+
+
+def current_state() -> State:
+    """The `State` of the command running now (a fresh one outside `main`)."""
+    obj = click.get_current_context().find_object(State)
+    return obj if obj is not None else State()
+
+
+def choose(db: str | None) -> store.StoreChoice:
+    """The store a command works on: its own ``--db``, else the root's, else the default."""
+    return store.choose_store(db or current_state().db)
+
+
+def run_command(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a command's body (and mark that a command ran, for `main`'s exit status)."""
+    current_state().ran = True
+    return asyncio.run(coroutine)
+
+
+@contextlib.asynccontextmanager
+async def opened(choice: store.StoreChoice, *, create: bool = False) -> AsyncIterator[Backend]:
+    """The chosen store, open for the ``async with`` block and closed after it."""
+    backend = store.open_store(choice, create=create)
+    async with backend:
+        yield backend
+
+
+def missing(run_id: str, choice: store.StoreChoice) -> store.CliError:
+    """The error for a run the store does not have, with how to find the ones it has."""
+    return store.CliError(
+        f"run {run_id!r} not found in {choice.url} (from {choice.origin}); list the runs with: "
+        f"{PROG} runs list"
+    )
+
+
+async def load(backend: Backend, choice: store.StoreChoice, run_id: str) -> StoredRun:
+    """A run and its events, or `missing`'s error."""
+    try:
+        return await backend.load_run(run_id)
+    except RunNotFoundError:
+        raise missing(run_id, choice) from None
+
+
+def next_steps(out: Printer, output: RunOutput, run_id: str) -> None:
+    """Print what the run waits for, or the command that continues it, or its answer."""
+    match output.state:
+        case RunState.WAITING:
+            out.line()
+            for r in output.requirements:
+                out.line(f"waiting for {r.id} ({r.kind}): {r.tool_name}({_args(r.arguments)})")
+            first = output.requirements[0].id if output.requirements else "REQUIREMENT_ID"
+            out.note(
+                f"decide with: {PROG} runs approve {run_id} {first}   "
+                f"(or: runs reject {run_id} {first} --reason TEXT)"
+            )
+        case RunState.ERROR | RunState.PENDING | RunState.MODEL_CALL | RunState.TOOL_EXEC:
+            out.note(f"continue with: {PROG} runs resume {run_id} --agent module:attribute")
+        case RunState.DONE:
+            out.line()
+            out.line(f"answer: {output.output}")
+        case RunState.CANCELLED:
+            pass
+
+
+def _args(arguments: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in arguments.items())
+
+
+# -- the root group ------------------------------------------------------------------------------
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.option("--db", "db", metavar="URL", help=_DB_HELP)
+@click.option("--debug", is_flag=True, help="show the traceback when a command fails")
+@click.version_option(package_name="durable-agent", prog_name=PROG)
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+    """LLM agent runs that survive crashes, kills, timeouts and API errors.
+
+    Inspect the runs in a store, clean them up, decide what they wait for,
+    resume them, and draw the state machine or the path one run took.
+    """
+    state = ctx.ensure_object(State)
+    state.db = db
+    state.debug = debug
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"{PROG}: error: {first}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status.
+
+    Bad usage prints one line and raises ``SystemExit(2)``; ``--help`` and
+    ``--version`` raise ``SystemExit(0)``; a failing command prints one line
+    (the traceback too with ``--debug``) and returns 1.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    state = State()
+    try:
+        result = cli.main(args=args, prog_name=PROG, standalone_mode=False, obj=state)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else PROG
+        message = exc.format_message().rstrip(".")
+        print(f"{where}: error: {message} (see '{where} --help')", file=sys.stderr)
+        raise SystemExit(2) from None
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
+        print(f"{PROG}: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, without a second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (DurableAgentError, OSError) as exc:
+        if state.debug:
+            raise
+        _fail(str(exc) or type(exc).__name__)
+        return 1
+    except Exception as exc:
+        if state.debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        return 1
+    if not state.ran:
+        raise SystemExit(result if isinstance(result, int) else 0)
+    return result if isinstance(result, int) else 0
