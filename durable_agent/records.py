@@ -21,14 +21,24 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
     TypeAdapter,
     ValidationError,
-    WrapValidator,
     field_validator,
 )
 from pydantic_core import PydanticSerializationError
 
+from durable_agent._messages import (
+    SCHEMA_VERSION,
+    AssistantMessage,
+    Deep,
+    JSONValue,
+    Message,
+    Record,
+    SystemMessage,
+    ToolCallPart,
+    ToolResultMessage,
+    UserMessage,
+)
 from durable_agent._redact import redact
 from durable_agent._storable import (
     MAX_DEPTH,
@@ -36,7 +46,6 @@ from durable_agent._storable import (
     check_record,
     encode_tool_result,
     escape_surrogates,
-    keep_too_deep,
 )
 from durable_agent.errors import CorruptRunError, SchemaVersionError, UnstorableValueError
 from durable_agent.fsm import RunState
@@ -84,77 +93,9 @@ __all__ = [
     "utcnow",
 ]
 
-SCHEMA_VERSION: Final = 1
-"""The newest record schema this version writes and reads."""
-
-JSONValue: TypeAlias = JsonValue
-"""Any value JSON can hold: the type of tool arguments and results."""
-
-
-_Deep = WrapValidator(keep_too_deep)
-
-
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime (what every record stores)."""
     return datetime.now(UTC)
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    schema_version: int = SCHEMA_VERSION
-
-
-# -- messages ---------------------------------------------------------------
-
-
-class ToolCallPart(BaseModel):
-    """One tool call the model asked for: ``id`` is unique within the run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    name: str
-    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
-
-
-class SystemMessage(_Record):
-    """Instructions for the model."""
-
-    role: Literal["system"] = "system"
-    content: str
-
-
-class UserMessage(_Record):
-    """What the user asked."""
-
-    role: Literal["user"] = "user"
-    content: str
-
-
-class AssistantMessage(_Record):
-    """A model's answer: text, tool calls, or both."""
-
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    tool_calls: tuple[ToolCallPart, ...] = ()
-
-
-class ToolResultMessage(_Record):
-    """The result of one tool call; ``is_error`` marks an error result shown to the model."""
-
-    role: Literal["tool"] = "tool"
-    call_id: str
-    name: str
-    content: str
-    is_error: bool = False
-
-
-Message: TypeAlias = Annotated[
-    SystemMessage | UserMessage | AssistantMessage | ToolResultMessage,
-    Field(discriminator="role"),
-]
-"""A provider-neutral message; ``role`` tells which kind."""
 
 
 # -- small value records ----------------------------------------------------
@@ -235,7 +176,7 @@ class Lease(BaseModel):
     at its next transition boundary (the reason is the value)."""
 
 
-class RunHeader(_Record):
+class RunHeader(Record):
     """What a store keeps about a run besides its events; one row per run."""
 
     run_id: str
@@ -255,7 +196,7 @@ class RunHeader(_Record):
 # -- events -----------------------------------------------------------------
 
 
-class _Event(_Record):
+class _Event(Record):
     seq: int
     state: RunState
     """The run's state after this event."""
@@ -366,7 +307,7 @@ class RequirementRecord(BaseModel):
     kind: RequirementKind
     call_id: str
     tool_name: str
-    arguments: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
+    arguments: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
     fields: tuple[str, ...] = ()
 
 
@@ -384,8 +325,8 @@ class DecisionEvent(_Event):
     requirement_id: str
     action: DecisionAction
     reason: str | None = None
-    value: Annotated[JSONValue, _Deep] = None
-    inputs: Annotated[dict[str, JSONValue], _Deep] = Field(default_factory=dict)
+    value: Annotated[JSONValue, Deep] = None
+    inputs: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
 
 
 class CancelledEvent(_Event):

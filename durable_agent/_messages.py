@@ -1,0 +1,96 @@
+"""The versioned base of stored records, and the provider-neutral messages.
+
+Kept apart from `durable_agent.records` only for size; `records` re-exports
+every name, and is where code imports them from.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WrapValidator
+
+from durable_agent._storable import keep_too_deep
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AssistantMessage",
+    "Deep",
+    "JSONValue",
+    "Message",
+    "Record",
+    "SystemMessage",
+    "ToolCallPart",
+    "ToolResultMessage",
+    "UserMessage",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The newest record schema this version writes and reads."""
+
+JSONValue: TypeAlias = JsonValue
+"""Any value JSON can hold: the type of tool arguments and results."""
+
+
+Deep = WrapValidator(keep_too_deep)
+"""Marks a JSON field whose too-deep value is kept for the encoder to refuse by name."""
+
+
+class Record(BaseModel):
+    """The base of every versioned record: frozen, tolerant of fields it does not know."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+
+
+# -- messages ---------------------------------------------------------------
+
+
+class ToolCallPart(BaseModel):
+    """One tool call the model asked for: ``id`` is unique within the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    arguments: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
+
+
+class SystemMessage(Record):
+    """Instructions for the model."""
+
+    role: Literal["system"] = "system"
+    content: str
+
+
+class UserMessage(Record):
+    """What the user asked."""
+
+    role: Literal["user"] = "user"
+    content: str
+
+
+class AssistantMessage(Record):
+    """A model's answer: text, tool calls, or both."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: tuple[ToolCallPart, ...] = ()
+
+
+class ToolResultMessage(Record):
+    """The result of one tool call; ``is_error`` marks an error result shown to the model."""
+
+    role: Literal["tool"] = "tool"
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+Message: TypeAlias = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolResultMessage,
+    Field(discriminator="role"),
+]
+"""A provider-neutral message; ``role`` tells which kind."""
