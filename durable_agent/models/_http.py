@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Generic, TypeVar
 
-from durable_agent._redact import mark_secret, redact
+from durable_agent._redact import mark_secret, redact, redact_exception
 from durable_agent.errors import (
     ConfigurationError,
     ModelHTTPError,
@@ -43,6 +43,7 @@ __all__ = [
     "parse_arguments",
     "provider_message",
     "public_url",
+    "redacted",
     "require_api_key",
     "retry_after_seconds",
     "safe_name",
@@ -50,6 +51,7 @@ __all__ = [
 
 C = TypeVar("C")
 S = TypeVar("S")
+R = TypeVar("R")
 
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429, 529})
 """Besides every 5xx: timeouts, conflicts, rate limits and Anthropic's overload."""
@@ -356,3 +358,16 @@ class LoopSDKClients(Generic[C, S]):
             cached = (http, self._build(http))
             self._cache[loop] = cached
         return cached[1]
+
+
+async def redacted(call: Awaitable[R]) -> R:
+    """Await an adapter's request, cleaning the exception chain of any secret before it leaves.
+
+    The SDK exception ours is chained from may quote a secret (httpx quotes a
+    header value it refuses): it is cleaned before anyone prints it.
+    """
+    try:
+        return await call
+    except Exception as exc:
+        redact_exception(exc)
+        raise

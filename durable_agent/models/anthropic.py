@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from durable_agent._redact import redact, redact_exception
+from durable_agent._redact import redact
 from durable_agent.errors import (
     ModelConnectionError,
     ModelError,
@@ -47,6 +47,7 @@ from durable_agent.models._http import (
     mark_secrets,
     provider_message,
     public_url,
+    redacted,
     require_api_key,
     safe_name,
 )
@@ -160,14 +161,7 @@ class AnthropicModel(ChatModel):
         tools: Sequence[ToolDefinition],
         output_schema: OutputSchema | None = None,
     ) -> ModelResponse:
-        try:
-            return await self._request(messages, tools, output_schema)
-        except Exception as exc:
-            # The SDK exception ours is chained from may quote a secret (httpx
-            # quotes a header value it refuses): clean the chain before anyone
-            # prints it.
-            redact_exception(exc)
-            raise
+        return await redacted(self._request(messages, tools, output_schema))
 
     async def _request(
         self,
