@@ -18,7 +18,9 @@ gives four guarantees the engine's durability rests on:
 
 Backends import only this module, `durable_agent.records`,
 `durable_agent.errors` and their driver: the built-in ones are the worked
-examples for custom backend authors.
+examples for custom backend authors. A backend given a password (in a URL,
+say) passes it to `mark_secret`, re-exported here, so it never reaches stored
+data or an error message.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from types import TracebackType
 from typing import ClassVar, Literal, Self
 
 from durable_agent._process import host_id
+from durable_agent._redact import mark_secret
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -60,6 +63,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "make_page",
+    "mark_secret",
 ]
 
 
