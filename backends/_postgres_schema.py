@@ -114,7 +114,7 @@ async def prepare(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
             )
         for step in range(version + 1, STORE_VERSION + 1):
             for statement in MIGRATIONS[step]:
-                await conn.execute(sql.SQL(statement).format(**names))  # type: ignore[arg-type]
+                await conn.execute(sql.SQL(statement).format(**names))
         await conn.execute(sql.SQL("DELETE FROM {schema}.store_version").format(**names))
         await conn.execute(
             sql.SQL("INSERT INTO {schema}.store_version (version) VALUES (%s)").format(**names),

@@ -170,7 +170,7 @@ class Statements:
         }
 
         def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(**names)  # type: ignore[arg-type]
+            return sql.SQL(text).format(**names)
 
         self.q = q
         self.append = q(_APPEND)

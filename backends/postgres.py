@@ -263,7 +263,8 @@ class PostgresBackend(Backend):
     async def _write(self, run_id: str, query: Any, params: Params) -> Rows:
         link = await self._connected()
         try:
-            return await link.writer.submit(run_id, query, params)
+            rows: Rows = await link.writer.submit(run_id, query, params)
+            return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
                 run_id, None, f"PostgreSQL refused the write ({_first_line(exc)}): rows disagree"
@@ -279,7 +280,8 @@ class PostgresBackend(Backend):
         try:
             async with link.pool.connection() as conn:
                 cur = await conn.execute(query, params)
-                return await cur.fetchall()
+                rows: Rows = await cur.fetchall()
+                return rows
         except psycopg.Error as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._where}: read failed ({_first_line(exc)})"
