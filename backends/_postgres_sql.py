@@ -15,7 +15,7 @@ both SQL stores share one row <-> record mapping (`header_from_row`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, cast
 
 from psycopg import sql
 
@@ -71,10 +71,48 @@ upd AS (
 ins AS (
     INSERT INTO {{events}} (run_id, seq, body)
     SELECT %(run_id)s, e.seq, e.body
-    FROM unnest(%(seqs)s::int[], %(bodies)s::text[]) AS e(seq, body)
+    FROM unnest(%(seqs)b::int[], %(bodies)b::text[]) AS e(seq, body)
     WHERE EXISTS (SELECT 1 FROM upd)
 )
 SELECT cancel_requested, expires FROM upd
+"""
+
+# Several runs' appends in one statement (group commit): the same checks and
+# writes as _APPEND, one row of `input` per append; a refused one matches no
+# row of runs and has no row in the result. A run appears once per statement.
+_APPEND_MANY: Final = f"""
+WITH now AS (SELECT {NOW} AS t),
+input AS (
+    SELECT * FROM unnest(
+        %(run_ids)s::text[], %(expected)s::int[], %(generations)s::int[], %(owners)s::text[],
+        %(ttls)s::float8[], %(releases)s::bool[], %(new_seqs)s::int[], %(states)s::text[]
+    ) WITH ORDINALITY AS i(run_id, expected, generation, owner, ttl, release, new_seq, state, ord)
+),
+upd AS (
+    UPDATE {{runs}} r SET
+        seq = i.new_seq,
+        state = COALESCE(i.state, r.state),
+        updated_at = now.t,
+        lease_owner = CASE WHEN i.release THEN NULL ELSE r.lease_owner END,
+        lease_host = CASE WHEN i.release THEN NULL ELSE r.lease_host END,
+        lease_pid = CASE WHEN i.release THEN NULL ELSE r.lease_pid END,
+        lease_worker = CASE WHEN i.release THEN NULL ELSE r.lease_worker END,
+        lease_expires = CASE WHEN i.release THEN NULL ELSE now.t + i.ttl END,
+        lease_ttl = CASE WHEN i.release THEN NULL ELSE i.ttl END
+    FROM input i, now
+    WHERE r.run_id = i.run_id AND r.seq = i.expected
+        AND r.lease_generation = i.generation AND r.lease_owner = i.owner
+        AND {_READABLE}
+    RETURNING i.ord, r.run_id, r.cancel_requested, now.t + i.ttl AS expires
+),
+ins AS (
+    INSERT INTO {{events}} (run_id, seq, body)
+    SELECT e.run_id, e.seq, e.body
+    FROM unnest(%(event_runs)b::text[], %(seqs)b::int[], %(bodies)b::text[])
+        AS e(run_id, seq, body)
+    WHERE e.run_id IN (SELECT run_id FROM upd)
+)
+SELECT ord::int, cancel_requested, expires FROM upd
 """
 
 _CREATE: Final = f"""
@@ -87,7 +125,7 @@ WITH ins AS (
 ev AS (
     INSERT INTO {{events}} (run_id, seq, body)
     SELECT ins.run_id, e.seq, e.body
-    FROM ins, unnest(%s::int[], %s::text[]) AS e(seq, body)
+    FROM ins, unnest(%b::int[], %b::text[]) AS e(seq, body)
 )
 SELECT run_id FROM ins
 """
@@ -169,11 +207,13 @@ class Statements:
             "events": sql.Identifier(schema, "events"),
         }
 
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(**names)
+        def q(text: str) -> str:
+            # Rendered once, as text: psycopg then caches each statement's parsing.
+            return sql.SQL(text).format(**names).as_string(None)
 
         self.q = q
         self.append = q(_APPEND)
+        self.append_many = q(_APPEND_MANY)
         self.create = q(_CREATE)
         self.acquire = q(_ACQUIRE)
         self.renew = q(_RENEW)
@@ -184,6 +224,30 @@ class Statements:
         self.load = q(_LOAD)
         self.prune = q(_PRUNE)
         self.prune_delete = q(_PRUNE_DELETE)
+
+
+def merge_appends(
+    statements: Statements, appends: list[dict[str, object]]
+) -> tuple[str, dict[str, object]]:
+    """`Statements.append_many` and its parameters for the appends of distinct runs."""
+    params: dict[str, object] = {
+        name: [a[key] for a in appends]
+        for name, key in (
+            ("run_ids", "run_id"), ("expected", "expected"), ("generations", "generation"),
+            ("owners", "owner"), ("ttls", "ttl"), ("releases", "release"),
+            ("new_seqs", "new_seq"), ("states", "state"),
+        )
+    }
+    event_runs: list[object] = []
+    seqs: list[object] = []
+    bodies: list[object] = []
+    for a in appends:
+        more = cast(list[object], a["seqs"])
+        event_runs += [a["run_id"]] * len(more)
+        seqs += more
+        bodies += cast(list[object], a["bodies"])
+    params.update(event_runs=event_runs, seqs=seqs, bodies=bodies)
+    return statements.append_many, params
 
 
 def event_arrays(events: Sequence[Event]) -> tuple[list[int], list[str]]:

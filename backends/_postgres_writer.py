@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from psycopg import sql
 
 from durable_agent.errors import StoreUnavailableError
 
@@ -50,12 +49,20 @@ class Stats:
     retried_alone: int = 0
 
 
+Merge = Callable[[list[dict[str, object]]], tuple[str, Params]]
+"""Builds one statement doing several runs' appends: their parameters -> (query, params).
+
+Its rows are ``(ordinality, *the single append's row)``; a refused append has none.
+"""
+
+
 @dataclass(eq=False, slots=True)
 class _Write:
     run_id: str
-    query: sql.Composed
+    query: str
     params: Params
     future: asyncio.Future[Rows]
+    mergeable: bool = False
     result: Rows | None = None
     error: BaseException | None = field(default=None)
 
@@ -70,8 +77,10 @@ class Writer:
         where: str,
         max_batch: int,
         stats: Stats,
+        merge: Merge,
     ) -> None:
         self.loop = loop
+        self.merge = merge
         self._connect = connect
         self.where = where
         self.max_batch = max_batch
@@ -91,10 +100,16 @@ class Writer:
     def start(self) -> None:
         self.task = self.loop.create_task(self._loop(), name=f"PostgresBackend writer {self.where}")
 
-    def submit(self, run_id: str, query: sql.Composed, params: Params) -> asyncio.Future[Rows]:
-        """Queue one statement; the future gets its rows once its batch committed."""
+    def submit(
+        self, run_id: str, query: str, params: Params, *, mergeable: bool = False
+    ) -> asyncio.Future[Rows]:
+        """Queue one statement; the future gets its rows once its batch committed.
+
+        A ``mergeable`` write is an append whose ``params`` `merge` accepts: in a
+        batch, the appends of different runs become one statement.
+        """
         future: asyncio.Future[Rows] = self.loop.create_future()
-        self.pending.append(_Write(run_id, query, params, future))
+        self.pending.append(_Write(run_id, query, params, future, mergeable))
         self.wakeup.set()
         return future
 
@@ -182,18 +197,52 @@ class Writer:
                 raise
             write.error = exc
 
+    def _statements(self, writes: list[_Write]) -> list[tuple[str, Params, list[_Write]]]:
+        """The batch as statements: consecutive appends of distinct runs merged into one.
+
+        ``writes`` is sorted by run id, so one run's writes are adjacent and keep
+        their order: a second write of a run in a group starts the next statement.
+        """
+        statements: list[tuple[str, Params, list[_Write]]] = []
+        group: list[_Write] = []
+
+        def flush() -> None:
+            if len(group) == 1:
+                statements.append((group[0].query, group[0].params, [group[0]]))
+            elif group:
+                query, params = self.merge([cast(dict[str, object], w.params) for w in group])
+                statements.append((query, params, list(group)))
+            group.clear()
+
+        for write in writes:
+            if group and group[-1].run_id == write.run_id:
+                flush()
+            if write.mergeable:
+                group.append(write)
+            else:
+                statements.append((write.query, write.params, [write]))
+        flush()
+        return statements
+
     async def _together(self, conn: psycopg.AsyncConnection[Any], writes: list[_Write]) -> None:
+        statements = self._statements(writes)
         cursors = []
         async with conn.pipeline() as pipeline:
             async with conn.transaction():
-                for write in writes:
+                for query, params, _ in statements:
                     cur = conn.cursor()
-                    await cur.execute(write.query, write.params)
+                    await cur.execute(query, params)
                     cursors.append(cur)
             await pipeline.sync()
             results = [await cur.fetchall() if cur.description else [] for cur in cursors]
-        for write, rows in zip(writes, results, strict=True):
-            write.result = rows
+        for (_, _, answered), rows in zip(statements, results, strict=True):
+            if len(answered) == 1:
+                answered[0].result = rows
+                continue
+            for write in answered:
+                write.result = []
+            for ordinality, *row in rows:
+                answered[ordinality - 1].result = [tuple(row)]
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:

@@ -242,7 +242,14 @@ class PostgresBackend(Backend):
                 raise StoreUnavailableError(
                     f"cannot connect to PostgreSQL store {self._where}: {_first_line(exc)}"
                 ) from exc
-            writer = Writer(loop, self._connect, self._where, self._max_batch, self.stats)
+            writer = Writer(
+                loop,
+                self._connect,
+                self._where,
+                self._max_batch,
+                self.stats,
+                lambda appends: q.merge_appends(self._sql, appends),
+            )
             writer.conn = first
             writer.also_close = pool.close
             writer.start()
@@ -260,10 +267,12 @@ class PostgresBackend(Backend):
         else:  # its loop is gone: nothing of it can be awaited any more
             link.writer.abandon()
 
-    async def _write(self, run_id: str, query: Any, params: Params) -> Rows:
+    async def _write(
+        self, run_id: str, query: str, params: Params, *, mergeable: bool = False
+    ) -> Rows:
         link = await self._connected()
         try:
-            rows: Rows = await link.writer.submit(run_id, query, params)
+            rows: Rows = await link.writer.submit(run_id, query, params, mergeable=mergeable)
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
@@ -331,7 +340,7 @@ class PostgresBackend(Backend):
             "seqs": seqs,
             "bodies": bodies,
         }
-        rows = await self._write(run_id, self._sql.append, params)
+        rows = await self._write(run_id, self._sql.append, params, mergeable=True)
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)

@@ -18,6 +18,7 @@ from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
     CorruptRunError,
+    LeaseLostError,
     RunBusyError,
     RunNotFoundError,
     StoreUnavailableError,
@@ -80,22 +81,31 @@ def test_concurrent_appends_of_many_runs_share_a_commit_and_a_refused_one_fails_
     async def main() -> None:
         async with PostgresBackend(postgres_url, schema=pg_schema) as store:
             leases = await _runs(store, 30)
+            fenced = await new_run(store, "fenced")
+            await store.acquire_lease(
+                "fenced", LeaseOwner.current(), ttl=30, takeover=fenced.generation
+            )
             before = (store.stats.batches, store.stats.writes)
-            # The stale append (seq 5 on a run at seq 1) is queued with the others.
+            # Queued with the others: a stale seq on r0 (a second write of r0, so
+            # another statement) and a fenced writer of its own run (in the merged one).
             calls = [
                 store.append(run_id, [step(2)], expected_seq=1, lease=lease)
                 for run_id, lease in leases.items()
             ]
             stale = store.append("r0", [step(6)], expected_seq=5, lease=leases["r0"])
-            outcomes = await asyncio.gather(*calls, stale, return_exceptions=True)
-            assert all(isinstance(o, Lease) for o in outcomes[:-1]), outcomes
-            assert isinstance(outcomes[-1], ConcurrentUpdateError)
+            late = store.append("fenced", [step(2)], expected_seq=1, lease=fenced)
+            outcomes = await asyncio.gather(*calls, stale, late, return_exceptions=True)
+            assert all(isinstance(o, Lease) for o in outcomes[:-2]), outcomes
+            assert isinstance(outcomes[-2], ConcurrentUpdateError)
+            assert isinstance(outcomes[-1], LeaseLostError)
             batches = store.stats.batches - before[0]
             writes = store.stats.writes - before[1]
-            assert writes == 31
+            assert writes == 32
             assert batches < writes / 4, f"{writes} writes took {batches} commits"
             for run_id in leases:
-                assert (await store.load_run(run_id)).header.seq == 2
+                loaded = await store.load_run(run_id)
+                assert [e.seq for e in loaded.events] == [1, 2]
+            assert (await store.load_run("fenced")).header.seq == 1
 
     run(main())
 
