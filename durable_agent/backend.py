@@ -404,9 +404,11 @@ class Backend(ABC):
         lease's own expiry. Natively with `Capability.WORKER_LIVENESS`; the
         default keeps nothing (leases then end by their TTL).
         """
+        return None
 
     async def unregister_worker(self, owner: LeaseOwner) -> None:
         """Forget ``owner``'s registration (a worker that stopped and released its leases)."""
+        return None
 
     async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
         """Wait until the store may have changed since token ``after``; return the new token.

@@ -50,7 +50,8 @@ class ClaimTests(BackendTestCase):
             await submit(backend, "r2")
             stored = await backend.get_run("r1")
             assert (stored.queue, stored.priority, stored.not_before) == ("mail", 7, later)
-            assert stored.lease is None and stored.state is RunState.PENDING
+            assert stored.lease is None
+            assert stored.state is RunState.PENDING
             plain = await backend.get_run("r2")
             assert (plain.queue, plain.priority, plain.not_before) == ("default", 0, None)
             assert (await backend.load_run("r1")).header == stored
@@ -67,9 +68,11 @@ class ClaimTests(BackendTestCase):
             assert [c.run_id for c in got] == ["r1"]
             claim = got[0]
             assert not claim.takeover
-            assert claim.lease.owner == owner.id and claim.lease.generation == 1
+            assert claim.lease.owner == owner.id
+            assert claim.lease.generation == 1
             stored = await backend.get_run("r1")
-            assert stored.lease == claim.lease and stored.lease_generation == 1
+            assert stored.lease == claim.lease
+            assert stored.lease_generation == 1
             assert await backend.claim_runs(LeaseOwner.current(), agents=["agent"]) == []
             assert await backend.claim_runs(owner, agents=["agent"]) == []  # not even its own
             await backend.append("r1", [step(2)], expected_seq=1, lease=claim.lease)
@@ -106,9 +109,8 @@ class ClaimTests(BackendTestCase):
             await submit(backend, "later", not_before=utcnow() + timedelta(hours=1))
             await submit(backend, "due", not_before=utcnow() - timedelta(seconds=1))
             for state in (RunState.DONE, RunState.WAITING, RunState.ERROR, RunState.CANCELLED):
-                await backend.create_run(
-                    header(state.value, state=state), [created().model_copy(update={"state": state})]
-                )
+                first = created().model_copy(update={"state": state})
+                await backend.create_run(header(state.value, state=state), [first])
             owner = LeaseOwner.current()
             got = await backend.claim_runs(owner, agents=["agent"], queues=["default"], limit=10)
             assert [c.run_id for c in got] == ["due"]
@@ -148,7 +150,8 @@ class ClaimTests(BackendTestCase):
             live = await backend.claim_runs(LeaseOwner.current(), agents=["agent"])
             assert live == [] or live[0].takeover  # only once expired by the store's clock
             got = live or await _claim_until(backend, LeaseOwner.current(), agents=["agent"])
-            assert got[0].takeover and got[0].previous is not None
+            assert got[0].takeover
+            assert got[0].previous is not None
             assert got[0].previous.generation == old.generation
             assert got[0].lease.generation == old.generation + 1
             with pytest.raises(LeaseLostError):
@@ -260,7 +263,8 @@ class WorkerLivenessTests(BackendTestCase):
             await backend.unregister_worker(worker)
             await backend.unregister_worker(worker)  # twice is harmless
             (again,) = await backend.claim_runs(LeaseOwner.current(), agents=["agent"])
-            assert not again.takeover and again.lease.generation == 2
+            assert not again.takeover
+            assert again.lease.generation == 2
 
         self.drive(request, body, needs=frozenset({Capability.WORKER_LIVENESS}))
 
