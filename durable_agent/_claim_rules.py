@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -158,6 +159,7 @@ async def portable_claim(
     limit: int,
     ttl: float,
     max_running: Mapping[str, int] | None,
+    dead_owners: Collection[str] = (),
 ) -> list[ClaimedRun]:
     """`Backend.claim_runs` from the required methods: list, then acquire one by one.
 
@@ -166,10 +168,44 @@ async def portable_claim(
     ``max_running`` is checked before acquiring, not in the same atomic step, so
     racing workers may overshoot it by up to their number. A lease of a dead
     process on this host is taken over at once, as `Agent.continue_run_async`
-    does; other holders count as dead only once their lease expires.
+    does; other holders count as dead only once their lease expires, or when
+    they are in ``dead_owners`` (a store that keeps worker registrations passes
+    the lapsed ones: their leases are taken over by generation).
     """
     if limit == 0 or not agents:
         return []
+    # The store grants an owner its own lease back, so two claims of one owner
+    # racing here could both acquire one run: they take turns instead.
+    async with _turn(backend, owner):
+        return await _claim(
+            backend, owner, agents, queues, limit, ttl, max_running, dead_owners
+        )
+
+
+_TURNS: weakref.WeakKeyDictionary[Backend, dict[tuple[str, int], asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turn(backend: Backend, owner: LeaseOwner) -> asyncio.Lock:
+    locks = _TURNS.setdefault(backend, {})
+    key = (owner.id, id(asyncio.get_running_loop()))
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    return lock
+
+
+async def _claim(
+    backend: Backend,
+    owner: LeaseOwner,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int] | None,
+    dead_owners: Collection[str],
+) -> list[ClaimedRun]:
     headers: list[RunHeader] = []
     cursor: str | None = None
     while True:
@@ -179,7 +215,7 @@ async def portable_claim(
         if cursor is None:
             break
     now = time.time()
-    dead = {
+    dead = set(dead_owners) | {
         h.lease.owner
         for h in headers
         if h.lease is not None and h.lease.host == owner.host and not process_alive(h.lease.pid)
@@ -235,6 +271,7 @@ async def _acquire_if_claimable(
     # (its lease released): a claim of it is given straight back.
     if (
         header.lease_generation != lease.generation
+        or lease.generation != seen.lease_generation + 1
         or header.state not in CLAIMABLE_STATES
         or header.agent_name not in agents
         or (queues is not None and header.queue not in queues)

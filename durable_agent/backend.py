@@ -79,6 +79,7 @@ __all__ = [
     "encode_cursor",
     "lease_live",
     "make_page",
+    "portable_claim",
     "queue_room",
 ]
 
