@@ -10,6 +10,7 @@ grow with finished runs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Collection, Mapping
@@ -48,6 +49,15 @@ def claim(
 ) -> list[ClaimedRun]:
     now = time.time()
     dead = {row[0] for row in db.execute(_DEAD, (now,))}
+    # DESIGN.md §3 rule 5: on the same host a lease of a process that is gone
+    # is dead at once (SQLite is one host; "host" includes the pid namespace).
+    local = db.execute(
+        f"SELECT DISTINCT lease_owner, lease_pid FROM runs WHERE {CLAIMABLE} "
+        "AND lease_host = ? AND lease_expires > ?",
+        (owner.host, now),
+    ).fetchall()
+    gone = [o for o, pid in local if o not in dead and isinstance(pid, int) and _gone(pid)]
+    dead.update(gone)
     room: dict[str, int] = {}
     if max_running:
         rows = db.execute(
@@ -65,9 +75,10 @@ def claim(
         CLAIMABLE,
         f"agent_name IN ({_marks(agents)})",
         "(not_before IS NULL OR not_before <= ?)",
-        f"(lease_owner IS NULL OR lease_expires <= ? OR lease_owner IN ({_DEAD}))",
+        f"(lease_owner IS NULL OR lease_expires <= ? OR lease_owner IN ({_DEAD})"
+        + (f" OR lease_owner IN ({_marks(gone)}))" if gone else ")"),
     ]
-    params: list[object] = [*agents, now, now, now]
+    params: list[object] = [*agents, now, now, now, *gone]
     if queues is not None:
         where.append(f"queue IN ({_marks(queues)})")
         params.extend(queues)
@@ -110,6 +121,21 @@ def claim(
             )
         )
     return claimed
+
+
+def _gone(pid: int) -> bool:
+    """Whether no live process has ``pid`` on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[:1] == ["Z"]
+    except OSError:
+        return False
 
 
 def register_worker(db: sqlite3.Connection, owner: str, ttl: float) -> None:
