@@ -8,8 +8,9 @@ share a database without seeing each other:
   store created by an older durable-agent applies the missing steps of
   `MIGRATIONS` in one transaction; a store from a newer one is refused, left
   untouched.
-* ``runs`` is the header, one column per field, plus what the workers claim
-  by: ``queue``, ``priority``, ``not_before`` and the lease's ``worker``.
+* ``runs`` is the header, one column per field (``queue``, ``priority`` and
+  ``not_before`` are what workers claim by).
+* ``workers`` holds the registered workers and their liveness lock keys.
 * ``events`` is the log: ``(run_id, seq)`` and the event's compact JSON text.
   Text, not ``jsonb``: the records' encoder is the one serializer, and
   ``jsonb`` refuses a ``\\u0000`` that JSON (and the records) allow.
@@ -27,10 +28,10 @@ from psycopg import sql
 
 from durable_agent.errors import StoreUnavailableError
 
-__all__ = ["AT_REST", "MIGRATIONS", "STORE_VERSION", "prepare"]
+__all__ = ["CLAIMABLE", "MIGRATIONS", "STORE_VERSION", "prepare"]
 
-AT_REST: Final = ("DONE", "ERROR", "WAITING", "CANCELLED")
-"""The states no process drives; the claimable index leaves them out."""
+CLAIMABLE: Final = "('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
+"""The states a worker claims runs in (not at rest), as SQL; the claimable index holds these."""
 
 _V1: Final = (
     """CREATE TABLE {schema}.runs (
@@ -50,7 +51,6 @@ _V1: Final = (
         lease_ttl DOUBLE PRECISION,
         schema_version INTEGER NOT NULL,
         cancel_requested TEXT,
-        lease_worker TEXT,
         queue TEXT NOT NULL DEFAULT 'default',
         priority INTEGER NOT NULL DEFAULT 0,
         not_before DOUBLE PRECISION
@@ -62,16 +62,27 @@ _V1: Final = (
     "CREATE INDEX runs_by_user ON {schema}.runs (user_id, created_at, run_id)",
     "CREATE INDEX runs_by_state ON {schema}.runs (state, created_at, run_id)",
     # Only runs not at rest are ever claimable: the index stays as small as the
-    # work in flight however many finished runs the table keeps.
-    """CREATE INDEX runs_claimable ON {schema}.runs (queue, priority DESC, created_at)
-        WHERE state NOT IN ('DONE', 'ERROR', 'WAITING', 'CANCELLED')""",
-    "CREATE INDEX runs_by_worker ON {schema}.runs (lease_worker) WHERE lease_worker IS NOT NULL",
+    # work in flight however many finished runs the table keeps, and its order
+    # is the claim order, so a claim reads it from the front and stops.
+    f"""CREATE INDEX runs_claimable ON {{schema}}.runs (priority DESC, created_at, run_id)
+        WHERE state IN {CLAIMABLE}""",
+    # The leases held now, by host: a claim looks up this host's dead processes.
+    """CREATE INDEX runs_leased ON {schema}.runs (lease_host, lease_owner)
+        WHERE lease_owner IS NOT NULL""",
     """CREATE TABLE {schema}.events (
         run_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
         body TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )""",
+    # Registered workers: a registration lapses at `expires` (the server's clock)
+    # or as soon as the session holding the advisory lock `lock_key` is gone.
+    """CREATE TABLE {schema}.workers (
+        owner TEXT PRIMARY KEY,
+        lock_key INTEGER NOT NULL,
+        expires DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE SEQUENCE {schema}.worker_keys AS INTEGER CYCLE",
 )
 
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _V1}

@@ -8,7 +8,7 @@ refused the write; the backend then reads the header once to say why, with
 the shared rules of `durable_agent.backend` (`check_append`,
 `check_lease_acquire`), so it decides exactly as every other store.
 
-A header row has the same sixteen columns, in the same order, as SQLite's, so
+A header row has the same nineteen columns, in the same order, as SQLite's, so
 both SQL stores share one row <-> record mapping (`header_from_row`).
 """
 
@@ -35,9 +35,12 @@ __all__ = [
 HEADER_COLUMNS: Final = (
     "run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at, "
     "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl, "
-    "schema_version, cancel_requested"
+    "schema_version, cancel_requested, queue, priority, not_before"
 )
 """The header's columns in `header_from_row`'s order."""
+
+WIDTH: Final = HEADER_COLUMNS.count(",") + 1
+"""How many columns a header row has."""
 
 NOW: Final = "extract(epoch FROM clock_timestamp())::float8"
 """The server's clock in seconds since the epoch: every lease expiry is judged by it."""
@@ -59,7 +62,6 @@ upd AS (
         lease_owner = CASE WHEN %(release)s THEN NULL ELSE r.lease_owner END,
         lease_host = CASE WHEN %(release)s THEN NULL ELSE r.lease_host END,
         lease_pid = CASE WHEN %(release)s THEN NULL ELSE r.lease_pid END,
-        lease_worker = CASE WHEN %(release)s THEN NULL ELSE r.lease_worker END,
         lease_expires = CASE WHEN %(release)s THEN NULL ELSE now.t + %(ttl)s END,
         lease_ttl = CASE WHEN %(release)s THEN NULL ELSE %(ttl)s::float8 END
     FROM now
@@ -96,7 +98,6 @@ upd AS (
         lease_owner = CASE WHEN i.release THEN NULL ELSE r.lease_owner END,
         lease_host = CASE WHEN i.release THEN NULL ELSE r.lease_host END,
         lease_pid = CASE WHEN i.release THEN NULL ELSE r.lease_pid END,
-        lease_worker = CASE WHEN i.release THEN NULL ELSE r.lease_worker END,
         lease_expires = CASE WHEN i.release THEN NULL ELSE now.t + i.ttl END,
         lease_ttl = CASE WHEN i.release THEN NULL ELSE i.ttl END
     FROM input i, now
@@ -117,8 +118,8 @@ SELECT ord::int, cancel_requested, expires FROM upd
 
 _CREATE: Final = f"""
 WITH ins AS (
-    INSERT INTO {{runs}} ({HEADER_COLUMNS}, lease_worker, queue, priority, not_before)
-    VALUES ({", ".join(["%s"] * 16)}, %s, %s, %s, %s)
+    INSERT INTO {{runs}} ({HEADER_COLUMNS})
+    VALUES ({", ".join(["%s"] * 19)})
     ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
 ),
@@ -134,7 +135,6 @@ _ACQUIRE: Final = f"""
 WITH now AS (SELECT {NOW} AS t)
 UPDATE {{runs}} r SET
     lease_owner = %(owner)s, lease_host = %(host)s, lease_pid = %(pid)s,
-    lease_worker = %(worker)s,
     lease_generation = r.lease_generation + 1,
     lease_expires = now.t + %(ttl)s, lease_ttl = %(ttl)s::float8
 FROM now
@@ -155,7 +155,7 @@ RETURNING r.lease_expires, r.cancel_requested
 
 _RELEASE: Final = """
 UPDATE {runs} SET lease_owner = NULL, lease_host = NULL, lease_pid = NULL,
-    lease_worker = NULL, lease_expires = NULL, lease_ttl = NULL
+    lease_expires = NULL, lease_ttl = NULL
 WHERE run_id = %(run_id)s AND lease_generation = %(generation)s AND lease_owner IS NOT NULL
 """
 
@@ -258,4 +258,4 @@ def event_arrays(events: Sequence[Event]) -> tuple[list[int], list[str]]:
 def create_params(header: RunHeader, events: Sequence[Event]) -> tuple[object, ...]:
     """The parameters of `Statements.create` for a new run."""
     seqs, bodies = event_arrays(events)
-    return (*header_row(header), None, "default", 0, None, seqs, bodies)
+    return (*header_row(header), seqs, bodies)

@@ -301,7 +301,7 @@ class PostgresBackend(Backend):
         rows = await self._read(self._sql.header, (run_id,))
         if not rows:
             raise RunNotFoundError(run_id)
-        return q.header_from_row(rows[0][:16]), float(rows[0][16])
+        return q.header_from_row(rows[0][: q.WIDTH]), float(rows[0][q.WIDTH])
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -355,9 +355,9 @@ class PostgresBackend(Backend):
         if not rows:
             raise RunNotFoundError(run_id)
         row = rows[0]
-        header = q.header_from_row(row[:16])
-        seqs: list[int] = row[16] or []
-        bodies: list[str] = row[17] or []
+        header = q.header_from_row(row[: q.WIDTH])
+        seqs: list[int] = row[q.WIDTH] or []
+        bodies: list[str] = row[q.WIDTH + 1] or []
         events: list[Event] = []
         for position, (seq, body) in enumerate(zip(seqs, bodies, strict=True), start=1):
             if seq != position:
@@ -481,7 +481,6 @@ class PostgresBackend(Backend):
             "owner": owner.id,
             "host": owner.host,
             "pid": owner.pid,
-            "worker": None,
             "ttl": float(ttl),
             "takeover": takeover,
         }
