@@ -205,6 +205,8 @@ class Statements:
         names = {
             "runs": sql.Identifier(schema, "runs"),
             "events": sql.Identifier(schema, "events"),
+            "workers": sql.Identifier(schema, "workers"),
+            "worker_keys": sql.Identifier(schema, "worker_keys"),
         }
 
         def q(text: str) -> str:

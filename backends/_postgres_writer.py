@@ -63,6 +63,7 @@ class _Write:
     params: Params
     future: asyncio.Future[Rows]
     mergeable: bool = False
+    notify: bool = False
     result: Rows | None = None
     error: BaseException | None = field(default=None)
 
@@ -78,9 +79,12 @@ class Writer:
         max_batch: int,
         stats: Stats,
         merge: Merge,
+        *,
+        notify: str,
     ) -> None:
         self.loop = loop
         self.merge = merge
+        self.notify = notify
         self._connect = connect
         self.where = where
         self.max_batch = max_batch
@@ -101,15 +105,23 @@ class Writer:
         self.task = self.loop.create_task(self._loop(), name=f"PostgresBackend writer {self.where}")
 
     def submit(
-        self, run_id: str, query: str, params: Params, *, mergeable: bool = False
+        self,
+        run_id: str,
+        query: str,
+        params: Params,
+        *,
+        mergeable: bool = False,
+        notify: bool = False,
     ) -> asyncio.Future[Rows]:
         """Queue one statement; the future gets its rows once its batch committed.
 
         A ``mergeable`` write is an append whose ``params`` `merge` accepts: in a
-        batch, the appends of different runs become one statement.
+        batch, the appends of different runs become one statement. A ``notify``
+        write wakes the store's waiters: its batch's transaction sends one
+        notification, however many such writes it holds.
         """
         future: asyncio.Future[Rows] = self.loop.create_future()
-        self.pending.append(_Write(run_id, query, params, future, mergeable))
+        self.pending.append(_Write(run_id, query, params, future, mergeable, notify))
         self.wakeup.set()
         return future
 
@@ -190,6 +202,9 @@ class Writer:
 
     async def _alone(self, conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
         try:
+            if write.notify:  # the statement and its notification: one transaction
+                await self._together(conn, [write])
+                return
             cur = await conn.execute(write.query, write.params)
             write.result = await cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
@@ -233,6 +248,8 @@ class Writer:
                     cur = conn.cursor()
                     await cur.execute(query, params)
                     cursors.append(cur)
+                if any(w.notify for w in writes):
+                    await conn.execute(self.notify)
             await pipeline.sync()
             results = [await cur.fetchall() if cur.description else [] for cur in cursors]
         for (_, _, answered), rows in zip(statements, results, strict=True):

@@ -29,29 +29,31 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
 
 from durable_agent.backend import (
     Backend,
     Capability,
+    ClaimedRun,
     LeaseOwner,
     Position,
     RunPage,
     UnreadableRun,
     check_append,
+    check_claim_args,
     decode_cursor,
     make_page,
     mark_secret,
 )
-from durable_agent.backends import _postgres_schema as schema
+from durable_agent.backends import _postgres_claims as claims
 from durable_agent.backends import _postgres_sql as q
-from durable_agent.backends._postgres_writer import Params, Rows, Stats, Writer
+from durable_agent.backends._postgres_link import Link, Settings, first_line
+from durable_agent.backends._postgres_writer import Params, Rows, Stats
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -68,19 +70,7 @@ from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_eve
 __all__ = ["PostgresBackend"]
 
 _IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
-
-
-class _Link:
-    """One event loop's connections: the writer's and the readers' pool."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, writer: Writer, pool: Any) -> None:
-        self.loop = loop
-        self.writer = writer
-        self.pool: AsyncConnectionPool[Any] = pool
-
-    @property
-    def usable(self) -> bool:
-        return self.writer.usable and not self.pool.closed
+_AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
 class PostgresBackend(Backend):
@@ -107,7 +97,15 @@ class PostgresBackend(Backend):
     """
 
     capabilities = frozenset(
-        {Capability.CROSS_PROCESS, Capability.GROUP_COMMIT, Capability.DURABLE}
+        {
+            Capability.CROSS_PROCESS,
+            Capability.GROUP_COMMIT,
+            Capability.DURABLE,
+            Capability.CLAIM,
+            Capability.QUEUE_LIMIT,
+            Capability.WORKER_LIVENESS,
+            Capability.WAKE_UP,
+        }
     )
 
     def __init__(
@@ -158,13 +156,22 @@ class PostgresBackend(Backend):
             f"{info.get('user') or ''}@{info.get('host') or 'localhost'}:"
             f"{info.get('port') or 5432}/{info.get('dbname') or ''} schema {schema}"
         )
-        self._pool_size = pool_size
         self._max_batch = max_batch
-        self._connect_timeout = connect_timeout
+        self._settings = Settings(
+            url=url,
+            schema=schema,
+            where=self._where,
+            pool_size=pool_size,
+            max_batch=max_batch,
+            connect_timeout=float(connect_timeout),
+            channel=claims.channel(schema),
+        )
         self._sql = q.Statements(schema)
+        self._claims = claims.Statements(self._sql.q)
+        self._namespace = claims.lock_namespace(schema)
         self.stats = Stats()
         """Group-commit counters (batches, writes, largest batch)."""
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -174,34 +181,17 @@ class PostgresBackend(Backend):
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        # An intent must be durable before its effect starts, whatever the
-        # server's or the role's default says.
-        await conn.execute("SET synchronous_commit = on")
-
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
-            )
-            await self._configure(conn)
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL store {self._where}: {_first_line(exc)}"
-            ) from exc
-        return conn
-
     def _check_open(self) -> None:
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed")
 
-    async def _connected(self) -> _Link:
+    async def _connected(self) -> Link:
         link = self._link
         if link is not None and link.usable and link.loop is asyncio.get_running_loop():
             return link
         return await self._reconnect()
 
-    async def _reconnect(self) -> _Link:
+    async def _reconnect(self) -> Link:
         self._check_open()
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
@@ -213,88 +203,49 @@ class PostgresBackend(Backend):
             self._link = None
             if link is not None:
                 await self._drop(link)
-            first = await self._connect()
-            try:
-                await schema.prepare(first, self.schema)
-            except psycopg.Error as exc:
-                await first.close()
-                raise StoreUnavailableError(
-                    f"PostgreSQL store {self._where}: creating the tables failed "
-                    f"({_first_line(exc)})"
-                ) from exc
-            except BaseException:
-                await first.close()
-                raise
-            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=self._pool_size,
-                kwargs={"autocommit": True, "connect_timeout": round(self._connect_timeout)},
-                configure=self._configure,
-                open=False,
-                name=f"durable_agent {self.schema}",
+            link = await Link.open(
+                self._settings, self.stats, lambda appends: q.merge_appends(self._sql, appends)
             )
-            try:
-                await pool.open(wait=True, timeout=self._connect_timeout)
-            except Exception as exc:
-                await first.close()
-                await pool.close()
-                raise StoreUnavailableError(
-                    f"cannot connect to PostgreSQL store {self._where}: {_first_line(exc)}"
-                ) from exc
-            writer = Writer(
-                loop,
-                self._connect,
-                self._where,
-                self._max_batch,
-                self.stats,
-                lambda appends: q.merge_appends(self._sql, appends),
-            )
-            writer.conn = first
-            writer.also_close = pool.close
-            writer.start()
-            link = _Link(loop, writer, pool)
-            if self._closed:
-                await self._drop(link)
+            if self._closed:  # close() ran while this connected
+                await link.shutdown()
                 raise StoreUnavailableError(f"{self!r} is closed")
             self._link = link
             return link
 
-    async def _drop(self, link: _Link) -> None:
+    @staticmethod
+    async def _drop(link: Link) -> None:
         if link.loop is asyncio.get_running_loop():
-            await link.writer.shutdown()
-            await link.pool.close()
-        else:  # its loop is gone: nothing of it can be awaited any more
-            link.writer.abandon()
+            await link.shutdown()
+        else:
+            link.abandon()
 
     async def _write(
-        self, run_id: str, query: str, params: Params, *, mergeable: bool = False
+        self,
+        run_id: str,
+        query: str,
+        params: Params,
+        *,
+        mergeable: bool = False,
+        notify: bool = False,
     ) -> Rows:
         link = await self._connected()
         try:
-            rows: Rows = await link.writer.submit(run_id, query, params, mergeable=mergeable)
+            rows: Rows = await link.writer.submit(
+                run_id, query, params, mergeable=mergeable, notify=notify
+            )
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
-                run_id, None, f"PostgreSQL refused the write ({_first_line(exc)}): rows disagree"
+                run_id, None, f"PostgreSQL refused the write ({first_line(exc)}): rows disagree"
             ) from exc
         except psycopg.Error as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL store {self._where}: a write of run {run_id!r} failed "
-                f"({_first_line(exc)}); it was not stored"
+                f"({first_line(exc)}); it was not stored"
             ) from exc
 
-    async def _read(self, query: Any, params: Params) -> Rows:
-        link = await self._connected()
-        try:
-            async with link.pool.connection() as conn:
-                cur = await conn.execute(query, params)
-                rows: Rows = await cur.fetchall()
-                return rows
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"PostgreSQL store {self._where}: read failed ({_first_line(exc)})"
-            ) from exc
+    async def _read(self, query: str, params: Params) -> Rows:
+        return await (await self._connected()).read(query, params)
 
     async def _header(self, run_id: str) -> tuple[RunHeader, float]:
         """The stored header and the server's clock now; `RunNotFoundError`."""
@@ -310,7 +261,7 @@ class PostgresBackend(Backend):
         if len(set(seqs)) != len(seqs):
             raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
         params = q.create_params(header, events)
-        if not await self._write(header.run_id, self._sql.create, params):
+        if not await self._write(header.run_id, self._sql.create, params, notify=True):
             raise RunExistsError(header.run_id)
 
     async def append(
@@ -340,7 +291,11 @@ class PostgresBackend(Backend):
             "seqs": seqs,
             "bodies": bodies,
         }
-        rows = await self._write(run_id, self._sql.append, params, mergeable=True)
+        # A run coming to rest or given up wakes the waiters; a step in between does not.
+        rests = release or (bool(events) and events[-1].state in _AT_REST)
+        rows = await self._write(
+            run_id, self._sql.append, params, mergeable=True, notify=rests
+        )
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)
@@ -462,11 +417,13 @@ class PostgresBackend(Backend):
                 return int(found[0]) if found else 0
         except psycopg.Error as exc:
             raise StoreUnavailableError(
-                f"PostgreSQL store {self._where}: prune failed ({_first_line(exc)})"
+                f"PostgreSQL store {self._where}: prune failed ({first_line(exc)})"
             ) from exc
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
-        rows = await self._write(run_id, self._sql.cancel, {"run_id": run_id, "reason": reason})
+        rows = await self._write(
+            run_id, self._sql.cancel, {"run_id": run_id, "reason": reason}, notify=True
+        )
         if not rows:
             raise RunNotFoundError(run_id)
         return q.header_from_row(rows[0])
@@ -517,8 +474,54 @@ class PostgresBackend(Backend):
         )
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
-        await self._write(run_id, self._sql.release, {"run_id": run_id,
-                                                      "generation": lease.generation})
+        params = {"run_id": run_id, "generation": lease.generation}
+        await self._write(run_id, self._sql.release, params, notify=True)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim natively: one transaction over the claimable index (`_postgres_claims`)."""
+        check_claim_args(agents, limit, ttl, max_running)
+        self._check_open()
+        if limit == 0 or not agents:
+            return []
+        return await claims.claim(
+            await self._connected(),
+            self._claims,
+            owner,
+            namespace=self._namespace,
+            agents=agents,
+            queues=queues,
+            limit=limit,
+            ttl=ttl,
+            max_running=max_running or {},
+        )
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        """Hold ``owner``'s advisory lock on its own connection and renew its registration."""
+        await claims.register(
+            await self._connected(), self._claims, owner, ttl=ttl, namespace=self._namespace
+        )
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        """Forget ``owner``'s registration and release its advisory lock."""
+        await claims.unregister(await self._connected(), self._claims, owner)
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        """Wait for a notification of a change (LISTEN/NOTIFY), at most ``timeout`` seconds."""
+        listener = await (await self._connected()).listening()
+        if after is None:
+            return listener.token()
+        return await listener.wait(after, timeout)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -534,7 +537,3 @@ class PostgresBackend(Backend):
         link, self._link = self._link, None
         if link is not None:
             await self._drop(link)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
