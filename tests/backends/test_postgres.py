@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from durable_agent import Agent, ScriptedModel, redact
 from durable_agent._redact import REDACTED
-from durable_agent.backend import Backend, LeaseOwner
+from durable_agent.backend import Backend, ClaimedRun, LeaseOwner
 from durable_agent.backends import _postgres_schema as pg_schema_module
 from durable_agent.backends.postgres import PostgresBackend
 from durable_agent.errors import (
@@ -27,6 +30,7 @@ from durable_agent.models.scripted import ScriptedFailure
 from durable_agent.records import SCHEMA_VERSION, Lease
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance, created, header, new_run, step
+from tests._barriers import DEADLINE, wait_for_path
 from tests.backends.conftest import run
 from tests.backends.postgres_server import admin, drop, new_schema, pg_schema, postgres_url
 
@@ -316,3 +320,71 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# -- liveness across hosts -----------------------------------------------------------------
+
+_ANOTHER_HOST = """
+import asyncio, sys
+from durable_agent.backend import LeaseOwner
+from durable_agent.backends.postgres import PostgresBackend
+
+url, schema, ready = sys.argv[1:4]
+
+async def main() -> None:
+    store = PostgresBackend(url, schema=schema)
+    me = LeaseOwner(host="another-host", pid=1)  # not this host: no pid check can see it
+    await store.register_worker(me, ttl=300)
+    claimed = await store.claim_runs(me, agents=["agent"], limit=2, ttl=300)
+    assert len(claimed) == 2, claimed
+    open(ready, "w").close()
+    await asyncio.sleep(3600)  # killed here, holding both leases and its lock
+
+asyncio.run(main())
+"""
+
+
+def test_a_sigkilled_workers_runs_are_claimed_at_once_by_its_lost_advisory_lock(
+    postgres_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    async def submit() -> None:
+        async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+            for run_id in ("r1", "r2"):
+                await store.create_run(header(run_id), [created()])
+
+    run(submit())
+    ready = tmp_path / "ready"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ANOTHER_HOST, postgres_url, pg_schema, str(ready)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_path(ready, awaiting="the other host's worker to claim both runs",
+                      processes=[child])
+
+        async def claim_after_kill() -> list[ClaimedRun]:
+            async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+                me = LeaseOwner(host="a-third-host", pid=1)
+                assert await store.claim_runs(me, agents=["agent"], limit=2) == []
+                child.kill()
+                child.wait(timeout=DEADLINE)
+                # Leases and registration have 300 s left: only the lock tells.
+                got: list[ClaimedRun] = []
+                deadline = time.monotonic() + DEADLINE
+                while len(got) < 2 and time.monotonic() < deadline:
+                    got += await store.claim_runs(me, agents=["agent"], limit=2)
+                    if len(got) < 2:
+                        await store.wait_for_change(
+                            await store.wait_for_change(None, timeout=0), timeout=0.2
+                        )
+                return got
+
+        got = run(claim_after_kill())
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+    assert sorted(c.run_id for c in got) == ["r1", "r2"]
+    assert all(c.takeover and c.previous is not None for c in got)
+    assert all(c.previous.owner.startswith("another-host:1:") for c in got if c.previous)
+    assert all(c.lease.generation == 2 for c in got)
