@@ -186,15 +186,13 @@ async def claim(
     max_running: Mapping[str, int],
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runs for ``owner``: one transaction (see the module docstring)."""
-    # This host's live leases whose processes are gone are dead now, not at expiry.
-    local = await link.read(stmts.local, (owner.host,))
-    gone = [o for o, pid in local if isinstance(pid, int) and not process_alive(pid)]
+    gone = await _gone_here(link, stmts, owner.host)
     params = claim_params(
         owner, namespace=namespace, agents=agents, queues=queues, limit=limit, ttl=ttl,
         max_running=max_running, gone=gone,
     )
     try:
-        async with link.pool.connection() as conn:
+        async with link.claimer() as conn:
             if not max_running:
                 cur = await conn.execute(stmts.claim, params)
                 return claimed_from_rows(await cur.fetchall())
@@ -213,6 +211,25 @@ async def claim(
             f"PostgreSQL store {link.settings.where}: a claim failed ({first_line(exc)}); "
             "nothing was claimed"
         ) from exc
+
+
+_LOOK_AGAIN: Final = 1.0
+"""Seconds between two looks at this host's leases for processes that are gone."""
+
+
+async def _gone_here(link: Link, stmts: Statements, host: str) -> list[str]:
+    """The owners of this host's live leases whose processes are gone (DESIGN.md §3 rule 5).
+
+    Looked up at most once a second: an owner once gone stays gone (its id
+    holds a random nonce), so only a death in the last second waits one more
+    claim, and the claim stays one round trip.
+    """
+    now = asyncio.get_running_loop().time()
+    if now - link.gone_checked >= _LOOK_AGAIN:
+        link.gone_checked = now
+        local = await link.read(stmts.local, (host,))
+        link.gone = {o for o, pid in local if isinstance(pid, int) and not process_alive(pid)}
+    return sorted(link.gone)
 
 
 async def register(

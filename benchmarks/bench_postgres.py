@@ -12,6 +12,12 @@
    connection), appends per second, against 32 parallel connections each
    doing its own raw ``INSERT`` + commit as fast as it can. Target: at least
    as many appends per second as the 32 connections (>= 1.0x).
+3. Claim latency: `PostgresBackend.claim_runs` (one run at a time, as a
+   worker with one free slot claims) with 2·10^4 and 10^6 stored runs (10^5
+   in quick mode), of which 10^4 are waiting and the rest finished; p50 and
+   p99 over the claims. Target p99 <= 10 ms: it must stay flat as finished
+   runs pile up, since the claim reads only the partial index of runs not at
+   rest. (The runs are bulk-loaded with one ``INSERT ... SELECT``.)
 
 Uses ``DURABLE_AGENT_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``) and a schema of its own,
@@ -213,10 +219,59 @@ async def _measure(quick: bool) -> list[Row]:
         await admin.execute(f"CREATE SCHEMA {schema}")
         rows = await _single(schema, quick)
         rows += await _group(schema, quick)
+        sizes = (20_000, 200_000) if quick else (20_000, 1_000_000)
+        for stored in sizes:
+            rows += await _claims(admin, f"{schema}_c{stored}", stored, quick)
         return rows
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
+
+
+async def _claims(admin: Any, schema: str, stored: int, quick: bool) -> list[Row]:
+    """Claim latency with ``stored`` runs, of which 10^4 wait and the rest are DONE."""
+    from durable_agent.backends.postgres import PostgresBackend
+
+    waiting = 10_000
+    claims = 300 if quick else 1000
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        store = PostgresBackend(URL, schema=schema)
+        async with store:
+            await store.list_runs(limit=1)  # creates the tables
+            # Bulk-loaded in SQL (creating a million runs one by one takes too long);
+            # the rows are what create_run writes. Finished runs first, so the
+            # waiting ones are the newest, as in a store that has run for a year.
+            started = time.perf_counter()
+            await admin.execute(
+                f"INSERT INTO {schema}.runs (run_id, agent_name, state, seq, created_at,"
+                " updated_at, lease_generation, schema_version, queue, priority)"
+                " SELECT 'run-' || g, 'agent', CASE WHEN g <= %s THEN 'DONE' ELSE 'PENDING' END,"
+                " 1, 1.7e9 + g, 1.7e9 + g, 0, 1, 'default', 0"
+                " FROM generate_series(1, %s) g",
+                (stored - waiting, stored),
+            )
+            await admin.execute(f"ANALYZE {schema}.runs")
+            loaded = time.perf_counter() - started
+            owner = LeaseOwner.current()
+            for _ in range(20):  # warm: connections, prepared statements
+                await store.claim_runs(owner, agents=["agent"], limit=1)
+            latencies = []
+            for _ in range(claims):
+                began = time.perf_counter()
+                got = await store.claim_runs(owner, agents=["agent"], limit=1, ttl=300)
+                latencies.append(time.perf_counter() - began)
+                assert len(got) == 1
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    label = f"claim latency, {stored:,} stored runs ({waiting:,} waiting)"
+    return [
+        info(NAME, f"{label}: p50 (load {loaded:.0f} s)", f"{p50 * 1e3:.2f} ms"),
+        gated(NAME, f"{label}: p99", p99 * 1e3, " ms", 10.0, ".2f"),
+    ]
 
 
 def run(quick: bool) -> list[Row]:
