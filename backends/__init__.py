@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from durable_agent.backends.jsonfile import JsonFileBackend
     from durable_agent.backends.memory import MemoryBackend
+    from durable_agent.backends.postgres import PostgresBackend
     from durable_agent.backends.redis import RedisBackend
     from durable_agent.backends.sqlite import SqliteBackend
 
-__all__ = ["JsonFileBackend", "MemoryBackend", "RedisBackend", "SqliteBackend"]
+__all__ = ["JsonFileBackend", "MemoryBackend", "PostgresBackend", "RedisBackend", "SqliteBackend"]
 
 _MODULES = {
     "JsonFileBackend": "jsonfile",
     "MemoryBackend": "memory",
+    "PostgresBackend": "postgres",
     "RedisBackend": "redis",
     "SqliteBackend": "sqlite",
 }

@@ -59,6 +59,14 @@ def header_fields(header: RunHeader) -> list[str]:
         fields["cancel_requested"] = header.cancel_requested
     if header.lease is not None:
         fields.update(lease_fields(header.lease))
+    # Left out at their defaults, so a header written before workers existed
+    # and one submitted to the default queue look the same.
+    if header.queue != "default":
+        fields["queue"] = header.queue
+    if header.priority:
+        fields["priority"] = str(header.priority)
+    if header.not_before is not None:
+        fields["not_before"] = stamp(header.not_before)
     return [part for pair in fields.items() for part in pair]
 
 
@@ -99,6 +107,9 @@ def header_from_hash(run_id: str, raw: Any) -> RunHeader:
             "lease": lease,
             "lease_generation": f.get("lease_generation"),
             "cancel_requested": f.get("cancel_requested"),
+            "queue": f.get("queue", "default"),
+            "priority": f.get("priority", "0"),
+            "not_before": unstamp(f["not_before"]) if "not_before" in f else None,
         },
     )
 

@@ -45,10 +45,10 @@ T = TypeVar("T")
 _HEADER_COLUMNS: Final = (
     "run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at, "
     "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl, "
-    "schema_version, cancel_requested"
+    "schema_version, cancel_requested, queue, priority, not_before"
 )
 _SELECT_HEADER: Final = f"SELECT {_HEADER_COLUMNS} FROM runs WHERE run_id = ?"
-_INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_INSERT_RUN: Final = f"INSERT INTO runs ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _INSERT_EVENT: Final = "INSERT INTO events (run_id, seq, body) VALUES (?, ?, ?)"
 _CAS: Final = (
     "updated_at = ?, lease_owner = ?, lease_host = ?, lease_pid = ?, lease_expires = ?, "
@@ -101,13 +101,17 @@ def header_row(header: RunHeader) -> tuple[object, ...]:
         lease.ttl if lease else None,
         header.schema_version,
         header.cancel_requested,
+        header.queue,
+        header.priority,
+        None if header.not_before is None else timestamp(header.not_before, "not_before"),
     )
 
 
 def header_from_row(row: Sequence[Any]) -> RunHeader:
     """Rebuild a header from its columns; `CorruptRunError` when one does not validate."""
     (run_id, session_id, user_id, agent_name, state, seq, created_at, updated_at) = row[:8]
-    (owner, host, pid, generation, expires, ttl, version, cancel_requested) = row[8:]
+    (owner, host, pid, generation, expires, ttl, version, cancel_requested) = row[8:16]
+    (queue, priority, not_before) = row[16:19]
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise SchemaVersionError(run_id, None, version, SCHEMA_VERSION)
     try:
@@ -137,6 +141,9 @@ def header_from_row(row: Sequence[Any]) -> RunHeader:
             lease=lease,
             lease_generation=generation,
             cancel_requested=cancel_requested,
+            queue=queue,
+            priority=priority,
+            not_before=None if not_before is None else _from_timestamp(not_before),
         )
     except (ValueError, TypeError, OverflowError, OSError) as exc:  # incl. ValidationError
         detail = " ".join(str(exc).split())

@@ -13,8 +13,33 @@ from typing import Final
 
 from durable_agent.errors import StoreUnavailableError
 
-STORE_VERSION: Final = 1
-"""Version of the table layout below, kept in the ``meta`` table."""
+STORE_VERSION: Final = 2
+"""Version of the table layout below, kept in the ``meta`` table.
+
+2 added the workers' columns (queue, priority, not_before), the index of
+claimable runs and the ``workers`` table; a version-1 file is migrated on open.
+"""
+
+CLAIMABLE: Final = "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
+"""The claimable states as SQL; a claim repeats it verbatim so SQLite uses the partial index."""
+
+_WORKERS_SCHEMA: Final = (
+    # Only runs not at rest are indexed, so claiming costs the same with a
+    # million finished runs as with none.
+    f"""CREATE INDEX IF NOT EXISTS runs_claimable
+        ON runs (priority DESC, created_at, run_id) WHERE {CLAIMABLE}""",
+    """CREATE TABLE IF NOT EXISTS workers (
+        owner TEXT PRIMARY KEY,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_MIGRATE_1_TO_2: Final = (
+    "ALTER TABLE runs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+    "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN not_before REAL",
+    *_WORKERS_SCHEMA,
+)
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -35,7 +60,10 @@ _SCHEMA: Final = (
         lease_expires REAL,
         lease_ttl REAL,
         schema_version INTEGER NOT NULL,
-        cancel_requested TEXT
+        cancel_requested TEXT,
+        queue TEXT NOT NULL DEFAULT 'default',
+        priority INTEGER NOT NULL DEFAULT 0,
+        not_before REAL
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, run_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_session ON runs (session_id, created_at, run_id)",
@@ -50,6 +78,7 @@ _SCHEMA: Final = (
         body TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )""",
+    *_WORKERS_SCHEMA,
 )
 
 
@@ -109,13 +138,14 @@ def _prepare_once(db: sqlite3.Connection, path: str, synchronous: str, busy_ms: 
         )
     db.execute(f"PRAGMA synchronous = {synchronous}")
     version = _store_version(db, path)
-    if version is not None:
+    if version is not None and version >= STORE_VERSION:
         return version
     db.execute("BEGIN IMMEDIATE")
     try:
         version = _store_version(db, path)  # another process may have been first
-        if version is None:
-            for statement in _SCHEMA:
+        if version is None or version < STORE_VERSION:
+            steps = _SCHEMA if version is None else _MIGRATE_1_TO_2
+            for statement in steps:
                 db.execute(statement)
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",

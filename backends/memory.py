@@ -9,22 +9,32 @@ serialization bug shows up here first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from durable_agent.backend import (
+    CLAIMABLE_STATES,
     Backend,
     Capability,
+    ClaimedRun,
     LeaseOwner,
     Position,
     RunPage,
     UnreadableRun,
     check_append,
+    check_claim_args,
     check_lease_acquire,
+    claim_lease,
+    claim_order,
+    claimable,
     decode_cursor,
+    lease_live,
     make_page,
+    queue_room,
 )
 from durable_agent.errors import (
     ConfigurationError,
@@ -50,6 +60,11 @@ from durable_agent.records import (
 __all__ = ["MemoryBackend"]
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class _Stored:
     header: str
@@ -73,12 +88,32 @@ class _Stored:
 class MemoryBackend(Backend):
     """Runs in this process's memory; not durable, not shared between processes."""
 
-    capabilities = frozenset({Capability.GROUP_COMMIT})
+    capabilities = frozenset(
+        {
+            Capability.GROUP_COMMIT,
+            Capability.CLAIM,
+            Capability.QUEUE_LIMIT,
+            Capability.WORKER_LIVENESS,
+            Capability.WAKE_UP,
+        }
+    )
 
     def __init__(self, *, session_id: str | None = None, user_id: str | None = None) -> None:
         super().__init__(session_id=session_id, user_id=user_id)
         self._runs: dict[str, _Stored] = {}
         self._closed = False
+        self._workers: dict[str, float] = {}
+        """Registered workers' owner ids and when their registration lapses."""
+        self._changes = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _changed(self) -> None:
+        """Wake every `wait_for_change` (on whichever event loop it waits)."""
+        self._changes += 1
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
     # Every method runs to completion without awaiting, so on one event loop
     # each is atomic without a lock.
@@ -104,6 +139,7 @@ class MemoryBackend(Backend):
         self._runs[header.run_id] = _Stored(
             encode_header(header), [encode_event(e) for e in events]
         )
+        self._changed()
 
     async def append(
         self,
@@ -136,6 +172,8 @@ class MemoryBackend(Backend):
             )
         )
         stored.events.extend(encoded)
+        if release:
+            self._changed()
         return renewed
 
     async def load_run(self, run_id: str) -> StoredRun:
@@ -252,6 +290,7 @@ class MemoryBackend(Backend):
         if header.cancel_requested is None:
             header = header.model_copy(update={"cancel_requested": reason})
             stored.write_header(header)
+            self._changed()
         return header
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
@@ -262,6 +301,79 @@ class MemoryBackend(Backend):
         header = stored.read_header(run_id)
         if header.lease is not None and header.lease_generation == lease.generation:
             stored.write_header(header.model_copy(update={"lease": None}))
+            self._changed()
+
+    # -- workers ------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        check_claim_args(agents, limit, ttl, max_running)
+        self._check_open()
+        now = time.time()
+        dead = {o for o, lapses in self._workers.items() if lapses <= now}
+        headers: list[RunHeader] = []
+        for run_id, stored in self._runs.items():
+            try:
+                header = stored.read_header(run_id)
+            except CorruptRunError:
+                continue
+            if header.state in CLAIMABLE_STATES:
+                headers.append(header)
+        running: dict[str, int] = {}
+        for header in headers:
+            if lease_live(header.lease, now=now, dead_owners=dead):
+                running[header.queue] = running.get(header.queue, 0) + 1
+        room = queue_room(max_running or {}, running)
+        candidates = sorted(
+            (h for h in headers
+             if claimable(h, agents=agents, queues=queues, now=now, dead_owners=dead)),
+            key=claim_order,
+        )
+        claimed: list[ClaimedRun] = []
+        for header in candidates:
+            if len(claimed) >= limit:
+                break
+            if room.get(header.queue, 1) <= 0:
+                continue
+            lease = claim_lease(header, owner, ttl=ttl, now=now)
+            after = header.model_copy(update={"lease": lease, "lease_generation": lease.generation})
+            self._runs[header.run_id].write_header(after)
+            if header.queue in room:
+                room[header.queue] -= 1
+            claimed.append(ClaimedRun(header=after, previous=header.lease))
+        return claimed
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        self._check_open()
+        self._workers[owner.id] = time.time() + ttl
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        self._check_open()
+        self._workers.pop(owner.id, None)
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        self._check_open()
+        if after is None or after != str(self._changes):
+            return str(self._changes)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return str(self._changes)
 
     async def close(self) -> None:
         self._closed = True
+        self._changed()

@@ -35,7 +35,8 @@ and the header hashes (`durable_agent.backends._redis_records`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import asyncio
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
@@ -43,10 +44,13 @@ from urllib.parse import urlsplit
 from durable_agent.backend import (
     Backend,
     Capability,
+    ClaimedRun,
     LeaseOwner,
     RunPage,
     check_append,
+    check_claim_args,
     check_lease_acquire,
+    portable_claim,
 )
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
@@ -76,6 +80,7 @@ try:
 
     from durable_agent.backends import _redis_cluster as clx
     from durable_agent.backends import _redis_cluster_scripts as cl
+    from durable_agent.backends import _redis_workers as workers
     from durable_agent.backends._redis_link import (
         CLUSTER_SCHEMES,
         UNAVAILABLE,
@@ -132,7 +137,14 @@ class RedisBackend(Backend):
     The constructor does no I/O; the first call connects.
     """
 
-    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS})
+    capabilities = frozenset(
+        {
+            Capability.DURABLE,
+            Capability.CROSS_PROCESS,
+            Capability.WORKER_LIVENESS,
+            Capability.WAKE_UP,
+        }
+    )
 
     def __init__(
         self,
@@ -194,6 +206,8 @@ class RedisBackend(Backend):
         )
         self._indexes = clx.ClusterIndexes(self) if cluster else None
         self._listing = Listing(self, self._conn)
+        self._announcing: set[asyncio.Task[None]] = set()
+        """Wake-up announcements in flight (`durable_agent.backends._redis_workers`)."""
 
     def __repr__(self) -> str:
         return f"RedisBackend({hide(self._url)!r}, prefix={self.prefix!r})"
@@ -242,6 +256,7 @@ class RedisBackend(Backend):
             reply = await self._eval(lua.CREATE, keys, args)
             if rec.text(reply[0]) == "exists":
                 raise RunExistsError(header.run_id)
+            await self._announce(header.lease is None, "created")
             return
         incarnation = await ix.intent(header.run_id, header.seq, new=True)
         args = [self._retention_ms, incarnation, len(fields), *fields]
@@ -250,6 +265,7 @@ class RedisBackend(Backend):
         if rec.text(reply[0]) == "exists":
             raise RunExistsError(header.run_id)
         await ix.index([ix.truth(header, incarnation)], after_write=True)
+        await self._announce(header.lease is None, "created")
 
     async def append(
         self,
@@ -278,17 +294,22 @@ class RedisBackend(Backend):
             "1" if release else "0",
         )
         if self._indexes is not None:
-            return await self._append_on_cluster(run_id, keys, events, control, lease)
+            renewed = await self._append_on_cluster(run_id, keys, events, control, lease)
+            await self._announce(release, "released")
+            return renewed
         args = ["".join(f"{part}\x1f" for part in control)]
         args.extend(encode_event(event) for event in events)
         reply = await self._eval(lua.APPEND, keys, args)
         if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
-            return rec.renewed(lease, reply)
-        if rec.status(run_id, reply) == "refused":
+            renewed = rec.renewed(lease, reply)
+        elif rec.status(run_id, reply) == "refused":
             current = rec.header_from_hash(run_id, reply[1])
             check_append(current, events, expected_seq=expected_seq, lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
-        return rec.extended(lease, reply)
+        else:
+            renewed = rec.extended(lease, reply)
+        await self._announce(release, "released")
+        return renewed
 
     async def _append_on_cluster(
         self,
@@ -447,6 +468,7 @@ class RedisBackend(Backend):
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         reply = await self._eval(lua.CANCEL, self._keys(run_id)[:1], [reason])
         rec.status(run_id, reply)
+        await self._announce(True, "cancel")
         return rec.header_from_hash(run_id, reply[1])
 
     # -- leases ---------------------------------------------------------------------------------
@@ -483,9 +505,58 @@ class RedisBackend(Backend):
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], [str(lease.generation)])
         rec.status(run_id, reply)
+        await self._announce(True, "released")
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim through the state index of runs not at rest, taking lapsed workers' leases.
+
+        Each grant is the ACQUIRE script (one slot, the server's clock, the
+        generation as compare-and-set), so claims are exclusive on a cluster
+        too; ``max_running`` is checked before acquiring (not atomically).
+        """
+        check_claim_args(agents, limit, ttl, max_running)
+        if limit == 0 or not agents:
+            return []
+        dead = await workers.dead_workers(self)
+        return await portable_claim(
+            self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,
+            max_running=max_running, dead_owners=dead,
+        )
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        await workers.register(self, owner.id, ttl)
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        await workers.unregister(self, owner.id)
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        if after is None:
+            return await workers.latest(self)
+        return await workers.wait(self, after, timeout)
+
+    async def _announce(self, really: bool, what: str) -> None:
+        """Wake waiters after a write that matters to them (never for a plain append).
+
+        Sent on its own task: the write has landed, so neither a failure of the
+        announcement nor a cancellation of the caller may look like the write's.
+        """
+        if really:
+            workers.announce_soon(self, what)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Close this loop's connection pool; idempotent. Later calls raise."""
+        await workers.flush(self)
         await self._conn.close()

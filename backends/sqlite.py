@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
 from typing import Final, Literal, TypeVar
@@ -40,11 +40,14 @@ import aiosqlite
 from durable_agent.backend import (
     Backend,
     Capability,
+    ClaimedRun,
     LeaseOwner,
     RunPage,
+    check_claim_args,
     decode_cursor,
     make_page,
 )
+from durable_agent.backends import _sqlite_claims as claims
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.backends._sqlite_writer import Link, Stats
@@ -93,7 +96,14 @@ class SqliteBackend(Backend):
     """
 
     capabilities = frozenset(
-        {Capability.CROSS_PROCESS, Capability.GROUP_COMMIT, Capability.DURABLE}
+        {
+            Capability.CROSS_PROCESS,
+            Capability.GROUP_COMMIT,
+            Capability.DURABLE,
+            Capability.CLAIM,
+            Capability.QUEUE_LIMIT,
+            Capability.WORKER_LIVENESS,
+        }
     )
 
     def __init__(
@@ -374,6 +384,37 @@ class SqliteBackend(Backend):
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         return await self._write(run_id, ops.request_cancel, run_id, reason)
+
+    # -- workers (polling: SQLite has no way to wake another process) --------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        check_claim_args(agents, limit, ttl, max_running)
+        if limit == 0 or not agents:
+            self._check_open()
+            return []
+        names = sorted(set(agents))
+        wanted = None if queues is None else sorted(set(queues))
+        if wanted == []:
+            return []
+        caps = dict(max_running or {})
+        return await self._write(
+            "", lambda db: claims.claim(db, owner, names, wanted, limit, ttl, caps)
+        )
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        await self._write("", claims.register_worker, owner.id, ttl)
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        await self._write("", claims.unregister_worker, owner.id)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -31,19 +31,23 @@ BENCHMARKS: dict[str, str] = {
     "e": "bench_import",
     "f": "bench_provider_overhead",
     "g": "bench_backends",
+    "h": "bench_postgres",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
 
 
-REQUIRES: dict[str, tuple[str, ...]] = {"f": ("openai", "anthropic")}
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "f": ("openai", "anthropic"),
+    "h": ("psycopg", "psycopg_pool"),
+}
 """Optional packages a benchmark needs; without them it is skipped."""
 
 
 def load(letter: str) -> tuple[str, Callable[[bool], list[Row]]]:
     missing = [m for m in REQUIRES.get(letter, ()) if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(f"needs {', '.join(missing)} (pip install -e '.[openai,anthropic]')")
+        raise ImportError(f"needs {', '.join(missing)} (pip install -e '.[dev]')")
     module = importlib.import_module(BENCHMARKS[letter])
     return str(module.NAME), module.run
 

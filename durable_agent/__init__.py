@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from durable_agent._redact import mark_secret, redact, redact_exception
-from durable_agent.agent import Agent, DurabilityWarning, Task
+from durable_agent.agent import Agent, DurabilityWarning, RunHandle, Task
 from durable_agent.backend import Backend, Capability, LeaseOwner, RunPage
 from durable_agent.engine import RetryPolicy, cancel_run, decide_run
 from durable_agent.errors import (
@@ -46,6 +46,7 @@ from durable_agent.errors import (
     ToolResultError,
     ToolRetry,
     UnstorableValueError,
+    WaitTimeoutError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.human import Requirement
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from durable_agent.backends.memory import MemoryBackend
     from durable_agent.backends.redis import RedisBackend
     from durable_agent.backends.sqlite import SqliteBackend
+    from durable_agent.worker import RunRetry, Worker
 
 __version__ = "0.1.0"
 
@@ -96,9 +98,11 @@ __all__ = [
     "RunCancelledError",
     "RunExistsError",
     "RunFailedError",
+    "RunHandle",
     "RunNotFoundError",
     "RunOutput",
     "RunPage",
+    "RunRetry",
     "RunState",
     "RunStateError",
     "RunTimeoutError",
@@ -120,6 +124,8 @@ __all__ = [
     "ToolResultError",
     "ToolRetry",
     "UnstorableValueError",
+    "WaitTimeoutError",
+    "Worker",
     "cancel_run",
     "decide_run",
     "mark_secret",
@@ -135,11 +141,14 @@ _LAZY = {
     "SqliteBackend": "durable_agent.backends.sqlite",
     "RedisBackend": "durable_agent.backends.redis",
     "JsonFileBackend": "durable_agent.backends.jsonfile",
+    "Worker": "durable_agent.worker",
+    "RunRetry": "durable_agent.worker",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Backends load their drivers (aiosqlite, ...) only when first named.
+    # Backends load their drivers (aiosqlite, ...) only when first named; the
+    # worker (signals, a fleet's loop) is on top of the facade, loaded when used.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'durable_agent' has no attribute {name!r}")

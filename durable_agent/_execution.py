@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RunExecution"]
 
+_HANDOVER = frozenset({RunState.PENDING, RunState.MODEL_CALL})
+"""Where a run may be handed over mid-way: no tool-call intent is open there."""
+
 
 class RunExecution(ModelStep, ToolStep):
     """One attempt to drive one run while holding its lease.
@@ -175,6 +178,30 @@ class RunExecution(ModelStep, ToolStep):
             )
             raise
         self.engine.owed.forget(self.run_id)  # the new lease supersedes the one left behind
+        self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
+        return ctx
+
+    async def adopt(self, lease: Lease) -> RunContext:
+        """Drive with ``lease``, which a worker's claim acquired (`Backend.claim_runs`); load.
+
+        The claim *was* the acquisition, so the store is not asked again. If
+        the load fails, or the caller is cancelled, the lease is released
+        before the exception propagates.
+        """
+        await self._retry_owed()
+        self._take_claim()
+        self.lease = lease
+        try:
+            ctx = await self.load()
+        except BaseException:
+            self.lease = None
+            try:
+                owed = self.engine.owed
+                await asyncio.shield(release_now(self.backend, lease, owed, self.run_id))
+            finally:
+                self._drop_claim()
+            raise
+        self.engine.owed.forget(self.run_id)
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
         return ctx
 
@@ -309,6 +336,8 @@ class RunExecution(ModelStep, ToolStep):
         while True:
             if ctx.state not in FINAL_STATES:
                 self._check_cancel()
+            if ctx.state in _HANDOVER and self.stop_when is not None and self.stop_when():
+                return  # no effect in flight: released as it is, for another process
             match ctx.state:
                 case RunState.PENDING:
                     await self._append((TransitionEvent, "start", {}))

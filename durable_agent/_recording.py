@@ -14,7 +14,7 @@ lifecycle (`durable_agent.engine.RunExecution`) build on it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,10 @@ class ExecutionCore:
         """An append was interrupted: whether it landed is for the store to say."""
         self._claim: Claim | None = None
         """This execution drives the run (no other one of this process may meanwhile)."""
+        self.stop_when: Callable[[], bool] | None = None
+        """Asked before each model call: True leaves the run as it is, released for another
+        process to continue (a worker shutting down). Never asked between a tool-call
+        intent and its result, so a hand-over never makes a call ambiguous."""
 
     @property
     def backend(self) -> Backend:

@@ -20,10 +20,13 @@ import dataclasses
 import uuid
 import warnings
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
+from durable_agent import _submit
+from durable_agent._submit import RunHandle
 from durable_agent.backend import Backend
 from durable_agent.engine import Engine, RetryPolicy, cancel_run, decide_run
 from durable_agent.errors import (
@@ -40,7 +43,7 @@ from durable_agent.run import RunContext, RunOutput
 from durable_agent.task import Task, check_run_id
 from durable_agent.tools import Tool, toolset
 
-__all__ = ["Agent", "DurabilityWarning", "Task"]
+__all__ = ["Agent", "DurabilityWarning", "RunHandle", "Task"]
 
 _T = TypeVar("_T")
 
@@ -374,6 +377,65 @@ class Agent:
     def get_run(self, run_id: str) -> RunOutput:
         """Synchronous twin of `get_run_async`."""
         return self._sync(self.get_run_async(run_id))
+
+    # -- submitting, for workers (durable_agent._submit) ---------------------
+
+    async def submit_async(
+        self,
+        task: Task | str,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        not_before: datetime | None = None,
+    ) -> RunHandle:
+        """Store ``task`` as a PENDING run for a `Worker` and return its `RunHandle` at once.
+
+        Nothing runs here: a worker serving this agent's ``name`` and ``queue``
+        claims it, highest ``priority`` first, not before ``not_before``.
+        """
+        return await _submit.submit(
+            self, task, queue=queue, priority=priority, not_before=not_before
+        )
+
+    def submit(
+        self,
+        task: Task | str,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        not_before: datetime | None = None,
+    ) -> RunHandle:
+        """Synchronous twin of `submit_async`."""
+        return self._sync(
+            self.submit_async(task, queue=queue, priority=priority, not_before=not_before)
+        )
+
+    async def wait_run_async(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        output_type: type[BaseModel] | None = None,
+    ) -> RunOutput:
+        """Wait, from any process, until the run is DONE, ERROR, WAITING or CANCELLED.
+
+        Woken by the store where it can, else polling with a growing pause.
+        Raises `WaitTimeoutError` after ``timeout`` seconds (nothing recorded)
+        and `RunNotFoundError` for an unknown id.
+        """
+        check_run_id(run_id, "wait_run_async(run_id)")
+        with self._naming_store(run_id):
+            await _submit.wait_for_rest(self.db, run_id, timeout)
+        output = await self.get_run_async(run_id)
+        if output_type is not None and output.output is not None:
+            output = dataclasses.replace(
+                output, parsed=output_type.model_validate_json(output.output)
+            )
+        return output
+
+    def wait_run(self, run_id: str, *, timeout: float | None = None) -> RunOutput:
+        """Synchronous twin of `wait_run_async`."""
+        return self._sync(self.wait_run_async(run_id, timeout=timeout))
 
     # -- closing ------------------------------------------------------------
 

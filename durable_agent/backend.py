@@ -18,24 +18,39 @@ gives four guarantees the engine's durability rests on:
 
 Backends import only this module, `durable_agent.records`,
 `durable_agent.errors` and their driver: the built-in ones are the worked
-examples for custom backend authors.
+examples for custom backend authors. A backend given a password (in a URL,
+say) passes it to `mark_secret`, re-exported here, so it never reaches stored
+data or an error message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Literal, Self
 
+from durable_agent._claim_rules import (
+    CLAIMABLE_STATES,
+    ClaimedRun,
+    check_claim_args,
+    claim_lease,
+    claim_order,
+    claimable,
+    lease_live,
+    portable_claim,
+    queue_room,
+)
 from durable_agent._process import host_id
+from durable_agent._redact import mark_secret
 from durable_agent.errors import (
     ConcurrentUpdateError,
     ConfigurationError,
@@ -48,18 +63,28 @@ from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun
 
 __all__ = [
+    "CLAIMABLE_STATES",
     "Backend",
     "Capability",
+    "ClaimedRun",
     "LeaseOwner",
     "Position",
     "RunPage",
     "UnreadableReason",
     "UnreadableRun",
     "check_append",
+    "check_claim_args",
     "check_lease_acquire",
+    "claim_lease",
+    "claim_order",
+    "claimable",
     "decode_cursor",
     "encode_cursor",
+    "lease_live",
     "make_page",
+    "mark_secret",
+    "portable_claim",
+    "queue_room",
 ]
 
 
@@ -72,6 +97,15 @@ class Capability(StrEnum):
     """Concurrent appends of many runs share one commit."""
     DURABLE = "durable"
     """Data survives the process being killed."""
+    CLAIM = "claim"
+    """`Backend.claim_runs` is native: one atomic step per claim, over an index of
+    the claimable runs only (its cost does not grow with finished runs)."""
+    QUEUE_LIMIT = "queue_limit"
+    """`Backend.claim_runs` enforces ``max_running`` in the same atomic step as the claim."""
+    WORKER_LIVENESS = "worker_liveness"
+    """`Backend.register_worker` is kept: a lapsed worker's leases are claimable at once."""
+    WAKE_UP = "wake_up"
+    """`Backend.wait_for_change` is woken by the store, not by a timer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +370,65 @@ class Backend(ABC):
     @abstractmethod
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         """Give the lease up if still held by ``lease``'s generation; a no-op otherwise."""
+
+    # -- workers (optional: each has a portable fallback, see DESIGN.md §6) ---------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        """Acquire the leases of up to ``limit`` claimable runs for ``owner``, best first.
+
+        Claimable and the order are `claimable` and `claim_order` (pass
+        ``queues=None`` for every queue); a lease of an owner whose worker
+        registration lapsed counts as dead. Each claim is a lease acquisition
+        (generation + 1, ``ttl`` seconds), so two callers never both get one run.
+        ``max_running`` caps, per queue, the runs holding a live lease after the
+        claim, fleet-wide. Natively (`Capability.CLAIM`) one atomic step claims
+        and, with `Capability.QUEUE_LIMIT`, checks the cap; the default lists
+        and acquires one by one (`portable_claim`), which may overshoot the cap
+        under races.
+        """
+        check_claim_args(agents, limit, ttl, max_running)
+        return await portable_claim(
+            self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,
+            max_running=max_running,
+        )
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        """Record, or renew, that ``owner`` is a live worker for ``ttl`` seconds (store clock).
+
+        Once the registration lapses (the process died, froze, or lost the
+        store), `claim_runs` treats every lease of ``owner`` as dead before the
+        lease's own expiry. Natively with `Capability.WORKER_LIVENESS`; the
+        default keeps nothing (leases then end by their TTL).
+        """
+        return None
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        """Forget ``owner``'s registration (a worker that stopped and released its leases)."""
+        return None
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        """Wait until the store may have changed since token ``after``; return the new token.
+
+        A change is a run created, brought to rest, released or asked to
+        cancel (not every append). ``after=None`` returns the current token at
+        once: take it *before* checking the store, then wait with it, so a
+        change in between is not missed. It may return early for no change;
+        callers check the store again. Natively (`Capability.WAKE_UP`) the
+        store wakes the caller; the default sleeps ``timeout`` (callers poll
+        with a backoff).
+        """
+        if after is not None:
+            await asyncio.sleep(timeout)
+        return ""
 
     # -- lifecycle ----------------------------------------------------------
 

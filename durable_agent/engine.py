@@ -46,7 +46,7 @@ from durable_agent.errors import (
 from durable_agent.fsm import RunState
 from durable_agent.human import DecisionRequest, Requirement, collect_decisions
 from durable_agent.models import ChatModel
-from durable_agent.records import JSONValue, Message, OutputFormat
+from durable_agent.records import JSONValue, Lease, Message, OutputFormat
 from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
 from durable_agent.tools import Tool
@@ -206,6 +206,27 @@ class Engine:
                 await execution.release()
                 raise
         return await self._drive(execution, timeout, observe)
+
+    async def run_claimed(
+        self,
+        run_id: str,
+        tools: Mapping[str, Tool],
+        lease: Lease,
+        *,
+        stop_when: Callable[[], bool] | None = None,
+        observe: Callable[[RunContext], None] = _ignore,
+    ) -> RunContext:
+        """Drive a run whose lease a worker's claim acquired; return where it rests.
+
+        ``stop_when`` is asked before each model call: True releases the run as
+        it is (not at rest), for another worker to continue at once. Raises as
+        `RunExecution.run` does.
+        """
+        execution = self.execution(run_id, tools)
+        execution.stop_when = stop_when
+        ctx = await execution.adopt(lease)
+        observe(ctx)
+        return await self._drive(execution, None, observe)
 
     @staticmethod
     async def _drive(

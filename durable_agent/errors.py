@@ -18,6 +18,7 @@ The tree:
     ├── RunFailedError                               the run stopped in ERROR (cause attached)
     │   └── RunTimeoutError (TimeoutError)           the run's deadline passed (recorded)
     ├── RunWaitingError                              the run paused for a human decision
+    ├── WaitTimeoutError (TimeoutError)              a wait for a run to rest ran out of time
     ├── RunCancelledError                            the run was cancelled
     ├── DecisionError (ValueError)                   a decision that does not fit the run
     ├── ModelError                                   a chat model failed
@@ -76,6 +77,7 @@ __all__ = [
     "ToolResultError",
     "ToolRetry",
     "UnstorableValueError",
+    "WaitTimeoutError",
 ]
 
 
@@ -233,6 +235,22 @@ class RunFailedError(DurableAgentError):
 
 class RunTimeoutError(RunFailedError, TimeoutError):
     """The run's deadline passed; the timeout is recorded and the run can be continued."""
+
+
+class WaitTimeoutError(DurableAgentError, TimeoutError):
+    """Waiting for a run to come to rest took longer than the caller's timeout.
+
+    Nothing is recorded: the run goes on wherever it runs; wait again later.
+    """
+
+    def __init__(self, run_id: str, state: str, timeout: float) -> None:
+        self.run_id = run_id
+        self.state = state
+        super().__init__(
+            f"run {run_id!r} is still {state} after waiting {timeout:g} s; nothing was "
+            f"changed: wait again with agent.wait_run_async({run_id!r}), or check that a "
+            "worker serving its agent and queue is running"
+        )
 
 
 class RunWaitingError(DurableAgentError):

@@ -97,7 +97,6 @@ def utcnow() -> datetime:
     """The current time as an aware UTC datetime (what every record stores)."""
     return datetime.now(UTC)
 
-
 # -- small value records ----------------------------------------------------
 
 
@@ -191,6 +190,13 @@ class RunHeader(Record):
     lease_generation: int = 0
     cancel_requested: str | None = None
     """The reason of a pending cancellation request, until the run is CANCELLED."""
+    # Set by `Agent.submit_async` for workers (DESIGN.md §6); the defaults let
+    # headers stored before workers existed load unchanged.
+    queue: str = "default"
+    priority: int = 0
+    """Higher is claimed first; equal priorities are claimed oldest first."""
+    not_before: datetime | None = None
+    """No worker claims the run before this time (a delayed submit)."""
 
 
 # -- events -----------------------------------------------------------------

@@ -7,13 +7,16 @@
 | ``sqlite:////var/lib/app/runs.db``       | `SqliteBackend`, absolute path                      |
 | ``redis://[:password@]host[:port][/db]`` | `RedisBackend` (``rediss://`` for TLS)              |
 | ``redis+cluster://host:port``            | `RedisBackend` on a cluster (``rediss+cluster://``) |
+| ``postgresql://user:pw@host:port/db``    | `PostgresBackend` (also ``postgres://``)            |
 | ``file:///var/lib/app/runs``             | `JsonFileBackend`, absolute folder                  |
 | ``file:runs``                            | `JsonFileBackend`, folder relative to the cwd       |
 
 Query parameters become keyword options of the backend, converted to the
 types its constructor declares: ``sqlite:///runs.db?busy_timeout=10`` passes
 ``busy_timeout=10.0``, ``redis://host/0?prefix=app:&retention=86400`` passes
-``prefix="app:"`` and ``retention=86400.0``. An option the backend does not
+``prefix="app:"`` and ``retention=86400.0``, and
+``postgresql://app@db/agents?schema=runs&sslmode=require`` passes
+``schema="runs"`` (``sslmode`` stays in the URL, for libpq). An option the backend does not
 take is an error that lists the ones it does.
 
 Other schemes come from the ``durable_agent.backends`` entry-point group
@@ -64,6 +67,8 @@ _BUILTIN: Final[dict[str, _Target]] = {
     "redis+cluster": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
     "rediss+cluster": _Target("durable_agent.backends.redis:RedisBackend", extra="redis"),
     "file": _Target("durable_agent.backends.jsonfile:JsonFileBackend"),
+    "postgresql": _Target("durable_agent.backends.postgres:PostgresBackend", extra="postgres"),
+    "postgres": _Target("durable_agent.backends.postgres:PostgresBackend", extra="postgres"),
 }
 _REGISTERED: dict[str, _Target] = {}
 _PLUGINS: dict[str, list[_Target]] | None = None
@@ -211,6 +216,20 @@ def _build_redis(
     return typing.cast(Backend, cls(rest, session_id=session_id, user_id=user_id, **options))
 
 
+def _build_postgres(
+    cls: type, url: str, parts: SplitResult, session_id: str | None, user_id: str | None
+) -> Backend:
+    from durable_agent._redact import mark_secret
+
+    # Marked before anything can fail, so no error below can show it.
+    if parts.password:
+        mark_secret(unquote(parts.password))
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigurationError(f"{_safe(url)!r} names no PostgreSQL host")
+    rest, options = _split_options(cls, parts, url)
+    return typing.cast(Backend, cls(rest, session_id=session_id, user_id=user_id, **options))
+
+
 _BUILDERS: Final[dict[str, _Builder]] = {
     "memory": _build_memory,
     "sqlite": _build_sqlite,
@@ -219,6 +238,8 @@ _BUILDERS: Final[dict[str, _Builder]] = {
     "rediss": _build_redis,
     "redis+cluster": _build_redis,
     "rediss+cluster": _build_redis,
+    "postgresql": _build_postgres,
+    "postgres": _build_postgres,
 }
 
 

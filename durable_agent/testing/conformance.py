@@ -41,7 +41,10 @@ the suite test more:
 
 The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
 `DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
-`DamageTests`, `UnreadableTests`) may also be subclassed one by one.
+`DamageTests`, `UnreadableTests`, and for workers `ClaimTests`,
+`AtomicQueueLimitTests`, `WorkerLivenessTests`, `WakeUpTests`) may also be
+subclassed one by one. A backend that implements no claim method passes
+`ClaimTests` through the portable fallback of `Backend.claim_runs`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ from durable_agent.testing._conformance_base import (
     header,
     new_run,
     step,
+)
+from durable_agent.testing._conformance_claims import (
+    AtomicQueueLimitTests,
+    ClaimTests,
+    WakeUpTests,
+    WorkerLivenessTests,
 )
 from durable_agent.testing._conformance_leases import (
     DamageTests,
@@ -71,8 +80,10 @@ from durable_agent.testing._conformance_runs import (
 
 __all__ = [
     "AppendTests",
+    "AtomicQueueLimitTests",
     "BackendConformance",
     "BackendTestCase",
+    "ClaimTests",
     "DamageTests",
     "DeleteTests",
     "DurabilityTests",
@@ -82,6 +93,8 @@ __all__ = [
     "PayloadTests",
     "RunTests",
     "UnreadableTests",
+    "WakeUpTests",
+    "WorkerLivenessTests",
     "at",
     "created",
     "header",
@@ -101,5 +114,9 @@ class BackendConformance(
     DurabilityTests,
     DamageTests,
     UnreadableTests,
+    ClaimTests,
+    AtomicQueueLimitTests,
+    WorkerLivenessTests,
+    WakeUpTests,
 ):
     """The whole contract. Subclass it as ``Test...`` and define ``backend``."""

@@ -1,1 +1,1 @@
-"""A custom durable-agent backend over PostgreSQL, with its conformance tests (docs/backends.md)."""
+"""A custom durable-agent backend over MariaDB, with its conformance tests (docs/backends.md)."""

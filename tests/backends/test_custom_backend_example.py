@@ -1,7 +1,7 @@
-"""CI runs the conformance suite on examples/custom_backend (PostgreSQL) from here."""
+"""CI runs the conformance suite on examples/custom_backend (MariaDB) from here."""
 
 from __future__ import annotations
 
-from examples.custom_backend.test_postgres_backend import TestPostgresBackend
+from examples.custom_backend.test_mariadb_backend import TestMariaDbBackend
 
-__all__ = ["TestPostgresBackend"]
+__all__ = ["TestMariaDbBackend"]

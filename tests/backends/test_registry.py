@@ -203,7 +203,7 @@ def test_a_target_that_is_not_a_backend_is_refused() -> None:
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("postgres://db/x", r"unknown store scheme 'postgres'.*known schemes: file, memory"),
+        ("mongodb://db/x", r"unknown store scheme 'mongodb'.*known schemes: file, memory"),
         ("runs.db", "not a store URL"),
         ("", "not a store URL"),
         ("redis://:pw@host:notaport/0", r"malformed store URL 'redis://:\*\*\*@host"),

@@ -393,7 +393,7 @@ def test_a_missing_directory_is_reported_not_created(tmp_path: Path) -> None:
 def test_a_file_with_a_newer_table_layout_is_refused(db_path: Path) -> None:
     _two_runs(db_path)
     with raw_db(db_path) as conn:
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
     async def main() -> None:
         async with SqliteBackend(db_path) as store:

@@ -16,7 +16,9 @@ import pytest
 from durable_agent.records import TransitionEvent
 from durable_agent.registry import open_backend
 from tests._barriers import DEADLINE, wait_for_entries
+from tests.backends import postgres_server
 from tests.backends.conftest import new_run, run
+from tests.backends.postgres_server import pg_schema, postgres_url  # noqa: F401  (fixtures)
 
 TARGET = 80
 """The seq both writers race to."""
@@ -100,7 +102,12 @@ def _urls() -> dict[str, Callable[[Path, pytest.FixtureRequest], str]]:
         base: str = request.getfixturevalue("redis_url")
         return f"{base}?prefix=race-{uuid.uuid4().hex[:10]}:"
 
+    def postgres(where: Path, request: pytest.FixtureRequest) -> str:
+        schema: str = request.getfixturevalue("pg_schema")
+        return f"{postgres_server.URL}?schema={schema}"
+
     return {
+        "postgres": postgres,
         "sqlite": lambda where, _: f"sqlite:///{where / 'runs.db'}",
         "jsonfile": lambda where, _: f"file://{where / 'runs'}",
         "redis": redis,

@@ -52,6 +52,7 @@ from durable_agent.records import (
 from durable_agent.registry import open_backend
 from durable_agent.run import RunContext
 from tests._barriers import wait_until
+from tests.backends import postgres_server
 from tests.crash.child import (
     CITIES,
     LEASE_TTL,
@@ -180,16 +181,35 @@ StoreUrl = Callable[[Path], str]
 """A fresh, empty store's URL for a case whose files live in the given folder."""
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis", "jsonfile"])
+@pytest.fixture(scope="module", params=["sqlite", "redis", "jsonfile", "postgres"])
 def store_url(request: pytest.FixtureRequest) -> StoreUrl:
     """Every durable built-in backend: the same kills and checks run against each."""
     if request.param == "sqlite":
         return lambda where: f"sqlite:///{where / 'runs.db'}"
     if request.param == "jsonfile":
         return lambda where: f"file://{where / 'runs'}"
+    if request.param == "postgres":
+        return _postgres_urls(request)
     redis_url: str = request.getfixturevalue("redis_url")
     # One private server for the module; each case gets keys of its own.
     return lambda where: f"{redis_url}?prefix=crash-{uuid.uuid4().hex[:12]}:"
+
+
+def _postgres_urls(request: pytest.FixtureRequest) -> StoreUrl:
+    """A schema of its own per case on the local server, all dropped after the module."""
+    postgres_server.admin("SELECT 1")  # skips (fails under CI) when the server is down
+    schemas: list[str] = []
+
+    def url(where: Path) -> str:
+        schemas.append(postgres_server.new_schema())
+        return f"{postgres_server.URL}?schema={schemas[-1]}"
+
+    def drop_all() -> None:
+        for schema in schemas:
+            postgres_server.drop(schema)
+
+    request.addfinalizer(drop_all)
+    return url
 
 
 # -- the uninterrupted run --------------------------------------------------------

@@ -57,7 +57,7 @@ def test_a_provider_string_without_a_key_fails_before_any_run() -> None:
         ({"retry": "3"}, "retry=.*int or RetryPolicy"),
         ({"retry": True}, "retry=.*int or RetryPolicy"),
         ({"db": 42}, "db=.*Backend, a store URL or None"),
-        ({"db": "postgres://x"}, "unknown store scheme 'postgres'"),
+        ({"db": "mongodb://x"}, "unknown store scheme 'mongodb'"),
         ({"tools": "lookup"}, "tools=.*list"),
         ({"tools": [42]}, "must be a function"),
         ({"system_prompt": 5}, "system_prompt"),

@@ -1,0 +1,401 @@
+"""`PostgresBackend`'s claims, worker liveness and wake-ups.
+
+**A claim is one transaction, one round trip.** The statement reads the
+claimable runs from the front of the partial index ``runs_claimable`` (runs not
+at rest, in claim order: highest priority, then oldest), skips rows another
+claimer has locked (``FOR UPDATE SKIP LOCKED``), and sets each chosen run's
+lease with generation + 1 in the same statement. With ``max_running``, the
+transaction first takes one advisory lock per limited queue (in name order, so
+claimers never deadlock); the claim statement then starts with a snapshot
+taken after the lock, so it counts every claim committed before it and the cap
+holds fleet-wide. A run is claimable when nobody holds a live lease on it: no
+lease, an expired one (the server's clock), one of a worker whose liveness is
+gone, or one of a process on the claimer's own host that no longer exists.
+
+**Liveness is a session advisory lock.** `register_worker` opens a connection
+of the worker's own that holds ``pg_advisory_lock(namespace, key)`` for as
+long as the worker lives, and records ``(owner, key, expires)`` in
+``workers``. A worker counts as dead as soon as its lock is gone, which
+PostgreSQL notices when the worker's socket closes (a SIGKILL, an OOM kill, a
+crashed host that resets the connection), so its runs are taken within
+seconds, not after a lease TTL; or when its registration is not renewed in
+time (a frozen or partitioned worker, whose connection may linger for the TCP
+keepalive time).
+
+**Wake-ups are LISTEN/NOTIFY, coalesced.** Writes that matter to a waiter (a
+run created, brought to rest or released, a cancellation asked) add one
+``pg_notify`` to their batch's transaction, however many such writes it
+holds, and PostgreSQL folds the duplicates of a transaction into one. A
+listener connection per event loop counts the notifications;
+`wait_for_change` waits for the count to move. Notifications sent while the
+listener was reconnecting are lost, so a reconnect counts as a change, and
+every wait ends by its (jittered) timeout anyway: callers poll behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import zlib
+from collections.abc import Callable, Collection, Mapping
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Final
+
+import psycopg
+
+from durable_agent.backend import ClaimedRun, LeaseOwner
+from durable_agent.backends._postgres_schema import CLAIMABLE
+from durable_agent.backends._postgres_sql import HEADER_COLUMNS, NOW, WIDTH, header_from_row
+from durable_agent.errors import CorruptRunError, StoreUnavailableError
+from durable_agent.records import SCHEMA_VERSION, Lease
+
+if TYPE_CHECKING:
+    from durable_agent.backends._postgres_link import Link
+
+__all__ = [
+    "Listener",
+    "Liveness",
+    "Statements",
+    "channel",
+    "claim",
+    "lock_namespace",
+    "register",
+    "unregister",
+]
+
+_LEASE: Final = "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl"
+
+# The owners whose leases no longer protect a run: lapsed or lock-less workers,
+# and the given owners (processes of this host that are gone).
+_DEAD: Final = f"""
+dead AS (
+    SELECT w.owner FROM {{workers}} w
+    WHERE w.expires <= {NOW} OR NOT EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.classid::int8 = %(namespace)s AND l.objid::int8 = w.lock_key
+    )
+    UNION ALL SELECT unnest(%(gone)s::text[])
+)"""
+
+_FREE: Final = (
+    f"(r.lease_owner IS NULL OR r.lease_expires <= {NOW} "
+    "OR r.lease_owner IN (SELECT owner FROM dead))"
+)
+
+_CLAIM: Final = f"""
+WITH {_DEAD},
+limits AS (
+    SELECT * FROM unnest(%(limited)s::text[], %(limits)s::int[]) AS l(queue, most)
+),
+room AS (
+    SELECT l.queue, l.most - count(r.run_id) AS left_
+    FROM limits l LEFT JOIN {{runs}} r
+        ON r.queue = l.queue AND r.state IN {CLAIMABLE} AND NOT {_FREE}
+    GROUP BY l.queue, l.most
+),
+candidates AS (
+    SELECT r.run_id, r.queue, r.priority, r.created_at,
+        {", ".join("r." + c.strip() for c in _LEASE.split(","))}
+    FROM {{runs}} r
+    WHERE r.state IN {CLAIMABLE}
+        AND r.agent_name = ANY(%(agents)s::text[])
+        AND (%(all_queues)s OR r.queue = ANY(%(queues)s::text[]))
+        AND (r.not_before IS NULL OR r.not_before <= {NOW})
+        AND r.schema_version <= {SCHEMA_VERSION}
+        AND {_FREE}
+        AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)
+    ORDER BY r.priority DESC, r.created_at, r.run_id
+    LIMIT %(limit)s + (SELECT COALESCE(sum(left_), 0) FROM room WHERE left_ > 0)
+    FOR UPDATE OF r SKIP LOCKED
+),
+chosen AS (
+    SELECT c.* FROM (
+        SELECT c.*, row_number() OVER (
+            PARTITION BY c.queue ORDER BY c.priority DESC, c.created_at, c.run_id
+        ) AS nth
+        FROM candidates c
+    ) c LEFT JOIN room ON room.queue = c.queue
+    WHERE room.queue IS NULL OR c.nth <= room.left_
+    ORDER BY c.priority DESC, c.created_at, c.run_id
+    LIMIT %(limit)s
+),
+upd AS (
+    UPDATE {{runs}} r SET
+        lease_owner = %(owner)s, lease_host = %(host)s, lease_pid = %(pid)s,
+        lease_generation = r.lease_generation + 1,
+        lease_expires = {NOW} + %(ttl)s, lease_ttl = %(ttl)s::float8
+    FROM chosen c
+    WHERE r.run_id = c.run_id
+    RETURNING {", ".join("r." + c.strip() for c in HEADER_COLUMNS.split(","))},
+        {", ".join(f"c.{c.strip()} AS previous_{c.strip()}" for c in _LEASE.split(","))},
+        c.priority AS order_priority, c.created_at AS order_created
+)
+SELECT * FROM upd ORDER BY order_priority DESC, order_created, run_id
+"""
+
+# This host's leases still live, to check their processes (DESIGN.md §3 rule 5).
+_LOCAL: Final = f"""
+SELECT DISTINCT lease_owner, lease_pid FROM {{runs}}
+WHERE lease_owner IS NOT NULL AND lease_host = %s AND lease_expires > {NOW}
+"""
+
+_REGISTER: Final = f"""
+INSERT INTO {{workers}} (owner, lock_key, expires) VALUES (%(owner)s, %(key)s, {NOW} + %(ttl)s)
+ON CONFLICT (owner) DO UPDATE SET lock_key = EXCLUDED.lock_key, expires = EXCLUDED.expires
+"""
+
+# Registrations lapsed a day ago: every lease they held has expired long since.
+_FORGET: Final = f"DELETE FROM {{workers}} WHERE expires < {NOW} - 86400"
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's changes."""
+    return f"durable_agent_{schema}"[:63]
+
+
+def lock_namespace(schema: str) -> int:
+    """The first key of this schema's advisory locks: a positive int4, alike in every process."""
+    return zlib.crc32(f"durable_agent.workers:{schema}".encode()) & 0x7FFFFFFF
+
+
+class Statements:
+    """The statements above with one schema's table names (``q`` is `Statements.q`)."""
+
+    def __init__(self, q: Callable[[str], str]) -> None:
+        self.claim = q(_CLAIM)
+        self.local = q(_LOCAL)
+        self.register = q(_REGISTER)
+        self.forget = q(_FORGET)
+        self.unregister = q("DELETE FROM {workers} WHERE owner = %s")
+        self.next_key = q("SELECT nextval('{worker_keys}')::int")
+
+
+async def claim(
+    link: Link,
+    stmts: Statements,
+    owner: LeaseOwner,
+    *,
+    namespace: int,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int],
+) -> list[ClaimedRun]:
+    """Claim up to ``limit`` runs for ``owner``: one transaction (see the module docstring)."""
+    gone = await _gone_here(link, stmts, owner.host)
+    params = claim_params(
+        owner, namespace=namespace, agents=agents, queues=queues, limit=limit, ttl=ttl,
+        max_running=max_running, gone=gone,
+    )
+    try:
+        async with link.claimer() as conn:
+            if not max_running:
+                cur = await conn.execute(stmts.claim, params)
+                return claimed_from_rows(await cur.fetchall())
+            # The queue locks first, then the claim's snapshot: it sees every
+            # claim committed before this one got the locks.
+            async with conn.pipeline(), conn.transaction():
+                for queue in sorted(max_running):
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, queue)
+                    )
+                cur = await conn.execute(stmts.claim, params)
+                rows = await cur.fetchall()
+            return claimed_from_rows(rows)
+    except psycopg.Error as exc:
+        raise StoreUnavailableError(
+            f"PostgreSQL store {link.settings.where}: a claim failed ({first_line(exc)}); "
+            "nothing was claimed"
+        ) from exc
+
+
+_LOOK_AGAIN: Final = 1.0
+"""Seconds between two looks at this host's leases for processes that are gone."""
+
+
+async def _gone_here(link: Link, stmts: Statements, host: str) -> list[str]:
+    """The owners of this host's live leases whose processes are gone (DESIGN.md §3 rule 5).
+
+    Looked up at most once a second: an owner once gone stays gone (its id
+    holds a random nonce), so only a death in the last second waits one more
+    claim, and the claim stays one round trip.
+    """
+    now = asyncio.get_running_loop().time()
+    if now - link.gone_checked >= _LOOK_AGAIN:
+        link.gone_checked = now
+        local = await link.read(stmts.local, (host,))
+        link.gone = {o for o, pid in local if isinstance(pid, int) and not process_alive(pid)}
+    return sorted(link.gone)
+
+
+async def register(
+    link: Link, stmts: Statements, owner: LeaseOwner, *, ttl: float, namespace: int
+) -> None:
+    """Hold ``owner``'s liveness lock on a connection of its own and renew its registration."""
+    live = link.liveness.get(owner.id)
+    try:
+        if live is None or not live.usable:
+            if live is not None:
+                live.abandon()
+            conn = await link.connect()
+            try:
+                # A fresh key each time: a session of this owner that the server
+                # has not yet noticed is gone may still hold the old one.
+                key = (await (await conn.execute(stmts.next_key)).fetchall())[0][0]
+                await conn.execute("SELECT pg_advisory_lock(%s, %s)", (namespace, key))
+            except BaseException:
+                await conn.close()
+                raise
+            live = link.liveness[owner.id] = Liveness(owner.id, int(key), conn)
+            await conn.execute(stmts.forget)
+        # Renewed on the lock's own connection: a worker cut off from the
+        # store cannot renew, so its registration lapses too.
+        await live.conn.execute(
+            stmts.register, {"owner": owner.id, "key": live.key, "ttl": float(ttl)}
+        )
+    except psycopg.Error as exc:
+        if live is not None:
+            live.abandon()
+        raise StoreUnavailableError(
+            f"PostgreSQL store {link.settings.where}: registering worker {owner.id} failed "
+            f"({first_line(exc)})"
+        ) from exc
+
+
+async def unregister(link: Link, stmts: Statements, owner: LeaseOwner) -> None:
+    """Delete ``owner``'s registration and close its lock's connection."""
+    await link.read(stmts.unregister, (owner.id,))
+    live = link.liveness.pop(owner.id, None)
+    if live is not None:
+        try:
+            await live.conn.close()
+        except psycopg.Error:
+            live.abandon()
+
+
+def claim_params(
+    owner: LeaseOwner,
+    *,
+    namespace: int,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int],
+    gone: Collection[str],
+) -> dict[str, object]:
+    """The parameters of the claim statement."""
+    limited = sorted(max_running)
+    return {
+        "namespace": namespace,
+        "gone": sorted(gone),
+        "limited": limited,
+        "limits": [max_running[q] for q in limited],
+        "agents": sorted(agents),
+        "all_queues": queues is None,
+        "queues": sorted(queues or ()),
+        "limit": limit,
+        "owner": owner.id,
+        "host": owner.host,
+        "pid": owner.pid,
+        "ttl": float(ttl),
+    }
+
+
+def claimed_from_rows(rows: list[tuple[Any, ...]]) -> list[ClaimedRun]:
+    """The claim statement's rows as `ClaimedRun`s (a damaged header is given up on)."""
+    claimed: list[ClaimedRun] = []
+    for row in rows:
+        try:
+            header = header_from_row(row[:WIDTH])
+        except CorruptRunError:
+            continue  # never claimable: its state column is checked above
+        owner, host, pid, generation, expires, ttl = row[WIDTH : WIDTH + 6]
+        previous = (
+            None
+            if owner is None
+            else Lease(
+                owner=owner,
+                host=host,
+                pid=pid,
+                generation=generation,
+                expires_at=expires,
+                ttl=ttl,
+                cancel_requested=header.cancel_requested,
+            )
+        )
+        claimed.append(ClaimedRun(header=header, previous=previous))
+    return claimed
+
+
+class Liveness:
+    """One worker's own connection, holding its advisory lock while the worker lives."""
+
+    def __init__(self, owner: str, key: int, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.owner = owner
+        self.key = key
+        self.conn = conn
+
+    @property
+    def usable(self) -> bool:
+        return not self.conn.closed and not self.conn.broken
+
+    def abandon(self) -> None:
+        if not self.conn.closed:
+            self.conn.pgconn.finish()
+
+
+class Listener:
+    """One event loop's LISTEN connection and the count of notifications it received."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+
+    def token(self) -> str:
+        return str(self.count)
+
+    def bump(self) -> None:
+        self.count += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait(self, after: str, timeout: float) -> str:
+        if after != self.token():
+            return self.token()
+        changed = self.changed
+        # Jittered, so a fleet's polls behind the notifications spread out.
+        with_jitter = timeout * random.uniform(0.8, 1.0)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), with_jitter)
+        return self.token()
+
+    def abandon(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            conn.pgconn.finish()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a live process has ``pid`` on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return True
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,265 @@
+"""One event loop's connections of a `PostgresBackend`: writer, readers, listener, liveness.
+
+psycopg's async connections belong to the loop that opened them, so the
+backend keeps one `Link` per loop and builds a new one when it is used from
+another (the synchronous ``agent.do()`` runs each call under its own
+``asyncio.run()``). A link holds:
+
+* the group-commit writer and its connection (`_postgres_writer`);
+* a pool of reader connections (psycopg_pool), also used by claims;
+* a LISTEN connection, opened on the first `wait_for_change`;
+* one connection per registered worker, holding its liveness lock.
+
+Every connection runs with ``synchronous_commit = on``. When the loop shuts
+down (``asyncio.run`` cancels leftover tasks), the writer task flushes its
+queue and closes all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from durable_agent.backends import _postgres_schema as schema
+from durable_agent.backends._postgres_claims import Listener, Liveness
+from durable_agent.backends._postgres_writer import Merge, Params, Rows, Stats, Writer
+from durable_agent.errors import StoreUnavailableError
+
+__all__ = ["Link", "Settings", "first_line"]
+
+
+class Settings:
+    """What every link of one backend connects with."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        schema: str,
+        where: str,
+        pool_size: int,
+        max_batch: int,
+        connect_timeout: float,
+        channel: str,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.where = where
+        self.pool_size = pool_size
+        self.max_batch = max_batch
+        self.connect_timeout = connect_timeout
+        self.channel = channel
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    # An intent must be durable before its effect starts, whatever the
+    # server's or the role's default says.
+    await conn.execute("SET synchronous_commit = on")
+
+
+class Link:
+    """One event loop's connections; build with `Link.open`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.writer: Writer
+        self.pool: AsyncConnectionPool[Any]
+        self.listener: Listener | None = None
+        self._listening: asyncio.Future[None] | None = None
+        self.liveness: dict[str, Liveness] = {}
+        self._claimer: psycopg.AsyncConnection[Any] | None = None
+        self._claiming = asyncio.Lock()
+        self.gone: set[str] = set()
+        """Owners of this host's leases whose processes are gone (`_postgres_claims`)."""
+        self.gone_checked = -1e9
+
+    @classmethod
+    async def open(cls, settings: Settings, stats: Stats, merge: Merge) -> Link:
+        """Connect, create or migrate the tables, open the pool, start the writer."""
+        link = cls(asyncio.get_running_loop(), settings)
+        first = await link.connect()
+        try:
+            await schema.prepare(first, settings.schema)
+        except psycopg.Error as exc:
+            await first.close()
+            raise StoreUnavailableError(
+                f"PostgreSQL store {settings.where}: creating the tables failed "
+                f"({first_line(exc)})"
+            ) from exc
+        except BaseException:
+            await first.close()
+            raise
+        link.pool = AsyncConnectionPool(
+            settings.url,
+            min_size=1,
+            max_size=settings.pool_size,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout))},
+            configure=_configure,
+            open=False,
+            name=f"durable_agent {settings.schema}",
+        )
+        try:
+            await link.pool.open(wait=True, timeout=settings.connect_timeout)
+        except Exception as exc:
+            await first.close()
+            await link.pool.close()
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
+            ) from exc
+        link.writer = Writer(
+            link.loop, link.connect, settings.where, settings.max_batch, stats, merge,
+            notify=sql.SQL("SELECT pg_notify({}, '')").format(settings.channel).as_string(None),
+        )
+        link.writer.conn = first
+        link.writer.also_close = link._close_others
+        link.writer.start()
+        return link
+
+    @property
+    def usable(self) -> bool:
+        return self.writer.usable and not self.pool.closed
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        """A new configured connection in autocommit, or `StoreUnavailableError`."""
+        settings = self.settings
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                settings.url,
+                autocommit=True,
+                connect_timeout=max(1, round(settings.connect_timeout)),
+            )
+            await _configure(conn)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
+            ) from exc
+        return conn
+
+    async def read(self, query: str, params: Params) -> Rows:
+        """One statement on a pool connection; driver errors become store errors."""
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                rows: Rows = await cur.fetchall() if cur.description else []
+                return rows
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self.settings.where}: read failed ({first_line(exc)})"
+            ) from exc
+
+    @asynccontextmanager
+    async def claimer(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The claims' own connection, one claim at a time.
+
+        Its statement is prepared at once with a generic plan: planning the
+        claim costs ~10 ms, running it under 1 ms. Its commits are asynchronous
+        (``synchronous_commit = off``), which is safe for a claim: the
+        claimer's first append, synchronous, flushes the WAL up to and past
+        the claim before any effect starts; a claim lost with the server's
+        last moments only makes the run claimable again.
+        """
+        async with self._claiming:
+            conn = self._claimer
+            if conn is None or conn.closed or conn.broken:
+                conn = self._claimer = await self.connect()
+                conn.prepare_threshold = 0
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                await conn.execute("SET synchronous_commit = off")
+            yield conn
+
+    # -- wake-ups ---------------------------------------------------------------------------
+
+    async def listening(self) -> Listener:
+        """The loop's listener, once its LISTEN is in force (started on first use)."""
+        if self.listener is None:
+            self.listener = Listener()
+            self._listening = self.loop.create_future()
+            self.listener.task = self.loop.create_task(
+                self._listen(self.listener, self._listening),
+                name=f"PostgresBackend listener {self.settings.where}",
+            )
+        assert self._listening is not None
+        await asyncio.shield(self._listening)
+        return self.listener
+
+    async def _listen(self, listener: Listener, ready: asyncio.Future[None]) -> None:
+        pause = 0.1
+        try:
+            while True:
+                try:
+                    conn = await self.connect()
+                    listener.conn = conn
+                    await conn.execute(sql.SQL("LISTEN {}").format(
+                        sql.Identifier(self.settings.channel)))
+                    pause = 0.1
+                    if ready.done():
+                        listener.bump()  # notifications sent while reconnecting are lost
+                    else:
+                        ready.set_result(None)
+                    async for _ in conn.notifies():
+                        listener.bump()
+                except (psycopg.Error, StoreUnavailableError) as exc:
+                    listener.abandon()
+                    if not ready.done():
+                        ready.set_exception(
+                            exc if isinstance(exc, StoreUnavailableError) else
+                            StoreUnavailableError(
+                                f"PostgreSQL store {self.settings.where}: LISTEN failed "
+                                f"({first_line(exc)})"
+                            )
+                        )
+                        return
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+        finally:
+            last, listener.conn = listener.conn, None
+            if last is not None and not last.closed:
+                with suppress(Exception):
+                    await last.close()
+
+    # -- shutting down ----------------------------------------------------------------------
+
+    async def _close_others(self) -> None:
+        """Close everything but the writer's connection (the writer closes that itself)."""
+        listener = self.listener
+        if listener is not None and listener.task is not None and not listener.task.done():
+            listener.task.cancel()
+            with suppress(BaseException):
+                await listener.task
+        for live in list(self.liveness.values()):
+            with suppress(Exception):
+                await live.conn.close()
+        self.liveness.clear()
+        claimer, self._claimer = self._claimer, None
+        if claimer is not None:
+            with suppress(Exception):
+                await claimer.close()
+        await self.pool.close()
+
+    async def shutdown(self) -> None:
+        """Flush the writer's queue and close every connection (from this link's loop)."""
+        await self.writer.shutdown()
+        await self._close_others()
+
+    def abandon(self) -> None:
+        """Drop a link whose event loop is gone: nothing of it can be awaited any more."""
+        self.writer.abandon()
+        if self.listener is not None:
+            self.listener.abandon()
+        for live in self.liveness.values():
+            live.abandon()
+        self.liveness.clear()
+        if self._claimer is not None and not self._claimer.closed:
+            self._claimer.pgconn.finish()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (psycopg adds DETAIL and HINT lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

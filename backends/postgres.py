@@ -1,0 +1,539 @@
+"""A durable store in PostgreSQL, shared by every process and host that reaches it.
+
+Each run is a row of ``runs`` (the header, one column per field) plus rows of
+``events`` (one compact JSON text per event, written by
+`durable_agent.records.encode_event`), in one schema of their own; the tables
+are created on first use (`durable_agent.backends._postgres_schema`).
+
+* **One round trip per append.** The compare-and-set on ``seq`` and the lease
+  generation, the events, the header's new state and the lease renewal are
+  one statement (`durable_agent.backends._postgres_sql`).
+* **Group commit.** Every write goes through one writer connection per event
+  loop, which sends all the writes queued during the previous commit in one
+  pipelined transaction; each keeps its own check, so one refused append fails
+  alone (`durable_agent.backends._postgres_writer`).
+* **The server's clock.** Lease expiry is judged and set by
+  ``clock_timestamp()`` on the database server, never by the client's clock,
+  so hosts whose clocks disagree still agree on who holds a run.
+* **Durable on return.** Every connection runs with ``synchronous_commit =
+  on``: an append has reached the server's disk (and, with
+  ``synchronous_standby_names`` set on the server, a standby) before it returns.
+
+Reads use a small connection pool (psycopg_pool). The backend is bound to no
+event loop: it connects lazily, and reconnects when used from another loop
+(the synchronous ``agent.do()`` runs each call under its own ``asyncio.run()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Final
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from durable_agent.backend import (
+    Backend,
+    Capability,
+    ClaimedRun,
+    LeaseOwner,
+    Position,
+    RunPage,
+    UnreadableRun,
+    check_append,
+    check_claim_args,
+    decode_cursor,
+    make_page,
+    mark_secret,
+)
+from durable_agent.backends import _postgres_claims as claims
+from durable_agent.backends import _postgres_sql as q
+from durable_agent.backends._postgres_link import Link, Settings, first_line
+from durable_agent.backends._postgres_writer import Params, Rows, Stats
+from durable_agent.errors import (
+    ConcurrentUpdateError,
+    ConfigurationError,
+    CorruptRunError,
+    LeaseLostError,
+    RunBusyError,
+    RunExistsError,
+    RunNotFoundError,
+    StoreUnavailableError,
+)
+from durable_agent.fsm import RunState
+from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event
+
+__all__ = ["PostgresBackend"]
+
+_IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
+
+
+class PostgresBackend(Backend):
+    """Runs in PostgreSQL, durable and shared by every process and host.
+
+    Args:
+        url: a libpq connection URL, ``postgresql://user:password@host:port/db``
+            (its query parameters other than the options below go to libpq,
+            e.g. ``?sslmode=require``). The password is marked secret
+            (`durable_agent.mark_secret`) so it never reaches stored data or
+            an error message.
+        schema: the PostgreSQL schema that holds the tables, created on first
+            use; one per application (or per test run).
+        session_id: tags the runs an agent creates through this backend.
+        user_id: tags the runs an agent creates through this backend.
+        pool_size: most connections the readers' pool opens (the writer has
+            one more of its own).
+        max_batch: most writes committed together in one transaction.
+        connect_timeout: seconds to wait for the server when connecting.
+
+    The constructor does no I/O. Close it with ``await backend.close()`` or
+    ``async with``. Behind PgBouncer use session pooling: the writer's
+    pipeline and the workers' advisory locks need a session of their own.
+    """
+
+    capabilities = frozenset(
+        {
+            Capability.CROSS_PROCESS,
+            Capability.GROUP_COMMIT,
+            Capability.DURABLE,
+            Capability.CLAIM,
+            Capability.QUEUE_LIMIT,
+            Capability.WORKER_LIVENESS,
+            Capability.WAKE_UP,
+        }
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "durable_agent",
+        session_id: str | None = None,
+        user_id: str | None = None,
+        pool_size: int = 4,
+        max_batch: int = 256,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(session_id=session_id, user_id=user_id)
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                f"PostgresBackend(url=...) must be a str, got {type(url).__name__}"
+            )
+        try:
+            info = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"PostgresBackend: malformed connection URL ({exc})") from exc
+        password = info.get("password")
+        if isinstance(password, str):
+            mark_secret(password)
+        if not isinstance(schema, str) or not re.match(_IDENTIFIER, schema):
+            raise ConfigurationError(
+                f"PostgresBackend(schema={schema!r}) must be a plain identifier (letters, "
+                "digits and '_', not starting with a digit, at most 63 characters)"
+            )
+        for name, value, least in (("pool_size", pool_size, 1), ("max_batch", max_batch, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigurationError(
+                    f"PostgresBackend({name}={value!r}) must be an int of at least {least}"
+                )
+        if (
+            not isinstance(connect_timeout, int | float)
+            or isinstance(connect_timeout, bool)
+            or not math.isfinite(connect_timeout)
+            or connect_timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"PostgresBackend(connect_timeout={connect_timeout!r}) must be seconds > 0"
+            )
+        self.url = url
+        self.schema = schema
+        self._where = (
+            f"{info.get('user') or ''}@{info.get('host') or 'localhost'}:"
+            f"{info.get('port') or 5432}/{info.get('dbname') or ''} schema {schema}"
+        )
+        self._max_batch = max_batch
+        self._settings = Settings(
+            url=url,
+            schema=schema,
+            where=self._where,
+            pool_size=pool_size,
+            max_batch=max_batch,
+            connect_timeout=float(connect_timeout),
+            channel=claims.channel(schema),
+        )
+        self._sql = q.Statements(schema)
+        self._claims = claims.Statements(self._sql.q)
+        self._namespace = claims.lock_namespace(schema)
+        self.stats = Stats()
+        """Group-commit counters (batches, writes, largest batch)."""
+        self._link: Link | None = None
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self._where!r})"
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError(f"{self!r} is closed")
+
+    async def _connected(self) -> Link:
+        link = self._link
+        if link is not None and link.usable and link.loop is asyncio.get_running_loop():
+            return link
+        return await self._reconnect()
+
+    async def _reconnect(self) -> Link:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            link = self._link
+            if link is not None and link.usable and link.loop is loop:
+                return link
+            self._link = None
+            if link is not None:
+                await self._drop(link)
+            link = await Link.open(
+                self._settings, self.stats, lambda appends: q.merge_appends(self._sql, appends)
+            )
+            if self._closed:  # close() ran while this connected
+                await link.shutdown()
+                raise StoreUnavailableError(f"{self!r} is closed")
+            self._link = link
+            return link
+
+    @staticmethod
+    async def _drop(link: Link) -> None:
+        if link.loop is asyncio.get_running_loop():
+            await link.shutdown()
+        else:
+            link.abandon()
+
+    async def _write(
+        self,
+        run_id: str,
+        query: str,
+        params: Params,
+        *,
+        mergeable: bool = False,
+        notify: bool = False,
+    ) -> Rows:
+        link = await self._connected()
+        try:
+            rows: Rows = await link.writer.submit(
+                run_id, query, params, mergeable=mergeable, notify=notify
+            )
+            return rows
+        except psycopg.IntegrityError as exc:
+            raise CorruptRunError(
+                run_id, None, f"PostgreSQL refused the write ({first_line(exc)}): rows disagree"
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self._where}: a write of run {run_id!r} failed "
+                f"({first_line(exc)}); it was not stored"
+            ) from exc
+
+    async def _read(self, query: str, params: Params) -> Rows:
+        return await (await self._connected()).read(query, params)
+
+    async def _header(self, run_id: str) -> tuple[RunHeader, float]:
+        """The stored header and the server's clock now; `RunNotFoundError`."""
+        rows = await self._read(self._sql.header, (run_id,))
+        if not rows:
+            raise RunNotFoundError(run_id)
+        return q.header_from_row(rows[0][: q.WIDTH]), float(rows[0][q.WIDTH])
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
+        seqs = [event.seq for event in events]
+        if len(set(seqs)) != len(seqs):
+            raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
+        params = q.create_params(header, events)
+        if not await self._write(header.run_id, self._sql.create, params, notify=True):
+            raise RunExistsError(header.run_id)
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        expected_seq: int,
+        lease: Lease,
+        release: bool = False,
+    ) -> Lease:
+        events = tuple(events)
+        if any(e.seq != expected_seq + i for i, e in enumerate(events, start=1)):
+            check_append((await self._header(run_id))[0], events, expected_seq=expected_seq,
+                         lease=lease)
+        seqs, bodies = q.event_arrays(events)
+        moved = any(e.trigger is not None for e in events)
+        params: dict[str, object] = {
+            "run_id": run_id,
+            "expected": expected_seq,
+            "generation": lease.generation,
+            "owner": lease.owner,
+            "ttl": lease.ttl,
+            "release": release,
+            "new_seq": events[-1].seq if events else expected_seq,
+            "state": events[-1].state.value if events and moved else None,
+            "seqs": seqs,
+            "bodies": bodies,
+        }
+        # A run coming to rest or given up wakes the waiters; a step in between does not.
+        rests = release or (bool(events) and events[-1].state in _AT_REST)
+        rows = await self._write(
+            run_id, self._sql.append, params, mergeable=True, notify=rests
+        )
+        if not rows:
+            header, _ = await self._header(run_id)
+            check_append(header, events, expected_seq=expected_seq, lease=lease)
+            raise ConcurrentUpdateError(run_id, "the append was refused; reload the run")
+        cancel_requested, expires = rows[0]
+        return lease.model_copy(
+            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
+        )
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        rows = await self._read(self._sql.load, (run_id,))
+        if not rows:
+            raise RunNotFoundError(run_id)
+        row = rows[0]
+        header = q.header_from_row(row[: q.WIDTH])
+        seqs: list[int] = row[q.WIDTH] or []
+        bodies: list[str] = row[q.WIDTH + 1] or []
+        events: list[Event] = []
+        for position, (seq, body) in enumerate(zip(seqs, bodies, strict=True), start=1):
+            if seq != position:
+                raise CorruptRunError(run_id, position, "the event is missing from the log")
+            events.append(decode_event(run_id, seq, body))
+        if len(events) != header.seq:
+            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
+        return StoredRun(header=header, events=tuple(events))
+
+    async def get_run(self, run_id: str) -> RunHeader:
+        return (await self._header(run_id))[0]
+
+    async def list_runs(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        states: Collection[RunState] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RunPage:
+        self._check_open()
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigurationError(f"list_runs(limit={limit}) must be at least 1")
+        where: list[str] = ["TRUE"]
+        params: list[object] = []
+        for column, value in (("session_id", session_id), ("user_id", user_id)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if states is not None:
+            wanted = sorted({RunState(s).value for s in states})
+            if not wanted:
+                return RunPage(runs=(), next_cursor=None)
+            where.append("state = ANY(%s)")
+            params.append(wanted)
+        if created_after is not None:
+            where.append("created_at > %s")
+            params.append(q.timestamp(created_after, "list_runs(created_after=...)"))
+        if created_before is not None:
+            where.append("created_at < %s")
+            params.append(q.timestamp(created_before, "list_runs(created_before=...)"))
+        if cursor:
+            where.append("(created_at, run_id) < (%s, %s)")
+            params.extend(decode_cursor(cursor))
+        found: list[RunHeader] = []
+        unreadable: list[tuple[Position | None, UnreadableRun]] = []
+        after: tuple[float, str] | None = None
+        # A page of `limit + 1` readable headers; unreadable rows met on the way
+        # do not count, so ask again past them until the page is full.
+        while len(found) <= limit:
+            clauses = [*where, "(created_at, run_id) < (%s, %s)"] if after else where
+            asked = limit + 1 - len(found)
+            query = self._sql.q(
+                f"SELECT {q.HEADER_COLUMNS} FROM {{runs}} WHERE {' AND '.join(clauses)}"
+                " ORDER BY created_at DESC, run_id DESC LIMIT %s"
+            )
+            rows = await self._read(query, (*params, *(after or ()), asked))
+            for row in rows:
+                try:
+                    found.append(q.header_from_row(row))
+                except CorruptRunError as exc:
+                    place = (float(row[6]), str(row[0]))
+                    unreadable.append((place, UnreadableRun.from_error(str(row[0]), exc)))
+            if len(rows) < asked:
+                break
+            after = (float(rows[-1][6]), str(rows[-1][0]))
+        return make_page(found, limit=limit, unreadable=unreadable)
+
+    async def delete_run(self, run_id: str) -> bool:
+        rows = await self._write(run_id, self._sql.delete, {"run_id": run_id})
+        return bool(rows and rows[0][0])
+
+    async def prune(
+        self,
+        *,
+        older_than: datetime,
+        states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
+    ) -> int:
+        before = q.timestamp(older_than, "prune(older_than=...)")
+        wanted = sorted({RunState(s).value for s in states})
+        if not wanted:
+            self._check_open()
+            return 0
+        link = await self._connected()
+        try:
+            async with link.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(self._sql.prune, {"states": wanted, "before": before})
+                doomed: list[str] = []
+                for row in await cur.fetchall():
+                    try:
+                        q.header_from_row(row)
+                    except CorruptRunError:
+                        continue  # reported by load_run, never deleted by a sweep
+                    doomed.append(str(row[0]))
+                if not doomed:
+                    return 0
+                cur = await conn.execute(self._sql.prune_delete, {"ids": doomed})
+                found = await cur.fetchone()
+                return int(found[0]) if found else 0
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self._where}: prune failed ({first_line(exc)})"
+            ) from exc
+
+    async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        rows = await self._write(
+            run_id, self._sql.cancel, {"run_id": run_id, "reason": reason}, notify=True
+        )
+        if not rows:
+            raise RunNotFoundError(run_id)
+        return q.header_from_row(rows[0])
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
+    ) -> Lease:
+        params = {
+            "run_id": run_id,
+            "owner": owner.id,
+            "host": owner.host,
+            "pid": owner.pid,
+            "ttl": float(ttl),
+            "takeover": takeover,
+        }
+        rows = await self._write(run_id, self._sql.acquire, params)
+        if not rows:
+            header, now = await self._header(run_id)
+            held = header.lease
+            if held is None:  # released between the two statements: try once more
+                rows = await self._write(run_id, self._sql.acquire, params)
+            if not rows:
+                holder = held.owner if held else "another owner"
+                left = held.expires_at - now if held else 0.0
+                raise RunBusyError(run_id, holder, max(left, 0.0))
+        generation, expires, cancel_requested = rows[0]
+        return Lease(
+            owner=owner.id,
+            host=owner.host,
+            pid=owner.pid,
+            generation=int(generation),
+            expires_at=float(expires),
+            ttl=float(ttl),
+            cancel_requested=cancel_requested,
+        )
+
+    async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
+        params = {"run_id": run_id, "generation": lease.generation, "ttl": lease.ttl}
+        rows = await self._write(run_id, self._sql.renew, params)
+        if not rows:
+            await self._header(run_id)  # RunNotFoundError / CorruptRunError first
+            raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
+        expires, cancel_requested = rows[0]
+        return lease.model_copy(
+            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
+        )
+
+    async def release_lease(self, run_id: str, lease: Lease) -> None:
+        params = {"run_id": run_id, "generation": lease.generation}
+        await self._write(run_id, self._sql.release, params, notify=True)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim natively: one transaction over the claimable index (`_postgres_claims`)."""
+        check_claim_args(agents, limit, ttl, max_running)
+        self._check_open()
+        if limit == 0 or not agents:
+            return []
+        return await claims.claim(
+            await self._connected(),
+            self._claims,
+            owner,
+            namespace=self._namespace,
+            agents=agents,
+            queues=queues,
+            limit=limit,
+            ttl=ttl,
+            max_running=max_running or {},
+        )
+
+    async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:
+        """Hold ``owner``'s advisory lock on its own connection and renew its registration."""
+        await claims.register(
+            await self._connected(), self._claims, owner, ttl=ttl, namespace=self._namespace
+        )
+
+    async def unregister_worker(self, owner: LeaseOwner) -> None:
+        """Forget ``owner``'s registration and release its advisory lock."""
+        await claims.unregister(await self._connected(), self._claims, owner)
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        """Wait for a notification of a change (LISTEN/NOTIFY), at most ``timeout`` seconds."""
+        listener = await (await self._connected()).listening()
+        if after is None:
+            return listener.token()
+        return await listener.wait(after, timeout)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit the writes already queued, then close every connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self._lock is not None and self._lock_loop is loop:
+            async with self._lock:  # let a connect in progress finish first
+                pass
+        link, self._link = self._link, None
+        if link is not None:
+            await self._drop(link)
