@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "e": "bench_import",
     "f": "bench_provider_overhead",
     "g": "bench_backends",
+    "h": "bench_workers",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
