@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -52,10 +53,42 @@ CLAIM_P99_TARGET_MS = 10.0
 FLAT_TARGET = 1.5
 """The largest store's claim p50 over the smallest's: claims must not slow as runs pile up."""
 
+POSTGRES_URL = os.environ.get(
+    "DURABLE_AGENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_SCHEMAS: list[str] = []
+"""The PostgreSQL schemas this run made, dropped at its end."""
+
+
+def _postgres(folder: Path) -> str:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    _SCHEMAS.append(schema)
+    return f"{POSTGRES_URL}?schema={schema}"
+
+
+def _postgres_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _drop_schemas() -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        while _SCHEMAS:
+            conn.execute(f"DROP SCHEMA IF EXISTS {_SCHEMAS.pop()} CASCADE")
+
+
 STORES: dict[str, Callable[[Path], str]] = {
     "sqlite": lambda folder: f"sqlite:///{folder / 'runs.db'}",
+    "postgres": _postgres,
 }
-"""Store name -> a fresh store URL in a scratch folder (add PostgreSQL here)."""
+"""Store name -> a fresh store URL in a scratch folder (a schema of its own on PostgreSQL)."""
 
 
 # -- the application the worker processes run ---------------------------------------------
@@ -304,14 +337,26 @@ def claim_latency(store: str, sizes: list[int], samples: int) -> list[Row]:
 def run(quick: bool, *, million: bool = False) -> list[Row]:
     rows: list[Row] = []
     for store in STORES:
-        rows.extend(recovery(store, trials=3 if quick else 10))
-        runs = 60 if quick else 300
-        for processes in (1, 2, 4):
-            rows.append(throughput(store, runs, processes))
-        sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
-        if million:
-            sizes.append(1_000_000)
-        rows.extend(claim_latency(store, sizes, samples=100 if quick else 300))
+        if store == "postgres" and not _postgres_reachable():
+            rows.append(info(NAME, "postgres", f"skipped: {POSTGRES_URL} is not reachable"))
+            continue
+        try:
+            rows.extend(_one_store(store, quick, million))
+        finally:
+            if store == "postgres":
+                _drop_schemas()
+    return rows
+
+
+def _one_store(store: str, quick: bool, million: bool) -> list[Row]:
+    rows = recovery(store, trials=3 if quick else 10)
+    runs = 60 if quick else 300
+    for processes in (1, 2, 4):
+        rows.append(throughput(store, runs, processes))
+    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+    if million:
+        sizes.append(1_000_000)
+    rows.extend(claim_latency(store, sizes, samples=100 if quick else 300))
     return rows
 
 
