@@ -1,4 +1,4 @@
-"""(h) PostgreSQL: an append against one raw INSERT+COMMIT, and group commit's throughput.
+"""(i) PostgreSQL: an append against one raw INSERT+COMMIT, and group commit's throughput.
 
 1. Cost per transition: one run, ``N`` sequential appends of one tool-result
    event (~600 bytes of JSON) through `PostgresBackend`, against the floor:
@@ -48,7 +48,7 @@ from durable_agent.records import (
     encode_event,
 )
 
-NAME = "h) postgres"
+NAME = "i) postgres"
 URL = os.environ.get(
     "DURABLE_AGENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -31,7 +31,8 @@ BENCHMARKS: dict[str, str] = {
     "e": "bench_import",
     "f": "bench_provider_overhead",
     "g": "bench_backends",
-    "h": "bench_postgres",
+    "h": "bench_workers",
+    "i": "bench_postgres",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
@@ -39,7 +40,7 @@ dependencies (the vendor SDKs for f) are missing is reported as skipped, not fat
 
 REQUIRES: dict[str, tuple[str, ...]] = {
     "f": ("openai", "anthropic"),
-    "h": ("psycopg", "psycopg_pool"),
+    "i": ("psycopg", "psycopg_pool"),
 }
 """Optional packages a benchmark needs; without them it is skipped."""
 

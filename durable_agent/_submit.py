@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from durable_agent.task import Task
 if TYPE_CHECKING:
     from durable_agent.agent import Agent
 
-__all__ = ["AT_REST", "RunHandle", "poll", "submit", "wait_for_rest"]
+__all__ = ["AT_REST", "RunHandle", "parsed", "poll", "submit", "wait_for_rest"]
 
 AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 """States a run rests in: nobody drives it until someone decides, resumes or deletes it."""
@@ -166,6 +167,13 @@ async def poll(
         else:
             await asyncio.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 1.5, longest_pause)
+
+
+def parsed(output: RunOutput, output_type: type[BaseModel] | None) -> RunOutput:
+    """``output`` with its final answer parsed as ``output_type`` (when both are there)."""
+    if output_type is None or output.output is None:
+        return output
+    return dataclasses.replace(output, parsed=output_type.model_validate_json(output.output))
 
 
 async def wait_for_rest(db: Backend, run_id: str, timeout: float | None) -> RunHeader:

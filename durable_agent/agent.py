@@ -426,12 +426,7 @@ class Agent:
         check_run_id(run_id, "wait_run_async(run_id)")
         with self._naming_store(run_id):
             await _submit.wait_for_rest(self.db, run_id, timeout)
-        output = await self.get_run_async(run_id)
-        if output_type is not None and output.output is not None:
-            output = dataclasses.replace(
-                output, parsed=output_type.model_validate_json(output.output)
-            )
-        return output
+        return _submit.parsed(await self.get_run_async(run_id), output_type)
 
     def wait_run(self, run_id: str, *, timeout: float | None = None) -> RunOutput:
         """Synchronous twin of `wait_run_async`."""

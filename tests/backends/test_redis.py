@@ -287,6 +287,9 @@ def test_retention_expires_finished_runs_and_their_index_entries(redis_url: str)
 def test_a_created_run_is_one_hash_and_one_list_under_one_hash_tag(store: RedisBackend) -> None:
     async def main() -> None:
         await store.create_run(header("r1", session_id="s", user_id="u"), [created()])
+        from durable_agent.backends import _redis_workers
+
+        await _redis_workers.flush(store)  # the wake-up is announced on its own task
         client = await _raw(store)
         async with client:
             keys = sorted([k.decode() async for k in client.scan_iter(match=f"{store.prefix}*")])
@@ -299,6 +302,7 @@ def test_a_created_run_is_one_hash_and_one_list_under_one_hash_tag(store: RedisB
                 f"{store.prefix}idx:state:PENDING",
                 f"{store.prefix}idx:session:s",
                 f"{store.prefix}idx:user:u",
+                f"{store.prefix}{{changes}}",  # the wake-up stream: a run no one holds yet
             ]
         )
         assert fields[b"state"] == b"PENDING"

@@ -74,7 +74,7 @@ async def effect(n: int, ctx: ToolContext) -> str:
     started = _dir() / "started"
     started.mkdir(exist_ok=True)
     (started / f"{ctx.run_id}-{n}-{os.getpid()}").touch()
-    while (_dir() / "gate").exists():  # held open by the test
+    while (_dir() / "gate").exists():  # noqa: ASYNC110 - held open by another process
         await asyncio.sleep(0.01)
     await asyncio.to_thread(_leave, ctx.idempotency_key, ctx.run_id)
     return f"effect {n} done"

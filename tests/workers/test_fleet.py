@@ -126,13 +126,15 @@ def sqlite_fleet(tmp_path: Path) -> Iterator[Fleet]:
     fleet.stop()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def any_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'runs.db'}"
     else:
-        redis_url = request.getfixturevalue("redis_url")
-        url = f"{redis_url}?prefix=fleet-{uuid.uuid4().hex[:10]}:"
+        server = request.getfixturevalue(
+            "redis_url" if request.param == "redis" else "redis_cluster_url"
+        )
+        url = f"{server}?prefix=fleet-{uuid.uuid4().hex[:10]}:"
     fleet = Fleet(tmp_path, url)
     yield fleet
     fleet.stop()

@@ -1,0 +1,374 @@
+"""(h) Workers: recovery after SIGKILL, throughput per worker process, claim latency.
+
+Three measurements, each over every store in `STORES` (SQLite here; a store is
+a name and a function that gives a fresh URL in a folder, so PostgreSQL is
+one more entry):
+
+1. **Recovery**: a worker process holds a run mid-tool (the tool waits on a
+   gate file); a second worker idles. The first is SIGKILLed; recovery is the
+   time from the kill to the first event the new owner appends (its ``at``,
+   same host, same clock). p50/p95 over the trials. SQLite has no wake-up: the
+   idle worker finds the run at its next poll (at most 1 s apart).
+2. **Throughput**: runs/s of 1, 2 and 4 worker processes (``--concurrency
+   16`` each) on runs of one tool call, from the first submit until every run
+   is DONE; the workers are up and idle before the clock starts.
+3. **Claim latency**: ``claim_runs(limit=1)`` p50/p99 in stores of 10^3, 10^4
+   and 10^5 runs (``--quick``: 10^3, 10^4; ``--million``: 10^6 too), mostly
+   DONE, 10% WAITING, and enough PENDING to claim. It must not grow with
+   finished runs: the p50 of the largest store over the smallest's is gated.
+   On SQLite a claim is a durable write (an fsync with ``synchronous=FULL``),
+   so its p99 is reported, not gated; the PostgreSQL target is p99 <= 10 ms.
+
+Run alone: ``python benchmarks/bench_workers.py [--quick] [--million]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+from _common import Row, gated, info, machine_summary, print_table, scratch_dir
+
+from durable_agent import Agent, RunState, ScriptedModel, ToolCall, ToolContext, tool
+from durable_agent.backend import Backend, LeaseOwner
+from durable_agent.backends.memory import MemoryBackend
+from durable_agent.records import CreatedEvent, RunHeader, UserMessage, utcnow
+from durable_agent.registry import open_backend
+
+NAME = "h) workers"
+HERE = Path(__file__).resolve().parent
+DEADLINE = 120.0
+RECOVERY_TARGET_S = 2.0
+CLAIM_P99_TARGET_MS = 10.0
+FLAT_TARGET = 1.5
+"""The largest store's claim p50 over the smallest's: claims must not slow as runs pile up."""
+
+POSTGRES_URL = os.environ.get(
+    "DURABLE_AGENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_SCHEMAS: list[str] = []
+"""The PostgreSQL schemas this run made, dropped at its end."""
+
+
+def _postgres(folder: Path) -> str:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    _SCHEMAS.append(schema)
+    return f"{POSTGRES_URL}?schema={schema}"
+
+
+def _postgres_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _drop_schemas() -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        while _SCHEMAS:
+            conn.execute(f"DROP SCHEMA IF EXISTS {_SCHEMAS.pop()} CASCADE")
+
+
+STORES: dict[str, Callable[[Path], str]] = {
+    "sqlite": lambda folder: f"sqlite:///{folder / 'runs.db'}",
+    "postgres": _postgres,
+}
+"""Store name -> a fresh store URL in a scratch folder (a schema of its own on PostgreSQL)."""
+
+
+# -- the application the worker processes run ---------------------------------------------
+
+
+@tool
+async def step(ctx: ToolContext) -> str:
+    """Wait while the gate file exists (the recovery trial holds a call open there)."""
+    marker = Path(os.environ.get("BENCH_DIR", ".")) / f"started-{ctx.run_id}-{os.getpid()}"
+    marker.touch()
+    gate = Path(os.environ.get("BENCH_DIR", ".")) / "gate"
+    while gate.exists():  # noqa: ASYNC110 - held open by another process
+        await asyncio.sleep(0.005)
+    return "ok"
+
+
+def _agent(db: Backend | str) -> Agent:
+    return Agent(ScriptedModel([ToolCall("step"), "done"]), db=db, tools=[step], name="bench")
+
+
+AGENT = _agent(MemoryBackend())
+"""What the worker processes serve: ``--agent bench_workers:AGENT``."""
+
+
+class Fleet:
+    def __init__(self, folder: Path, url: str) -> None:
+        self.folder, self.url = folder, url
+        self.env = {**os.environ, "BENCH_DIR": str(folder), "PYTHONPATH": str(HERE)}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 16) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "durable_agent", "worker", "--db", self.url,
+             "--agent", "bench_workers:AGENT", "--concurrency", str(concurrency)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def started(self, proc: subprocess.Popen[bytes]) -> bool:
+        index = self.procs.index(proc)
+        return "started:" in (self.folder / f"worker-{index}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+async def _submit(url: str, count: int) -> list[str]:
+    async with _agent(url) as agent:
+        return [(await agent.submit_async("go")).run_id for _ in range(count)]
+
+
+async def _done(url: str, run_ids: list[str]) -> int:
+    backend = open_backend(url)
+    async with backend:
+        headers = [await backend.get_run(r) for r in run_ids]
+    return sum(h.state is RunState.DONE for h in headers)
+
+
+async def _first_event_after(url: str, run_id: str, moment: float) -> float | None:
+    backend = open_backend(url)
+    async with backend:
+        stored = await backend.load_run(run_id)
+    after = [e.at.timestamp() for e in stored.events if e.at.timestamp() >= moment]
+    return min(after) if after else None
+
+
+# -- 1. recovery ------------------------------------------------------------------------------
+
+
+def recovery(store: str, trials: int) -> list[Row]:
+    seconds: list[float] = []
+    with scratch_dir() as folder:
+        fleet = Fleet(folder, STORES[store](folder))
+        try:
+            for _ in range(trials):
+                (folder / "gate").touch()
+                victim = fleet.start()
+                (run_id,) = asyncio.run(_submit(fleet.url, 1))
+                _wait((folder / f"started-{run_id}-{victim.pid}").exists, "a call in flight")
+                spare = fleet.start()  # idle: the victim's lease is live
+                _wait(lambda: fleet.started(spare), "the spare worker")  # noqa: B023
+                killed_at = time.time()
+                victim.kill()
+                victim.wait()
+                _wait((folder / f"started-{run_id}-{spare.pid}").exists, "the takeover")
+                first = asyncio.run(_first_event_after(fleet.url, run_id, killed_at))
+                if first is not None:
+                    seconds.append(first - killed_at)
+                (folder / "gate").unlink()
+                fleet.stop()
+        finally:
+            (folder / "gate").unlink(missing_ok=True)
+            fleet.stop()
+    p50 = statistics.median(seconds)
+    p95 = sorted(seconds)[max(0, round(0.95 * len(seconds)) - 1)]
+    bench = f"{NAME} {store}"
+    return [
+        gated(bench, f"recovery SIGKILL -> first append p50 ({len(seconds)} trials)", p50, " s",
+              RECOVERY_TARGET_S, ".2f"),
+        info(bench, "recovery SIGKILL -> first append p95", f"{p95:.2f} s"),
+    ]
+
+
+# -- 2. throughput ------------------------------------------------------------------------------
+
+
+def throughput(store: str, runs: int, processes: int) -> Row:
+    with scratch_dir() as folder:
+        fleet = Fleet(folder, STORES[store](folder))
+        try:
+            workers = [fleet.start() for _ in range(processes)]
+            for proc in workers:
+                _wait(lambda: fleet.started(proc), "the workers")  # noqa: B023
+            began = time.perf_counter()
+            run_ids = asyncio.run(_submit(fleet.url, runs))
+            _wait(lambda: asyncio.run(_done(fleet.url, run_ids)) == runs, "every run DONE")
+            elapsed = time.perf_counter() - began
+        finally:
+            fleet.stop()
+    return info(
+        f"{NAME} {store}", f"runs/s, {processes} worker process(es), {runs} runs",
+        f"{runs / elapsed:.0f}/s",
+    )
+
+
+# -- 3. claim latency ------------------------------------------------------------------------
+
+
+def _populate_sqlite(path: Path, total: int, pending: int) -> None:
+    """Fill a SQLite store fast, with raw SQL in the backend's own row layout."""
+    from durable_agent.backends import _sqlite_ops as ops
+
+    asyncio.run(_touch(f"sqlite:///{path}"))
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+        batch: list[tuple[object, ...]] = []
+        for i in range(total):
+            state = (
+                RunState.PENDING if i < pending
+                else RunState.WAITING if i % 10 == 0
+                else RunState.DONE
+            )
+            header = RunHeader(run_id=f"r{i:08d}", agent_name="bench", state=state, seq=1)
+            batch.append(ops.header_row(header))
+            if len(batch) >= 10_000:
+                conn.executemany(ops._INSERT_RUN, batch)
+                batch.clear()
+        conn.executemany(ops._INSERT_RUN, batch)
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+
+
+async def _touch(url: str) -> None:
+    backend = open_backend(url)
+    async with backend:
+        await backend.list_runs(limit=1)  # creates the tables
+
+
+async def populate(backend: Backend, total: int, pending: int) -> None:
+    """Fill any store through the contract (slower; for stores without a fast path)."""
+    first = CreatedEvent(seq=1, state=RunState.PENDING, messages=(UserMessage(content="x"),))
+    for start in range(0, total, 500):
+        creates = []
+        for i in range(start, min(total, start + 500)):
+            state = RunState.PENDING if i < pending else RunState.DONE
+            header = RunHeader(run_id=f"r{i:08d}", agent_name="bench", state=state, seq=1,
+                               created_at=utcnow())
+            creates.append(backend.create_run(header, [first.model_copy(update={"state": state})]))
+        await asyncio.gather(*creates)
+
+
+async def _claim_times(url: str, samples: int) -> list[float]:
+    backend = open_backend(url)
+    owner = LeaseOwner.current()
+    times: list[float] = []
+    async with backend:
+        await backend.claim_runs(owner, agents=["bench"])  # connect, warm the cache
+        for _ in range(samples):
+            began = time.perf_counter()
+            got = await backend.claim_runs(owner, agents=["bench"], limit=1, ttl=60)
+            times.append(time.perf_counter() - began)
+            assert got, "ran out of PENDING runs"
+    return times
+
+
+def claim_times(store: str, total: int, samples: int) -> list[float]:
+    """Sorted seconds of ``samples`` claims in a store of ``total`` runs."""
+    with scratch_dir() as folder:
+        url = STORES[store](folder)
+        if store == "sqlite":
+            _populate_sqlite(folder / "runs.db", total, pending=samples + 10)
+        else:
+
+            async def fill() -> None:
+                backend = open_backend(url)
+                async with backend:
+                    await populate(backend, total, samples + 10)
+
+            asyncio.run(fill())
+        return sorted(asyncio.run(_claim_times(url, samples)))
+
+
+def claim_latency(store: str, sizes: list[int], samples: int) -> list[Row]:
+    """p50/p99 per store size, and how much the largest store's p50 exceeds the smallest's."""
+    bench = f"{NAME} {store}"
+    rows: list[Row] = []
+    p50s: list[float] = []
+    for total in sizes:
+        times = claim_times(store, total, samples)
+        p50 = times[len(times) // 2] * 1000
+        p99 = times[max(0, round(0.99 * len(times)) - 1)] * 1000
+        p50s.append(p50)
+        rows.append(info(bench, f"claim p50, {total:,} stored runs", f"{p50:.2f} ms"))
+        rows.append(
+            gated(bench, f"claim p99, {total:,} stored runs", p99, " ms", CLAIM_P99_TARGET_MS,
+                  ".2f")
+            if store != "sqlite"  # a claim is a durable write: SQLite's is an fsync
+            else info(bench, f"claim p99, {total:,} stored runs", f"{p99:.2f} ms")
+        )
+    rows.append(
+        gated(bench, f"claim p50 flat: {sizes[-1]:,} vs {sizes[0]:,} stored runs",
+              p50s[-1] / p50s[0], "x", FLAT_TARGET, ".2f")
+    )
+    return rows
+
+
+def run(quick: bool, *, million: bool = False) -> list[Row]:
+    rows: list[Row] = []
+    for store in STORES:
+        if store == "postgres" and not _postgres_reachable():
+            rows.append(info(NAME, "postgres", f"skipped: {POSTGRES_URL} is not reachable"))
+            continue
+        try:
+            rows.extend(_one_store(store, quick, million))
+        finally:
+            if store == "postgres":
+                _drop_schemas()
+    return rows
+
+
+def _one_store(store: str, quick: bool, million: bool) -> list[Row]:
+    rows = recovery(store, trials=3 if quick else 10)
+    runs = 60 if quick else 300
+    for processes in (1, 2, 4):
+        rows.append(throughput(store, runs, processes))
+    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+    if million:
+        sizes.append(1_000_000)
+    rows.extend(claim_latency(store, sizes, samples=100 if quick else 300))
+    return rows
+
+
+def main() -> None:
+    million = "--million" in sys.argv
+    argv = [a for a in sys.argv[1:] if a != "--million"]
+    from _common import parse_options
+
+    options = parse_options(__doc__ or NAME, argv)
+    print(machine_summary())
+    print_table(run(options.quick, million=million))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Stores written before workers existed: they open, upgrade, and their runs are claimable."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from durable_agent.backend import LeaseOwner
+from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.fsm import RunState
+from durable_agent.records import CreatedEvent, UserMessage, encode_event
+
+# The table layout version 1 (durable-agent before workers), as it created it.
+_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, session_id TEXT, user_id TEXT, agent_name TEXT NOT NULL,
+        state TEXT NOT NULL, seq INTEGER NOT NULL, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL, lease_owner TEXT, lease_host TEXT, lease_pid INTEGER,
+        lease_generation INTEGER NOT NULL, lease_expires REAL, lease_ttl REAL,
+        schema_version INTEGER NOT NULL, cancel_requested TEXT
+    ) WITHOUT ROWID""",
+    "CREATE INDEX runs_by_created ON runs (created_at, run_id)",
+    "CREATE INDEX runs_by_state ON runs (state, created_at, run_id)",
+    """CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq))""",
+    "INSERT INTO meta VALUES ('schema_version', '1')",
+)
+
+
+def test_a_version_1_sqlite_file_is_upgraded_and_its_old_runs_load_with_defaults(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    event = CreatedEvent(seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),))
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in _V1:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO runs VALUES ('old', NULL, NULL, 'agent', 'PENDING', 1, 1.0, 1.0, "
+            "NULL, NULL, NULL, 0, NULL, NULL, 1, NULL)"
+        )
+        conn.execute("INSERT INTO events VALUES ('old', 1, ?)", (encode_event(event),))
+
+    async def main() -> None:
+        async with SqliteBackend(path) as store:
+            header = await store.get_run("old")
+            assert (header.queue, header.priority, header.not_before) == ("default", 0, None)
+            (claim,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"])
+            assert claim.run_id == "old"
+            assert claim.lease.generation == 1
+
+    asyncio.run(main())
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        plan = " ".join(
+            str(row)
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT run_id FROM runs INDEXED BY runs_claimable WHERE "
+                "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') "
+                "ORDER BY priority DESC, created_at, run_id"
+            )
+        )
+        assert "runs_claimable" in plan  # claims read only the runs not at rest
+        assert "TEMP B-TREE" not in plan  # in claim order: no sort of them either
