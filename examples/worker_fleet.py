@@ -100,6 +100,9 @@ async def _finished(url: str, run_ids: list[str]) -> list[object]:
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="worker-fleet-"))
     os.environ["FLEET_DIR"] = str(folder)
+    # Create the effects tables before any worker starts: two workers creating them at once
+    # can make SQLite refuse one at once ("database is locked"), failing that tool call.
+    _effects().close()
     url = f"sqlite:///{folder / 'runs.db'}"
     run_ids = asyncio.run(_submit(url))
     print(f"submitted {len(run_ids)} runs to {url}: PENDING, nothing runs yet")

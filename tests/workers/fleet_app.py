@@ -35,15 +35,24 @@ def _dir() -> Path:
     return Path(os.environ["FLEET_DIR"])
 
 
+def create_effects_db(folder: Path) -> None:
+    """Create the effects tables once, before any child starts.
+
+    Creating them in each child raced: two connections upgrading from a schema read to a
+    write make SQLite refuse one at once ("database is locked") without waiting out the
+    busy timeout, and the tool that hit it failed its run.
+    """
+    with sqlite3.connect(folder / "effects.db", isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, run_id TEXT)")
+        conn.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT, run_id TEXT, pid INTEGER)")
+        conn.execute("CREATE TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY, pid INTEGER)")
+        conn.execute("CREATE TABLE IF NOT EXISTS peaks (pid INTEGER, mine INTEGER, fleet INTEGER)")
+
+
 def effects_db() -> sqlite3.Connection:
-    """The effects table, shared by every process of one test."""
-    conn = sqlite3.connect(_dir() / "effects.db", timeout=60, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, run_id TEXT)")
-    conn.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT, run_id TEXT, pid INTEGER)")
-    conn.execute("CREATE TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY, pid INTEGER)")
-    conn.execute("CREATE TABLE IF NOT EXISTS peaks (pid INTEGER, mine INTEGER, fleet INTEGER)")
-    return conn
+    """The effects tables, shared by every process of one test (see create_effects_db)."""
+    return sqlite3.connect(_dir() / "effects.db", timeout=60, isolation_level=None)
 
 
 def _enter(key: str, run_id: str) -> None:

@@ -26,6 +26,7 @@ from durable_agent.fsm import RunState
 from durable_agent.records import FailedEvent, RunHeader, StoredRun, TransitionEvent
 from durable_agent.registry import open_backend
 from tests._barriers import DEADLINE, wait_until
+from tests.workers import fleet_app
 from tests.workers.fleet_app import TOOL_CALLS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,7 @@ class Fleet:
         self.dir = folder
         self.url = url
         self.env = {**os.environ, "FLEET_DIR": str(folder)}
+        fleet_app.create_effects_db(folder)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- children ------------------------------------------------------------------------
