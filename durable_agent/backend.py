@@ -24,11 +24,12 @@ examples for custom backend authors.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -72,6 +73,9 @@ class Capability(StrEnum):
     """Concurrent appends of many runs share one commit."""
     DURABLE = "durable"
     """Data survives the process being killed."""
+    RELAY = "relay"
+    """Ephemeral messages (token deltas) reach followers in other processes, best effort:
+    `Backend.publish_ephemeral` and `Backend.subscribe_ephemeral` are implemented."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +340,27 @@ class Backend(ABC):
     @abstractmethod
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         """Give the lease up if still held by ``lease``'s generation; a no-op otherwise."""
+
+    # -- relaying ephemeral messages (optional: Capability.RELAY) ----------------
+
+    # Optional with a no-op default, so a custom backend written before it keeps working.
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:  # noqa: B027
+        """Relay ``message`` to the run's followers in other processes, best effort.
+
+        Never stored and may be lost (a follower that is not subscribed at that
+        moment never sees it). The default does nothing; a backend with
+        `Capability.RELAY` sends it to `subscribe_ephemeral`'s iterators.
+        """
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        """The run's ephemeral messages from now on, or None when this store does not relay.
+
+        ``async with backend.subscribe_ephemeral(run_id) as messages:`` then
+        ``async for message in messages``; the default returns None.
+        """
+        return None
 
     # -- lifecycle ----------------------------------------------------------
 
