@@ -35,7 +35,8 @@ and the header hashes (`durable_agent.backends._redis_records`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ from durable_agent.backend import (
     check_lease_acquire,
 )
 from durable_agent.backends import _redis_records as rec
+from durable_agent.backends import _redis_relay as relay
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import (
     ConcurrentUpdateError,
@@ -132,7 +134,7 @@ class RedisBackend(Backend):
     The constructor does no I/O; the first call connects.
     """
 
-    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS})
+    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS, Capability.RELAY})
 
     def __init__(
         self,
@@ -483,6 +485,18 @@ class RedisBackend(Backend):
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], [str(lease.generation)])
         rec.status(run_id, reply)
+
+    # -- relay (pub/sub; a no-op on a cluster) ----------------------------------------------------
+
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:
+        if not self.cluster:
+            await relay.publish(self._client(), f"{self._keys(run_id)[0][:-7]}:relay", message)
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        channel = f"{self._keys(run_id)[0][:-7]}:relay"  # the header key without ":header"
+        return None if self.cluster else relay.messages(self._client(), channel)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
