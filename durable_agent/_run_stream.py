@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Self
 
 from durable_agent._stream_hooks import SINK
 from durable_agent.backend import Backend, Capability
-from durable_agent.errors import ConfigurationError, ModelResponseError
+from durable_agent.errors import ConfigurationError, ModelResponseError, RunNotFoundError
 from durable_agent.fsm import RunState
 from durable_agent.models import ChatModel, ModelDelta, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.records import Event, Message
@@ -307,17 +307,24 @@ def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStre
         task = Task(task)
     elif not isinstance(task, Task):
         raise ConfigurationError(f"stream_async() takes a Task or a str, got {type(task).__name__}")
-    if task.run_id is not None:
-        return stream_continue(agent, task.run_id, task, timeout, None)
-    # The id is chosen here so the stream can name the run before it exists.
-    task.run_id = uuid.uuid4().hex
+    named = task.run_id is not None
+    # The id is chosen here (unless the task names one) so the stream can name
+    # the run before it exists.
+    run_id = task.run_id = task.run_id or uuid.uuid4().hex
     chosen = task
+    stream: RunStream
 
     async def start() -> RunOutput:
+        if named:  # the run may exist: it is continued then, as do_async does
+            try:
+                stream._sink.expect((await agent.db.get_run(run_id)).state)
+            except RunNotFoundError:
+                pass
         output: RunOutput = await agent.do_async(chosen, return_output=True, timeout=timeout)
         return output
 
-    return RunStream(task.run_id, agent.db, start, state=RunState.PENDING)
+    stream = RunStream(run_id, agent.db, start, state=RunState.PENDING)
+    return stream
 
 
 def stream_continue(
