@@ -316,10 +316,8 @@ def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStre
 
     async def start() -> RunOutput:
         if named:  # the run may exist: it is continued then, as do_async does
-            try:
+            with contextlib.suppress(RunNotFoundError):
                 stream._sink.expect((await agent.db.get_run(run_id)).state)
-            except RunNotFoundError:
-                pass
         output: RunOutput = await agent.do_async(chosen, return_output=True, timeout=timeout)
         return output
 
