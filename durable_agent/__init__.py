@@ -56,6 +56,8 @@ from durable_agent.run import RunOutput
 from durable_agent.tools import Tool, ToolContext, tool
 
 if TYPE_CHECKING:
+    from durable_agent._follow import follow
+    from durable_agent._run_stream import RunStream
     from durable_agent.backends.jsonfile import JsonFileBackend
     from durable_agent.backends.memory import MemoryBackend
     from durable_agent.backends.redis import RedisBackend
@@ -101,6 +103,7 @@ __all__ = [
     "RunPage",
     "RunState",
     "RunStateError",
+    "RunStream",
     "RunTimeoutError",
     "RunWaitingError",
     "SchemaVersionError",
@@ -122,6 +125,7 @@ __all__ = [
     "UnstorableValueError",
     "cancel_run",
     "decide_run",
+    "follow",
     "mark_secret",
     "open_backend",
     "redact",
@@ -135,6 +139,9 @@ _LAZY = {
     "SqliteBackend": "durable_agent.backends.sqlite",
     "RedisBackend": "durable_agent.backends.redis",
     "JsonFileBackend": "durable_agent.backends.jsonfile",
+    # Streaming is imported when first named, like the backends.
+    "RunStream": "durable_agent._run_stream",
+    "follow": "durable_agent._follow",
 }
 
 

@@ -312,16 +312,19 @@ def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStre
     # the run before it exists.
     run_id = task.run_id = task.run_id or uuid.uuid4().hex
     chosen = task
-    stream: RunStream
+    # The closure holds the sink, never the stream: a stream dropped mid-run must
+    # be collectable, so that it cancels its run (`RunStream.__del__`).
+    sink: list[_Sink] = []
 
     async def start() -> RunOutput:
         if named:  # the run may exist: it is continued then, as do_async does
             with contextlib.suppress(RunNotFoundError):
-                stream._sink.expect((await agent.db.get_run(run_id)).state)
+                sink[0].expect((await agent.db.get_run(run_id)).state)
         output: RunOutput = await agent.do_async(chosen, return_output=True, timeout=timeout)
         return output
 
     stream = RunStream(run_id, agent.db, start, state=RunState.PENDING)
+    sink.append(stream._sink)
     return stream
 
 
@@ -333,14 +336,15 @@ def stream_continue(
     decisions: DecisionRequest | None,
 ) -> RunStream:
     """The stream of continuing stored run ``run_id``, as ``continue_run_async`` does."""
-    stream: RunStream
+    sink: list[_Sink] = []  # not the stream itself: see `stream_new`
 
     async def start() -> RunOutput:
         with agent._naming_store(run_id):
             header = await agent.db.get_run(run_id)
-        stream._sink.expect(header.state)
+        sink[0].expect(header.state)
         output: RunOutput = await agent._continue(run_id, task, True, decisions, timeout)
         return output
 
     stream = RunStream(run_id, agent.db, start)
+    sink.append(stream._sink)
     return stream

@@ -337,9 +337,9 @@ class Agent:
     def follow(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[StreamEvent]:
         """The stored events of ``run_id`` after ``after_seq`` as they land, from any process.
 
-        Ends when the run comes to rest; see `durable_agent.follow.follow`.
+        Ends when the run comes to rest; see `durable_agent.follow`.
         """
-        from durable_agent.follow import follow
+        from durable_agent._follow import follow
 
         return follow(self.db, run_id, after_seq=after_seq)
 

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from durable_agent import Agent, ScriptedModel, Task, ToolCall, open_backend
-from durable_agent.follow import follow
+from durable_agent import Agent, ScriptedModel, Task, ToolCall, follow, open_backend
 
 ANSWER = "Both gates are open now, and the run is over."
 

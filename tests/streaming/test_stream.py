@@ -23,9 +23,9 @@ from durable_agent import (
     Task,
     ToolCall,
     ToolDefinition,
+    follow,
     tool,
 )
-from durable_agent.follow import follow
 from durable_agent.models import ModelDelta
 from durable_agent.records import (
     AssistantMessage,
