@@ -31,12 +31,16 @@ BENCHMARKS: dict[str, str] = {
     "e": "bench_import",
     "f": "bench_provider_overhead",
     "g": "bench_backends",
+    "h": "bench_streaming",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
 
 
-REQUIRES: dict[str, tuple[str, ...]] = {"f": ("openai", "anthropic")}
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "f": ("openai", "anthropic"),
+    "h": ("openai", "anthropic"),
+}
 """Optional packages a benchmark needs; without them it is skipped."""
 
 
