@@ -193,3 +193,41 @@ def test_the_fake_servers_speak_each_vendors_sse(provider: Provider) -> None:
             assert names.count("content_block_delta") == 3
 
     run(serve(server, body))
+
+
+def test_a_stalled_stream_times_out_and_is_retried(provider: Provider, store: StoreFactory) -> None:
+    server = provider.server([Fault.stall_stream(1, seconds=30), Reply(text=ANSWER)])
+
+    async def body(server: FakeServer) -> None:
+        agent = Agent(provider.model(server, timeout=0.5), db=store(), retry=FAST)
+        stream = agent.stream_async("Weather?")
+        events = await _consume(stream)
+        stored = await agent.db.load_run(stream.run_id)
+        [failed] = [e for e in stored.events if isinstance(e, ModelAttemptFailedEvent)]
+        assert "ModelTimeoutError" in failed.error.type
+        assert isinstance(events[-1], Finished)
+        assert events[-1].output.output == ANSWER
+
+    run(serve(server, body))
+
+
+def test_leaving_a_stream_mid_answer_records_the_interruption(
+    provider: Provider, store: StoreFactory
+) -> None:
+    server = provider.server([Fault.stall_stream(1, seconds=30), Reply(text=ANSWER)])
+
+    async def body(server: FakeServer) -> None:
+        agent = Agent(provider.model(server), db=store(), retry=FAST)
+        async with agent.stream_async("Weather?") as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    break
+        stored = await agent.db.load_run(stream.run_id)
+        assert stored.header.state is RunState.ERROR
+        assert isinstance(stored.events[-1], FailedEvent)
+        assert stored.header.lease is None
+        events = await _consume(agent.continue_stream_async(stream.run_id))
+        assert isinstance(events[-1], Finished)
+        assert events[-1].output.output == ANSWER
+
+    run(serve(server, body))

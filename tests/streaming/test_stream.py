@@ -351,3 +351,58 @@ def test_stream_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         ScriptedModel(["x"], chunk_size=0)
     agent.close()
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "file", "memory"])
+def test_follow_polls_every_store_while_the_run_streams(tmp_path: Path, scheme: str) -> None:
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'runs.db'}",
+        "file": f"file://{tmp_path / 'runs'}",
+        "memory": "memory://",
+    }[scheme]
+
+    async def main() -> None:
+        model = ScriptedModel([ToolCall("add", {"a": 3, "b": 4}), ANSWER],
+                              chunk_size=4, chunk_delay=0.005)
+        agent = Agent(model, db=url, tools=[add])
+        stream = agent.stream_async("3+4")
+        async with stream:
+            await anext(stream)
+            followed = [e async for e in agent.follow(stream.run_id)]
+            await stream.until_done()
+        stored = await agent.db.load_run(stream.run_id)
+        assert [e.seq for e in followed if isinstance(e, StoredEvent)] == [
+            e.seq for e in stored.events
+        ]
+        assert not [e for e in followed if e.ephemeral], "only Redis relays deltas"
+        await agent.close_async()
+
+    asyncio.run(main())
+
+
+def test_a_store_without_relay_publishes_nothing_and_subscribes_to_nothing(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        from durable_agent import Capability
+        from durable_agent.backends.sqlite import SqliteBackend
+
+        backend = SqliteBackend(str(tmp_path / "r.db"))
+        assert Capability.RELAY not in backend.capabilities
+        await backend.publish_ephemeral("any", "message")  # a no-op, never an error
+        assert backend.subscribe_ephemeral("any") is None
+        await backend.close()
+
+    asyncio.run(main())
+
+
+def test_follow_of_an_unknown_run_raises(tmp_path: Path) -> None:
+    async def main() -> None:
+        from durable_agent import RunNotFoundError
+
+        agent = Agent(ScriptedModel(["x"]), db=f"sqlite:///{tmp_path / 'u.db'}")
+        with pytest.raises(RunNotFoundError):
+            [e async for e in agent.follow("nope")]
+        await agent.close_async()
+
+    asyncio.run(main())
