@@ -104,6 +104,11 @@ async def _follow(
             stored = await backend.load_run(run_id)
             header, events = stored.header, stored.events
             known = header.seq
+            if seq > header.seq:  # logs only grow: this seq was never stored
+                raise ConfigurationError(
+                    f"follow(after_seq={seq}): run {run_id!r} has {header.seq} events; pass "
+                    "the seq of an event it has (0 for all)"
+                )
             previous = events[seq - 1].state if 0 < seq <= len(events) else RunState.PENDING
             for record in events[seq:]:
                 yield stored_event(record, previous)

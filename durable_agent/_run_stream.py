@@ -289,7 +289,9 @@ class RunStream:
     def __del__(self) -> None:
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
+            # Once its loop is closed the task is gone with it: nothing to cancel.
+            with contextlib.suppress(RuntimeError):
+                task.cancel()
 
     async def until_done(self) -> RunOutput:
         """Consume the rest of the stream and return the run's outcome."""

@@ -245,7 +245,10 @@ class Recorded(StoredEvent):
 
 @dataclass(frozen=True, slots=True)
 class Finished(_Base):
-    """The run came to rest DONE (or CANCELLED): ``output`` as ``do_async`` returns it."""
+    """The run came to rest DONE or CANCELLED: ``output`` as ``do_async`` returns it.
+
+    `follow` also ends with it for a run resting in ERROR (a stream raises instead).
+    """
 
     output: RunOutput
     kind: Literal["finished"] = field(default="finished", init=False)

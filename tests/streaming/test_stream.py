@@ -316,6 +316,8 @@ def test_follow_in_process_sees_every_stored_event_once_and_resumes_after_a_seq(
         assert events[-1].as_json()["output"] == ANSWER  # type: ignore[union-attr]
         with pytest.raises(ConfigurationError):
             [e async for e in follow(agent.db, task.run_id, after_seq=-1)]
+        with pytest.raises(ConfigurationError, match="has 7 events"):
+            [e async for e in follow(agent.db, task.run_id, after_seq=99)]
         await agent.close_async()
 
     asyncio.run(main())
