@@ -327,6 +327,8 @@ class Agent:
         """
         from durable_agent._run_stream import stream_continue
 
+        if task is not None and not isinstance(task, Task):
+            raise ConfigurationError(f"continue_stream_async(task=...) takes a Task, got {task!r}")
         run_id = run_id if run_id is not None or task is None else task.run_id
         if run_id is None:
             raise ConfigurationError("continue_stream_async() needs run_id=... or a started task")

@@ -351,6 +351,8 @@ def test_stream_arguments_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         agent.continue_stream_async()
     with pytest.raises(ConfigurationError):
+        agent.continue_stream_async(task="not a task")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
         ScriptedModel(["x"], chunk_size=0)
     agent.close()
 
