@@ -36,7 +36,8 @@ and the header hashes (`durable_agent.backends._redis_records`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
@@ -53,6 +54,7 @@ from durable_agent.backend import (
     portable_claim,
 )
 from durable_agent.backends import _redis_records as rec
+from durable_agent.backends import _redis_relay as relay
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import (
     ConcurrentUpdateError,
@@ -143,6 +145,7 @@ class RedisBackend(Backend):
             Capability.CROSS_PROCESS,
             Capability.WORKER_LIVENESS,
             Capability.WAKE_UP,
+            Capability.RELAY,
         }
     )
 
@@ -553,6 +556,18 @@ class RedisBackend(Backend):
         """
         if really:
             workers.announce_soon(self, what)
+
+    # -- relay (pub/sub; a no-op on a cluster) ----------------------------------------------------
+
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:
+        if not self.cluster:
+            await relay.publish(self._client(), f"{self._keys(run_id)[0][:-7]}:relay", message)
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        channel = f"{self._keys(run_id)[0][:-7]}:relay"  # the header key without ":header"
+        return None if self.cluster else relay.messages(self._client(), channel)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

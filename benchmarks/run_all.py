@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "g": "bench_backends",
     "h": "bench_workers",
     "i": "bench_postgres",
+    "j": "bench_streaming",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
@@ -41,6 +42,7 @@ dependencies (the vendor SDKs for f) are missing is reported as skipped, not fat
 REQUIRES: dict[str, tuple[str, ...]] = {
     "f": ("openai", "anthropic"),
     "i": ("psycopg", "psycopg_pool"),
+    "j": ("openai", "anthropic"),
 }
 """Optional packages a benchmark needs; without them it is skipped."""
 

@@ -57,6 +57,8 @@ from durable_agent.run import RunOutput
 from durable_agent.tools import Tool, ToolContext, tool
 
 if TYPE_CHECKING:
+    from durable_agent._follow import follow
+    from durable_agent._run_stream import RunStream
     from durable_agent.backends.jsonfile import JsonFileBackend
     from durable_agent.backends.memory import MemoryBackend
     from durable_agent.backends.redis import RedisBackend
@@ -105,6 +107,7 @@ __all__ = [
     "RunRetry",
     "RunState",
     "RunStateError",
+    "RunStream",
     "RunTimeoutError",
     "RunWaitingError",
     "SchemaVersionError",
@@ -128,6 +131,7 @@ __all__ = [
     "Worker",
     "cancel_run",
     "decide_run",
+    "follow",
     "mark_secret",
     "open_backend",
     "redact",
@@ -143,6 +147,9 @@ _LAZY = {
     "JsonFileBackend": "durable_agent.backends.jsonfile",
     "Worker": "durable_agent.worker",
     "RunRetry": "durable_agent.worker",
+    # Streaming is imported when first named, like the backends.
+    "RunStream": "durable_agent._run_stream",
+    "follow": "durable_agent._follow",
 }
 
 

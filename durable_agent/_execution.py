@@ -32,6 +32,7 @@ from durable_agent._lease import (
 from durable_agent._model_step import ModelStep
 from durable_agent._recording import CancelRequested, Spec
 from durable_agent._redact import redact_exception
+from durable_agent._stream_hooks import recorded
 from durable_agent._tool_step import ToolStep
 from durable_agent.errors import (
     RunCancelledError,
@@ -140,6 +141,7 @@ class RunExecution(ModelStep, ToolStep):
         ctx = RunContext.from_header(header)
         ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
+        recorded(self.run_id, events)
 
     async def _record_landed(self, stored: StoredRun, error: BaseException) -> None:
         """Record ``error`` on a run whose create landed unseen, releasing its lease."""

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from durable_agent._recording import ExecutionCore
+from durable_agent._stream_hooks import model_call
 from durable_agent.errors import (
     OutputValidationError,
     RunFailedError,
@@ -66,8 +67,10 @@ class ModelStep(ExecutionCore):
             started = time.perf_counter()
             try:
                 async with self._keepalive():
-                    response = await model.request(
-                        ctx.messages, tools=definitions, output_schema=schema
+                    # A stream (if one follows this run) streams the call; else model.request.
+                    response = await model_call(
+                        model, ctx.run_id, ctx.messages, tools=definitions,
+                        output_schema=schema, attempt=attempt, repeated=repeated,
                     )
             except Exception as exc:
                 info = ErrorInfo.from_exception(exc)

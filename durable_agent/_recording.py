@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from durable_agent._stream_hooks import recorded
 from durable_agent.backend import Backend
 from durable_agent.fsm import RunState, next_state
 from durable_agent.records import (
@@ -155,6 +156,7 @@ class ExecutionCore:
                 self._uncertain = True
                 raise
             self._settle(events, release)
+            recorded(ctx.run_id, events)
 
     def _settle(self, events: list[Event], released: bool) -> None:
         self._context().apply_all(events)

@@ -19,9 +19,9 @@ import contextlib
 import dataclasses
 import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -42,6 +42,10 @@ from durable_agent.records import JSONValue, Message, SystemMessage, UserMessage
 from durable_agent.run import RunContext, RunOutput
 from durable_agent.task import Task, check_run_id
 from durable_agent.tools import Tool, toolset
+
+if TYPE_CHECKING:
+    from durable_agent._run_stream import RunStream
+    from durable_agent.streaming import StreamEvent
 
 __all__ = ["Agent", "DurabilityWarning", "RunHandle", "Task"]
 
@@ -293,6 +297,56 @@ class Agent:
                 timeout=timeout,
             )
         )
+
+    def stream_async(self, task: Task | str, *, timeout: float | None = None) -> RunStream:
+        """Run ``task`` as `do_async` does, yielding its events as they happen.
+
+        ``async with agent.stream_async(task) as stream: async for event in stream``:
+        text deltas, tool calls, stored records, then `Finished` (or `Paused`)
+        with the same `RunOutput` as ``do_async(..., return_output=True)``.
+        Deltas are never stored; each answer is, complete. Leaving early records
+        the interruption like a cancellation. See `durable_agent.streaming`.
+        """
+        from durable_agent._run_stream import stream_new
+
+        return stream_new(self, task, timeout)
+
+    def continue_stream_async(
+        self,
+        run_id: str | None = None,
+        *,
+        task: Task | None = None,
+        requirements: Iterable[Requirement] = (),
+        approvals: Mapping[str, bool | str] | None = None,
+        results: Mapping[str, JSONValue] | None = None,
+        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
+        timeout: float | None = None,
+    ) -> RunStream:
+        """`continue_run_async` as a stream of events (the arguments are the same).
+
+        A model call the run was in when its process died is asked again: its
+        `ModelCallStarted` says ``repeat=True`` and a `TextDiscarded` tells the
+        consumer that text shown from the lost stream is void.
+        """
+        from durable_agent._run_stream import stream_continue
+
+        if task is not None and not isinstance(task, Task):
+            raise ConfigurationError(f"continue_stream_async(task=...) takes a Task, got {task!r}")
+        run_id = run_id if run_id is not None or task is None else task.run_id
+        if run_id is None:
+            raise ConfigurationError("continue_stream_async() needs run_id=... or a started task")
+        check_run_id(run_id, "continue_stream_async(run_id=...)")
+        decisions = DecisionRequest(tuple(requirements), approvals, results, inputs)
+        return stream_continue(self, run_id, task, timeout, decisions)
+
+    def follow(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[StreamEvent]:
+        """The stored events of ``run_id`` after ``after_seq`` as they land, from any process.
+
+        Ends when the run comes to rest; see `durable_agent.follow`.
+        """
+        from durable_agent._follow import follow
+
+        return follow(self.db, run_id, after_seq=after_seq)
 
     async def decide_run_async(
         self,

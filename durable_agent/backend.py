@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -106,6 +107,9 @@ class Capability(StrEnum):
     """`Backend.register_worker` is kept: a lapsed worker's leases are claimable at once."""
     WAKE_UP = "wake_up"
     """`Backend.wait_for_change` is woken by the store, not by a timer."""
+    RELAY = "relay"
+    """Ephemeral messages (token deltas) reach followers in other processes, best effort:
+    `Backend.publish_ephemeral` and `Backend.subscribe_ephemeral` are implemented."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +433,27 @@ class Backend(ABC):
         if after is not None:
             await asyncio.sleep(timeout)
         return ""
+
+    # -- relaying ephemeral messages (optional: Capability.RELAY) ----------------
+
+    # Optional with a no-op default, so a custom backend written before it keeps working.
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:  # noqa: B027
+        """Relay ``message`` to the run's followers in other processes, best effort.
+
+        Never stored and may be lost (a follower that is not subscribed at that
+        moment never sees it). The default does nothing; a backend with
+        `Capability.RELAY` sends it to `subscribe_ephemeral`'s iterators.
+        """
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]] | None:
+        """The run's ephemeral messages from now on, or None when this store does not relay.
+
+        ``async with backend.subscribe_ephemeral(run_id) as messages:`` then
+        ``async for message in messages``; the default returns None.
+        """
+        return None
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -4,6 +4,7 @@ Its commands:
 
     durable-agent runs list [--state WAITING] [--session ID] [--user ID] [--since 7d] [--json]
     durable-agent runs show RUN_ID            # the timeline of its events
+    durable-agent runs follow RUN_ID [--json] # the timeline, live, until it rests
     durable-agent runs export RUN_ID -o run.json
     durable-agent runs import run.json
     durable-agent runs delete RUN_ID
@@ -53,7 +54,8 @@ from durable_agent.cli._app import PROG, cli, main
 
 # Imported for the commands they add, in the order help lists them (not sorted).
 # isort: off
-from durable_agent.cli import runs, runs_read, runs_write, decide, worker, diagram, demo  # noqa: F401
+from durable_agent.cli import runs, runs_read, runs_follow, runs_write  # noqa: F401
+from durable_agent.cli import decide, worker, diagram, demo  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]

@@ -9,7 +9,7 @@ duration, result or error), human decisions and errors with type and message.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,7 +37,7 @@ from durable_agent.records import (
     WaitingEvent,
 )
 
-__all__ = ["Row", "error_text", "timeline"]
+__all__ = ["Row", "describer", "error_text", "timeline"]
 
 ARGUMENTS_WIDTH = 60
 TEXT_WIDTH = 70
@@ -179,3 +179,8 @@ class _Describer:
                 return f"result given: {self.cut(_json(event.value))}"
             case "input":
                 return f"input given: {self.cut(_json(dict(event.inputs)))}"
+
+
+def describer(*, full: bool = False) -> Callable[[Event], str]:
+    """One event's detail, for events that arrive one at a time (``runs follow``)."""
+    return _Describer(full=full)

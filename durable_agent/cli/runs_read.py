@@ -163,15 +163,29 @@ def runs_list(
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--full", is_flag=True, help="do not abridge arguments, results and answers")
+@click.option("--follow", is_flag=True, help="then follow the run live (see 'runs follow')")
 @json_option
 @db_option
-def runs_show(run_id: str, full: bool, as_json: bool, db: str | None) -> int:
+def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | None) -> int:
     """Show a run and the timeline of its events."""
     choice = choose(db)
 
+    shown: list[int] = []  # the seq shown, where --follow goes on
+
     async def body() -> int:
+        if not follow:
+            return await show()
+        from durable_agent.cli.runs_follow import follow_run
+
+        if as_json:  # one JSON object per line, from the first event
+            return await follow_run(choice, run_id, full=full, as_json=True)
+        await show()
+        return await follow_run(choice, run_id, after_seq=shown[-1], full=full)
+
+    async def show() -> int:
         async with opened(choice) as backend:
             stored = await load(backend, choice, run_id)
+        shown.append(stored.header.seq)
         rows = timeline(stored, full=full)
         output = RunOutput.from_context(_context(stored))
         out = Printer()

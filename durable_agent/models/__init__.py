@@ -1,7 +1,9 @@
 """Chat models: the `ChatModel` contract and the model-string registry.
 
 A model is anything with one async `ChatModel.request` method taking the
-provider-neutral history and the tool definitions. Vendor adapters live one
+provider-neutral history and the tool definitions; `ChatModel.stream` is the
+optional streaming twin (text deltas, then the same `ModelResponse`), which
+falls back to one request for models that do not stream. Vendor adapters live one
 module per vendor and import their SDK lazily, so ``import durable_agent``
 imports no SDK; model strings such as ``"openai/gpt-4o-mini"`` resolve here.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from durable_agent.errors import ConfigurationError, ModelNotAvailableError
@@ -19,6 +21,7 @@ from durable_agent.records import AssistantMessage, JSONValue, Message, Usage
 
 __all__ = [
     "ChatModel",
+    "ModelDelta",
     "ModelResponse",
     "OutputSchema",
     "ToolDefinition",
@@ -60,6 +63,13 @@ class ModelResponse:
     request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelDelta:
+    """A piece of a streamed answer's text, as the provider sent it (not stored)."""
+
+    text: str
+
+
 class ChatModel(ABC):
     """The contract every model implements: one request, no retries of its own.
 
@@ -88,6 +98,26 @@ class ChatModel(ABC):
         With ``output_schema`` the final answer (a message without tool calls)
         must be JSON text matching it; the engine validates it.
         """
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        """Stream the next message: `ModelDelta` text pieces, then its `ModelResponse`.
+
+        Optional: the default sends one `request` and yields its text as one
+        delta, so any model can back `Agent.stream_async`. The last item is
+        always the complete `ModelResponse` (usage included); for a text answer
+        its content equals the deltas joined. A failure mid-stream raises as `request` does
+        (a `ConnectionError` or retryable `ModelError` is retried by the engine).
+        """
+        response = await self.request(messages, tools=tools, output_schema=output_schema)
+        if response.message.content:
+            yield ModelDelta(response.message.content)
+        yield response
 
 
 _PROVIDERS: dict[str, str] = {

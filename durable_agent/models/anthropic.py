@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from durable_agent._redact import redact
@@ -35,7 +35,13 @@ from durable_agent.errors import (
     ModelResponseError,
     ModelTimeoutError,
 )
-from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.models import (
+    ChatModel,
+    ModelDelta,
+    ModelResponse,
+    OutputSchema,
+    ToolDefinition,
+)
 from durable_agent.models._http import (
     LoopHTTPClients,
     LoopSDKClients,
@@ -48,6 +54,7 @@ from durable_agent.models._http import (
     provider_message,
     public_url,
     redacted,
+    redacted_stream,
     require_api_key,
     safe_name,
 )
@@ -75,6 +82,10 @@ __all__ = ["AnthropicModel"]
 
 _PROVIDER = "Anthropic"
 _KEY_ENV = "ANTHROPIC_API_KEY"
+_RETRYABLE_STREAM_ERRORS = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+)
+"""Error types of a stream's ``error`` event that another attempt may get past."""
 _DEFAULT_OUTPUT_DESCRIPTION = "Give the final answer in this shape. Call this only to finish."
 
 
@@ -163,15 +174,29 @@ class AnthropicModel(ChatModel):
     ) -> ModelResponse:
         return await redacted(self._request(messages, tools, output_schema))
 
-    async def _request(
+    async def stream(
         self,
         messages: Sequence[Message],
+        *,
         tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        """Stream the answer (Messages streaming): text deltas, then the answer."""
+        from durable_agent.models._anthropic_stream import stream_message
+
+        async for item in redacted_stream(stream_message(self, messages, tools, output_schema)):
+            yield item
+
+    def _prepare(
+        self, messages: Sequence[Message], tools: Sequence[ToolDefinition],
         output_schema: OutputSchema | None,
-    ) -> ModelResponse:
-        client = self._client()
+    ) -> tuple[dict[str, Any], str | None]:
+        """The request's keyword arguments, and the name of the output tool if any."""
         system, turns = to_anthropic_messages(messages)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {
+            "model": self.model, "max_tokens": self.max_tokens, "messages": turns,
+            "timeout": self.timeout,
+        }
         if system:
             options["system"] = system
         offered = _tools(tools)
@@ -191,41 +216,24 @@ class AnthropicModel(ChatModel):
             options["tool_choice"] = cast("ToolChoiceParam", choice)
         if offered:
             options["tools"] = cast("list[ToolParam]", offered)
+        return options, output_tool
+
+    async def _request(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
+    ) -> ModelResponse:
+        client = self._client()
+        options, output_tool = self._prepare(messages, tools, output_schema)
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await client.messages.create(
-                    model=self.model,
-                    max_tokens=self.max_tokens,
-                    messages=turns,
-                    timeout=self.timeout,
-                    **options,
-                )
-        except TimeoutError as exc:
-            raise self._timeout_error() from exc
-        except anthropic.APIStatusError as exc:
-            raise http_error(
-                provider=_PROVIDER,
-                status=exc.status_code,
-                message=provider_message(exc.body, exc.message),
-                headers=exc.response.headers,
-                request_id=exc.request_id,
-                model=self.model,
-                base_url=public_url(client.base_url),
-                key_env=_KEY_ENV,
-            ) from exc
-        except anthropic.APITimeoutError as exc:
-            raise self._timeout_error() from exc
-        except anthropic.APIConnectionError as exc:
-            raise ModelConnectionError(
-                f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
-                f"({describe_cause(exc)}); retryable"
-            ) from exc
-        except anthropic.APIResponseValidationError as exc:
-            raise _malformed(exc.message) from exc
-        except json.JSONDecodeError as exc:
-            raise _malformed(f"the body is not JSON ({exc})") from exc
-        except anthropic.AnthropicError as exc:
-            raise ModelError(f"{_PROVIDER} client error: {redact(str(exc))}") from exc
+                answer = await client.messages.create(**options)
+        except Exception as exc:
+            mine = self._translated(exc, client)
+            if mine is None:
+                raise
+            raise mine from exc
         if not isinstance(answer, AnthropicMessage):
             raise _malformed(f"expected a message, got {type(answer).__name__}")
         try:
@@ -233,6 +241,47 @@ class AnthropicModel(ChatModel):
         except (AttributeError, TypeError, KeyError, IndexError) as exc:
             # A 200 whose JSON is not a message: the SDK does not validate it.
             raise _malformed(f"not the Messages API's shape ({exc})") from exc
+
+    def _translated(self, exc: Exception, client: anthropic.AsyncAnthropic) -> ModelError | None:
+        """Our error for an SDK (or stream) failure, or None for one that is not the SDK's."""
+        match exc:
+            case TimeoutError() | anthropic.APITimeoutError():
+                return self._timeout_error()
+            case anthropic.APIStatusError() if exc.status_code < 400:
+                # An error event inside a stream (the status was 200): the server broke off.
+                body = exc.body if isinstance(exc.body, dict) else {}
+                error = body.get("error")
+                kind = error.get("type") if isinstance(error, dict) else None
+                retryable = kind in _RETRYABLE_STREAM_ERRORS
+                return ModelResponseError(
+                    f"{_PROVIDER} broke off the stream with an error ({kind}: "
+                    f"{provider_message(exc.body, exc.message)})"
+                    + ("; retryable" if retryable else ""),
+                    retryable=retryable,
+                )
+            case anthropic.APIStatusError():
+                return http_error(
+                    provider=_PROVIDER,
+                    status=exc.status_code,
+                    message=provider_message(exc.body, exc.message),
+                    headers=exc.response.headers,
+                    request_id=exc.request_id,
+                    model=self.model,
+                    base_url=public_url(client.base_url),
+                    key_env=_KEY_ENV,
+                )
+            case anthropic.APIConnectionError():
+                return ModelConnectionError(
+                    f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
+                    f"({describe_cause(exc)}); retryable"
+                )
+            case anthropic.APIResponseValidationError():
+                return _malformed(exc.message)
+            case json.JSONDecodeError():
+                return _malformed(f"the body is not JSON ({exc})")
+            case anthropic.AnthropicError():
+                return ModelError(f"{_PROVIDER} client error: {redact(str(exc))}")
+        return None
 
     def _timeout_error(self) -> ModelTimeoutError:
         return ModelTimeoutError(

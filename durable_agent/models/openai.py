@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from durable_agent._redact import redact
@@ -26,7 +26,13 @@ from durable_agent.errors import (
     ModelResponseError,
     ModelTimeoutError,
 )
-from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.models import (
+    ChatModel,
+    ModelDelta,
+    ModelResponse,
+    OutputSchema,
+    ToolDefinition,
+)
 from durable_agent.models._http import (
     LoopHTTPClients,
     LoopSDKClients,
@@ -40,6 +46,7 @@ from durable_agent.models._http import (
     provider_message,
     public_url,
     redacted,
+    redacted_stream,
     require_api_key,
     safe_name,
 )
@@ -157,13 +164,22 @@ class OpenAIModel(ChatModel):
     ) -> ModelResponse:
         return await redacted(self._request(messages, tools, output_schema))
 
-    async def _request(
+    async def stream(
         self,
         messages: Sequence[Message],
+        *,
         tools: Sequence[ToolDefinition],
-        output_schema: OutputSchema | None,
-    ) -> ModelResponse:
-        client = self._client()
+        output_schema: OutputSchema | None = None,
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        """Stream the answer (``stream=True``, usage included): text deltas, then the answer."""
+        from durable_agent.models._openai_stream import stream_completion
+
+        async for item in redacted_stream(stream_completion(self, messages, tools, output_schema)):
+            yield item
+
+    def _options(
+        self, tools: Sequence[ToolDefinition], output_schema: OutputSchema | None
+    ) -> dict[str, Any]:
         options: dict[str, Any] = {}
         if tools:
             options["tools"] = _tools(tools)
@@ -171,6 +187,16 @@ class OpenAIModel(ChatModel):
             options["response_format"] = response_format(output_schema)
         if self.max_tokens is not None:
             options["max_completion_tokens"] = self.max_tokens
+        return options
+
+    async def _request(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
+    ) -> ModelResponse:
+        client = self._client()
+        options = self._options(tools, output_schema)
         try:
             async with asyncio.timeout(self.timeout):
                 completion = await client.chat.completions.create(
@@ -179,32 +205,11 @@ class OpenAIModel(ChatModel):
                     timeout=self.timeout,
                     **options,
                 )
-        except TimeoutError as exc:
-            raise self._timeout_error() from exc
-        except openai.APIStatusError as exc:
-            raise http_error(
-                provider=_PROVIDER,
-                status=exc.status_code,
-                message=provider_message(exc.body, exc.message),
-                headers=exc.response.headers,
-                request_id=exc.request_id,
-                model=self.model,
-                base_url=public_url(client.base_url),
-                key_env=_KEY_ENV,
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise self._timeout_error() from exc
-        except openai.APIConnectionError as exc:
-            raise ModelConnectionError(
-                f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
-                f"({describe_cause(exc)}); retryable"
-            ) from exc
-        except openai.APIResponseValidationError as exc:
-            raise _malformed(exc.message) from exc
-        except json.JSONDecodeError as exc:
-            raise _malformed(f"the body is not JSON ({exc})") from exc
-        except openai.OpenAIError as exc:
-            raise ModelError(f"{_PROVIDER} client error: {redact(str(exc))}") from exc
+        except Exception as exc:
+            mine = self._translated(exc, client)
+            if mine is None:
+                raise
+            raise mine from exc
         if not isinstance(completion, ChatCompletion):
             raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
         try:
@@ -212,6 +217,44 @@ class OpenAIModel(ChatModel):
         except (AttributeError, TypeError, KeyError, IndexError) as exc:
             # A 200 whose JSON is not a completion: the SDK does not validate it.
             raise _malformed(f"not the Chat Completions shape ({exc})") from exc
+
+    def _translated(self, exc: Exception, client: openai.AsyncOpenAI) -> ModelError | None:
+        """Our error for an SDK (or stream) failure, or None for one that is not the SDK's."""
+        match exc:
+            case TimeoutError() | openai.APITimeoutError():
+                return self._timeout_error()
+            case openai.APIStatusError():
+                return http_error(
+                    provider=_PROVIDER,
+                    status=exc.status_code,
+                    message=provider_message(exc.body, exc.message),
+                    headers=exc.response.headers,
+                    request_id=exc.request_id,
+                    model=self.model,
+                    base_url=public_url(client.base_url),
+                    key_env=_KEY_ENV,
+                )
+            case openai.APIConnectionError():
+                return ModelConnectionError(
+                    f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
+                    f"({describe_cause(exc)}); retryable"
+                )
+            case openai.APIResponseValidationError():
+                return _malformed(exc.message)
+            case json.JSONDecodeError():
+                return _malformed(f"the body is not JSON ({exc})")
+            case openai.APIError() if exc.request is not None and isinstance(exc.body, dict):
+                # An error event inside a stream (the status was 200): the server broke off.
+                kind = exc.body.get("type")
+                return ModelResponseError(
+                    f"{_PROVIDER} broke off the stream with an error ({kind}: "
+                    f"{provider_message(exc.body, exc.message)})"
+                    + ("" if kind == "invalid_request_error" else "; retryable"),
+                    retryable=kind != "invalid_request_error",
+                )
+            case openai.OpenAIError():
+                return ModelError(f"{_PROVIDER} client error: {redact(str(exc))}")
+        return None
 
     def _timeout_error(self) -> ModelTimeoutError:
         return ModelTimeoutError(

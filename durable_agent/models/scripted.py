@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from durable_agent.errors import ConfigurationError, ScriptExhaustedError
-from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDefinition
+from durable_agent.models import (
+    ChatModel,
+    ModelDelta,
+    ModelResponse,
+    OutputSchema,
+    ToolDefinition,
+)
 from durable_agent.records import (
     AssistantMessage,
     JSONValue,
@@ -58,6 +64,9 @@ class ScriptedModel(ChatModel):
         failures: errors to raise on given turns, for their first attempts
             (counted per conversation in this model object).
         name: the model name recorded in the run's history.
+        chunk_size: characters per delta when the answer is streamed
+            (`ChatModel.stream`, used by ``Agent.stream_async``).
+        chunk_delay: seconds to wait before each streamed delta after the first.
 
     ``calls`` counts the requests this object answered or failed.
     """
@@ -69,6 +78,8 @@ class ScriptedModel(ChatModel):
         delay: float | Sequence[float] = 0.0,
         failures: Sequence[ScriptedFailure] = (),
         name: str = "scripted",
+        chunk_size: int = 8,
+        chunk_delay: float = 0.0,
     ) -> None:
         if isinstance(script, str) or not isinstance(script, Sequence):
             raise ConfigurationError("ScriptedModel(script=...) must be a list of turns")
@@ -84,6 +95,12 @@ class ScriptedModel(ChatModel):
         self._failures = {f.turn: f for f in failures}
         self._attempts: dict[tuple[int, str], int] = {}
         self._name = name
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigurationError(f"ScriptedModel(chunk_size={chunk_size!r}) must be >= 1")
+        if not isinstance(chunk_delay, int | float) or chunk_delay < 0:
+            raise ConfigurationError(f"ScriptedModel(chunk_delay={chunk_delay!r}) must be >= 0")
+        self.chunk_size = chunk_size
+        self.chunk_delay = float(chunk_delay)
         self._counted: tuple[Sequence[Message], int, int] | None = None
         self.calls = 0
 
@@ -156,6 +173,22 @@ class ScriptedModel(ChatModel):
         # Made-up but deterministic token counts, cheap to compute on long histories.
         usage = Usage(input_tokens=10 * len(messages), output_tokens=10, requests=1)
         return ModelResponse(message=message, model=self._name, usage=usage)
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None = None,
+    ) -> AsyncIterator[ModelDelta | ModelResponse]:
+        """The scripted answer as deltas of ``chunk_size`` characters, then the answer."""
+        response = await self.request(messages, tools=tools, output_schema=output_schema)
+        text = response.message.content or ""
+        for start in range(0, len(text), self.chunk_size):
+            if start and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield ModelDelta(text[start : start + self.chunk_size])
+        yield response
 
 
 def _conversation_key(messages: Sequence[Message]) -> str:

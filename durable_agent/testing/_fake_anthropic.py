@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from durable_agent.records import JSONValue
 from durable_agent.testing._fake_http import RecordedRequest
-from durable_agent.testing._fake_script import Reply, ScriptedServer, dicts, estimate
+from durable_agent.testing._fake_script import (
+    Reply,
+    ScriptedServer,
+    dicts,
+    estimate,
+    pieces,
+    sse,
+)
 
 __all__ = ["FakeAnthropicServer"]
 
@@ -150,3 +158,48 @@ class FakeAnthropicServer(ScriptedServer):
         if not tools:
             raise ValueError("Reply(output=...) needs a tool to answer with; the request has none")
         return str(tools[-1].get("name"))
+
+    def stream_events(
+        self, body: JSONValue, request: RecordedRequest, chunk_size: int
+    ) -> list[tuple[bytes, bool]]:
+        assert isinstance(body, dict)
+        usage = body["usage"]
+        assert isinstance(usage, dict)
+        start = {**body, "content": [], "stop_reason": None,
+                 "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}
+        out = [(sse({"type": "message_start", "message": start}, "message_start"), False)]
+        out.append((sse({"type": "ping"}, "ping"), False))
+        for index, block in enumerate(dicts(body["content"])):
+            delta: list[tuple[JSONValue, bool]]
+            if block["type"] == "text":
+                opened: JSONValue = {"type": "text", "text": ""}
+                text = block["text"]
+                assert isinstance(text, str)
+                delta = [
+                    ({"type": "text_delta", "text": p}, True) for p in pieces(text, chunk_size)
+                ]
+            else:
+                opened = {**block, "input": {}}
+                raw = json.dumps(block["input"])
+                delta = [
+                    ({"type": "input_json_delta", "partial_json": p}, False)
+                    for p in pieces(raw, chunk_size)
+                ]
+            out.append((sse({"type": "content_block_start", "index": index,
+                             "content_block": opened}, "content_block_start"), False))
+            out.extend(
+                (sse({"type": "content_block_delta", "index": index, "delta": d},
+                     "content_block_delta"), is_text)
+                for d, is_text in delta
+            )
+            out.append((sse({"type": "content_block_stop", "index": index},
+                            "content_block_stop"), False))
+        out.append((sse({"type": "message_delta",
+                         "delta": {"stop_reason": body["stop_reason"], "stop_sequence": None},
+                         "usage": {"output_tokens": usage["output_tokens"]}},
+                        "message_delta"), False))
+        out.append((sse({"type": "message_stop"}, "message_stop"), False))
+        return out
+
+    def stream_error_event(self, status: int, message: str, request_id: str) -> bytes:
+        return sse(self.error_body(status, message, request_id), "error")

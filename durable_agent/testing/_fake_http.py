@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from durable_agent.records import JSONValue
 
@@ -64,6 +64,11 @@ class Plan:
     ``hang`` holds the request unanswered for that many seconds (or until the
     client goes away), then closes the connection; ``drop_after`` sends that
     many bytes of the body, then closes the connection.
+
+    ``chunks`` streams the body instead (chunked transfer encoding, one HTTP
+    chunk each, ``chunk_delay`` seconds apart); ``then`` says how the stream
+    ends: ``"end"`` properly, ``"cut"`` by closing the connection mid-body,
+    ``"hang"`` by holding it open ``hang`` seconds (or until the client leaves).
     """
 
     status: int = 200
@@ -72,6 +77,9 @@ class Plan:
     delay: float = 0.0
     hang: float | None = None
     drop_after: int | None = None
+    chunks: list[bytes] | None = None
+    chunk_delay: float = 0.0
+    then: Literal["end", "cut", "hang"] = "end"
 
 
 class _BadRequest(Exception):
@@ -279,6 +287,8 @@ class HTTPFakeServer(ABC):
         """Send the planned answer; False when the connection must close afterwards."""
         if plan.delay > 0:
             await asyncio.sleep(plan.delay)
+        if plan.chunks is not None:
+            return await self._stream(plan, reader, writer)
         if plan.hang is not None:
             # Hold the request: the client gives up (timeout), dies (EOF), or
             # the hang ends; the connection closes either way.
@@ -304,6 +314,36 @@ class HTTPFakeServer(ABC):
             await writer.drain()
             return False
         writer.write(payload + plan.body)
+        await writer.drain()
+        return True
+
+    async def _stream(
+        self, plan: Plan, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Send ``plan.chunks`` one HTTP chunk each; end as ``plan.then`` says."""
+        headers = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            **plan.headers,
+            "transfer-encoding": "chunked",
+            "connection": "keep-alive",
+        }
+        head = f"HTTP/1.1 {plan.status} OK\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers.items()
+        )
+        writer.write(head.encode("latin-1") + b"\r\n")
+        for index, chunk in enumerate(plan.chunks or ()):
+            if index and plan.chunk_delay > 0:
+                await asyncio.sleep(plan.chunk_delay)
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await writer.drain()
+        if plan.then == "cut":
+            return False
+        if plan.then == "hang":
+            with suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(reader.read(1), plan.hang or 60.0)
+            return False
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
 

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 
 from durable_agent.records import JSONValue
 from durable_agent.testing._fake_http import RecordedRequest
-from durable_agent.testing._fake_script import Reply, ScriptedServer, dicts, estimate
+from durable_agent.testing._fake_script import (
+    Reply,
+    ScriptedServer,
+    dicts,
+    estimate,
+    pieces,
+    sse,
+)
 
 __all__ = ["FakeOpenAIServer"]
 
@@ -31,7 +38,10 @@ class FakeOpenAIServer(ScriptedServer):
     """A fake of the OpenAI Chat Completions API (``POST /v1/chat/completions``).
 
     Point a client at `base_url` (``http://127.0.0.1:<port>/v1``). Answers
-    carry an ``x-request-id`` header (``req_0000``, ``req_0001``, ...).
+    carry an ``x-request-id`` header (``req_0000``, ``req_0001``, ...). A
+    request with ``"stream": true`` is answered with ``chat.completion.chunk``
+    server-sent events ending in ``data: [DONE]``, with a last usage chunk when
+    ``stream_options.include_usage`` is set, as the API documents.
     """
 
     provider = "OpenAI"
@@ -129,3 +139,55 @@ class FakeOpenAIServer(ScriptedServer):
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
         }
+
+    def stream_events(
+        self, body: JSONValue, request: RecordedRequest, chunk_size: int
+    ) -> list[tuple[bytes, bool]]:
+        assert isinstance(body, dict)
+        choices = body["choices"]
+        assert isinstance(choices, list)
+        assert isinstance(choices[0], dict)
+        message = choices[0]["message"]
+        assert isinstance(message, dict)
+        base = {
+            "id": body["id"],
+            "object": "chat.completion.chunk",
+            "created": body["created"],
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+        }
+
+        def chunk(delta: JSONValue, finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return sse({**base, "choices": [choice]})
+
+        out = [(chunk({"role": "assistant", "content": "", "refusal": None}), False)]
+        content = message.get("content")
+        out.extend(
+            (chunk({"content": piece}), True)
+            for piece in pieces(content if isinstance(content, str) else "", chunk_size)
+        )
+        refusal = message.get("refusal")
+        if isinstance(refusal, str):
+            out.append((chunk({"refusal": refusal}), False))
+        for index, call in enumerate(dicts(message.get("tool_calls"))):
+            function = call["function"]
+            assert isinstance(function, dict)
+            head = {"index": index, "id": call["id"], "type": "function",
+                    "function": {"name": function["name"], "arguments": ""}}
+            out.append((chunk({"tool_calls": [head]}), False))
+            arguments = function["arguments"]
+            assert isinstance(arguments, str)
+            out.extend(
+                (chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]}), False)
+                for part in pieces(arguments, chunk_size)
+            )
+        out.append((chunk({}, str(choices[0]["finish_reason"])), False))
+        options = request.body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            out.append((sse({**base, "choices": [], "usage": body["usage"]}), False))
+        out.append((sse("[DONE]"), False))
+        return out
+
+    def stream_error_event(self, status: int, message: str, request_id: str) -> bytes:
+        return sse(self.error_body(status, message, request_id))

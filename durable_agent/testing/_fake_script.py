@@ -28,6 +28,8 @@ __all__ = [
     "ScriptedServer",
     "dicts",
     "estimate",
+    "pieces",
+    "sse",
 ]
 
 
@@ -47,6 +49,8 @@ class Reply:
         input_tokens / output_tokens: the usage reported (estimated from the
             sizes when None).
         delay: seconds to wait before answering.
+        chunk_size: characters per text delta when the request asks to stream.
+        chunk_delay: seconds between the events of a streamed answer.
     """
 
     text: str | None = None
@@ -57,9 +61,14 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     delay: float = 0.0
+    chunk_size: int = 8
+    chunk_delay: float = 0.0
 
 
-FaultKind: TypeAlias = Literal["http", "hang", "malformed_json", "drop_connection", "echo_headers"]
+FaultKind: TypeAlias = Literal[
+    "http", "hang", "malformed_json", "drop_connection", "echo_headers",
+    "cut_stream", "stall_stream", "stream_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     seconds: float = 60.0
     delay: float = 0.0
+    after: int = 1
+    text: str = ""
 
     @classmethod
     def http(
@@ -124,10 +135,38 @@ class Fault:
         return cls("echo_headers", status=status)
 
     @classmethod
+    def cut_stream(cls, after: int = 1, *, text: str | None = None) -> Fault:
+        """Stream ``after`` text deltas of ``text``, then close the connection mid-body.
+
+        For a request that does not stream: the same as `drop_connection`.
+        """
+        return cls("cut_stream", after=after, text=text or _CUT_TEXT)
+
+    @classmethod
+    def stall_stream(
+        cls, after: int = 1, *, text: str | None = None, seconds: float = 60.0
+    ) -> Fault:
+        """Stream ``after`` text deltas, then send nothing more (until the client leaves)."""
+        return cls("stall_stream", after=after, text=text or _CUT_TEXT, seconds=seconds)
+
+    @classmethod
+    def stream_error(
+        cls, after: int = 1, *, text: str | None = None, status: int = 529,
+        message: str | None = None,
+    ) -> Fault:
+        """Stream ``after`` text deltas, then the provider's error event (``status`` picks
+        its type: 529 is Anthropic's ``overloaded_error``, 500 a server error)."""
+        return cls("stream_error", after=after, text=text or _CUT_TEXT, status=status,
+                   message=message)
+
+    @classmethod
     def drop_connection(cls) -> Fault:
         """Send the headers and half the body, then close the connection."""
         return cls("drop_connection")
 
+
+_CUT_TEXT = "This answer is cut off before it ends"
+"""What a stream fault streams before the fault, by default."""
 
 ScriptItem: TypeAlias = str | ToolCall | Sequence[ToolCall] | Reply | Fault
 """One scripted answer: text, a tool call, parallel tool calls, a `Reply` or a `Fault`."""
@@ -215,11 +254,19 @@ class ScriptedServer(HTTPFakeServer):
             received = {**request.headers, **secret_headers}
             first = [k for k in received if k in secret_headers or _custom(k)]
             order = first + [k for k in received if k not in first]
-            return self._fault(item, request_id, {k: received[k] for k in order})
+            return self._fault(item, request_id, {k: received[k] for k in order}, request)
         try:
             body = self.render(item, request, request.index)
         except ValueError as exc:
             return self._error(400, str(exc), request_id)
+        if request.body.get("stream") is True:
+            events = self.stream_events(body, request, item.chunk_size)
+            return Plan(
+                chunks=[chunk for chunk, _ in events],
+                headers={self.request_id_header: request_id},
+                delay=item.delay,
+                chunk_delay=item.chunk_delay,
+            )
         return Plan(
             body=json.dumps(body).encode(),
             headers={self.request_id_header: request_id},
@@ -239,9 +286,24 @@ class ScriptedServer(HTTPFakeServer):
             headers={self.request_id_header: request_id},
         )
 
-    def _fault(self, fault: Fault, request_id: str, received: Mapping[str, str]) -> Plan:
+    def _fault(
+        self,
+        fault: Fault,
+        request_id: str,
+        received: Mapping[str, str],
+        request: RecordedRequest | None = None,
+    ) -> Plan:
         headers = {self.request_id_header: request_id}
+        stream_fault = fault.kind in ("cut_stream", "stall_stream", "stream_error")
+        if stream_fault and request is not None and request.body.get("stream") is True:
+            return self._stream_fault(fault, request, request_id)
         match fault.kind:
+            case "cut_stream":
+                return self._fault(Fault.drop_connection(), request_id, received)
+            case "stall_stream":
+                return Plan(hang=fault.seconds)
+            case "stream_error":
+                return self._error(fault.status, fault.message or "stream failed", request_id)
             case "hang":
                 return Plan(hang=fault.seconds, delay=fault.delay)
             case "echo_headers":
@@ -269,6 +331,39 @@ class ScriptedServer(HTTPFakeServer):
                     raw = json.dumps(fault.body).encode()
                 return Plan(status=fault.status, body=raw, headers=headers, delay=fault.delay)
 
+    def _stream_fault(self, fault: Fault, request: RecordedRequest, request_id: str) -> Plan:
+        """The start of a streamed answer of ``fault.text``, then the fault."""
+        reply = Reply(text=fault.text, chunk_size=max(1, len(fault.text) // (fault.after + 1)))
+        events = self.stream_events(
+            self.render(reply, request, request.index), request, reply.chunk_size
+        )
+        chunks: list[bytes] = []
+        deltas = 0
+        for chunk, is_text in events:
+            chunks.append(chunk)
+            deltas += is_text
+            if deltas >= fault.after:
+                break
+        headers = {self.request_id_header: request_id}
+        if fault.kind == "stream_error":
+            message = fault.message or f"fake {self.provider} failure {fault.status} mid-stream"
+            chunks.append(self.stream_error_event(fault.status, message, request_id))
+            return Plan(chunks=chunks, headers=headers)
+        if fault.kind == "stall_stream":
+            return Plan(chunks=chunks, headers=headers, then="hang", hang=fault.seconds)
+        return Plan(chunks=chunks, headers=headers, then="cut")
+
+    @abstractmethod
+    def stream_events(
+        self, body: JSONValue, request: RecordedRequest, chunk_size: int
+    ) -> list[tuple[bytes, bool]]:
+        """A success body as the provider's server-sent events, in order; each with
+        whether it carries a text delta. ``chunk_size``: characters per delta."""
+
+    @abstractmethod
+    def stream_error_event(self, status: int, message: str, request_id: str) -> bytes:
+        """The provider's error event inside a stream."""
+
     @abstractmethod
     def route(self, request: RecordedRequest) -> tuple[int, str] | None:
         """(status, message) when the method or path is not the provider's endpoint."""
@@ -288,6 +383,22 @@ class ScriptedServer(HTTPFakeServer):
     @abstractmethod
     def render(self, reply: Reply, request: RecordedRequest, index: int) -> JSONValue:
         """The provider's success body for ``reply``."""
+
+
+def pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of ``size`` characters (one piece when ``size`` is 0)."""
+    if not text:
+        return []
+    if size <= 0:
+        return [text]
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def sse(data: JSONValue | str, event: str | None = None) -> bytes:
+    """One server-sent event: an optional ``event:`` line and its ``data:`` line."""
+    payload = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
 
 
 def _custom(header: str) -> bool:

@@ -1,0 +1,252 @@
+"""(h) Streaming overhead: time to first delta and cost per delta, against the bare SDK stream.
+
+The fake OpenAI and Anthropic servers run in a separate process and stream a
+reply of `DELTAS` text deltas of 4 characters. For each SDK, one process
+measures, alternately and with warm connections:
+
+* bare: ``client.chat.completions.create(stream=True, ...)`` /
+  ``client.messages.create(stream=True, ...)`` with the official async client,
+  iterated to the end;
+* adapter: ``OpenAIModel.stream`` / ``AnthropicModel.stream`` alone;
+* agent: ``agent.stream_async(task)`` on a ``MemoryBackend``: a whole durable
+  one-call run (create, start, streamed model call, final answer stored, lease
+  released), consumed to its `Finished` event;
+* agent on SQLite (informational): the same with ``SqliteBackend`` at
+  ``synchronous=FULL``, whose fsync of the run's first write comes before the
+  first delta.
+
+Time to first delta is from the call to the first text delta the caller sees;
+per-delta cost is (whole stream - time to first delta) / deltas. Targets: the
+agent's time to first delta <= 1 ms more than the bare SDK's, on the memory
+store (the median of paired samples); per-delta cost is reported.
+
+Run alone: ``python benchmarks/bench_streaming.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    Row,
+    gated,
+    info,
+    machine_summary,
+    median,
+    open_sqlite,
+    parse_options,
+    print_table,
+    scratch_dir,
+)
+
+from durable_agent import Agent, Task
+from durable_agent.backends.memory import MemoryBackend
+from durable_agent.models import ChatModel, ModelDelta
+from durable_agent.models.anthropic import AnthropicModel
+from durable_agent.models.openai import OpenAIModel
+from durable_agent.records import UserMessage
+from durable_agent.streaming import TextDelta
+
+NAME = "h) streaming"
+TARGET_TTFD_MS = 1.0
+KEY = "bench-key"
+PROMPT = "Tell me a long story."
+DELTAS = 200
+
+SERVER_CODE = f"""
+import contextlib, json, sys
+from durable_agent.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+text = "abcd" * {DELTAS}
+servers = {{
+    "openai": FakeOpenAIServer(lambda request: Reply(text=text, chunk_size=4)),
+    "anthropic": FakeAnthropicServer(lambda request: Reply(text=text, chunk_size=4)),
+}}
+with contextlib.ExitStack() as stack:
+    for server in servers.values():
+        stack.enter_context(server.running_in_thread())
+    print(json.dumps({{name: s.base_url for name, s in servers.items()}}), flush=True)
+    sys.stdin.read()
+"""
+
+Timed = Callable[[], AsyncIterator[None]]
+"""A stream to time: yields once per text delta the caller sees."""
+
+
+@contextmanager
+def fake_servers() -> Iterator[dict[str, str]]:
+    """Both fake servers in a child process; yields their base URLs."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    try:
+        yield json.loads(child.stdout.readline())
+    finally:
+        child.stdin.close()
+        child.stdout.close()
+        child.wait(timeout=30)
+
+
+def bare_stream(provider: str, base_url: str) -> tuple[Timed, Any]:
+    messages: Any = [{"role": "user", "content": PROMPT}]
+    if provider == "openai":
+        import openai
+
+        client: Any = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0)
+
+        async def openai_deltas() -> AsyncIterator[None]:
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield None
+
+        return openai_deltas, client
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(api_key=KEY, base_url=base_url, max_retries=0)
+
+    async def anthropic_deltas() -> AsyncIterator[None]:
+        stream = await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=1024, messages=messages, stream=True
+        )
+        async for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                yield None
+
+    return anthropic_deltas, client
+
+
+def make_model(provider: str, base_url: str) -> ChatModel:
+    if provider == "openai":
+        return OpenAIModel("gpt-4o-mini", api_key=KEY, base_url=base_url)
+    return AnthropicModel("claude-haiku-4-5", api_key=KEY, base_url=base_url)
+
+
+def adapter_stream(model: ChatModel) -> Timed:
+    hi = [UserMessage(content=PROMPT)]
+
+    async def deltas() -> AsyncIterator[None]:
+        async for item in model.stream(hi, tools=[]):
+            if isinstance(item, ModelDelta):
+                yield None
+
+    return deltas
+
+
+def agent_stream(agent: Agent) -> Timed:
+    async def deltas() -> AsyncIterator[None]:
+        async with agent.stream_async(Task(PROMPT)) as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    yield None
+
+    return deltas
+
+
+async def timed(stream: Timed) -> tuple[float, float]:
+    """(seconds to the first delta, seconds per later delta) of one stream."""
+    started = time.perf_counter()
+    first = 0.0
+    count = 0
+    async for _ in stream():
+        if count == 0:
+            first = time.perf_counter() - started
+        count += 1
+    total = time.perf_counter() - started
+    return first, (total - first) / max(count - 1, 1)
+
+
+async def measure(
+    provider: str, base_url: str, repeats: int, directory: Path
+) -> dict[str, list[tuple[float, float]]]:
+    bare, client = bare_stream(provider, base_url)
+    model = make_model(provider, base_url)
+    memory = Agent(model, db=MemoryBackend(), retry=1)
+    sqlite = open_sqlite(directory / "runs.db")
+    durable = Agent(model, db=sqlite, retry=1)
+    streams = {
+        "bare": bare,
+        "adapter": adapter_stream(model),
+        "agent": agent_stream(memory),
+        "sqlite": agent_stream(durable),
+    }
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in streams}
+    try:
+        for stream in streams.values():  # warm connections and caches
+            for _ in range(3):
+                await timed(stream)
+        gc.collect()
+        for _ in range(repeats):
+            for name, stream in streams.items():  # alternated: drift hits all alike
+                samples[name].append(await timed(stream))
+    finally:
+        await client.close()
+        await sqlite.close()
+    return samples
+
+
+def run(quick: bool) -> list[Row]:
+    repeats = 15 if quick else 60
+    rows: list[Row] = []
+    us, ms = 1e6, 1e3
+    with fake_servers() as urls, scratch_dir() as tmp:
+        for provider in ("openai", "anthropic"):
+            directory = tmp / provider
+            directory.mkdir()
+            samples = asyncio.run(measure(provider, urls[provider], repeats, directory))
+            ttfd = {name: median([s[0] for s in values]) for name, values in samples.items()}
+            per = {name: median([s[1] for s in values]) for name, values in samples.items()}
+            extra = median(
+                [a[0] - b[0] for a, b in zip(samples["agent"], samples["bare"], strict=True)]
+            )
+            rows += [
+                info(
+                    NAME, f"{provider}: bare SDK time to first delta", f"{ttfd['bare'] * ms:.2f} ms"
+                ),
+                info(
+                    NAME, f"{provider}: adapter (model.stream) time to first delta",
+                    f"{ttfd['adapter'] * ms:.2f} ms",
+                ),
+                info(
+                    NAME, f"{provider}: stream_async on MemoryBackend time to first delta",
+                    f"{ttfd['agent'] * ms:.2f} ms",
+                ),
+                gated(
+                    NAME, f"{provider}: stream_async - bare SDK, time to first delta",
+                    extra * ms, " ms", TARGET_TTFD_MS, ".2f",
+                ),
+                info(
+                    NAME, f"{provider}: stream_async on SQLite FULL time to first delta",
+                    f"{ttfd['sqlite'] * ms:.2f} ms (the run's first write is fsynced first)",
+                ),
+                info(
+                    NAME, f"{provider}: per delta, bare SDK / adapter / stream_async",
+                    f"{per['bare'] * us:.1f} / {per['adapter'] * us:.1f} / "
+                    f"{per['agent'] * us:.1f} us (+{(per['agent'] - per['bare']) * us:.1f} us)",
+                ),
+            ]
+    return rows
+
+
+def main() -> None:
+    options = parse_options(__doc__ or NAME)
+    print(machine_summary())
+    print_table(run(options.quick))
+
+
+if __name__ == "__main__":
+    main()
