@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from durable_agent._fork import fork_origin
 from durable_agent._lease import process_alive
 from durable_agent.backend import LeaseOwner, UnreadableRun
 from durable_agent.cli import _store as store
@@ -211,6 +212,9 @@ def runs_show(run_id: str, full: bool, as_json: bool, db: str | None) -> int:
             ),
             ("lease", _lease_text(header)),
         ]
+        origin = fork_origin(stored.events)
+        if origin is not None:
+            fields.insert(1, ("forked", f"from run {origin.run_id} at seq {origin.seq}"))
         if header.cancel_requested and header.state is not RunState.CANCELLED:
             fields.append(("cancel", f"requested: {header.cancel_requested}"))
         if output.error is not None:
