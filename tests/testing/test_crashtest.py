@@ -61,10 +61,12 @@ def test_a_tool_that_ignores_its_key_is_flagged_and_a_non_idempotent_one_goes_in
     assert book_kill.ran_again == ("book (call_1_0)",)  # a human (the ledger) said: run it
     assert all(k.matched for k in report.kill_points)
     verdicts = {t.name: t for t in report.tools}
-    assert verdicts["charge"].flagged and verdicts["charge"].ran_again_at == (2,)
+    assert verdicts["charge"].flagged
+    assert verdicts["charge"].ran_again_at == (2,)
     assert "never reads ctx.idempotency_key" in verdicts["charge"].verdict
     assert verdicts["book"].verdict.startswith("ok: idempotent=False")
-    assert verdicts["refund"].reads_key and not verdicts["refund"].flagged
+    assert verdicts["refund"].reads_key
+    assert not verdicts["refund"].flagged
     assert verdicts["add"].pure == "by inspection"
     text = report.text()
     assert "FAILED: flagged: charge" in text
@@ -126,7 +128,7 @@ def test_a_real_provider_endpoint_is_refused_unless_allowed(
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     paid = Agent(OpenAIModel("gpt-4o-mini", api_key="sk-test"), db="memory://")
-    with pytest.raises(ConfigurationError, match="api.openai.com.*allow_real_model"):
+    with pytest.raises(ConfigurationError, match=r"api\.openai\.com.*allow_real_model"):
         check_model(paid, allow_real_model=False)
     check_model(paid, allow_real_model=True)
     local = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url="http://127.0.0.1:9/v1")
