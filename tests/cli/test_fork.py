@@ -52,3 +52,17 @@ def test_fork_onto_a_taken_id_is_refused(cli: Cli) -> None:
     done = cli("runs", "fork", "run-done", "--at", "3", "--new-id", "run-error")
     assert done.returncode == 1
     assert "that run id is taken" in done.stderr
+
+
+def test_diagram_draws_a_fork_beside_its_source(cli: Cli) -> None:
+    assert cli("runs", "fork", "run-done", "--at", "3", "--new-id", "f3").returncode == 0
+    mermaid = cli("diagram", "--run", "run-done", "--run", "f3")
+    assert mermaid.returncode == 0, mermaid.stderr
+    assert mermaid.stdout.startswith("stateDiagram-v2\n    direction LR")
+    assert '"run run-done: DONE" as run0' in mermaid.stdout
+    assert '"run f3: TOOL_EXEC (forked from run-done at seq 3)" as run1' in mermaid.stdout
+    dot = cli("diagram", "--run", "run-done", "--run", "f3", "--format", "dot")
+    assert dot.returncode == 0, dot.stderr
+    assert "subgraph cluster_0" in dot.stdout
+    assert "subgraph cluster_1" in dot.stdout
+    assert 'r0_TOOL_EXEC -> r1_TOOL_EXEC [label="forked at seq 3"' in dot.stdout
