@@ -54,6 +54,8 @@ from durable_agent.testing._crashtest_target import (
 __all__ = ["CrashReport", "CrashtestError", "KillPoint", "ToolFinding", "crashtest"]
 
 _CHILD: Final = "durable_agent.testing._crashtest_child"
+_IN_CHILD: Final = "DURABLE_AGENT_CRASHTEST_CHILD"
+"""Set in every child: a module that calls crashtest when imported would otherwise recurse."""
 
 
 class CrashtestError(DurableAgentError, RuntimeError):
@@ -192,6 +194,11 @@ def crashtest(
     """
     if not isinstance(task, str) or not task:
         raise ConfigurationError(f"crashtest(task=...) must be a non-empty str, got {task!r}")
+    if os.environ.get(_IN_CHILD):
+        raise CrashtestError(
+            "crashtest was called while a crash-test child imported the agent's module: call "
+            "it under `if __name__ == '__main__':` or in a test function, not at import"
+        )
     spec = spec_of(agent)
     loaded = agent if isinstance(agent, Agent) else load_agent(spec)
     check_model(loaded, allow_real_model=allow_real_model)
@@ -374,6 +381,7 @@ class _Children:
             return subprocess.run(
                 [sys.executable, "-m", _CHILD, json.dumps(args)],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout,
+                env={**os.environ, _IN_CHILD: "1"},
             )
         except subprocess.TimeoutExpired:
             raise CrashtestError(

@@ -85,3 +85,14 @@ asks = Agent(
     name="asks",
 )
 """Its clean run waits for a human: crashtest cannot run it on its own."""
+
+
+def recursive() -> Agent:
+    """A factory whose import-time twin (below) calls crashtest, as a careless script would."""
+    return careful
+
+
+if os.environ.get("CRASHTEST_RECURSE"):
+    from durable_agent.testing import crashtest
+
+    crashtest(recursive, "again")

@@ -141,3 +141,11 @@ def test_only_a_body_that_calls_nothing_is_pure_by_inspection() -> None:
     assert pure_by_inspection(Tool(crashtest_agents.add))
     assert not pure_by_inspection(Tool(crashtest_agents.charge))
     assert not pure_by_inspection(Tool(crashtest_agents.refund))
+
+
+def test_a_module_that_calls_crashtest_when_imported_fails_instead_of_recursing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRASHTEST_RECURSE", "1")
+    with pytest.raises(CrashtestError, match="exited with status 1: .*not at import"):
+        crashtest(crashtest_agents.recursive, "x")
