@@ -66,3 +66,14 @@ def test_diagram_draws_a_fork_beside_its_source(cli: Cli) -> None:
     assert "subgraph cluster_0" in dot.stdout
     assert "subgraph cluster_1" in dot.stdout
     assert 'r0_TOOL_EXEC -> r1_TOOL_EXEC [label="forked at seq 3"' in dot.stdout
+
+
+def test_a_run_held_by_a_dead_process_forks_without_its_lease(cli: Cli) -> None:
+    source = json.loads(cli("runs", "show", "run-tool-exec", "--json").stdout)
+    last = len(source["timeline"])
+    done = cli("runs", "fork", "run-tool-exec", "--at", str(last), "--agent",
+               "tests.cli.scenario:calculator", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "DONE"
+    after = json.loads(cli("runs", "show", "run-tool-exec", "--json").stdout)
+    assert after == source, "the source, and its dead owner's lease, are untouched"

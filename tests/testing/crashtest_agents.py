@@ -96,3 +96,18 @@ if os.environ.get("CRASHTEST_RECURSE"):
     from durable_agent.testing import crashtest
 
     crashtest(recursive, "again")
+
+
+def drifting() -> Agent:
+    """Takes one tool turn in the first two builds, none later: not deterministic.
+
+    Each build counts itself in the file ``CRASHTEST_COUNTER`` names: crashtest's own
+    process loads it first, then the clean run's child; every child after them drifts.
+    """
+    path = os.environ["CRASHTEST_COUNTER"]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("x")
+    with open(path, encoding="utf-8") as f:
+        first = len(f.read()) <= 2
+    script: list[str | ToolCall] = [ToolCall("add", {"a": 1, "b": 1}), "2"] if first else ["2"]
+    return Agent(ScriptedModel(script), db="memory://", tools=[add], name="drifting")

@@ -149,3 +149,17 @@ def test_a_module_that_calls_crashtest_when_imported_fails_instead_of_recursing(
     monkeypatch.setenv("CRASHTEST_RECURSE", "1")
     with pytest.raises(CrashtestError, match="exited with status 1: .*not at import"):
         crashtest(crashtest_agents.recursive, "x")
+
+
+def test_a_kill_point_the_run_never_reaches_is_a_mismatch_that_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRASHTEST_COUNTER", str(tmp_path / "count"))
+    report = crashtest("tests.testing.crashtest_agents:drifting", "1 + 1?", kill_points=[4])
+
+    assert not report.ok
+    (point,) = report.kill_points
+    assert not point.matched
+    assert point.problem is not None
+    assert "before write 4" in point.problem
+    assert "is the agent deterministic?" in point.problem
