@@ -336,8 +336,10 @@ def _findings(
         elif not tool.idempotent:
             verdict = "ok: idempotent=False, a call in doubt waits for a human"
         else:
+            did = f"; it did at kill point{'s' if len(again) > 1 else ''} " \
+                  f"{', '.join(map(str, again))}" if again else ""
             verdict = (
-                f"FLAGGED: runs again after a crash (at-least-once){where} and never reads "
+                f"FLAGGED: may run again after a crash (at-least-once{did}) and never reads "
                 "ctx.idempotency_key: pass the key to the service it changes, or declare it "
                 "idempotent=False; if it has no outside effect, name it in pure= (--pure)"
             )

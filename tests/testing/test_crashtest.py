@@ -147,7 +147,7 @@ def test_a_module_that_calls_crashtest_when_imported_fails_instead_of_recursing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CRASHTEST_RECURSE", "1")
-    with pytest.raises(CrashtestError, match="exited with status 1: .*not at import"):
+    with pytest.raises(CrashtestError, match=r"exited with status 1: .*not at import"):
         crashtest(crashtest_agents.recursive, "x")
 
 
