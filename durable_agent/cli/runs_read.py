@@ -175,11 +175,13 @@ def runs_show(run_id: str, full: bool, as_json: bool, db: str | None) -> int:
             stored = await load(backend, choice, run_id)
         rows = timeline(stored, full=full)
         output = RunOutput.from_context(_context(stored))
+        origin = fork_origin(stored.events)
         out = Printer()
         if as_json:
             out.json(
                 {
                     "header": _header_json(stored.header),
+                    "forked_from": origin.model_dump() if origin is not None else None,
                     "timeline": [
                         {
                             "seq": r.seq,
@@ -212,7 +214,6 @@ def runs_show(run_id: str, full: bool, as_json: bool, db: str | None) -> int:
             ),
             ("lease", _lease_text(header)),
         ]
-        origin = fork_origin(stored.events)
         if origin is not None:
             fields.insert(1, ("forked", f"from run {origin.run_id} at seq {origin.seq}"))
         if header.cancel_requested and header.state is not RunState.CANCELLED:

@@ -68,7 +68,9 @@ def spec_of(agent: Agent | str | Callable[[], Agent]) -> str:
         if not isinstance(namespace, dict):
             continue
         found += [(module_name, k) for k, v in list(namespace.items()) if v is agent]
-    found.sort(key=lambda place: place[0] == "__main__")  # an importable module first
+    # An importable module first, and one that is not a test module (pytest may import
+    # those in a way a new process cannot repeat) before one that is.
+    found.sort(key=lambda place: (place[0] == "__main__", _looks_like_a_test(place[0])))
     if not found:
         raise ConfigurationError(
             "crashtest runs the agent in new processes, which import it: define it at the top "
@@ -76,6 +78,11 @@ def spec_of(agent: Agent | str | Callable[[], Agent]) -> str:
             "builds it"
         )
     return _named(*found[0])
+
+
+def _looks_like_a_test(module_name: str) -> bool:
+    last = module_name.rsplit(".", 1)[-1]
+    return last.startswith("test_") or last.endswith("_test") or last == "conftest"
 
 
 def _named(module_name: str, attribute: str) -> str:

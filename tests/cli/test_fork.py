@@ -16,6 +16,8 @@ def test_fork_without_an_agent_stores_the_fork_and_says_how_to_continue_it(cli: 
 
     shown = cli("runs", "show", "f1")
     assert re.search(r"forked\s+from run run-done at seq 6", shown.stdout), shown.stdout
+    as_json = json.loads(cli("runs", "show", "f1", "--json").stdout)
+    assert as_json["forked_from"] == {"run_id": "run-done", "seq": 6}
 
     resumed = cli("runs", "resume", "f1", "--agent", "tests.cli.scenario:calculator")
     assert resumed.returncode == 0, resumed.stderr

@@ -163,3 +163,16 @@ def test_a_kill_point_the_run_never_reaches_is_a_mismatch_that_says_why(
     assert point.problem is not None
     assert "before write 4" in point.problem
     assert "is the agent deterministic?" in point.problem
+
+
+def test_an_agent_a_test_module_imported_is_named_by_its_own_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    test_module = types.ModuleType("tests.somewhere.test_support")
+    test_module.support = crashtest_agents.careful  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests.somewhere.test_support", test_module)
+    monkeypatch.delitem(sys.modules, "tests.testing.crashtest_agents")
+    monkeypatch.setitem(sys.modules, "tests.testing.crashtest_agents", crashtest_agents)
+    assert spec_of(crashtest_agents.careful) == "tests.testing.crashtest_agents:careful"
