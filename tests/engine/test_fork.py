@@ -245,3 +245,18 @@ def test_forking_at_the_cancellation_is_refused_with_the_seq_before(
     assert cancelled.state is RunState.CANCELLED
     with pytest.raises(ConfigurationError, match="fork at seq 2 to continue from before"):
         agent.fork_run("to-cancel", at_seq=3)
+
+
+def test_forked_from_is_left_out_of_runs_that_are_not_forks_and_old_records_read_back() -> None:
+    from durable_agent.fsm import RunState as State
+    from durable_agent.records import UserMessage, decode_event
+
+    plain = CreatedEvent(seq=1, state=State.PENDING, messages=(UserMessage(content="hi"),))
+    assert "forked_from" not in encode_event(plain)
+    forked = plain.model_copy(update={"forked_from": ForkOrigin(run_id="a", seq=3)})
+    assert decode_event("b", 1, encode_event(forked)) == forked
+    # A record from before forks existed reads as not forked.
+    old = '{"schema_version":1,"seq":1,"state":"PENDING","kind":"created","messages":[]}'
+    first = decode_event("old", 1, old)
+    assert isinstance(first, CreatedEvent)
+    assert first.forked_from is None
