@@ -421,6 +421,36 @@ class Agent:
         """Synchronous twin of `cancel_run_async`."""
         return self._sync(self.cancel_run_async(run_id, reason=reason))
 
+    async def fork_run_async(
+        self, run_id: str, *, at_seq: int, new_run_id: str | None = None, run: bool = True,
+        timeout: float | None = None,
+    ) -> RunOutput:
+        """Fork ``run_id`` at event ``at_seq`` into a new run and continue it with this agent.
+
+        The fork holds the source's events up to ``at_seq`` (the source is
+        untouched), marked ``forked_from``; what they recorded is reused, never
+        redone; a call in flight at ``at_seq`` is in doubt under the fork's own
+        keys (docs/forking.md). Returns the fork's `RunOutput` (``run=False``
+        only stores it); raises as ``continue_run_async(return_output=True)``.
+        """
+        from durable_agent._fork import create_fork
+
+        check_run_id(run_id, "fork_run_async(run_id)")
+        with self._naming_store(run_id):
+            fork = await create_fork(self.db, run_id, at_seq=at_seq, new_run_id=new_run_id,
+                                     agent_name=self.name)
+        if not run:
+            return await self.get_run_async(fork.run_id)
+        return await self._continue(fork.run_id, None, True, None, timeout)  # type: ignore[no-any-return]
+
+    def fork_run(
+        self, run_id: str, *, at_seq: int, new_run_id: str | None = None, run: bool = True,
+        timeout: float | None = None,
+    ) -> RunOutput:
+        """Synchronous twin of `fork_run_async`."""
+        return self._sync(self.fork_run_async(
+            run_id, at_seq=at_seq, new_run_id=new_run_id, run=run, timeout=timeout))
+
     async def get_run_async(self, run_id: str) -> RunOutput:
         """Load a run's current outcome without running anything."""
         check_run_id(run_id, "get_run_async(run_id)")

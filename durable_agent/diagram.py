@@ -7,6 +7,8 @@ never disagree with the engine:
 - `run_diagram` draws one run: the edges it took, numbered in the order it
   took them (a loop taken many times shows how often), its current or final
   state highlighted, the states it never visited dimmed.
+- `runs_diagram` draws several runs side by side, a fork joined to its source
+  (`durable_agent._diagram_runs`).
 
 Mermaid (``stateDiagram-v2``) and Graphviz DOT are pure Python text. SVG and
 PNG are rendered from the DOT by Graphviz: the ``pygraphviz`` wheel, which
@@ -54,6 +56,7 @@ __all__ = [
     "run_diagram",
     "run_dot",
     "run_mermaid",
+    "runs_diagram",
 ]
 
 DiagramFormat: TypeAlias = Literal["mermaid", "dot", "svg", "png"]
@@ -463,3 +466,20 @@ def run_diagram(
     else:
         path = RunPath.from_events(run)
     return _finish(lambda: run_mermaid(path), lambda: run_dot(path), checked)
+
+
+def runs_diagram(
+    runs: Sequence[StoredRun | RunPath], *, format: DiagramFormat = "mermaid"
+) -> Diagram:
+    """Several runs side by side, each as `run_diagram` draws it; a fork names its source.
+
+    In DOT (and SVG, PNG) a dashed edge joins the source's state at the fork
+    point to the fork's, when both runs are given.
+    """
+    from durable_agent._diagram_runs import drawn, runs_dot, runs_mermaid
+
+    checked = _check_format(format)
+    if not runs:
+        raise ConfigurationError("runs_diagram() needs at least one run")
+    items = [drawn(r) for r in runs]
+    return _finish(lambda: runs_mermaid(items), lambda: runs_dot(items), checked)

@@ -61,6 +61,7 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "FailedEvent",
+    "ForkOrigin",
     "JSONValue",
     "Lease",
     "Message",
@@ -221,12 +222,24 @@ class OutputFormat(BaseModel):
     description: str = ""
 
 
+class ForkOrigin(BaseModel):
+    """The run and seq a fork copied its log from (`CreatedEvent.forked_from`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    seq: int
+
+
 class CreatedEvent(_Event):
     """The run's input: system prompt and task. Always seq 1, state PENDING."""
 
     kind: Literal["created"] = "created"
     messages: tuple[Message, ...]
     output_format: OutputFormat | None = None
+    forked_from: ForkOrigin | None = None
+    """Set on a fork's first event; None (and left out of the JSON) otherwise, so
+    older readers ignore it and older records read as not forked."""
 
 
 class TransitionEvent(_Event):

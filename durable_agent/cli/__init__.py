@@ -14,8 +14,10 @@ Its commands:
     durable-agent runs reject RUN_ID REQUIREMENT_ID [--reason TEXT]
     durable-agent runs cancel RUN_ID [--reason TEXT]
     durable-agent worker --agent myapp.agents:support [--concurrency 8] [--queue NAME]
+    durable-agent runs fork RUN_ID --at SEQ [--new-id ID] [--agent myapp.agents:support]
     durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
     durable-agent demo
+    durable-agent crashtest myapp.agents:support "a task" [--kill-points all|1,3]
 
 The store is ``--db URL`` (on the command or before it), else the
 ``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
@@ -30,9 +32,10 @@ The package, one module per command group:
 - `durable_agent.cli.runs`: the ``runs`` group, its commands in
   `durable_agent.cli.runs_read` (list, show, export),
   `durable_agent.cli.runs_write` (import, delete, prune) and
-  `durable_agent.cli.decide` (resume, approve, reject, cancel);
-- `durable_agent.cli.worker`, `durable_agent.cli.diagram` and
-  `durable_agent.cli.demo`: one command each;
+  `durable_agent.cli.decide` (resume, approve, reject, cancel) and
+  `durable_agent.cli.fork` (fork);
+- `durable_agent.cli.worker`, `durable_agent.cli.diagram`, `durable_agent.cli.demo` and
+  `durable_agent.cli.crashtest`: one command each;
 - `durable_agent.cli._store` (store URLs, durations, the export document,
   loading an agent, recording a decision), `durable_agent.cli._output`
   (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
@@ -55,7 +58,7 @@ from durable_agent.cli._app import PROG, cli, main
 # Imported for the commands they add, in the order help lists them (not sorted).
 # isort: off
 from durable_agent.cli import runs, runs_read, runs_follow, runs_write  # noqa: F401
-from durable_agent.cli import decide, worker, diagram, demo  # noqa: F401
+from durable_agent.cli import decide, fork, worker, diagram, demo, crashtest  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]

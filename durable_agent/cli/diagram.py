@@ -15,7 +15,13 @@ import click
 from durable_agent.cli import _store as store
 from durable_agent.cli._app import CONTEXT, choose, cli, db_option, load, opened, run_command
 from durable_agent.cli._output import Printer
-from durable_agent.diagram import FORMATS, DiagramFormat, machine_diagram, run_diagram
+from durable_agent.diagram import (
+    FORMATS,
+    DiagramFormat,
+    machine_diagram,
+    run_diagram,
+    runs_diagram,
+)
 
 __all__ = ["diagram"]
 
@@ -33,9 +39,11 @@ _SUFFIXES: Final[dict[str, DiagramFormat]] = {
 @cli.command("diagram", context_settings=CONTEXT)
 @click.option(
     "--run",
-    "run_id",
+    "run_ids",
     metavar="RUN_ID",
-    help="draw the path this run took (default: the whole machine)",
+    multiple=True,
+    help="draw the path this run took (default: the whole machine); repeat it to draw "
+    "runs side by side, such as a fork and its source",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), help="default: from -o's suffix, else mermaid"
@@ -47,8 +55,10 @@ _SUFFIXES: Final[dict[str, DiagramFormat]] = {
     help="write to FILE instead of stdout",
 )
 @db_option
-def diagram(run_id: str | None, fmt: str | None, output: Path | None, db: str | None) -> int:
-    """Draw the state machine, or one run's path.
+def diagram(
+    run_ids: tuple[str, ...], fmt: str | None, output: Path | None, db: str | None
+) -> int:
+    """Draw the state machine, or one run's path, or several runs' side by side.
 
     Mermaid and DOT need nothing else; SVG and PNG need Graphviz
     (pip install 'durable-agent[diagrams]').
@@ -62,13 +72,16 @@ def diagram(run_id: str | None, fmt: str | None, output: Path | None, db: str | 
         raise store.CliError("a PNG is binary: write it to a file with -o FILE")
 
     async def body() -> int:
-        if run_id is None:
+        if not run_ids:
             drawn = machine_diagram(format=chosen)
         else:
             choice = choose(db)
             async with opened(choice) as backend:
-                stored = await load(backend, choice, run_id)
-            drawn = run_diagram(stored, format=chosen)
+                stored = [await load(backend, choice, run_id) for run_id in run_ids]
+            if len(stored) == 1:
+                drawn = run_diagram(stored[0], format=chosen)
+            else:
+                drawn = runs_diagram(stored, format=chosen)
         if output is None:
             sys.stdout.buffer.write(drawn.data)
             sys.stdout.flush()

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from durable_agent._fork import fork_origin
 from durable_agent._lease import process_alive
 from durable_agent.backend import LeaseOwner, UnreadableRun
 from durable_agent.cli import _store as store
@@ -188,11 +189,13 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
         shown.append(stored.header.seq)
         rows = timeline(stored, full=full)
         output = RunOutput.from_context(_context(stored))
+        origin = fork_origin(stored.events)
         out = Printer()
         if as_json:
             out.json(
                 {
                     "header": _header_json(stored.header),
+                    "forked_from": origin.model_dump() if origin is not None else None,
                     "timeline": [
                         {
                             "seq": r.seq,
@@ -225,6 +228,8 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
             ),
             ("lease", _lease_text(header)),
         ]
+        if origin is not None:
+            fields.insert(1, ("forked", f"from run {origin.run_id} at seq {origin.seq}"))
         if header.cancel_requested and header.state is not RunState.CANCELLED:
             fields.append(("cancel", f"requested: {header.cancel_requested}"))
         if output.error is not None:

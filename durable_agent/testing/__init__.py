@@ -1,4 +1,7 @@
-"""Helpers for testing agents and stores offline: crash injection and fake provider servers.
+"""Helpers for testing agents and stores offline: crash tests, crash injection, fake servers.
+
+`crashtest` kills your own agent after every durable write, resumes it in a
+new process and reports what ran again (docs/testing.md).
 
 `FakeOpenAIServer` and `FakeAnthropicServer` are real HTTP servers on
 127.0.0.1 that the official SDKs talk to: scripted answers (`Reply`, or just a
@@ -7,6 +10,13 @@
 """
 
 from durable_agent.testing.crash import KillSwitchBackend
+from durable_agent.testing.crashtest import (
+    CrashReport,
+    CrashtestError,
+    KillPoint,
+    ToolFinding,
+    crashtest,
+)
 from durable_agent.testing.fake_servers import (
     FakeAnthropicServer,
     FakeOpenAIServer,
@@ -18,12 +28,17 @@ from durable_agent.testing.fake_servers import (
 )
 
 __all__ = [
+    "CrashReport",
+    "CrashtestError",
     "FakeAnthropicServer",
     "FakeOpenAIServer",
     "Fault",
+    "KillPoint",
     "KillSwitchBackend",
     "RecordedRequest",
     "Reply",
     "Responder",
     "ScriptItem",
+    "ToolFinding",
+    "crashtest",
 ]

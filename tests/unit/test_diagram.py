@@ -271,3 +271,16 @@ def test_svg_of_the_machine_is_well_formed_and_names_every_state() -> None:
     assert {r.trigger for r in TRANSITIONS if not r.condition} <= texts
     png = run_diagram(_known_run(), format="png")
     assert png.data.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_runs_side_by_side_need_at_least_one_and_take_bare_paths() -> None:
+    from durable_agent.diagram import runs_diagram
+
+    with pytest.raises(ConfigurationError, match="at least one run"):
+        runs_diagram([])
+    path = RunPath((Step(2, "start", RunState.PENDING, RunState.MODEL_CALL),),
+                   RunState.MODEL_CALL, "a")
+    text = runs_diagram([path, path]).text
+    assert text.count("state \"run a: MODEL_CALL\"") == 2
+    assert "r1_PENDING --> r1_MODEL_CALL : 1. start" in text
+    assert "forked at" not in runs_diagram([path, path], format="dot").text
