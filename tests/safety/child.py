@@ -4,7 +4,8 @@ Run as ``python child.py '<json args>'``; prints one JSON line with the run's
 outcome. The ``charge`` tool appends a line to a ledger file (fsynced) for
 every real execution, with the idempotency key, so counts survive a SIGKILL.
 With ``block`` it then creates the ``entered`` file and waits for ever: the
-parent kills the process at that barrier, between the intent and the result.
+parent kills the process at that barrier, between the intent and the result
+(``block_before_effect``: the same, before the effect, which so never lands).
 
 ``tools`` picks the tool set of this deploy: ``v1`` (``charge(card)``),
 ``renamed`` (the same function registered as ``charge_v2``), ``removed`` (no
@@ -48,8 +49,9 @@ def build(args: dict[str, Any]) -> Agent:
     ledger = args["ledger"]
 
     def effect(card: str, ctx: ToolContext) -> str:
-        note(ledger, f"charge {card} {ctx.idempotency_key}")
-        if args.get("block"):
+        if not args.get("block_before_effect"):
+            note(ledger, f"charge {card} {ctx.idempotency_key}")
+        if args.get("block") or args.get("block_before_effect"):
             Path(args["entered"]).touch()
             deadline = time.monotonic() + 300  # the parent kills us long before
             while time.monotonic() < deadline:

@@ -37,14 +37,18 @@ def child(**args: Any) -> dict[str, Any]:
     return result
 
 
-def kill_in_charge(tmp_path: Path, **args: Any) -> dict[str, Any]:
+def kill_in_charge(
+    tmp_path: Path, *, block_before_effect: bool = False, **args: Any
+) -> dict[str, Any]:
     """Start the run in a child and SIGKILL it inside ``charge``; return the common args."""
     common = {"db": str(tmp_path / "runs.db"), "ledger": str(tmp_path / "ledger"),
               "run_id": "charge-1", **args}
+    start = {**common, "mode": "start", "entered": str(tmp_path / "entered"),
+             "block": True, "block_before_effect": block_before_effect}
     entered = tmp_path / "entered"
     proc = subprocess.Popen(
         [sys.executable, str(CHILD),
-         json.dumps({**common, "mode": "start", "block": True, "entered": str(entered)})],
+         json.dumps(start)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -105,7 +109,7 @@ def test_a_changed_tool_in_flight_waits_in_doubt_naming_the_change(
     assert (done["state"], done["output"]) == ("DONE", "all done")
     assert ledger(tmp_path) == ["charge 4242 charge-1:3:call_0_0"]  # exactly once
     results = [e for e in load(tmp_path).events if e.kind == "tool_finished"]
-    assert [r.result.content for r in results] == ["charged 4242 (checked by hand)"]  # type: ignore[union-attr]
+    assert [r.result.content for r in results] == ["charged 4242 (checked by hand)"]
 
 
 def test_a_changed_tool_confirmed_runs_again_under_its_new_schema_once(tmp_path: Path) -> None:
@@ -119,7 +123,7 @@ def test_a_changed_tool_confirmed_runs_again_under_its_new_schema_once(tmp_path:
     assert ledger(tmp_path) == ["charge 4242 charge-1:3:call_0_0"]
     finished = [e for e in load(tmp_path).events if e.kind == "tool_finished"]
     assert len(finished) == 1
-    assert "amount" in finished[0].result.content  # type: ignore[union-attr]
+    assert "amount" in finished[0].result.content
 
 
 def test_an_unchanged_idempotent_tool_in_flight_still_runs_again_under_the_same_key(
