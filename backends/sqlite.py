@@ -41,10 +41,12 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     decode_cursor,
     make_page,
 )
+from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.backends._sqlite_writer import Link, Stats
@@ -93,7 +95,8 @@ class SqliteBackend(Backend):
     """
 
     capabilities = frozenset(
-        {Capability.CROSS_PROCESS, Capability.GROUP_COMMIT, Capability.DURABLE}
+        {Capability.CROSS_PROCESS, Capability.GROUP_COMMIT, Capability.DURABLE,
+         Capability.MIGRATE}
     )
 
     def __init__(
@@ -374,6 +377,23 @@ class SqliteBackend(Backend):
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         return await self._write(run_id, ops.request_cancel, run_id, reason)
+
+    # -- upgrades -----------------------------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Bring the table layout and every older record up to this version.
+
+        One transaction per step and per run (`durable_agent.backends._sqlite_migrate`),
+        so it is safe while the file is in use and to run again after a crash.
+        """
+        link = await self._connected()
+        try:
+            return await link.execute(migration.migrate, repr(self), dry_run)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self._path}: migration failed ({exc}); every step already "
+                "committed is whole, run it again"
+            ) from exc
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Its commands:
     durable-agent runs cancel RUN_ID [--reason TEXT]
     durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
     durable-agent demo
+    durable-agent migrate [--dry-run] [--json]
 
 The store is ``--db URL`` (on the command or before it), else the
 ``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
@@ -29,7 +30,8 @@ The package, one module per command group:
   `durable_agent.cli.runs_read` (list, show, export),
   `durable_agent.cli.runs_write` (import, delete, prune) and
   `durable_agent.cli.decide` (resume, approve, reject, cancel);
-- `durable_agent.cli.diagram` and `durable_agent.cli.demo`: one command each;
+- `durable_agent.cli.diagram`, `durable_agent.cli.demo` and
+  `durable_agent.cli.migrate`: one command each;
 - `durable_agent.cli._store` (store URLs, durations, the export document,
   loading an agent, recording a decision), `durable_agent.cli._output`
   (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
@@ -51,7 +53,7 @@ from durable_agent.cli._app import PROG, cli, main
 
 # Imported for the commands they add, in the order help lists them (not sorted).
 # isort: off
-from durable_agent.cli import runs, runs_read, runs_write, decide, diagram, demo  # noqa: F401
+from durable_agent.cli import runs, runs_read, runs_write, decide, diagram, demo, migrate  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]
