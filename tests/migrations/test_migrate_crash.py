@@ -1,4 +1,4 @@
-"""``durable-agent migrate`` killed (SIGKILL) half-way leaves an intact store, and a re-run finishes.
+"""``durable-agent migrate`` SIGKILLed half-way leaves an intact store; a re-run finishes it.
 
 The store is the v1 SQLite file with its DONE run copied 1,000 times (a
 migration that takes a while: one transaction per run). The child is killed
