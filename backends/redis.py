@@ -44,10 +44,12 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     check_append,
     check_lease_acquire,
 )
+from durable_agent.backends import _redis_migrate as migration
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import (
@@ -132,7 +134,7 @@ class RedisBackend(Backend):
     The constructor does no I/O; the first call connects.
     """
 
-    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS})
+    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS, Capability.MIGRATE})
 
     def __init__(
         self,
@@ -380,6 +382,10 @@ class RedisBackend(Backend):
             limit=limit,
             cursor=cursor,
         )
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Rewrite older records at this version, one script per run (`_redis_migrate`)."""
+        return await migration.migrate(self, self._keys, self._eval, lua.LOAD, dry_run)
 
     async def delete_run(self, run_id: str) -> bool:
         keys = self._keys(run_id)
