@@ -41,7 +41,8 @@ the suite test more:
 
 The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
 `DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
-`DamageTests`, `UnreadableTests`) may also be subclassed one by one.
+`DamageTests`, `UnreadableTests`, `MigrationTests`) may also be subclassed one
+by one. `MigrationTests` runs only for a backend declaring `Capability.MIGRATE`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from durable_agent.testing._conformance_leases import (
     LeaseTests,
     ListTests,
 )
+from durable_agent.testing._conformance_migrate import MigrationTests
 from durable_agent.testing._conformance_runs import (
     AppendTests,
     DeleteTests,
@@ -79,6 +81,7 @@ __all__ = [
     "LeaseTests",
     "LifecycleTests",
     "ListTests",
+    "MigrationTests",
     "PayloadTests",
     "RunTests",
     "UnreadableTests",
@@ -101,5 +104,6 @@ class BackendConformance(
     DurabilityTests,
     DamageTests,
     UnreadableTests,
+    MigrationTests,
 ):
     """The whole contract. Subclass it as ``Test...`` and define ``backend``."""
