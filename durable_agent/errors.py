@@ -267,7 +267,11 @@ class RunWaitingError(DurableAgentError):
     def __init__(self, run_id: str, requirements: tuple[object, ...]) -> None:
         self.run_id = run_id
         self.requirements = requirements
-        ids = ", ".join(str(getattr(r, "id", r)) for r in requirements) or "none"
+        ids = ", ".join(
+            str(getattr(r, "id", r))
+            + (f" ({detail})" if (detail := getattr(r, "detail", None)) else "")
+            for r in requirements
+        ) or "none"
         super().__init__(
             f"run {run_id!r} is WAITING for human decisions on: {ids}; decide them with "
             f"continue_run_async(run_id={run_id!r}, approvals=/results=/inputs=...)"
