@@ -47,12 +47,14 @@ from durable_agent.backend import (
     Capability,
     ClaimedRun,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     check_append,
     check_claim_args,
     check_lease_acquire,
     portable_claim,
 )
+from durable_agent.backends import _redis_migrate as migration
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_relay as relay
 from durable_agent.backends import _redis_scripts as lua
@@ -146,6 +148,7 @@ class RedisBackend(Backend):
             Capability.WORKER_LIVENESS,
             Capability.WAKE_UP,
             Capability.RELAY,
+            Capability.MIGRATE,
         }
     )
 
@@ -404,6 +407,10 @@ class RedisBackend(Backend):
             limit=limit,
             cursor=cursor,
         )
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Rewrite older records at this version, one script per run (`_redis_migrate`)."""
+        return await migration.migrate(self, self._keys, self._eval, lua.LOAD, dry_run)
 
     async def delete_run(self, run_id: str) -> bool:
         keys = self._keys(run_id)

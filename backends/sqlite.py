@@ -42,12 +42,14 @@ from durable_agent.backend import (
     Capability,
     ClaimedRun,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     check_claim_args,
     decode_cursor,
     make_page,
 )
 from durable_agent.backends import _sqlite_claims as claims
+from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.backends._sqlite_writer import Link, Stats
@@ -103,6 +105,7 @@ class SqliteBackend(Backend):
             Capability.CLAIM,
             Capability.QUEUE_LIMIT,
             Capability.WORKER_LIVENESS,
+            Capability.MIGRATE,
         }
     )
 
@@ -415,6 +418,23 @@ class SqliteBackend(Backend):
 
     async def unregister_worker(self, owner: LeaseOwner) -> None:
         await self._write("", claims.unregister_worker, owner.id)
+
+    # -- upgrades -----------------------------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Bring the table layout and every older record up to this version.
+
+        One transaction per step and per run (`durable_agent.backends._sqlite_migrate`),
+        so it is safe while the file is in use and to run again after a crash.
+        """
+        link = await self._connected()
+        try:
+            return await link.execute(migration.migrate, repr(self), dry_run)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self._path}: migration failed ({exc}); every step already "
+                "committed is whole, run it again"
+            ) from exc
 
     # -- lifecycle ----------------------------------------------------------------------------
 

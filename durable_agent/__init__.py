@@ -31,6 +31,7 @@ from durable_agent.errors import (
     RedactedError,
     RunBusyError,
     RunCancelledError,
+    RunConflictError,
     RunExistsError,
     RunFailedError,
     RunNotFoundError,
@@ -54,7 +55,7 @@ from durable_agent.models import ChatModel, ModelResponse, OutputSchema, ToolDef
 from durable_agent.models.scripted import ScriptedFailure, ScriptedModel, ToolCall
 from durable_agent.registry import open_backend, register_backend
 from durable_agent.run import RunOutput
-from durable_agent.tools import Tool, ToolContext, tool
+from durable_agent.tools import ReconcileContext, Reconciliation, Tool, ToolContext, tool
 
 if TYPE_CHECKING:
     from durable_agent._follow import follow
@@ -92,12 +93,15 @@ __all__ = [
     "ModelTimeoutError",
     "OutputSchema",
     "OutputValidationError",
+    "ReconcileContext",
+    "Reconciliation",
     "RedactedError",
     "RedisBackend",
     "Requirement",
     "RetryPolicy",
     "RunBusyError",
     "RunCancelledError",
+    "RunConflictError",
     "RunExistsError",
     "RunFailedError",
     "RunHandle",

@@ -33,6 +33,7 @@ from durable_agent._model_step import ModelStep
 from durable_agent._recording import CancelRequested, Spec
 from durable_agent._redact import redact_exception
 from durable_agent._stream_hooks import recorded
+from durable_agent._tool_identity import tool_signatures
 from durable_agent._tool_step import ToolStep
 from durable_agent.errors import (
     RunCancelledError,
@@ -103,6 +104,7 @@ class RunExecution(ModelStep, ToolStep):
                 state=RunState.PENDING,
                 messages=tuple(messages),
                 output_format=output_format,
+                tools=tool_signatures(self.tools),
             ),
             TransitionEvent(
                 seq=2, state=next_state(RunState.PENDING, "start"), trigger="start"

@@ -6,11 +6,13 @@ every name, and is where code imports them from.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WrapValidator
 
 from durable_agent._storable import keep_too_deep
+from durable_agent.fsm import RunState
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,8 +27,14 @@ __all__ = [
     "UserMessage",
 ]
 
-SCHEMA_VERSION: Final = 1
-"""The newest record schema this version writes and reads."""
+SCHEMA_VERSION: Final = 2
+"""The newest record schema this version writes and reads.
+
+Older records are brought up to it when read (`durable_agent._upcast`):
+1. the first release; 2. tool intents name the tool's identity (argument-schema
+hash, ``idempotent``, the agent's version), runs record their tools, and the
+``reconciled`` event.
+"""
 
 JSONValue: TypeAlias = JsonValue
 """Any value JSON can hold: the type of tool arguments and results."""
@@ -42,6 +50,17 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     schema_version: int = SCHEMA_VERSION
+
+
+class _Event(Record):
+    """The fields every event has (`durable_agent.records.Event` lists the kinds)."""
+
+    seq: int
+    state: RunState
+    """The run's state after this event."""
+    trigger: str | None = None
+    """The machine trigger this event records, or None when the state did not change."""
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 # -- messages ---------------------------------------------------------------

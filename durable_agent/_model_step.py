@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from durable_agent._recording import ExecutionCore
 from durable_agent._stream_hooks import model_call
+from durable_agent._tool_identity import intent_fields
 from durable_agent.errors import (
     OutputValidationError,
     RunFailedError,
@@ -145,7 +146,12 @@ class ModelStep(ExecutionCore):
                 now = [c for c in message.tool_calls if self._runs_at_once(c)]
                 await self._append(
                     (ModelResponseEvent, "tool_calls", answer),
-                    *((ToolStartedEvent, None, {"call_id": c.id, "name": c.name}) for c in now),
+                    *(
+                        (ToolStartedEvent, None, intent_fields(
+                            self.tools.get(c.name), c, 1, self.engine.agent_version
+                        ))
+                        for c in now
+                    ),
                 )
                 self._live_intents.update(c.id for c in now)
                 return None

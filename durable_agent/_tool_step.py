@@ -4,8 +4,11 @@ A call runs only after its intent is durable (rule 1), and its result is
 appended before anything else starts (rule 2). A call with an intent but no
 result that this execution did not start may have run before a crash: it runs
 again under the same idempotency key, unless its tool is ``idempotent=False``,
-in which case the run waits for a human (rule 4). Tools that need a decision
-first (confirmation, external result, user input) make the run WAITING.
+in which case the run waits for a human (rule 4). So does one whose tool is
+gone or changed since its intent (`durable_agent._tool_identity`); a tool with
+a reconcile function is asked first (`durable_agent._reconcile`). Tools that
+need a decision first (confirmation, external result, user input) make the run
+WAITING.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from durable_agent._recording import ExecutionCore, Spec
+from durable_agent._reconcile import ReconcileStep
+from durable_agent._recording import Spec
+from durable_agent._tool_identity import identity_change, intent_fields
 from durable_agent.errors import (
     RunFailedError,
     ToolArgumentsError,
@@ -55,7 +60,7 @@ class _Plan:
     requirement: RequirementRecord | None = None
 
 
-class ToolStep(ExecutionCore):
+class ToolStep(ReconcileStep):
     """How an execution performs TOOL_EXEC."""
 
     def _plan(self, ctx: RunContext, call: ToolCallPart) -> _Plan:
@@ -67,11 +72,19 @@ class ToolStep(ExecutionCore):
         in_doubt = (
             attempts > 0 and call.id not in self._live_intents and call.id not in ctx.failed_calls
         )
-        if tool is not None and in_doubt and not tool.idempotent:
+        change = (
+            identity_change(call, ctx.call_intents.get(call.id), self.tools,
+                            self.engine.agent_version)
+            if in_doubt else None
+        )
+        if in_doubt and (tool is None or change is not None or not tool.idempotent):
             rid = f"{call.id}:in_doubt:{attempts}"
             decision = ctx.decisions.get(rid)
             if decision is None:
-                return self._wait(call, rid, "in_doubt")
+                asked = ctx.reconciled.get(call.id)
+                if change is None and asked is not None and asked.attempt == attempts:
+                    change = "its reconcile function could not tell whether it took effect"
+                return self._wait(call, rid, "in_doubt", detail=change)
             match decision.action:
                 case "confirm":
                     return _Plan("run", call)
@@ -98,12 +111,14 @@ class ToolStep(ExecutionCore):
                 reason = decision.reason or "no reason given"
                 return self._record(call, f"rejected by a human: {reason}", is_error=True)
 
-    def _wait(self, call: ToolCallPart, rid: str, kind: Any) -> _Plan:
+    def _wait(
+        self, call: ToolCallPart, rid: str, kind: Any, detail: str | None = None
+    ) -> _Plan:
         tool = self.tools.get(call.name)
         fields = tool.user_fields if tool is not None and kind == "user_input" else ()
         record = RequirementRecord(
             id=rid, kind=kind, call_id=call.id, tool_name=call.name,
-            arguments=dict(call.arguments), fields=fields,
+            arguments=dict(call.arguments), fields=fields, detail=detail,
         )
         return _Plan("wait", call, requirement=record)
 
@@ -116,6 +131,7 @@ class ToolStep(ExecutionCore):
         return _Plan("record", call, result=result)
 
     async def _tool_step(self, ctx: RunContext) -> None:
+        await self._reconcile(ctx)
         calls = list(ctx.pending_calls.values())
         plans = [self._plan(ctx, c) for c in calls]
         waits = [p.requirement for p in plans if p.requirement is not None]
@@ -144,10 +160,12 @@ class ToolStep(ExecutionCore):
             # now) or may have run in an earlier process: tools are
             # at-least-once (rule 4), and the new intent records the (re-)run
             # under the same idempotency key.
+            version = self.engine.agent_version
             await self._append(
                 *(
-                    (ToolStartedEvent, None, {"call_id": c.id, "name": c.name,
-                                              "attempt": ctx.call_attempts.get(c.id, 0) + 1})
+                    (ToolStartedEvent, None, intent_fields(
+                        self.tools.get(c.name), c, ctx.call_attempts.get(c.id, 0) + 1, version
+                    ))
                     for c in again
                 )
             )

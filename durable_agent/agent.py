@@ -71,6 +71,7 @@ class Agent:
         tools: functions or `Tool` objects the model may call in every task.
         system_prompt: instructions stored at the start of every run.
         name: recorded on each run this agent creates.
+        version: your deploy's version, recorded on every tool intent (see upgrading).
         lease_ttl: seconds a crashed process on another host keeps a run locked.
     """
 
@@ -83,6 +84,7 @@ class Agent:
         tools: Iterable[Tool | Callable[..., Any]] = (),
         system_prompt: str | None = None,
         name: str = "agent",
+        version: str | None = None,
         lease_ttl: float = 30.0,
     ) -> None:
         if isinstance(model, str):
@@ -103,6 +105,8 @@ class Agent:
             raise ConfigurationError("Agent(system_prompt=...) must be a str or None")
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"Agent(name=...) must be a non-empty str, got {name!r}")
+        if version is not None and not isinstance(version, str):
+            raise ConfigurationError(f"Agent(version=...) must be a str or None, got {version!r}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
             raise ConfigurationError(
                 f"Agent(lease_ttl=...) must be positive seconds, got {lease_ttl!r}"
@@ -118,6 +122,7 @@ class Agent:
             retry=policy,
             lease_ttl=float(lease_ttl),
             agent_name=name,
+            agent_version=version,
         )
         self.last_run: RunOutput | None = None
         """The outcome of the latest run this agent did or continued, failed ones included.
@@ -221,6 +226,7 @@ class Agent:
             session_id=self.db.session_id,
             user_id=self.db.user_id,
             existing=existing,
+            continue_changed=task.continue_changed,
             timeout=timeout,
             observe=self._observe,
         )

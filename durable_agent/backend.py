@@ -69,6 +69,7 @@ __all__ = [
     "Capability",
     "ClaimedRun",
     "LeaseOwner",
+    "MigrationReport",
     "Position",
     "RunPage",
     "UnreadableReason",
@@ -110,6 +111,8 @@ class Capability(StrEnum):
     RELAY = "relay"
     """Ephemeral messages (token deltas) reach followers in other processes, best effort:
     `Backend.publish_ephemeral` and `Backend.subscribe_ephemeral` are implemented."""
+    MIGRATE = "migrate"
+    """`Backend.migrate` brings the store's layout and stored records up to this version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +238,25 @@ def make_page(
     return RunPage(
         runs=page, next_cursor=encode_cursor(last.created_at, last.run_id), unreadable=owned
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What `Backend.migrate` found and did (``dry_run``: what it would do).
+
+    ``layout_before`` / ``layout_after`` are the store's own layout versions
+    (None for a store that keeps none); ``runs_rewritten`` counts runs whose
+    records were rewritten at the current schema version; ``steps`` says in
+    words what was (or would be) done, in order.
+    """
+
+    store: str
+    layout_before: int | None
+    layout_after: int | None
+    runs_checked: int = 0
+    runs_rewritten: int = 0
+    steps: tuple[str, ...] = ()
+    dry_run: bool = False
 
 
 class Backend(ABC):
@@ -454,6 +476,24 @@ class Backend(ABC):
         ``async for message in messages``; the default returns None.
         """
         return None
+
+    # -- upgrades -----------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Bring the store's own layout and its stored records up to this version.
+
+        Optional (`Capability.MIGRATE`). It must be idempotent and safe to run
+        again after a crash at any point, and safe while other processes use the
+        store: each step is atomic, and a record is rewritten only into what
+        reading it gives anyway (`durable_agent.records.decode_event` upcasts
+        older records), so a half-done migration reads the same as a whole one.
+        This default changes nothing: a store without it keeps older records
+        as they are, and they are upcast each time they are read.
+        """
+        return MigrationReport(
+            store=repr(self), layout_before=None, layout_after=None, dry_run=dry_run,
+            steps=("nothing to migrate: this store's older records are upcast when read",),
+        )
 
     # -- lifecycle ----------------------------------------------------------
 

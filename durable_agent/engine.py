@@ -34,11 +34,13 @@ from pydantic import BaseModel
 
 from durable_agent._execution import RunExecution
 from durable_agent._lease import OwedReleases
+from durable_agent._tool_identity import start_conflicts
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
     DecisionError,
     RunBusyError,
     RunCancelledError,
+    RunConflictError,
     RunExistsError,
     RunNotFoundError,
     RunStateError,
@@ -46,7 +48,7 @@ from durable_agent.errors import (
 from durable_agent.fsm import RunState
 from durable_agent.human import DecisionRequest, Requirement, collect_decisions
 from durable_agent.models import ChatModel
-from durable_agent.records import JSONValue, Lease, Message, OutputFormat
+from durable_agent.records import CreatedEvent, JSONValue, Lease, Message, OutputFormat
 from durable_agent.retry import RetryPolicy, is_retryable
 from durable_agent.run import RunContext
 from durable_agent.tools import Tool
@@ -74,6 +76,7 @@ class Engine:
         retry: RetryPolicy | None = None,
         lease_ttl: float = 30.0,
         agent_name: str = "agent",
+        agent_version: str | None = None,
         owner: LeaseOwner | None = None,
     ) -> None:
         self.backend = backend
@@ -81,6 +84,8 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.lease_ttl = lease_ttl
         self.agent_name = agent_name
+        self.agent_version = agent_version
+        """Recorded on every tool intent, to tell which deploy started a call."""
         # One owner per process (not per engine): a lease this process still
         # holds, after a cancellation or a failed release, never blocks any
         # agent of the same process.
@@ -124,6 +129,7 @@ class Engine:
         session_id: str | None = None,
         user_id: str | None = None,
         existing: bool = False,
+        continue_changed: bool = False,
         timeout: float | None = None,
         observe: Callable[[RunContext], None] = _ignore,
     ) -> RunContext:
@@ -132,13 +138,17 @@ class Engine:
         With ``existing=True`` (the caller chose the id) a run already stored
         under ``run_id`` is continued instead: starting is idempotent. A run
         another caller creates between the check and the create is continued
-        too. ``observe`` sees the run whenever the engine learns more of it
-        (after the create, after a failure), so a caller can always tell what
-        the store holds. Raises as `RunExecution.run` does.
+        too. A stored run started with another task description, system
+        prompt, tools or output format raises `RunConflictError` naming the
+        difference, unless ``continue_changed``. ``observe`` sees the run
+        whenever the engine learns more of it (after the create, after a
+        failure), so a caller can always tell what the store holds. Raises as
+        `RunExecution.run` does.
         """
+        start = (messages, tools, output_format, continue_changed)
         if existing:
             try:
-                await self.backend.get_run(run_id)
+                await self._check_same_start(run_id, *start)
             except RunNotFoundError:
                 pass
             else:
@@ -151,6 +161,7 @@ class Engine:
                 messages, session_id=session_id, user_id=user_id, output_format=output_format
             )
         except RunExistsError:
+            await self._check_same_start(run_id, *start)
             return await self.resume(
                 run_id, tools, output_type=output_type, timeout=timeout, observe=observe
             )
@@ -227,6 +238,25 @@ class Engine:
         ctx = await execution.adopt(lease)
         observe(ctx)
         return await self._drive(execution, None, observe)
+
+    async def _check_same_start(
+        self,
+        run_id: str,
+        messages: Sequence[Message],
+        tools: Mapping[str, Tool],
+        output_format: OutputFormat | None,
+        continue_changed: bool,
+    ) -> None:
+        """Raise `RunConflictError` if the stored ``run_id`` was started differently."""
+        if continue_changed:
+            await self.backend.get_run(run_id)  # it exists (RunNotFoundError otherwise)
+            return
+        stored = await self.backend.load_run(run_id)
+        created = stored.events[0] if stored.events else None
+        if isinstance(created, CreatedEvent):
+            differences = start_conflicts(created, messages, tools, output_format)
+            if differences:
+                raise RunConflictError(run_id, differences)
 
     @staticmethod
     async def _drive(

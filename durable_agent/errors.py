@@ -6,6 +6,7 @@ The tree:
     ├── ConfigurationError (ValueError, TypeError)  bad arguments to Agent, Task, a backend
     ├── RunNotFoundError (KeyError)                  no run with that id in the store
     ├── RunExistsError                               create_run with an id already taken
+    │   └── RunConflictError (ValueError)            a start that differs from the stored run
     ├── RunBusyError                                 another live process holds the run's lease
     ├── ConcurrentUpdateError                        a stale seq or lost lease on append
     │   └── LeaseLostError                           the lease was taken over by another owner
@@ -62,6 +63,7 @@ __all__ = [
     "RedactedError",
     "RunBusyError",
     "RunCancelledError",
+    "RunConflictError",
     "RunExistsError",
     "RunFailedError",
     "RunNotFoundError",
@@ -108,6 +110,26 @@ class RunExistsError(DurableAgentError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id!r} already exists; continue it instead of creating it")
+
+
+class RunConflictError(RunExistsError, ValueError):
+    """A start under a run id that exists with another task, tools or output format.
+
+    Starting with a caller-chosen run id is idempotent only for the same start:
+    ``differences`` says what differs, so a retry never silently returns the
+    answer to another question.
+    """
+
+    def __init__(self, run_id: str, differences: list[str]) -> None:
+        self.run_id = run_id
+        self.differences = tuple(differences)
+        DurableAgentError.__init__(
+            self,
+            f"run {run_id!r} already exists and was started differently: "
+            f"{'; '.join(differences)}. Start a new task under another run id, continue "
+            f"the stored run with continue_run_async(run_id={run_id!r}), or pass "
+            "Task(..., continue_changed=True) to continue it anyway",
+        )
 
 
 class RunBusyError(DurableAgentError):
@@ -263,7 +285,11 @@ class RunWaitingError(DurableAgentError):
     def __init__(self, run_id: str, requirements: tuple[object, ...]) -> None:
         self.run_id = run_id
         self.requirements = requirements
-        ids = ", ".join(str(getattr(r, "id", r)) for r in requirements) or "none"
+        ids = ", ".join(
+            str(getattr(r, "id", r))
+            + (f" ({detail})" if (detail := getattr(r, "detail", None)) else "")
+            for r in requirements
+        ) or "none"
         super().__init__(
             f"run {run_id!r} is WAITING for human decisions on: {ids}; decide them with "
             f"continue_run_async(run_id={run_id!r}, approvals=/results=/inputs=...)"

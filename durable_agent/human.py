@@ -17,7 +17,11 @@ back, or pass plain data by requirement id (``approvals``, ``results``,
 
 ``reject(reason)`` (``approvals={id: False}`` or ``{id: "reason"}``) fits every
 kind: the model receives the rejection as the call's error result; for an
-in-doubt call it means "fail it".
+in-doubt call it means "fail it". An in-doubt call whose tool was removed,
+renamed or changed since it started waits too, whatever its ``idempotent``
+setting; `Requirement.detail` says what changed. Running it again
+("confirm") runs the tool registered under its name now (none, for a removed
+tool: the model gets an "unknown tool" error result).
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ class Requirement:
     def fields(self) -> tuple[str, ...]:
         """The parameters a human must provide (user_input)."""
         return self.record.fields
+
+    @property
+    def detail(self) -> str | None:
+        """Why an in-doubt call waits, when its tool changed or reconcile could not tell."""
+        return self.record.detail
 
     @property
     def call_id(self) -> str:

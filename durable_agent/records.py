@@ -38,6 +38,7 @@ from durable_agent._messages import (
     ToolCallPart,
     ToolResultMessage,
     UserMessage,
+    _Event,
 )
 from durable_agent._redact import redact
 from durable_agent._storable import (
@@ -47,7 +48,15 @@ from durable_agent._storable import (
     encode_tool_result,
     escape_surrogates,
 )
-from durable_agent.errors import CorruptRunError, SchemaVersionError, UnstorableValueError
+from durable_agent._tool_records import ReconcileAnswer, ReconciledEvent, ToolSignature
+from durable_agent._upcast import (
+    check_version,
+    read_record,
+    short_error,
+    upcast_event,
+    upcast_header,
+)
+from durable_agent.errors import CorruptRunError, UnstorableValueError
 from durable_agent.fsm import RunState
 
 __all__ = [
@@ -69,6 +78,8 @@ __all__ = [
     "ModelResponseEvent",
     "OutputFormat",
     "OutputRejectedEvent",
+    "ReconcileAnswer",
+    "ReconciledEvent",
     "RequirementKind",
     "RequirementRecord",
     "RunHeader",
@@ -77,6 +88,7 @@ __all__ = [
     "ToolCallPart",
     "ToolFinishedEvent",
     "ToolResultMessage",
+    "ToolSignature",
     "ToolStartedEvent",
     "TransitionEvent",
     "Usage",
@@ -203,15 +215,6 @@ class RunHeader(Record):
 # -- events -----------------------------------------------------------------
 
 
-class _Event(Record):
-    seq: int
-    state: RunState
-    """The run's state after this event."""
-    trigger: str | None = None
-    """The machine trigger this event records, or None when the state did not change."""
-    at: datetime = Field(default_factory=utcnow)
-
-
 class OutputFormat(BaseModel):
     """The structured output a run's final answer must match, kept with the run."""
 
@@ -240,6 +243,8 @@ class CreatedEvent(_Event):
     forked_from: ForkOrigin | None = None
     """Set on a fork's first event; None (and left out of the JSON) otherwise, so
     older readers ignore it and older records read as not forked."""
+    tools: tuple[ToolSignature, ...] | None = None
+    """The tools the run was started with (None: written before schema version 2)."""
 
 
 class TransitionEvent(_Event):
@@ -273,12 +278,20 @@ class ModelAttemptFailedEvent(_Event):
 
 
 class ToolStartedEvent(_Event):
-    """Intent: the tool call is about to start (DESIGN.md §3 rule 1)."""
+    """Intent: the tool call is about to start (DESIGN.md §3 rule 1).
+
+    It names the tool as it was (`ToolSignature`'s hash and ``idempotent``, and
+    the agent's version), so a resume can tell a changed tool; None in records
+    written before schema version 2.
+    """
 
     kind: Literal["tool_started"] = "tool_started"
     call_id: str
     name: str
     attempt: int = 1
+    schema_hash: str | None = None
+    idempotent: bool | None = None
+    agent_version: str | None = None
 
 
 class ToolFinishedEvent(_Event):
@@ -328,6 +341,8 @@ class RequirementRecord(BaseModel):
     tool_name: str
     arguments: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
     fields: tuple[str, ...] = ()
+    detail: str | None = None
+    """Why an in-doubt call waits, when more than "it may have run": a changed tool."""
 
 
 class WaitingEvent(_Event):
@@ -376,7 +391,8 @@ Event: TypeAlias = Annotated[
     | WaitingEvent
     | DecisionEvent
     | CancelledEvent
-    | FailedEvent,
+    | FailedEvent
+    | ReconciledEvent,
     Field(discriminator="kind"),
 ]
 """One entry of a run's append-only log; ``kind`` tells which."""
@@ -394,7 +410,7 @@ class StoredRun(BaseModel):
 # -- the one place of serialization ------------------------------------------
 
 _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
-_VERSION_PROBE: Final = TypeAdapter(dict[str, JSONValue])
+_HEADER: Final[TypeAdapter[RunHeader]] = TypeAdapter(RunHeader)
 
 
 _CHECKED: Final[dict[int, Event]] = {}
@@ -457,28 +473,14 @@ def _unserializable(record: BaseModel, exc: PydanticSerializationError) -> NoRet
     raise UnstorableValueError("", escape_surrogates(str(exc))) from exc
 
 
-def _check_version(run_id: str, seq: int | None, data: object) -> None:
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise SchemaVersionError(run_id, seq, version, SCHEMA_VERSION)
-
-
 def decode_event(run_id: str, seq: int | None, text: str | bytes) -> Event:
     """Parse one stored event, raising `CorruptRunError` naming ``run_id`` and ``seq``.
 
     ``seq`` is where the store found the record (for the message); the event's
-    own ``seq`` must match it.
+    own ``seq`` must match it. A record of an older schema version is read
+    through the upcasters (`durable_agent._upcast`).
     """
-    try:
-        event = _EVENT.validate_json(text)
-    except ValidationError as exc:
-        try:
-            raw = _VERSION_PROBE.validate_json(text)
-        except ValidationError:
-            raw = None
-        _check_version(run_id, seq, raw)
-        raise CorruptRunError(run_id, seq, _short(exc)) from exc
-    _check_version(run_id, seq, {"schema_version": event.schema_version})
+    event = read_record(_EVENT, upcast_event, run_id, seq, text)
     if seq is not None and event.seq != seq:
         raise CorruptRunError(run_id, seq, f"event says seq {event.seq}")
     return event
@@ -486,17 +488,7 @@ def decode_event(run_id: str, seq: int | None, text: str | bytes) -> Event:
 
 def decode_header(run_id: str, text: str | bytes) -> RunHeader:
     """Parse a stored header, raising `CorruptRunError` naming ``run_id``."""
-    try:
-        header = RunHeader.model_validate_json(text)
-    except ValidationError as exc:
-        try:
-            raw = _VERSION_PROBE.validate_json(text)
-        except ValidationError:
-            raw = None
-        _check_version(run_id, None, raw)
-        raise CorruptRunError(run_id, None, _short(exc)) from exc
-    _check_version(run_id, None, {"schema_version": header.schema_version})
-    return header
+    return read_record(_HEADER, upcast_header, run_id, None, text)
 
 
 def decode_header_fields(run_id: str, fields: Mapping[str, object]) -> RunHeader:
@@ -506,14 +498,8 @@ def decode_header_fields(run_id: str, fields: Mapping[str, object]) -> RunHeader
     anything that does not validate `CorruptRunError` naming ``run_id``.
     ``fields`` holds `RunHeader`'s field names; ``lease`` is a mapping or None.
     """
-    _check_version(run_id, None, dict(fields))
+    check_version(run_id, None, dict(fields))
     try:
-        return RunHeader.model_validate(dict(fields))
+        return RunHeader.model_validate(upcast_header(dict(fields)))  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise CorruptRunError(run_id, None, _short(exc)) from exc
-
-
-def _short(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return f"{exc.error_count()} validation error(s), first at {where or '<root>'}: {first['msg']}"
+        raise CorruptRunError(run_id, None, short_error(exc)) from exc

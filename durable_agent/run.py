@@ -29,6 +29,7 @@ from durable_agent.records import (
     ModelResponseEvent,
     OutputFormat,
     OutputRejectedEvent,
+    ReconciledEvent,
     RequirementRecord,
     RunHeader,
     StoredRun,
@@ -74,6 +75,10 @@ class RunContext:
     """Every transition the run took, in order (for its path diagram)."""
     failed_calls: set[str] = field(default_factory=set)
     """Pending calls whose last attempt raised (recorded): their outcome is known."""
+    call_intents: dict[str, ToolStartedEvent] = field(default_factory=dict)
+    """The latest intent of each pending call (it names the tool as it was)."""
+    reconciled: dict[str, ReconciledEvent] = field(default_factory=dict)
+    """The latest reconcile answer about each pending call."""
 
     @property
     def open_requirements(self) -> dict[str, RequirementRecord]:
@@ -119,6 +124,8 @@ class RunContext:
                 self.requirements = {}
                 self.decisions = {}
                 self.failed_calls = set()
+                self.call_intents = {}
+                self.reconciled = {}
                 self.calls_seq = event.seq
                 self.failed_state = None
                 self.error = None
@@ -126,6 +133,7 @@ class RunContext:
                     self.output = event.message.content or ""
             case ToolStartedEvent():
                 self.call_attempts[event.call_id] = event.attempt
+                self.call_intents[event.call_id] = event
                 self.failed_calls.discard(event.call_id)
             case ToolFinishedEvent():
                 self.messages.append(event.result)
@@ -149,6 +157,8 @@ class RunContext:
                 self.cancel_reason = event.reason
             case ModelAttemptFailedEvent():
                 self.usage = self.usage + Usage(requests=1)
+            case ReconciledEvent():
+                self.reconciled[event.call_id] = event
             case TransitionEvent():
                 if event.trigger == "resume":
                     self.error = None

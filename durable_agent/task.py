@@ -34,8 +34,11 @@ class Task:
     """What to do: a description for the model, task-specific tools and an optional run id.
 
     A caller-chosen ``run_id`` makes starting idempotent: doing a task whose run
-    already exists continues that run instead of starting another. After the
-    task starts, ``run_id`` holds the id of its run.
+    already exists continues that run instead of starting another. A stored run
+    started with another description, system prompt, tools or output format
+    raises `RunConflictError` naming the difference; ``continue_changed=True``
+    continues it anyway (with this agent's tools). After the task starts,
+    ``run_id`` holds the id of its run.
 
     With ``response_format`` (a pydantic model class) the final answer must be
     JSON matching it; an answer that fails validation is sent back to the model
@@ -49,6 +52,7 @@ class Task:
         tools: Iterable[Tool | Callable[..., Any]] = (),
         run_id: str | None = None,
         response_format: type[BaseModel] | None = None,
+        continue_changed: bool = False,
     ) -> None:
         if response_format is not None and not (
             isinstance(response_format, type) and issubclass(response_format, BaseModel)
@@ -66,6 +70,7 @@ class Task:
         self.tools = toolset(tools, owner="Task")
         self.run_id = run_id
         self.response_format = response_format
+        self.continue_changed = bool(continue_changed)
 
     def output_format(self) -> OutputFormat | None:
         """The stored form of ``response_format``: its name and JSON schema."""

@@ -4,12 +4,18 @@ The JSON schema a model sees is built by pydantic from the signature, and the
 model's arguments are validated against it before the function runs. A tool
 that wants to know which call it is serving (for an idempotency key) declares
 a parameter annotated `ToolContext`; it is filled in and hidden from the model.
+
+A tool with outside effects may also say how to find out whether a call that
+was in flight at a crash took effect: ``@tool(reconcile=fn)``, where ``fn``
+takes a `ReconcileContext` and returns a `Reconciliation`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_type_hints, overload
@@ -19,9 +25,16 @@ from pydantic_core import PydanticSerializationError
 
 from durable_agent.errors import ConfigurationError, ToolArgumentsError, ToolResultError
 from durable_agent.models import ToolDefinition
-from durable_agent.records import JSONValue, encode_tool_result
+from durable_agent.records import JSONValue, ReconcileAnswer, ToolSignature, encode_tool_result
 
-__all__ = ["Tool", "ToolContext", "tool", "toolset"]
+__all__ = [
+    "ReconcileContext",
+    "Reconciliation",
+    "Tool",
+    "ToolContext",
+    "tool",
+    "toolset",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,50 @@ class ToolContext:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReconcileContext:
+    """A call that was in flight when a process died, as its reconcile function sees it.
+
+    ``idempotency_key`` is the key the call ran under (`ToolContext`), the
+    thing to look up in the system the tool talks to; ``arguments`` are the
+    model's arguments as recorded.
+    """
+
+    run_id: str
+    call_id: str
+    tool_name: str
+    idempotency_key: str
+    attempt: int
+    arguments: Mapping[str, JSONValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """A reconcile function's answer; build it with `landed`, `not_landed` or `unknown`."""
+
+    answer: ReconcileAnswer
+    result: JSONValue = None
+
+    @classmethod
+    def landed(cls, result: JSONValue) -> Reconciliation:
+        """The effect took place: ``result`` is recorded as the call's result, nothing re-runs."""
+        return cls("landed", result)
+
+    @classmethod
+    def not_landed(cls) -> Reconciliation:
+        """The effect did not take place: the call runs (again) now."""
+        return cls("not_landed")
+
+    @classmethod
+    def unknown(cls) -> Reconciliation:
+        """Cannot tell: an idempotent tool re-runs; an ``idempotent=False`` one waits."""
+        return cls("unknown")
+
+
+ReconcileFunction = Callable[[ReconcileContext], "Reconciliation | Awaitable[Reconciliation]"]
+"""``fn(ctx)``, sync or async, returning a `Reconciliation`."""
+
+
 class Tool:
     """A function the model may call, with its schema and validator.
 
@@ -51,6 +108,10 @@ class Tool:
         idempotent: False means a call whose intent was recorded without a
             result (the process died mid-call) is never re-run automatically:
             the run waits for a human to decide it.
+        reconcile: asked, on resume, about a call in flight at a crash, before
+            anything re-runs it: ``fn(ctx: ReconcileContext) -> Reconciliation``
+            (sync or async). It runs under the run's deadline and cancellation,
+            like the tool; an exception it raises fails the run (resumable).
     """
 
     def __init__(
@@ -63,6 +124,7 @@ class Tool:
         external_execution: bool = False,
         requires_user_input: Iterable[str] = (),
         idempotent: bool = True,
+        reconcile: ReconcileFunction | None = None,
     ) -> None:
         if not callable(function):
             raise ConfigurationError(f"a tool must be a function, got {function!r}")
@@ -74,6 +136,9 @@ class Tool:
         self.external_execution = bool(external_execution)
         self.user_fields: tuple[str, ...] = tuple(requires_user_input)
         self.idempotent = bool(idempotent)
+        if reconcile is not None and not callable(reconcile):
+            raise ConfigurationError(f"reconcile= must be a function, got {reconcile!r}")
+        self.reconcile = reconcile
         self.function = function
         self.name: str = name or str(getattr(function, "__name__", ""))
         if not self.name.isidentifier():
@@ -95,7 +160,11 @@ class Tool:
                 "not parameters of the function"
             )
         schema = self._arguments.model_json_schema()
-        schema.pop("title", None)
+        schema.pop("title", None)  # it holds the tool's name: a rename alone is no schema change
+        self.schema_hash = hashlib.sha256(
+            json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()[:16]
+        """A hash of every parameter's name and type (a docstring change keeps it)."""
         # Fields a human provides are not the model's to fill in.
         properties = schema.get("properties", {})
         for hidden in self.user_fields:
@@ -133,6 +202,33 @@ class Tool:
             f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         return ctx_param, cast(type[BaseModel], model)
+
+    def signature(self) -> ToolSignature:
+        """Name, argument-schema hash and ``idempotent``, as intents and runs record them."""
+        return ToolSignature(
+            name=self.name, schema_hash=self.schema_hash, idempotent=self.idempotent
+        )
+
+    async def reconcile_call(self, ctx: ReconcileContext) -> Reconciliation:
+        """Ask the reconcile function about an in-flight call (sync ones in a worker thread).
+
+        Raises `ToolResultError` when it answers something else than a `Reconciliation`.
+        """
+        fn = self.reconcile
+        assert fn is not None
+        if inspect.iscoroutinefunction(fn):
+            answer = await fn(ctx)
+        else:
+            answer = await asyncio.to_thread(fn, ctx)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        if not isinstance(answer, Reconciliation):
+            raise ToolResultError(
+                self.name,
+                f"the reconcile function of tool {self.name!r} returned {answer!r}; it must "
+                "return Reconciliation.landed(result), .not_landed() or .unknown()",
+            )
+        return answer
 
     def definition(self) -> ToolDefinition:
         """The name, description and JSON schema sent to the model."""
@@ -201,6 +297,7 @@ def tool(
     external_execution: bool = False,
     requires_user_input: Iterable[str] = (),
     idempotent: bool = True,
+    reconcile: ReconcileFunction | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     function: Callable[..., Any] | None = None,
@@ -212,6 +309,7 @@ def tool(
     external_execution: bool = False,
     requires_user_input: Iterable[str] = (),
     idempotent: bool = True,
+    reconcile: ReconcileFunction | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Decorate a function as a `Tool` (plain functions are accepted by Agent too).
 
@@ -228,6 +326,7 @@ def tool(
             external_execution=external_execution,
             requires_user_input=requires_user_input,
             idempotent=idempotent,
+            reconcile=reconcile,
         )
 
     return build(function) if function is not None else build

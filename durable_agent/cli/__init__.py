@@ -18,6 +18,7 @@ Its commands:
     durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
     durable-agent demo
     durable-agent crashtest myapp.agents:support "a task" [--kill-points all|1,3]
+    durable-agent migrate [--dry-run] [--json]
 
 The store is ``--db URL`` (on the command or before it), else the
 ``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
@@ -34,8 +35,8 @@ The package, one module per command group:
   `durable_agent.cli.runs_write` (import, delete, prune) and
   `durable_agent.cli.decide` (resume, approve, reject, cancel) and
   `durable_agent.cli.fork` (fork);
-- `durable_agent.cli.worker`, `durable_agent.cli.diagram`, `durable_agent.cli.demo` and
-  `durable_agent.cli.crashtest`: one command each;
+- `durable_agent.cli.worker`, `durable_agent.cli.diagram`, `durable_agent.cli.demo`,
+  `durable_agent.cli.crashtest` and `durable_agent.cli.migrate`: one command each;
 - `durable_agent.cli._store` (store URLs, durations, the export document,
   loading an agent, recording a decision), `durable_agent.cli._output`
   (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
@@ -59,6 +60,7 @@ from durable_agent.cli._app import PROG, cli, main
 # isort: off
 from durable_agent.cli import runs, runs_read, runs_follow, runs_write  # noqa: F401
 from durable_agent.cli import decide, fork, worker, diagram, demo, crashtest  # noqa: F401
+from durable_agent.cli import migrate  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]

@@ -152,6 +152,8 @@ def next_steps(out: Printer, output: RunOutput, run_id: str) -> None:
             out.line()
             for r in output.requirements:
                 out.line(f"waiting for {r.id} ({r.kind}): {r.tool_name}({_args(r.arguments)})")
+                if r.detail:
+                    out.line(f"  {r.detail}")
             first = output.requirements[0].id if output.requirements else "REQUIREMENT_ID"
             out.note(
                 f"decide with: {PROG} runs approve {run_id} {first}   "

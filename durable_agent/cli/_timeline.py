@@ -3,7 +3,9 @@
 One row per event: its ``seq``, time, the transition it recorded (if any),
 its kind and a one-line detail — the model call (model, tokens, latency,
 attempt, what it asked for), each tool call (name, abridged arguments,
-duration, result or error), human decisions and errors with type and message.
+duration, result or error; with ``full``, the tool's identity as the intent
+recorded it), reconcile answers, in-doubt calls with what changed about their
+tool, human decisions and errors with type and message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from durable_agent.records import (
     ModelAttemptFailedEvent,
     ModelResponseEvent,
     OutputRejectedEvent,
+    ReconciledEvent,
     StoredRun,
     SystemMessage,
     ToolCallPart,
@@ -144,7 +147,13 @@ class _Describer:
                 part = self.calls.get(event.call_id)
                 call = self.call(event.name, part.arguments if part else {})
                 attempt = f", attempt {event.attempt}" if event.attempt > 1 else ""
-                return f"{call} [{event.call_id}{attempt}]"
+                tags = [f"schema {event.schema_hash}"] if event.schema_hash else []
+                if event.idempotent is False:
+                    tags.append("not idempotent")
+                if event.agent_version is not None:
+                    tags.append(f"agent {event.agent_version}")
+                tool = f" · {', '.join(tags)}" if tags and self.full else ""
+                return f"{call} [{event.call_id}{attempt}]{tool}"
             case ToolFinishedEvent():
                 result = event.result
                 outcome = "error" if result.is_error else "→"
@@ -155,9 +164,16 @@ class _Describer:
             case WaitingEvent():
                 waits = [
                     f"{r.id} ({r.kind}: {self.call(r.tool_name, r.arguments)})"
+                    + (f": {self.cut(r.detail, 2 * TEXT_WIDTH)}" if r.detail else "")
                     for r in event.requirements
                 ]
                 return "waits for " + "; ".join(waits)
+            case ReconciledEvent():
+                answer = {"landed": "it took effect (its result is recorded)",
+                          "not_landed": "it did not take effect (it runs now)",
+                          "unknown": "cannot tell"}[event.answer]
+                where = f"{event.call_id}, attempt {event.attempt}"
+                return f"reconciled {event.name} [{where}]: {answer}"
             case DecisionEvent():
                 return f"{event.requirement_id}: {self._decision(event)}"
             case CancelledEvent():

@@ -41,10 +41,11 @@ the suite test more:
 
 The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
 `DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
-`DamageTests`, `UnreadableTests`, and for workers `ClaimTests`,
+`DamageTests`, `UnreadableTests`, `MigrationTests`, and for workers `ClaimTests`,
 `AtomicQueueLimitTests`, `WorkerLivenessTests`, `WakeUpTests`) may also be
 subclassed one by one. A backend that implements no claim method passes
 `ClaimTests` through the portable fallback of `Backend.claim_runs`.
+`MigrationTests` runs only for a backend declaring `Capability.MIGRATE`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from durable_agent.testing._conformance_leases import (
     LeaseTests,
     ListTests,
 )
+from durable_agent.testing._conformance_migrate import MigrationTests
 from durable_agent.testing._conformance_runs import (
     AppendTests,
     DeleteTests,
@@ -90,6 +92,7 @@ __all__ = [
     "LeaseTests",
     "LifecycleTests",
     "ListTests",
+    "MigrationTests",
     "PayloadTests",
     "RunTests",
     "UnreadableTests",
@@ -118,5 +121,6 @@ class BackendConformance(
     AtomicQueueLimitTests,
     WorkerLivenessTests,
     WakeUpTests,
+    MigrationTests,
 ):
     """The whole contract. Subclass it as ``Test...`` and define ``backend``."""

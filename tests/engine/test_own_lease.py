@@ -26,6 +26,7 @@ from durable_agent import (
     ScriptedModel,
     StoreUnavailableError,
     Task,
+    Tool,
     ToolCall,
 )
 from durable_agent.backends.sqlite import SqliteBackend
@@ -234,7 +235,9 @@ def test_after_a_failed_release_any_agent_of_the_process_continues_at_once(
             await Agent(tool_script(), db=wrapped, tools=[step]).do_async(task)
         assert task.run_id is not None
         wrapped.down = False
-        fresh = Agent(tool_script(), db=inner, tools=[_step])  # owes nothing: takes it back
+        # Owes nothing: takes it back. The same tool name, so the in-flight call
+        # is re-run rather than held in doubt as a removed tool.
+        fresh = Agent(tool_script(), db=inner, tools=[Tool(_step, name="step")])
         assert await fresh.continue_run_async(run_id=task.run_id) == "done"
 
     run(scenario())
@@ -319,7 +322,7 @@ def test_a_redis_restart_mid_run_leaves_a_lease_this_process_takes_back(tmp_path
             held = (await first.db.get_run(run_id)).lease
             assert held is not None
             assert held.owner == LeaseOwner.process().id  # 600 s left, and no wait
-            second = Agent(tool_script(), db=first.db, tools=[_step])
+            second = Agent(tool_script(), db=first.db, tools=[Tool(_step, name="step")])
             try:
                 assert await second.continue_run_async(run_id=run_id) == "done"
             except RunBusyError as busy:  # the defect: this process blocked by itself
