@@ -65,10 +65,12 @@ class ModelStep(ExecutionCore):
             self._check_cancel()
             started = time.perf_counter()
             try:
-                async with self._keepalive():
-                    response = await model.request(
-                        ctx.messages, tools=definitions, output_schema=schema
-                    )
+                with self._tel.chat(ctx, model, attempt) as call:
+                    async with self._keepalive():
+                        response = await model.request(
+                            ctx.messages, tools=definitions, output_schema=schema
+                        )
+                    call.answered(response)
             except Exception as exc:
                 info = ErrorInfo.from_exception(exc)
                 if is_retryable(exc) and attempt < engine.retry.attempts:

@@ -30,6 +30,7 @@ from durable_agent.records import (
     check_event,
 )
 from durable_agent.run import RunContext
+from durable_agent.telemetry._hook import segment_hook
 from durable_agent.tools import Tool
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ class ExecutionCore:
         """An append was interrupted: whether it landed is for the store to say."""
         self._claim: Claim | None = None
         """This execution drives the run (no other one of this process may meanwhile)."""
+        self._tel = segment_hook(run_id, engine.agent_name)
+        """Telemetry, chosen once per segment (a no-op per transition unless configured)."""
+        self._traceparent: str | None = None
+        """Stored with this segment's first append, so the next segment's span links to it."""
 
     @property
     def backend(self) -> Backend:
@@ -134,12 +139,15 @@ class ExecutionCore:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+            if self._traceparent is not None:
+                events[0] = events[0].model_copy(update={"traceparent": self._traceparent})
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
             for event in events:
                 check_event(event)
             # The write that brings the run to rest gives the lease up atomically.
             release = state in AT_REST
+            mark = self._tel.append_start()
             try:
                 self.lease = await self.backend.append(
                     ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
@@ -150,7 +158,12 @@ class ExecutionCore:
                 # Awaiting it under a shield instead would cost a task per append.
                 self._uncertain = True
                 raise
+            except Exception as exc:
+                self._tel.append_failed(mark, events, exc)
+                raise
+            self._traceparent = None
             self._settle(events, release)
+            self._tel.appended(mark, ctx, events, release)
 
     def _settle(self, events: list[Event], released: bool) -> None:
         self._context().apply_all(events)

@@ -28,7 +28,7 @@ import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -57,10 +57,16 @@ __all__ = [
     "UnreadableRun",
     "check_append",
     "check_lease_acquire",
+    "commit_observer",
     "decode_cursor",
     "encode_cursor",
     "make_page",
 ]
+
+
+commit_observer: Callable[[str, Sequence[str]], None] | None = None
+"""Set by telemetry (`durable_agent.telemetry`); a store with group commit calls it after
+each commit with its kind and the run id of every append in the batch. None: nobody asks."""
 
 
 class Capability(StrEnum):
