@@ -93,10 +93,11 @@ class _Chat(Call):
         self._hook = hook
         self._i = instruments
         self._capture = instruments.capture_content
-        name = model.name
+        provider = provider_name(model)
+        name = model.name.removeprefix(f"{provider}/")  # "openai/gpt-4o" names gpt-4o
         self._attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider_name(model),
+            "gen_ai.provider.name": provider,
             "gen_ai.request.model": name,
         }
         self._span: trace.Span | None = None
