@@ -48,7 +48,7 @@ def make_agent(db: str, hold: Path | None) -> Agent:
     async def lookup(city: str) -> str:
         """The weather in ``city``."""
         if hold is not None and city == "ARGMARK-Rome":
-            hold.write_text("in the tool")
+            hold.write_text("in the tool")  # noqa: ASYNC240 (the barrier, then the kill)
             await asyncio.Event().wait()  # until SIGKILL
         return f"RESULTMARK: sunny in {city}"
 

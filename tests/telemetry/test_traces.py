@@ -101,7 +101,8 @@ def test_a_crashed_and_resumed_run_gives_two_linked_segments(
     assert tool_attrs["gen_ai.tool.name"] == "lookup"
     assert tool_attrs["gen_ai.tool.call.id"] == "call_1_0"
     assert tool_attrs["durable_agent.attempt"] == 2  # run again after the crash
-    assert tool.parent is not None and tool.parent.span_id == segment.context.span_id
+    assert tool.parent is not None
+    assert tool.parent.span_id == segment.context.span_id
     (chat,) = recorded.spans("chat scripted")
     chat_attrs = chat.attributes or {}
     assert chat_attrs["gen_ai.operation.name"] == "chat"
@@ -117,7 +118,8 @@ def test_a_crashed_and_resumed_run_gives_two_linked_segments(
 
     assert recorded.total("durable_agent.takeovers", **{"gen_ai.agent.name": "weather"}) == 1
     assert recorded.total("durable_agent.runs.finished", **{"durable_agent.run.state": "DONE"}) == 1
-    assert recorded.total("durable_agent.transitions", **{"durable_agent.trigger": "tools_done"}) == 1
+    tools_done = {"durable_agent.trigger": "tools_done"}
+    assert recorded.total("durable_agent.transitions", **tools_done) == 1
     assert recorded.total("gen_ai.client.operation.duration") == 1
 
     # Content capture is off: no prompt, argument, result or answer text anywhere.
@@ -167,7 +169,8 @@ def test_an_api_key_never_reaches_a_span_even_in_error_text(recorded: Recorded) 
     assert [(s.attributes or {}).get("error.type") for s in chats][:2] == [
         "ModelHTTPError", "ModelHTTPError"
     ]
-    assert chats[0].attributes and chats[0].attributes["gen_ai.provider.name"] == "openai"
+    assert chats[0].attributes
+    assert chats[0].attributes["gen_ai.provider.name"] == "openai"
     (segment,) = recorded.spans("invoke_agent agent")
     assert [e.name for e in segment.events].count("durable_agent.retry") == 2
     text = recorded.text()
