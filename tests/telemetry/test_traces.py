@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+
+import pytest
 
 from durable_agent import Agent, RetryPolicy, Task, ToolCall, mark_secret
 from durable_agent.backends.sqlite import SqliteBackend
@@ -55,7 +58,7 @@ def _stored(db: Path, run_id: str) -> tuple[RunContext, list[str]]:
 
 
 def test_a_crashed_and_resumed_run_gives_two_linked_segments(
-    tmp_path: Path, recorded: Recorded
+    tmp_path: Path, recorded: Recorded, caplog: pytest.LogCaptureFixture
 ) -> None:
     run_id = f"traced-{uuid.uuid4().hex[:8]}"
     child_text, child_spans = _crash_in_second_tool(tmp_path, run_id)
@@ -67,7 +70,10 @@ def test_a_crashed_and_resumed_run_gives_two_linked_segments(
     assert len(first_segment) == 1
 
     agent = make_agent(f"sqlite:///{tmp_path / 'runs.db'}", hold=None)
+    caplog.set_level(logging.INFO, logger="durable_agent")
     assert asyncio.run(agent.continue_run_async(run_id=run_id)) == "ANSWERMARK: sunny everywhere"
+    takeover = [r for r in caplog.records if "taking over in TOOL_EXEC" in r.getMessage()]
+    assert [r.run_id for r in takeover] == [run_id]  # type: ignore[attr-defined]
 
     ctx, links = _stored(tmp_path / "runs.db", run_id)
     # Each segment stores its span context with its first write.
