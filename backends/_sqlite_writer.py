@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from durable_agent import backend as contract
+import durable_agent.backend as contract
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
