@@ -135,16 +135,19 @@ class _Chat(Call):
         if span is None:
             return
         message = response.message
-        span.set_attribute("gen_ai.response.model", response.model)
-        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-        span.set_attribute(
-            "gen_ai.response.finish_reasons", ("tool_calls",) if message.tool_calls else ("stop",)
-        )
+        attributes: dict[str, Any] = {
+            "gen_ai.response.model": response.model,
+            "gen_ai.usage.input_tokens": usage.input_tokens,
+            "gen_ai.usage.output_tokens": usage.output_tokens,
+            "gen_ai.response.finish_reasons": (
+                ("tool_calls",) if message.tool_calls else ("stop",)
+            ),
+        }
         if response.request_id:
-            span.set_attribute("gen_ai.response.id", response.request_id)
+            attributes["gen_ai.response.id"] = response.request_id
         if self._capture:
-            span.set_attribute("gen_ai.output.messages", _content.messages_json([message]))
+            attributes["gen_ai.output.messages"] = _content.messages_json([message])
+        span.set_attributes(attributes)  # one lock, not one per attribute
 
     def __exit__(
         self,
@@ -326,8 +329,9 @@ class LiveHook(Hook):
         if span is None:
             return
         if ctx is not None:
-            span.set_attribute("durable_agent.run.state", ctx.state.value)
-            span.set_attribute("durable_agent.run.seq.end", ctx.seq)
+            span.set_attributes(
+                {"durable_agent.run.state": ctx.state.value, "durable_agent.run.seq.end": ctx.seq}
+            )
         if error is not None and not self._failed:
             _fail(span, error, self.instruments is not None and self.instruments.capture_content)
         span.end()
