@@ -45,7 +45,13 @@ def configure(
             ``gen_ai.output.messages``), tool arguments and results and error
             messages on spans, redacted. Off by default: they may hold personal
             data, and a trace backend is rarely the place for it.
+
+    Raises `ConfigurationError` when ``enabled`` is True and the OpenTelemetry
+    API is not installed.
     """
+    if enabled:
+        # Fails now, with the install command, rather than when a run starts.
+        from durable_agent.telemetry import _otel  # noqa: F401
     _state.enabled = enabled
     _state.tracer_provider = tracer_provider
     _state.meter_provider = meter_provider

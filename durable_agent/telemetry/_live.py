@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from durable_agent.run import RunContext
     from durable_agent.telemetry._otel import Instruments
 
-__all__ = ["LiveHook", "parse_traceparent", "provider_name", "traceparent"]
+__all__ = ["LiveHook", "error_type", "parse_traceparent", "provider_name", "traceparent"]
 
 _log = logging.getLogger("durable_agent.engine")
 
@@ -76,8 +76,14 @@ def parse_traceparent(value: str) -> SpanContext | None:
     return sc if sc.is_valid else None
 
 
+def error_type(error: BaseException) -> str:
+    """``error.type``: the exception's qualified class name, as `ErrorInfo.type` stores it."""
+    kind = type(error)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _fail(span: trace.Span, error: BaseException, capture: bool) -> str:
-    kind = type(error).__name__
+    kind = error_type(error)
     span.set_attribute("error.type", kind)
     span.set_status(Status(StatusCode.ERROR, _content.text(str(error)) if capture else kind))
     return kind
@@ -158,7 +164,7 @@ class _Chat(Call):
         instruments = self._i
         attrs = self._attrs
         if error is not None:
-            attrs = {**attrs, "error.type": type(error).__name__}
+            attrs = {**attrs, "error.type": error_type(error)}
             instruments.attempts_failed.add(
                 1, {"gen_ai.agent.name": self._hook.agent, **attrs}
             )
@@ -229,7 +235,7 @@ class _Tool(Call):
         elapsed = time.perf_counter() - self._started
         attrs: dict[str, Any] = {"gen_ai.agent.name": self._hook.agent}
         if error is not None:
-            attrs["error.type"] = type(error).__name__
+            attrs["error.type"] = error_type(error)
         self._i.tool_duration.record(elapsed, attrs)
         if self._token is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]
@@ -440,7 +446,7 @@ class LiveHook(Hook):
         instruments = self.instruments
         if instruments is None:
             return
-        kind = type(error).__name__
+        kind = error_type(error)
         elapsed = time.perf_counter() - mark if mark is not None else 0.0
         instruments.append_duration.record(
             elapsed, {"gen_ai.agent.name": self.agent, "error.type": kind}

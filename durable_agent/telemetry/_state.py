@@ -49,6 +49,9 @@ def instruments() -> Instruments | None:
 
 
 def reset_cache() -> None:
-    """Forget built instruments (after `configure`)."""
+    """Forget built instruments (after `configure`); stores stop reporting their commits."""
+    import durable_agent.backend as contract
+
     with _lock:
         _cache.clear()
+        contract.commit_observer = None

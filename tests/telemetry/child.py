@@ -53,7 +53,11 @@ def make_agent(db: str, hold: Path | None) -> Agent:
         return f"RESULTMARK: sunny in {city}"
 
     return Agent(
-        ScriptedModel(SCRIPT), db=db, tools=[lookup], system_prompt=SYSTEM, name="weather",
+        ScriptedModel(SCRIPT),
+        db=db,
+        tools=[lookup],
+        system_prompt=SYSTEM,
+        name="weather",
         retry=1,
     )
 

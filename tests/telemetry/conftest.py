@@ -53,8 +53,12 @@ class Recorded:
                 for m in sm.metrics:
                     if m.name == metric:
                         for p in m.data.data_points:
-                            found.append((dict(p.attributes or {}), getattr(p, "value", None)
-                                          if hasattr(p, "value") else p.count))
+                            found.append(
+                                (
+                                    dict(p.attributes or {}),
+                                    getattr(p, "value", None) if hasattr(p, "value") else p.count,
+                                )
+                            )
         return found
 
     def total(self, metric: str, **attributes: Any) -> float:

@@ -25,9 +25,7 @@ class FlakyBackend(MemoryBackend):
         self.appends = 0
         self.fail_append = fail_append
 
-    async def append(
-        self, run_id: str, events: Sequence[Event], **kwargs: Any
-    ) -> Lease:
+    async def append(self, run_id: str, events: Sequence[Event], **kwargs: Any) -> Lease:
         self.appends += 1
         if self.appends == self.fail_append:
             raise StoreUnavailableError("the store went away")

@@ -30,7 +30,8 @@ def test_every_record_carries_run_id_seq_and_state(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.DEBUG, logger="durable_agent")
     agent = Agent(
         ScriptedModel([ToolCall("echo", {"text": "hi"}), "done"]),
-        db=MemoryBackend(), tools=[echo],
+        db=MemoryBackend(),
+        tools=[echo],
     )
     output = asyncio.run(agent.do_async("hello", return_output=True))
     records = _ours(caplog)
@@ -44,7 +45,10 @@ def test_every_record_carries_run_id_seq_and_state(caplog: pytest.LogCaptureFixt
     assert any("rests in DONE" in m for m in info)
     transitions = [r for r in records if r.levelno == logging.DEBUG]
     assert [r.state for r in transitions] == [  # type: ignore[attr-defined]
-        "MODEL_CALL", "TOOL_EXEC", "MODEL_CALL", "DONE"
+        "MODEL_CALL",
+        "TOOL_EXEC",
+        "MODEL_CALL",
+        "DONE",
     ]
     assert [r.seq for r in transitions] == sorted(r.seq for r in transitions)  # type: ignore[attr-defined]
 
@@ -76,7 +80,11 @@ def test_the_library_prints_nothing_with_logging_unconfigured() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "telemetry" / "flaky.py")],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""

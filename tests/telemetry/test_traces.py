@@ -33,7 +33,9 @@ def _crash_in_second_tool(tmp_path: Path, run_id: str) -> tuple[str, list[dict[s
     env = {**os.environ, "PYTHONPATH": str(root)}
     child = subprocess.Popen(
         [sys.executable, str(CHILD), f"sqlite:///{db}", str(spans), str(ready), run_id],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_path(ready, awaiting="the child inside its second tool call", processes=[child])
@@ -168,12 +170,17 @@ def test_an_api_key_never_reaches_a_span_even_in_error_text(recorded: Recorded) 
         async def lookup(city: str) -> str:
             return f"sunny in {city}"
 
-        agent = Agent(model, db="memory://", tools=[lookup],
-                      retry=RetryPolicy(attempts=3, initial_delay=0.001, max_delay=0.01))
+        agent = Agent(
+            model,
+            db="memory://",
+            tools=[lookup],
+            retry=RetryPolicy(attempts=3, initial_delay=0.001, max_delay=0.01),
+        )
         assert asyncio.run(agent.do_async("weather?")) == "done"
     chats = recorded.spans("chat gpt-4o-mini")
     assert [(s.attributes or {}).get("error.type") for s in chats][:2] == [
-        "ModelHTTPError", "ModelHTTPError"
+        "durable_agent.errors.ModelHTTPError",
+        "durable_agent.errors.ModelHTTPError",
     ]
     assert chats[0].attributes
     assert chats[0].attributes["gen_ai.provider.name"] == "openai"
