@@ -101,7 +101,12 @@ def test_a_crashed_and_resumed_run_gives_two_linked_segments(
     assert links[1].split("-")[2] == f"{segment.context.span_id:016x}"
     events = [e.name for e in segment.events]
     assert "durable_agent.takeover" in events
-    assert "durable_agent.append" in events
+    appends = [dict(e.attributes or {}) for e in segment.events if e.name == "durable_agent.append"]
+    assert [a["durable_agent.seq.last"] for a in appends][-1] == ctx.seq
+    assert all(int(a["durable_agent.append.bytes"]) > 0 for a in appends)
+    # SQLite's group commit says how many appends shared each commit.
+    assert all(int(a["durable_agent.store.batch_size"]) >= 1 for a in appends)
+    assert recorded.total("durable_agent.store.commit.batch_size") >= len(appends)
 
     (tool,) = recorded.spans("execute_tool lookup")
     tool_attrs = tool.attributes or {}
