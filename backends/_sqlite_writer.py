@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+import durable_agent.backend as contract
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
@@ -141,6 +142,10 @@ class Link:
         self.stats.writes += len(batch.writes)
         if batch.committed:
             self.stats.commits += 1
+            observe = contract.commit_observer
+            if observe is not None:
+                with suppress(Exception):  # telemetry never fails a write
+                    observe("sqlite", [write.run_id for write in batch.writes])
         for write in batch.writes:
             if write.future.done():
                 continue

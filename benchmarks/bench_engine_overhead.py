@@ -17,7 +17,11 @@ To show where the difference goes, three more numbers (no target):
   `SqliteBackend` without the engine (the store's own cost);
 * the same comparison at ``synchronous=NORMAL``, where a WAL commit does not
   fsync, so CPU and thread hops dominate instead of the disk;
-* the engine on `MemoryBackend` (engine + model + tool CPU, no I/O).
+* the engine on `MemoryBackend` (engine + model + tool CPU, no I/O);
+* the same with telemetry (`durable_agent.telemetry`): not configured, an
+  OpenTelemetry no-op tracer and meter provider, and the SDK recording to an
+  in-memory span exporter and metric reader (alternated; needs the ``otel``
+  extra and the SDK, skipped without them).
 
 Run alone: ``python benchmarks/bench_engine_overhead.py [--quick] [--profile]``.
 """
@@ -193,6 +197,7 @@ def run(quick: bool) -> list[Row]:
     full = paired(turns, repeats, "FULL")
     normal = paired(turns, max(3, repeats // 2), "NORMAL")
     memory = [asyncio.run(engine_run(MemoryBackend(), turns)) for _ in range(repeats)]
+    telemetry = telemetry_rows(turns, repeats)
 
     first = full[0].engine
     n = first.transitions
@@ -274,7 +279,56 @@ def run(quick: bool) -> list[Row]:
             "engine wall / transition on MemoryBackend (CPU only)",
             f"{median([m.wall / m.transitions for m in memory]) * us:.0f} us",
         ),
+        *telemetry,
     ]
+
+
+def telemetry_rows(turns: int, repeats: int) -> list[Row]:
+    """Engine CPU per transition on `MemoryBackend`: telemetry off, no-op, in-memory export."""
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:
+        return [info(NAME, "telemetry cost", "skipped (needs opentelemetry-sdk)")]
+    from durable_agent import telemetry
+
+    def recording() -> tuple[Any, Any]:
+        tracing = TracerProvider()
+        tracing.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        return tracing, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+    setups: dict[str, Any] = {
+        "not configured": None,
+        "no-op providers": lambda: (trace.NoOpTracerProvider(), metrics.NoOpMeterProvider()),
+        "SDK, in-memory exporter": recording,
+    }
+    walls: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(repeats):
+        for name, make in setups.items():
+            if make is None:
+                telemetry.configure(enabled=None)
+            else:
+                tracing, metering = make()
+                telemetry.configure(tracer_provider=tracing, meter_provider=metering)
+            try:
+                sample = asyncio.run(engine_run(MemoryBackend(), turns))
+            finally:
+                telemetry.configure(enabled=None)
+            walls[name].append(sample.wall / sample.transitions)
+    off = median(walls["not configured"])
+    rows = []
+    for name, values in walls.items():
+        value = median(values)
+        extra = "" if name == "not configured" else (
+            f" ({(value - off) * 1e6:+.0f} us, {value / off - 1:+.0%})"
+        )
+        rows.append(info(NAME, f"MemoryBackend / transition, telemetry {name}",
+                         f"{value * 1e6:.0f} us{extra}"))
+    return rows
 
 
 def profile(quick: bool) -> None:

@@ -7,6 +7,7 @@ process or another, without repeating a recorded model or tool call.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from durable_agent._redact import mark_secret, redact, redact_exception
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
     from durable_agent.worker import RunRetry, Worker
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides what is shown: nothing prints unless
+# logging is configured (docs/observability.md).
+logging.getLogger("durable_agent").addHandler(logging.NullHandler())
 
 __all__ = [
     "Agent",

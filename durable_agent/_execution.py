@@ -98,6 +98,7 @@ class RunExecution(ModelStep, ToolStep):
         # The run is stored with its input and its start in one write: the
         # start is the intent of the first model call (rule 1), and a run
         # nobody started does not need a write of its own.
+        link = self._tel.begin(None, lease)
         events: list[Event] = [
             CreatedEvent(
                 seq=1,
@@ -107,7 +108,8 @@ class RunExecution(ModelStep, ToolStep):
                 tools=tool_signatures(self.tools),
             ),
             TransitionEvent(
-                seq=2, state=next_state(RunState.PENDING, "start"), trigger="start"
+                seq=2, state=next_state(RunState.PENDING, "start"), trigger="start",
+                traceparent=link,
             ),
         ]
         header = RunHeader(
@@ -124,13 +126,16 @@ class RunExecution(ModelStep, ToolStep):
         self._take_claim()
         # The write runs in its own task: a cancellation of the caller never
         # cuts it mid-command, so its outcome is known and can be settled.
+        mark = self._tel.append_start()
         write = asyncio.ensure_future(self.backend.create_run(header, events))
         try:
             await asyncio.shield(write)
-        except RunExistsError:
+        except RunExistsError as exc:
             self._drop_claim()
+            self._tel.end(None, exc)
             raise
         except BaseException as exc:
+            self._tel.end(self.ctx, exc)
             claim, self._claim = self._claim, None
             # `partial`, not a closure: the settle may outlive this except block.
             record = functools.partial(self._record_landed, error=exc)
@@ -144,6 +149,7 @@ class RunExecution(ModelStep, ToolStep):
         ctx.apply_all(events)
         self.ctx, self.lease = ctx, lease
         recorded(self.run_id, events)
+        self._tel.appended(mark, ctx, events, False)
 
     async def _record_landed(self, stored: StoredRun, error: BaseException) -> None:
         """Record ``error`` on a run whose create landed unseen, releasing its lease."""
@@ -153,6 +159,7 @@ class RunExecution(ModelStep, ToolStep):
     async def load(self) -> RunContext:
         """Read the run without taking its lease (for finished runs and inspection)."""
         stored = await self.backend.load_run(self.run_id)
+        self._tel.loaded(stored)
         self.ctx = RunContext.from_stored(stored)
         return self.ctx
 
@@ -183,6 +190,7 @@ class RunExecution(ModelStep, ToolStep):
             raise
         self.engine.owed.forget(self.run_id)  # the new lease supersedes the one left behind
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
+        self._traceparent = self._tel.begin(ctx, self.lease)
         return ctx
 
     async def adopt(self, lease: Lease) -> RunContext:
@@ -225,6 +233,7 @@ class RunExecution(ModelStep, ToolStep):
                     raise failed
         finally:
             self._drop_claim()
+            self._tel.end(self.ctx)
 
     def _take_claim(self) -> None:
         self._drop_claim()
@@ -292,10 +301,12 @@ class RunExecution(ModelStep, ToolStep):
             raise RuntimeError("RunExecution.run() needs create() or acquire() first")
         if self.lease is None:
             self._drop_claim()
+            self._tel.end(ctx)
             return ctx  # at rest already (decisions left the run WAITING)
         try:
             await self._guarded(ctx, timeout)
         except BaseException as exc:
+            self._tel.end(ctx, exc)
             await asyncio.shield(self._release_noting(exc))
             redact_exception(exc)  # its chain (and the notes) may quote a secret
             raise

@@ -40,7 +40,7 @@ __all__ = [
     "undo_create",
 ]
 
-_log = logging.getLogger("durable_agent")
+_log = logging.getLogger("durable_agent.lease")
 
 
 
@@ -332,7 +332,7 @@ class OwedReleases:
             f"releases it when it next creates or continues a run on this store, any continue "
             f"of the run from this process takes it back at once, and {expiry}"
         )
-        _log.warning("%s", note, extra={"run_id": run_id})
+        _log.warning("%s", note, extra={"run_id": run_id, "seq": None, "state": None})
         return note
 
     def forget(self, run_id: str) -> None:
@@ -356,4 +356,4 @@ class OwedReleases:
                 claim.drop()
             self.forget(run_id)
             _log.info("run %r: released the lease owed since a failed release", run_id,
-                      extra={"run_id": run_id})
+                      extra={"run_id": run_id, "seq": None, "state": None})

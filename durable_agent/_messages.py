@@ -61,6 +61,9 @@ class _Event(Record):
     trigger: str | None = None
     """The machine trigger this event records, or None when the state did not change."""
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    traceparent: str | None = None
+    """The W3C traceparent of the telemetry span of the segment whose first write this is
+    (only with tracing on): the next segment's span links to it (`durable_agent.telemetry`)."""
 
 
 # -- messages ---------------------------------------------------------------

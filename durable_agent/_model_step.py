@@ -67,12 +67,14 @@ class ModelStep(ExecutionCore):
             self._check_cancel()
             started = time.perf_counter()
             try:
-                async with self._keepalive():
-                    # A stream (if one follows this run) streams the call; else model.request.
-                    response = await model_call(
-                        model, ctx.run_id, ctx.messages, tools=definitions,
-                        output_schema=schema, attempt=attempt, repeated=repeated,
-                    )
+                with self._tel.chat(ctx, model, attempt) as call:
+                    async with self._keepalive():
+                        # A stream (if one follows this run) streams the call; else model.request.
+                        response = await model_call(
+                            model, ctx.run_id, ctx.messages, tools=definitions,
+                            output_schema=schema, attempt=attempt, repeated=repeated,
+                        )
+                    call.answered(response)
             except Exception as exc:
                 info = ErrorInfo.from_exception(exc)
                 if is_retryable(exc) and attempt < engine.retry.attempts:

@@ -31,6 +31,7 @@ from durable_agent.records import (
     check_event,
 )
 from durable_agent.run import RunContext
+from durable_agent.telemetry._hook import segment_hook
 from durable_agent.tools import Tool
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class ExecutionCore:
         """Asked before each model call: True leaves the run as it is, released for another
         process to continue (a worker shutting down). Never asked between a tool-call
         intent and its result, so a hand-over never makes a call ambiguous."""
+        self._tel = segment_hook(run_id, engine.agent_name)
+        """Telemetry, chosen once per segment (a no-op per transition unless configured)."""
+        self._traceparent: str | None = None
+        """Stored with this segment's first append, so the next segment's span links to it."""
 
     @property
     def backend(self) -> Backend:
@@ -139,12 +144,15 @@ class ExecutionCore:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
                 events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+            if self._traceparent is not None:
+                events[0] = events[0].model_copy(update={"traceparent": self._traceparent})
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
             for event in events:
                 check_event(event)
             # The write that brings the run to rest gives the lease up atomically.
             release = state in AT_REST
+            mark = self._tel.append_start()
             try:
                 self.lease = await self.backend.append(
                     ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
@@ -155,8 +163,13 @@ class ExecutionCore:
                 # Awaiting it under a shield instead would cost a task per append.
                 self._uncertain = True
                 raise
+            except Exception as exc:
+                self._tel.append_failed(mark, events, exc)
+                raise
+            self._traceparent = None
             self._settle(events, release)
             recorded(ctx.run_id, events)
+            self._tel.appended(mark, ctx, events, release)
 
     def _settle(self, events: list[Event], released: bool) -> None:
         self._context().apply_all(events)

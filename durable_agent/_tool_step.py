@@ -228,7 +228,9 @@ class ToolStep(ReconcileStep):
                 attempt=ctx.call_attempts.get(call.id, 1),
             )
             try:
-                content = await tool.call(plan.arguments or call.arguments, tool_ctx)
+                with self._tel.tool(ctx, call, tool_ctx.attempt) as traced:
+                    content = await tool.call(plan.arguments or call.arguments, tool_ctx)
+                    traced.returned(content)
                 is_error = False
             except ToolRetry as retry:
                 content = retry.message

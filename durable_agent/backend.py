@@ -32,7 +32,7 @@ import json
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -80,6 +80,7 @@ __all__ = [
     "claim_lease",
     "claim_order",
     "claimable",
+    "commit_observer",
     "decode_cursor",
     "encode_cursor",
     "lease_live",
@@ -88,6 +89,11 @@ __all__ = [
     "portable_claim",
     "queue_room",
 ]
+
+
+commit_observer: Callable[[str, Sequence[str]], None] | None = None
+"""Set by telemetry (`durable_agent.telemetry`); a store with group commit calls it after
+each commit with its kind and the run id of every append in the batch. None: nobody asks."""
 
 
 class Capability(StrEnum):
