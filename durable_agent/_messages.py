@@ -1,12 +1,15 @@
 """The versioned base of stored records, and the provider-neutral messages.
 
 Kept apart from `durable_agent.records` only for size; `records` re-exports
-every name, and is where code imports them from.
+every name, and is where code imports them from. `LeaseTaken` (who wrote an
+event) lives here for the same reason.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Final, Literal, TypeAlias
+
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WrapValidator
 
@@ -16,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AssistantMessage",
     "Deep",
+    "LeaseTaken",
     "JSONValue",
     "Message",
     "Record",
@@ -94,3 +98,22 @@ Message: TypeAlias = Annotated[
     Field(discriminator="role"),
 ]
 """A provider-neutral message; ``role`` tells which kind."""
+
+
+class LeaseTaken(BaseModel):
+    """Which process took a run's lease, and when: stamped on the first event it writes.
+
+    A log whose stamps name two owners, the first leaving the run mid-step
+    (MODEL_CALL, TOOL_EXEC), shows where a process died or lost its lease and
+    another took the run over; the gap between the last event of the one and
+    ``at`` is how long the run was stranded. Events before this field existed
+    carry none, and read back the same.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    """The lease owner id, ``host:pid:nonce`` (`durable_agent.backend.LeaseOwner.id`)."""
+    generation: int
+    at: datetime
+    """When the store granted the lease (this process's clock)."""

@@ -27,6 +27,7 @@ from durable_agent.records import (
     Event,
     FailedEvent,
     Lease,
+    LeaseTaken,
     check_event,
 )
 from durable_agent.run import RunContext
@@ -77,6 +78,8 @@ class ExecutionCore:
         """An append was interrupted: whether it landed is for the store to say."""
         self._claim: Claim | None = None
         """This execution drives the run (no other one of this process may meanwhile)."""
+        self._lease_taken: LeaseTaken | None = None
+        """Stamped on the next event appended: the lease this execution has just taken."""
 
     @property
     def backend(self) -> Backend:
@@ -129,11 +132,15 @@ class ExecutionCore:
             assert self.lease is not None
             events: list[Event] = []
             state, seq = ctx.state, ctx.seq
+            stamp = self._lease_taken
             for cls, trigger, fields in specs:
                 if trigger is not None:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
-                events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
+                events.append(
+                    cls(seq=seq, state=state, trigger=trigger, lease_taken=stamp, **fields)
+                )
+                stamp = None
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
             for event in events:
@@ -150,6 +157,7 @@ class ExecutionCore:
                 # Awaiting it under a shield instead would cost a task per append.
                 self._uncertain = True
                 raise
+            self._lease_taken = None
             self._settle(events, release)
 
     def _settle(self, events: list[Event], released: bool) -> None:

@@ -32,6 +32,7 @@ from durable_agent._messages import (
     AssistantMessage,
     Deep,
     JSONValue,
+    LeaseTaken,
     Message,
     Record,
     SystemMessage,
@@ -63,6 +64,7 @@ __all__ = [
     "FailedEvent",
     "JSONValue",
     "Lease",
+    "LeaseTaken",
     "Message",
     "ModelAttemptFailedEvent",
     "ModelResponseEvent",
@@ -203,6 +205,8 @@ class _Event(Record):
     trigger: str | None = None
     """The machine trigger this event records, or None when the state did not change."""
     at: datetime = Field(default_factory=utcnow)
+    lease_taken: LeaseTaken | None = None
+    """Set on the first event written under a newly taken lease (who took it, when)."""
 
 
 class OutputFormat(BaseModel):
@@ -327,6 +331,8 @@ class DecisionEvent(_Event):
     reason: str | None = None
     value: Annotated[JSONValue, Deep] = None
     inputs: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
+    decided_by: str | None = None
+    """Who decided, as the deciding surface named them (a ``--user`` label, a token name)."""
 
 
 class CancelledEvent(_Event):
