@@ -7,9 +7,8 @@ event) lives here for the same reason.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, TypeAlias
-
 from datetime import datetime
+from typing import Annotated, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WrapValidator
 
@@ -19,8 +18,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AssistantMessage",
     "Deep",
-    "LeaseTaken",
     "JSONValue",
+    "LeaseTaken",
     "Message",
     "Record",
     "SystemMessage",
