@@ -47,6 +47,7 @@ __all__ = [
     "lease_data",
     "list_runs",
     "marker_data",
+    "outcome_data",
     "owner_data",
     "row_data",
     "unreadable_data",
@@ -348,3 +349,14 @@ async def count_states(backend: Backend, filters: Filters) -> dict[str, Any]:
         if cursor is None:
             return {"counts": counts, "complete": True}
     return {"counts": counts, "complete": False}
+
+
+def outcome_data(output: RunOutput) -> dict[str, Any]:
+    """Where a run stands after a command acted on it: state, answer, error, what it waits for."""
+    return {
+        "run_id": output.run_id,
+        "state": output.state.value,
+        "output": output.output,
+        "error": error_text(output.error) if output.error is not None else None,
+        "requirements": [_requirement_data(r.record) for r in output.requirements],
+    }

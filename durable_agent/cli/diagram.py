@@ -13,7 +13,16 @@ from typing import Final
 import click
 
 from durable_agent.cli import _store as store
-from durable_agent.cli._app import CONTEXT, choose, cli, db_option, load, opened, run_command
+from durable_agent.cli._app import (
+    CONTEXT,
+    choose,
+    cli,
+    db_option,
+    json_option,
+    load,
+    opened,
+    run_command,
+)
 from durable_agent.cli._output import Printer
 from durable_agent.diagram import FORMATS, DiagramFormat, machine_diagram, run_diagram
 
@@ -46,19 +55,23 @@ _SUFFIXES: Final[dict[str, DiagramFormat]] = {
     type=click.Path(dir_okay=False, path_type=Path),
     help="write to FILE instead of stdout",
 )
+@json_option
 @db_option
-def diagram(run_id: str | None, fmt: str | None, output: Path | None, db: str | None) -> int:
+def diagram(
+    run_id: str | None, fmt: str | None, output: Path | None, as_json: bool, db: str | None
+) -> int:
     """Draw the state machine, or one run's path.
 
     Mermaid and DOT need nothing else; SVG and PNG need Graphviz
-    (pip install 'durable-agent[diagrams]').
+    (pip install 'durable-agent[diagrams]'). --json prints the format, the run
+    and the text (or, for PNG or with -o, the file and its size) as JSON.
     """
     chosen: DiagramFormat = "mermaid"
     if fmt is not None:
         chosen = next(f for f in FORMATS if f == fmt)
     elif output is not None:
         chosen = _SUFFIXES.get(output.suffix.lower(), "mermaid")
-    if chosen == "png" and output is None and sys.stdout.isatty():
+    if chosen == "png" and output is None and (as_json or sys.stdout.isatty()):
         raise store.CliError("a PNG is binary: write it to a file with -o FILE")
 
     async def body() -> int:
@@ -69,7 +82,19 @@ def diagram(run_id: str | None, fmt: str | None, output: Path | None, db: str | 
             async with opened(choice) as backend:
                 stored = await load(backend, choice, run_id)
             drawn = run_diagram(stored, format=chosen)
-        if output is None:
+        if as_json:
+            if output is not None:
+                drawn.save(output)
+            Printer().json(
+                {
+                    "format": chosen,
+                    "run_id": run_id,
+                    "file": str(output) if output is not None else None,
+                    "bytes": len(drawn.data),
+                    "text": drawn.text if output is None else None,
+                }
+            )
+        elif output is None:
             sys.stdout.buffer.write(drawn.data)
             sys.stdout.flush()
         else:

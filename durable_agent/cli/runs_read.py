@@ -254,11 +254,13 @@ def _plural(count: int, noun: str) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write to FILE instead of stdout",
 )
+@json_option
 @db_option
-def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
+def runs_export(run_id: str, output: Path | None, as_json: bool, db: str | None) -> int:
     """Write a run as JSON (for runs import).
 
-    The header and every event, exactly as stored.
+    The header and every event, exactly as stored. With -o FILE, --json
+    prints what was written (run id, events, file) instead of a note.
     """
     choice = choose(db)
 
@@ -272,5 +274,8 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
         sys.stdout.write(text)
     else:
         output.write_text(text, encoding="utf-8")
-        Printer().note(f"exported run {run_id} ({len(stored.events)} events) to {output}")
+        if as_json:
+            Printer().json({"run_id": run_id, "events": len(stored.events), "file": str(output)})
+        else:
+            Printer().note(f"exported run {run_id} ({len(stored.events)} events) to {output}")
     return 0
