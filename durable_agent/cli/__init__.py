@@ -51,7 +51,7 @@ from durable_agent.cli._app import PROG, cli, main
 
 # Imported for the commands they add, in the order help lists them (not sorted).
 # isort: off
-from durable_agent.cli import runs, runs_read, runs_write, decide, diagram, demo  # noqa: F401
+from durable_agent.cli import runs, runs_read, runs_write, decide, diagram, ui, demo  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]
