@@ -138,7 +138,7 @@ def run_context(view: inspect.RunView, *, svg: bool) -> dict[str, Any]:
             items.append({"marker": marker})
         event = events[row.seq]
         raw = _pretty(inspect.event_data(event))
-        items.append({"row": row, "event": _event_view(event), "raw": raw})
+        items.append({"marker": None, "row": row, "event": _event_view(event), "raw": raw})
     lease = inspect.lease_data(header)
     output = view.output
     return {
