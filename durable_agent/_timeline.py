@@ -312,6 +312,7 @@ def markers(run: StoredRun) -> list[Marker]:
     state = RunState.PENDING
     last_at = None
     open_calls: set[str] = set()
+    repeating = False
     for event in run.events:
         stamp = event.lease_taken
         if stamp is not None:
@@ -324,8 +325,14 @@ def markers(run: StoredRun) -> list[Marker]:
                     Marker(event.seq, kind, state, owner, stamp.owner, _rounded(stranded))
                 )
             owner = stamp.owner
-        elif _repeats_a_call(event, open_calls):
-            found.append(Marker(event.seq, "interrupted", state, None, None, None))
+        elif owner is None and _repeats_a_call(event, open_calls):
+            # A log without stamps (written before them): a repeated call is the
+            # trace a restart leaves; the calls it repeats together get one marker.
+            if not repeating:
+                found.append(Marker(event.seq, "interrupted", state, None, None, None))
+            repeating = True
+        else:
+            repeating = False
         match event:
             case ToolStartedEvent():
                 open_calls.add(event.call_id)
