@@ -8,6 +8,7 @@ Jupyter's does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Final
@@ -85,5 +86,6 @@ def ui(
         file=sys.stderr,
     )
     print(f"open: http://{shown}:{port}/?token={access.token}", file=sys.stderr, flush=True)
-    server.run()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how one stops it
+        server.run()
     return 0

@@ -37,14 +37,15 @@ INSTALL_HINT: Final = "pip install 'durable-agent[ui]'"
 
 
 def _require_extra() -> None:
-    for module in ("starlette", "jinja2", "multipart"):
+    for module, package in (
+        ("starlette", "starlette"),
+        ("jinja2", "jinja2"),
+        ("python_multipart", "python-multipart"),
+    ):
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise ConfigurationError(
-                f"the inspector needs {module.replace('multipart', 'python-multipart')}: "
-                f"{INSTALL_HINT}"
-            ) from exc
+            raise ConfigurationError(f"the inspector needs {package}: {INSTALL_HINT}") from exc
 
 
 def create_app(

@@ -296,6 +296,10 @@ async def _act(request: Request) -> Response:
     return RedirectResponse(f"{base}/run?id={quote(run_id, safe='')}", status_code=303)
 
 
+async def _no_icon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 def build_app(inspector: Inspector) -> Starlette:
     """The Starlette app over ``inspector``; its lifespan closes what the inspector opened."""
 
@@ -318,6 +322,7 @@ def build_app(inspector: Inspector) -> Starlette:
             Route("/run/decide", _act, methods=["POST"]),
             Route("/run/cancel", _act, methods=["POST"]),
             Route("/run/resume", _act, methods=["POST"]),
+            Route("/favicon.ico", _no_icon),
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         lifespan=lifespan,

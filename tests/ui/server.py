@@ -48,18 +48,19 @@ class Server:
         """Stop the server (SIGINT: uvicorn shuts down cleanly) and reap it."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        try:
+            self.process.communicate(timeout=DEADLINE)  # reaps it and closes its pipe
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
 
 
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5):
             return True
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as exc:
+        exc.close()
         return True  # it answered, if only to refuse
     except OSError:
         return False

@@ -71,7 +71,8 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     for (const button of form.querySelectorAll("button")) button.disabled = true;
     try {
-      const response = await fetch(form.action, {
+      // getAttribute: the buttons named "action" shadow the form.action property.
+      const response = await fetch(form.getAttribute("action"), {
         method: "POST",
         body: new URLSearchParams(body),
         credentials: "same-origin",
