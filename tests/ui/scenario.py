@@ -7,6 +7,8 @@
 - ``hostile``: a tool whose output and a model answer hold ``<script>`` and
   ``"><img onerror=…>``; DONE.
 - ``calc-done`` (DONE) and ``calc-error`` (ERROR, HTTP 400 from the model).
+- ``lookup-waiting`` (an external result to enter) and ``address-waiting``
+  (user input: street and city), both WAITING.
 
 Run as ``python -m tests.ui.scenario start|resume URL`` it is a child process.
 The agent factories are what ``durable-agent ui --agent tests.ui.scenario:support``
@@ -43,6 +45,8 @@ WAITING: Final = "refund-waiting"
 HOSTILE: Final = "hostile"
 DONE: Final = "calc-done"
 FAILED: Final = "calc-error"
+EXTERNAL: Final = "lookup-waiting"
+USER_INPUT: Final = "address-waiting"
 REQUIREMENT: Final = "call_0_0:confirmation"
 PAYLOAD: Final = '<script>window.__xss = 1</script>"><img src=x onerror="window.__xss = 2">'
 """What the hostile tool returns: it must show as text and never run."""
@@ -67,6 +71,18 @@ async def slow_add(a: int, b: int) -> int:
 def refund(order: str, amount: float) -> str:
     """Refund an order; a human approves each refund first."""
     return f"refunded {amount:.2f} EUR for order {order}"
+
+
+@tool(external_execution=True)
+def warehouse_stock(sku: str) -> str:
+    """Ask the warehouse (a person runs this and types the answer)."""
+    raise AssertionError("external: never run here")
+
+
+@tool(requires_user_input=["street", "city"])
+def ship_to(order: str, street: str, city: str) -> str:
+    """Ship an order; a person provides the address."""
+    return f"{order} ships to {street}, {city}"
 
 
 def hostile_tool(query: str) -> str:
@@ -115,12 +131,23 @@ async def _child(phase: str, path: str) -> None:
             await trips(inner).continue_run_async(run_id=CRASHED)
 
 
+def _asks(db: Backend, call: ToolCall, tools: list[object], name: str) -> Agent:
+    model = ScriptedModel([call, "Done."], name="scripted")
+    return Agent(model, db=db, tools=tools, name=name, retry=1)  # type: ignore[arg-type]
+
+
 async def _populate(path: Path) -> None:
     async with SqliteBackend(path, session_id="s-ui", user_id="ana") as db:
         await _calculator(db, fail=False).do_async(Task("What is 7 + 7?", run_id=DONE))
         with contextlib.suppress(RunFailedError):
             await _calculator(db, fail=True).do_async(Task("What is 7 + 7?", run_id=FAILED))
         await _hostile(db).do_async(Task(f"Look up {PAYLOAD}", run_id=HOSTILE))
+        await _asks(db, ToolCall("warehouse_stock", {"sku": "B-7"}), [warehouse_stock],
+                    "stock").do_async(Task("Is B-7 in stock?", run_id=EXTERNAL),
+                                      return_output=True)  # fmt: skip
+        await _asks(db, ToolCall("ship_to", {"order": "A-1001"}), [ship_to],
+                    "shipping").do_async(Task("Ship A-1001", run_id=USER_INPUT),
+                                         return_output=True)  # fmt: skip
         await support(db).do_async(
             Task("Refund order A-1001", run_id=WAITING), return_output=True
         )

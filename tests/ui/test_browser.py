@@ -15,9 +15,10 @@ from tests.ui.server import Server
 def test_the_list_shows_every_run_and_the_state_counts(page: Any) -> None:
     rows = page.locator("#runs tbody tr[data-run]")
     assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.run)")) == sorted(
-        [scenario.CRASHED, scenario.WAITING, scenario.HOSTILE, scenario.DONE, scenario.FAILED]
-    )
-    assert page.locator("#state-counts .state-WAITING b").inner_text() == "1"
+        [scenario.CRASHED, scenario.WAITING, scenario.HOSTILE, scenario.DONE, scenario.FAILED,
+         scenario.EXTERNAL, scenario.USER_INPUT]
+    )  # fmt: skip
+    assert page.locator("#state-counts .state-WAITING b").inner_text() == "3"
     assert page.locator("#state-counts .state-DONE b").inner_text() == "3"
 
 
