@@ -13,12 +13,14 @@ Its commands:
     durable-agent runs reject RUN_ID REQUIREMENT_ID [--reason TEXT]
     durable-agent runs cancel RUN_ID [--reason TEXT]
     durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
+    durable-agent ui [--host 127.0.0.1] [--port 8765] [--agent module:attr] [--read-only]
     durable-agent demo
 
 The store is ``--db URL`` (on the command or before it), else the
 ``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
 Errors are one line on stderr with exit status 1 (2 for bad usage); ``--debug``
-shows the traceback.
+shows the traceback. ``--json`` prints structured data on every command that
+reports something.
 
 The package, one module per command group:
 
@@ -29,11 +31,13 @@ The package, one module per command group:
   `durable_agent.cli.runs_read` (list, show, export),
   `durable_agent.cli.runs_write` (import, delete, prune) and
   `durable_agent.cli.decide` (resume, approve, reject, cancel);
-- `durable_agent.cli.diagram` and `durable_agent.cli.demo`: one command each;
+- `durable_agent.cli.diagram`, `durable_agent.cli.ui` (the inspector page,
+  `durable_agent.ui`) and `durable_agent.cli.demo`: one command each;
 - `durable_agent.cli._store` (store URLs, durations, the export document,
-  loading an agent, recording a decision), `durable_agent.cli._output`
-  (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
-  know nothing of click.
+  loading an agent, recording a decision) and `durable_agent.cli._output`
+  (printing), which know nothing of click. What ``runs list`` and ``runs
+  show`` show (and ``--json`` prints) is derived by `durable_agent._inspect`
+  and `durable_agent._timeline`, which the inspector page reads too.
 
 A new command group (``worker``, ``ui``) is a module here that defines it
 with ``@cli.group(cls=Group, context_settings=CONTEXT)`` (or a single
