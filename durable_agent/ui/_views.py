@@ -87,7 +87,7 @@ async def list_context(backend: Backend, query: Any) -> dict[str, Any]:
         "next_query": urlencode([*kept, ("cursor", listing.next_cursor)])
         if listing.next_cursor
         else None,
-        "paged": cursor is not None,
+        "cursor": cursor,
         "when": _when,
     }
 

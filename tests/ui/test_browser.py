@@ -52,6 +52,10 @@ def test_tool_output_with_markup_shows_as_text_and_never_runs(
 def test_approving_a_waiting_run_finishes_it_without_a_reload(
     page: Any, inspector: Server, module_store: str
 ) -> None:
+    listing = page.context.new_page()  # the list, open meanwhile, must refresh by itself
+    listing.set_default_timeout(60_000)
+    listing.goto(f"{inspector.url}/?q={scenario.WAITING}")
+    listing.evaluate("window.__same_page = true")
     page.goto(f"{inspector.url}/run?id={scenario.WAITING}")
     page.evaluate("window.__same_page = true")
     page.locator("button.approve").click()
@@ -69,5 +73,5 @@ def test_approving_a_waiting_run_finishes_it_without_a_reload(
     with ThreadPoolExecutor(1) as pool:
         [decision] = pool.submit(asyncio.run, decisions()).result()
     assert decision.decided_by == "ops-ana"
-    page.goto(f"{inspector.url}/?q={scenario.WAITING}")
-    assert page.locator(f"tr[data-run='{scenario.WAITING}'] .state").inner_text() == "DONE"
+    listing.locator(f"tr[data-run='{scenario.WAITING}'] .state", has_text="DONE").wait_for()
+    assert listing.evaluate("window.__same_page") is True

@@ -182,3 +182,29 @@ def test_a_store_password_is_never_shown() -> None:
     assert shown_url("redis://:s3cret@localhost:6379/0") == "redis://:***@localhost:6379/0"
     assert "s3cret" not in create_app("redis://:s3cret@localhost:6379/0").state.inspector.store_label
     assert shown_url("sqlite:///runs.db") == "sqlite:///runs.db"
+
+
+def test_importing_the_library_or_the_cli_loads_no_web_stack() -> None:
+    code = (
+        "import sys, durable_agent, durable_agent.cli\n"
+        "print(sorted(m for m in ('starlette', 'jinja2', 'uvicorn', 'python_multipart')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_names_the_install_command() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None\n"
+        "from durable_agent.ui import create_app\n"
+        "try:\n"
+        "    create_app('memory://')\n"
+        "except Exception as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert "pip install 'durable-agent[ui]'" in done.stdout

@@ -35,16 +35,13 @@ function flash(text, ok) {
 }
 
 function liveRun(element) {
-  const live = subscribe(element, (html) => {
+  return subscribe(element, (html) => {
     const holder = document.createElement("div");
     holder.innerHTML = html;  // rendered and escaped by the server's templates
-    const version = holder.querySelector("[data-version-now]");
     element.replaceChildren(...holder.childNodes);
     const now = element.querySelector("[data-version-now]");
     if (now) element.dataset.version = now.dataset.versionNow;
-    else if (version) element.dataset.version = version.dataset.versionNow;
   });
-  return live;
 }
 
 function liveList(element) {
