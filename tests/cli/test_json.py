@@ -137,3 +137,14 @@ def test_diagram_json_has_the_format_and_the_text(cli: Cli, tmp_path: Path) -> N
     saved = as_json(cli, "diagram", "--format", "svg", "-o", str(tmp_path / "m.svg"))
     assert saved["file"] == str(tmp_path / "m.svg")
     assert saved["bytes"] == (tmp_path / "m.svg").stat().st_size
+
+
+def test_demo_json_summarises_the_kill_and_the_resume(tmp_path: Path) -> None:
+    from tests.cli.conftest import run_cli
+
+    summary = json.loads(ok(run_cli("demo", "--json", cwd=tmp_path)))
+    assert summary["killed"] is True
+    assert summary["killed_pid"] != summary["resumed_pid"]
+    assert summary["state"] == "DONE"
+    assert summary["tool_runs"]["search_flights"] == {"before_kill": 1, "after_restart": 0}
+    assert summary["answer"].startswith("Booked:")
