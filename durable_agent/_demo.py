@@ -255,27 +255,50 @@ def run_demo(
     keep: bool = False,
     kill_after: int = DEFAULT_KILL_AFTER,
     echo: Callable[[str], None] = print,
+    as_json: bool = False,
 ) -> int:
     """Run the demo and print its report through ``echo``; return the exit status.
 
     ``db_path`` keeps the database there (it may already hold other runs);
     otherwise it lives in a temporary directory that is deleted unless ``keep``.
+    ``as_json`` prints one JSON summary (the run, both processes, the tool
+    runs, the answer) instead of the report.
     """
+    if as_json:
+        report: dict[str, Any] = {}
+        _run(db_path=db_path, keep=keep, kill_after=kill_after, echo=lambda _: None,
+             summary=report)  # fmt: skip
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    return _run(db_path=db_path, keep=keep, kill_after=kill_after, echo=echo, summary={})
+
+
+def _run(
+    *,
+    db_path: Path | None,
+    keep: bool,
+    kill_after: int,
+    echo: Callable[[str], None],
+    summary: dict[str, Any],
+) -> int:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="durable-agent-demo-"))
     try:
         db = db_path if db_path is not None else workdir / "demo.db"
-        _demo(db, workdir / "tool-ledger.jsonl", kill_after, echo)
+        _demo(db, workdir / "tool-ledger.jsonl", kill_after, echo, summary)
     finally:
         if keep:
             echo(f"Kept: {workdir} (tool ledger{'' if db_path else ' and database'})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     echo(f"(demo took {time.perf_counter() - started:.1f} s)")
+    summary["seconds"] = round(time.perf_counter() - started, 3)
     return 0
 
 
-def _demo(db: Path, ledger: Path, kill_after: int, echo: Callable[[str], None]) -> None:
+def _demo(
+    db: Path, ledger: Path, kill_after: int, echo: Callable[[str], None], summary: dict[str, Any]
+) -> None:
     run_id = f"trip-{uuid.uuid4().hex[:8]}"
     echo("durable-agent demo: an agent run is killed with SIGKILL mid-run, then resumed")
     echo("in a new process. Offline: a ScriptedModel plays the LLM; no network, no API key.")
@@ -354,3 +377,23 @@ def _demo(db: Path, ledger: Path, kill_after: int, echo: Callable[[str], None]) 
     if not isinstance(final, ModelResponseEvent) or final.trigger != "final_answer":
         raise DemoError(f"run {run_id} ended in {final.state} instead of DONE")
     echo(f"Final answer: {final.message.content}")
+    summary.update(
+        run_id=run_id,
+        store=str(db),
+        killed=killed,
+        killed_pid=first.pid,
+        killed_after_write=kill_after if killed else None,
+        events_before_kill=killed_seq if killed else None,
+        resumed_pid=second.pid,
+        state=events[-1].state.value,
+        events=len(events),
+        model_calls={"before_kill": calls_before, "after_restart": calls_after},
+        tool_runs={
+            name: {
+                "before_kill": sum(r["pid"] == first.pid for r in runs if r["tool"] == name),
+                "after_restart": sum(r["pid"] == second.pid for r in runs if r["tool"] == name),
+            }
+            for name in TOOL_NAMES
+        },
+        answer=final.message.content,
+    )

@@ -49,11 +49,13 @@ from durable_agent.records import (
     DecisionEvent,
     Event,
     Lease,
+    LeaseTaken,
     Message,
     OutputFormat,
     RunHeader,
     StoredRun,
     TransitionEvent,
+    utcnow,
 )
 from durable_agent.run import RunContext
 
@@ -106,6 +108,7 @@ class RunExecution(ModelStep, ToolStep):
                 messages=tuple(messages),
                 output_format=output_format,
                 tools=tool_signatures(self.tools),
+                lease_taken=LeaseTaken(owner=owner.id, generation=1, at=utcnow()),
             ),
             TransitionEvent(
                 seq=2, state=next_state(RunState.PENDING, "start"), trigger="start",
@@ -180,6 +183,9 @@ class RunExecution(ModelStep, ToolStep):
         )
         try:
             self.lease = await asyncio.shield(write)
+            self._lease_taken = LeaseTaken(
+                owner=self.lease.owner, generation=self.lease.generation, at=utcnow()
+            )
             ctx = await self.load()
         except BaseException as exc:
             claim, self._claim, self.lease = self._claim, None, None
@@ -250,11 +256,14 @@ class RunExecution(ModelStep, ToolStep):
 
     # -- human decisions and cancellation --------------------------------------
 
-    async def decide(self, decisions: Mapping[str, Decision]) -> None:
+    async def decide(
+        self, decisions: Mapping[str, Decision], *, decided_by: str | None = None
+    ) -> None:
         """Record decisions (already checked by `collect_decisions`) in one append.
 
         When they settle the last open requirement, the same append moves the
         run back to TOOL_EXEC (``decided``); nothing runs before it is durable.
+        ``decided_by`` names who decided, on every decision event.
         """
         ctx = self._context()
         if ctx.state is not RunState.WAITING:
@@ -274,6 +283,7 @@ class RunExecution(ModelStep, ToolStep):
                         "reason": decision.reason,
                         "value": decision.value,
                         "inputs": dict(decision.inputs),
+                        "decided_by": decided_by,
                     },
                 )
             )

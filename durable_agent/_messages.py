@@ -1,7 +1,8 @@
 """The versioned base of stored records, and the provider-neutral messages.
 
 Kept apart from `durable_agent.records` only for size; `records` re-exports
-every name, and is where code imports them from.
+every name, and is where code imports them from. `LeaseTaken` (who wrote an
+event) lives here for the same reason.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "AssistantMessage",
     "Deep",
     "JSONValue",
+    "LeaseTaken",
     "Message",
     "Record",
     "SystemMessage",
@@ -52,6 +54,25 @@ class Record(BaseModel):
     schema_version: int = SCHEMA_VERSION
 
 
+class LeaseTaken(BaseModel):
+    """Which process took a run's lease, and when: stamped on the first event it writes.
+
+    A log whose stamps name two owners, the first leaving the run mid-step
+    (MODEL_CALL, TOOL_EXEC), shows where a process died or lost its lease and
+    another took the run over; the gap between the last event of the one and
+    ``at`` is how long the run was stranded. Events before this field existed
+    carry none, and read back the same.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    """The lease owner id, ``host:pid:nonce`` (`durable_agent.backend.LeaseOwner.id`)."""
+    generation: int
+    at: datetime
+    """When the store granted the lease (this process's clock)."""
+
+
 class _Event(Record):
     """The fields every event has (`durable_agent.records.Event` lists the kinds)."""
 
@@ -64,6 +85,8 @@ class _Event(Record):
     traceparent: str | None = None
     """The W3C traceparent of the telemetry span of the segment whose first write this is
     (only with tracing on): the next segment's span links to it (`durable_agent.telemetry`)."""
+    lease_taken: LeaseTaken | None = None
+    """Set on the first event written under a newly taken lease (who took it, when)."""
 
 
 # -- messages ---------------------------------------------------------------

@@ -28,6 +28,7 @@ from durable_agent.records import (
     Event,
     FailedEvent,
     Lease,
+    LeaseTaken,
     check_event,
 )
 from durable_agent.run import RunContext
@@ -87,6 +88,8 @@ class ExecutionCore:
         """Telemetry, chosen once per segment (a no-op per transition unless configured)."""
         self._traceparent: str | None = None
         """Stored with this segment's first append, so the next segment's span links to it."""
+        self._lease_taken: LeaseTaken | None = None
+        """Stamped on the next event appended: the lease this execution has just taken."""
 
     @property
     def backend(self) -> Backend:
@@ -139,13 +142,17 @@ class ExecutionCore:
             assert self.lease is not None
             events: list[Event] = []
             state, seq = ctx.state, ctx.seq
+            stamp = self._lease_taken
+            trace = self._traceparent
             for cls, trigger, fields in specs:
                 if trigger is not None:
                     state = next_state(state, trigger, failed_state=ctx.failed_state)
                 seq += 1
-                events.append(cls(seq=seq, state=state, trigger=trigger, **fields))
-            if self._traceparent is not None:
-                events[0] = events[0].model_copy(update={"traceparent": self._traceparent})
+                events.append(
+                    cls(seq=seq, state=state, trigger=trigger, lease_taken=stamp,
+                        traceparent=trace, **fields)
+                )
+                stamp = trace = None
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
             for event in events:
@@ -167,6 +174,7 @@ class ExecutionCore:
                 self._tel.append_failed(mark, events, exc)
                 raise
             self._traceparent = None
+            self._lease_taken = None
             self._settle(events, release)
             recorded(ctx.run_id, events)
             self._tel.appended(mark, ctx, events, release)

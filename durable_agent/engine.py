@@ -314,6 +314,7 @@ async def decide_run(
     inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
     owner: LeaseOwner | None = None,
     lease_ttl: float = 30.0,
+    decided_by: str | None = None,
 ) -> RunState:
     """Record human decisions on a WAITING run from any process, running nothing.
 
@@ -322,7 +323,8 @@ async def decide_run(
     running it, for any ``continue_run_async`` (which has the tools) to pick
     up. Returns the state afterwards. Raises `DecisionError` for decisions that
     do not fit (nothing recorded) and `RunBusyError` when a live process holds
-    the run.
+    the run. ``decided_by`` is stored on each decision event: who decided (a
+    user name, a token's name), for the record.
     """
     execution = _recorder(backend, run_id, owner, lease_ttl)
     ctx = await execution.acquire()
@@ -339,7 +341,7 @@ async def decide_run(
             results=results,
             inputs=inputs,
         )
-        await execution.decide(decisions)
+        await execution.decide(decisions, decided_by=decided_by)
         return ctx.state
     finally:
         await execution.release()

@@ -32,6 +32,7 @@ from durable_agent._messages import (
     AssistantMessage,
     Deep,
     JSONValue,
+    LeaseTaken,
     Message,
     Record,
     SystemMessage,
@@ -73,6 +74,7 @@ __all__ = [
     "ForkOrigin",
     "JSONValue",
     "Lease",
+    "LeaseTaken",
     "Message",
     "ModelAttemptFailedEvent",
     "ModelResponseEvent",
@@ -361,6 +363,8 @@ class DecisionEvent(_Event):
     reason: str | None = None
     value: Annotated[JSONValue, Deep] = None
     inputs: Annotated[dict[str, JSONValue], Deep] = Field(default_factory=dict)
+    decided_by: str | None = None
+    """Who decided, as the deciding surface named them (a ``--user`` label, a token name)."""
 
 
 class CancelledEvent(_Event):

@@ -16,6 +16,7 @@ Its commands:
     durable-agent worker --agent myapp.agents:support [--concurrency 8] [--queue NAME]
     durable-agent runs fork RUN_ID --at SEQ [--new-id ID] [--agent myapp.agents:support]
     durable-agent diagram [--run RUN_ID] [--format mermaid|dot|svg|png] [-o FILE]
+    durable-agent ui [--host 127.0.0.1] [--port 8765] [--agent module:attr] [--read-only]
     durable-agent demo
     durable-agent crashtest myapp.agents:support "a task" [--kill-points all|1,3]
     durable-agent migrate [--dry-run] [--json]
@@ -23,7 +24,8 @@ Its commands:
 The store is ``--db URL`` (on the command or before it), else the
 ``DURABLE_AGENT_DB`` environment variable, else ``sqlite:///durable.db``.
 Errors are one line on stderr with exit status 1 (2 for bad usage); ``--debug``
-shows the traceback.
+shows the traceback. ``--json`` prints structured data on every command that
+reports something.
 
 The package, one module per command group:
 
@@ -35,12 +37,14 @@ The package, one module per command group:
   `durable_agent.cli.runs_write` (import, delete, prune) and
   `durable_agent.cli.decide` (resume, approve, reject, cancel) and
   `durable_agent.cli.fork` (fork);
-- `durable_agent.cli.worker`, `durable_agent.cli.diagram`, `durable_agent.cli.demo`,
+- `durable_agent.cli.worker`, `durable_agent.cli.diagram`, `durable_agent.cli.ui`
+  (the inspector page, `durable_agent.ui`), `durable_agent.cli.demo`,
   `durable_agent.cli.crashtest` and `durable_agent.cli.migrate`: one command each;
 - `durable_agent.cli._store` (store URLs, durations, the export document,
-  loading an agent, recording a decision), `durable_agent.cli._output`
-  (printing) and `durable_agent.cli._timeline` (``runs show``'s rows), which
-  know nothing of click.
+  loading an agent, recording a decision) and `durable_agent.cli._output`
+  (printing), which know nothing of click. What ``runs list`` and ``runs
+  show`` show (and ``--json`` prints) is derived by `durable_agent._inspect`
+  and `durable_agent._timeline`, which the inspector page reads too.
 
 A new command group (``worker``, ``ui``) is a module here that defines it
 with ``@cli.group(cls=Group, context_settings=CONTEXT)`` (or a single
@@ -60,7 +64,7 @@ from durable_agent.cli._app import PROG, cli, main
 # isort: off
 from durable_agent.cli import runs, runs_read, runs_follow, runs_write  # noqa: F401
 from durable_agent.cli import decide, fork, worker, diagram, demo, crashtest  # noqa: F401
-from durable_agent.cli import migrate  # noqa: F401
+from durable_agent.cli import ui, migrate  # noqa: F401
 # isort: on
 
 __all__ = ["PROG", "cli", "main"]

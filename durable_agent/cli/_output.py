@@ -15,18 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from durable_agent._timeline import abridge
+
 if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = ["Column", "Printer", "abridge"]
-
-
-def abridge(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    if width <= 0 or len(flat) <= width:
-        return flat
-    return flat[: max(width - 1, 0)] + "…"
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,7 +314,11 @@ def load_agent(spec: str) -> Agent:
 
 
 async def record_decision(
-    backend: Backend, header: RunHeader, approvals: Mapping[str, bool | str]
+    backend: Backend,
+    header: RunHeader,
+    approvals: Mapping[str, bool | str],
+    *,
+    decided_by: str | None = None,
 ) -> RunState:
     """Record approvals by requirement id on a WAITING run, without running anything.
 
@@ -328,4 +332,6 @@ async def record_decision(
             f"run {header.run_id!r} is {header_state.value}, not WAITING: it has nothing to "
             "approve or reject"
         )
-    return await decide_run(backend, header.run_id, approvals=approvals)
+    return await decide_run(
+        backend, header.run_id, approvals=approvals, decided_by=decided_by
+    )

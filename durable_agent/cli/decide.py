@@ -13,8 +13,20 @@ from typing import Final
 
 import click
 
+from durable_agent import _inspect as inspect
+from durable_agent.agent import Agent
+from durable_agent.backend import Backend
 from durable_agent.cli import _store as store
-from durable_agent.cli._app import PROG, choose, db_option, missing, next_steps, opened, run_command
+from durable_agent.cli._app import (
+    PROG,
+    choose,
+    db_option,
+    json_option,
+    missing,
+    next_steps,
+    opened,
+    run_command,
+)
 from durable_agent.cli._output import Printer
 from durable_agent.cli.runs import runs
 from durable_agent.engine import cancel_run
@@ -23,6 +35,8 @@ from durable_agent.fsm import RunState
 
 __all__ = ["runs_approve", "runs_cancel", "runs_reject", "runs_resume"]
 
+
+_BY_HELP: Final = "who decides, recorded with the decision (a name, an e-mail)"
 
 _AGENT_HELP: Final = (
     "the Agent the run belongs to, as module:attribute (an Agent, or a function returning "
@@ -39,7 +53,8 @@ _AGENT_HELP: Final = (
     metavar="SECONDS",
     help="stop (recorded, resumable) after this long",
 )
-def runs_resume(run_id: str, agent_spec: str, timeout: float | None) -> int:
+@json_option
+def runs_resume(run_id: str, agent_spec: str, timeout: float | None, as_json: bool) -> int:
     """Continue a run with its agent.
 
     After a failure (ERROR), after its process died, or after decisions. The
@@ -47,7 +62,7 @@ def runs_resume(run_id: str, agent_spec: str, timeout: float | None) -> int:
     """
 
     async def body() -> int:
-        return await _continue(agent_spec, run_id, timeout=timeout)
+        return await _continue(agent_spec, run_id, timeout=timeout, as_json=as_json)
 
     return run_command(body())
 
@@ -56,17 +71,21 @@ async def _continue(
     agent_spec: str,
     run_id: str,
     *,
-    approvals: dict[str, bool | str] | None = None,
     timeout: float | None = None,
+    as_json: bool = False,
+    agent: Agent | None = None,
 ) -> int:
-    agent = store.load_agent(agent_spec)
+    agent = agent or store.load_agent(agent_spec)
     try:
         output = await agent.continue_run_async(
-            run_id=run_id, approvals=approvals, return_output=True, timeout=timeout
+            run_id=run_id, return_output=True, timeout=timeout
         )
     finally:
         await agent.db.close()
     out = Printer()
+    if as_json:
+        out.json(inspect.outcome_data(output))
+        return 0
     out.line(f"run {output.run_id} is {output.state.value}")
     next_steps(out, output, output.run_id)
     return 0
@@ -81,14 +100,25 @@ async def _continue(
     metavar="MODULE:ATTR",
     help="also continue the run with this agent (" + _AGENT_HELP + ")",
 )
+@click.option("--by", "decided_by", metavar="NAME", help=_BY_HELP)
+@json_option
 @db_option
-def runs_approve(run_id: str, requirement_id: str, agent_spec: str | None, db: str | None) -> int:
+def runs_approve(
+    run_id: str,
+    requirement_id: str,
+    agent_spec: str | None,
+    decided_by: str | None,
+    as_json: bool,
+    db: str | None,
+) -> int:
     """Approve what a WAITING run waits for.
 
     Without --agent the decision is only recorded; runs resume (or any
     continue_run_async) goes on from there.
     """
-    return run_command(_decide(run_id, requirement_id, True, agent_spec, db))
+    return run_command(
+        _decide(run_id, requirement_id, True, agent_spec, db, decided_by, as_json=as_json)
+    )
 
 
 @runs.command("reject")
@@ -101,32 +131,67 @@ def runs_approve(run_id: str, requirement_id: str, agent_spec: str | None, db: s
     metavar="MODULE:ATTR",
     help="also continue the run with this agent (" + _AGENT_HELP + ")",
 )
+@click.option("--by", "decided_by", metavar="NAME", help=_BY_HELP)
+@json_option
 @db_option
 def runs_reject(
-    run_id: str, requirement_id: str, reason: str | None, agent_spec: str | None, db: str | None
+    run_id: str,
+    requirement_id: str,
+    reason: str | None,
+    agent_spec: str | None,
+    decided_by: str | None,
+    as_json: bool,
+    db: str | None,
 ) -> int:
     """Reject what a WAITING run waits for.
 
     The model is told, with --reason. Without --agent the decision is only
     recorded.
     """
-    return run_command(_decide(run_id, requirement_id, reason or False, agent_spec, db))
+    return run_command(
+        _decide(
+            run_id, requirement_id, reason or False, agent_spec, db, decided_by, as_json=as_json
+        )
+    )
 
 
 async def _decide(
-    run_id: str, requirement_id: str, approval: bool | str, agent_spec: str | None, db: str | None
+    run_id: str,
+    requirement_id: str,
+    approval: bool | str,
+    agent_spec: str | None,
+    db: str | None,
+    decided_by: str | None,
+    *,
+    as_json: bool,
 ) -> int:
+    # The decision is recorded first (with who decided), then the agent continues
+    # the run: the same two steps the inspector page takes.
     if agent_spec is not None:
-        return await _continue(agent_spec, run_id, approvals={requirement_id: approval})
+        agent = store.load_agent(agent_spec)
+        try:
+            where = store.StoreChoice(f"the store of --agent {agent_spec}", "--agent")
+            await _record(agent.db, where, run_id, requirement_id, approval, decided_by)
+        except BaseException:
+            await agent.db.close()
+            raise
+        return await _continue(agent_spec, run_id, as_json=as_json, agent=agent)
     choice = choose(db)
     async with opened(choice) as backend:
-        try:
-            header = await backend.get_run(run_id)
-        except RunNotFoundError:
-            raise missing(run_id, choice) from None
-        state = await store.record_decision(backend, header, {requirement_id: approval})
+        state = await _record(backend, choice, run_id, requirement_id, approval, decided_by)
     verb = "approved" if approval is True else "rejected"
     out = Printer()
+    if as_json:
+        out.json(
+            {
+                "run_id": run_id,
+                "requirement_id": requirement_id,
+                "decision": "confirm" if approval is True else "reject",
+                "decided_by": decided_by,
+                "state": state.value,
+            }
+        )
+        return 0
     out.line(f"{verb} {requirement_id}; run {run_id} is {state.value}")
     if state is not RunState.WAITING:
         out.note(
@@ -134,6 +199,23 @@ async def _decide(
             "--agent module:attribute"
         )
     return 0
+
+
+async def _record(
+    backend: Backend,
+    choice: store.StoreChoice,
+    run_id: str,
+    requirement_id: str,
+    approval: bool | str,
+    decided_by: str | None,
+) -> RunState:
+    try:
+        header = await backend.get_run(run_id)
+    except RunNotFoundError:
+        raise missing(run_id, choice) from None
+    return await store.record_decision(
+        backend, header, {requirement_id: approval}, decided_by=decided_by
+    )
 
 
 @runs.command("cancel")
@@ -144,8 +226,9 @@ async def _decide(
     show_default=True,
     help="recorded with the cancellation",
 )
+@json_option
 @db_option
-def runs_cancel(run_id: str, reason: str, db: str | None) -> int:
+def runs_cancel(run_id: str, reason: str, as_json: bool, db: str | None) -> int:
     """Cancel a run.
 
     At once if no live process holds it; otherwise the process running it
@@ -160,7 +243,17 @@ def runs_cancel(run_id: str, reason: str, db: str | None) -> int:
             except RunNotFoundError:
                 raise missing(run_id, choice) from None
         out = Printer()
-        if state is RunState.CANCELLED:
+        if as_json:
+            out.json(
+                {
+                    "run_id": run_id,
+                    "state": state.value,
+                    "cancelled": state is RunState.CANCELLED,
+                    "requested": state is not RunState.CANCELLED,
+                    "reason": reason,
+                }
+            )
+        elif state is RunState.CANCELLED:
             out.line(f"run {run_id} is CANCELLED")
         else:
             out.line(

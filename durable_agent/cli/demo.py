@@ -45,6 +45,7 @@ def _at_least_one(ctx: click.Context, param: click.Parameter, value: int) -> int
     show_default=True,
     help="SIGKILL the first process right after durable write N",
 )
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of the report")
 @click.option("--child", type=click.Choice(["start", "resume"]), hidden=True)
 @click.option("--ledger", type=click.Path(path_type=Path), hidden=True)
 @click.option("--run-id", hidden=True)
@@ -52,6 +53,7 @@ def demo(
     db: str | None,
     keep: bool,
     kill_after: int,
+    as_json: bool,
     child: str | None,
     ledger: Path | None,
     run_id: str | None,
@@ -74,6 +76,6 @@ def demo(
     if path is not None and not path.parent.is_dir():
         raise click.UsageError(f"--db {path}: directory {path.parent} does not exist")
     try:
-        return _demo.run_demo(db_path=path, keep=keep, kill_after=kill_after)
+        return _demo.run_demo(db_path=path, keep=keep, kill_after=kill_after, as_json=as_json)
     except _demo.DemoError as exc:
         raise store.CliError(f"demo: {exc}") from exc

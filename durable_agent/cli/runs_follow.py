@@ -20,9 +20,9 @@ from typing import IO
 import click
 
 from durable_agent._follow import follow
+from durable_agent._timeline import describer, error_text
 from durable_agent.cli import _store as store
 from durable_agent.cli._app import choose, db_option, json_option, missing, opened, run_command
-from durable_agent.cli._timeline import describer, error_text
 from durable_agent.cli.runs import runs
 from durable_agent.errors import RunNotFoundError
 from durable_agent.streaming import (

@@ -2,7 +2,7 @@
 
 None of them writes to the store. A run the store cannot read is listed (as
 corrupt or newer), never hidden; ``show`` prints the timeline that
-`durable_agent.cli._timeline` builds, and ``export`` writes the document that
+`durable_agent._timeline` builds, and ``export`` writes the document that
 ``runs import`` (`durable_agent.cli.runs_write`) reads back.
 """
 
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
+from durable_agent import _inspect as inspect
 from durable_agent._fork import fork_origin
-from durable_agent._lease import process_alive
-from durable_agent.backend import LeaseOwner, UnreadableRun
+from durable_agent._timeline import error_text
+from durable_agent.backend import UnreadableRun
 from durable_agent.cli import _store as store
 from durable_agent.cli._app import (
     choose,
@@ -31,17 +30,14 @@ from durable_agent.cli._app import (
     run_command,
 )
 from durable_agent.cli._output import Column, Printer
-from durable_agent.cli._timeline import error_text, timeline
 from durable_agent.cli.runs import STATES, parse_states, runs, when
 from durable_agent.fsm import RunState
-from durable_agent.records import RunHeader, StoredRun, encode_header
-from durable_agent.run import RunContext, RunOutput
+from durable_agent.records import RunHeader, StoredRun
 
 __all__ = ["runs_export", "runs_list", "runs_show"]
 
-
-def _header_json(header: RunHeader) -> Any:
-    return json.loads(encode_header(header))
+_MARK = {"crash": "CRASH", "takeover": "TAKEOVER", "handover": "handover", "interrupted": "CRASH?"}
+"""What ``runs show`` prints in the EVENT column of a marker row."""
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -60,6 +56,8 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 )
 @click.option("--session", metavar="ID", help="only runs of this session")
 @click.option("--user", metavar="ID", help="only runs of this user")
+@click.option("--agent", metavar="NAME", help="only runs of the agent with this name")
+@click.option("--search", metavar="TEXT", help="only runs whose id contains TEXT")
 @click.option(
     "--since",
     metavar="AGE|DATE",
@@ -71,55 +69,63 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> dat
 )
 @click.option("--cursor", metavar="CURSOR", help="the page after the one that printed this cursor")
 @click.option("--all", "every", is_flag=True, help="every matching run, page after page")
+@click.option("--counts", is_flag=True, help="also count the matching runs in each state")
 @json_option
 @db_option
 def runs_list(
     states: tuple[str, ...],
     session: str | None,
     user: str | None,
+    agent: str | None,
+    search: str | None,
     since: datetime | None,
     limit: int,
     cursor: str | None,
     every: bool,
+    counts: bool,
     as_json: bool,
     db: str | None,
 ) -> int:
     """List runs, newest first, a page at a time."""
     choice = choose(db)
+    filters = inspect.Filters(
+        states=parse_states(states),
+        session_id=session,
+        user_id=user,
+        agent=agent,
+        search=search,
+        created_after=since,
+    )
 
     async def body() -> int:
         out = Printer()
-        found: list[RunHeader] = []
+        shown: list[RunHeader] = []
         unreadable: list[UnreadableRun] = []
         next_cursor = cursor
         async with opened(choice) as backend:
             while True:
-                page = await backend.list_runs(
-                    session_id=session,
-                    user_id=user,
-                    states=parse_states(states) or None,
-                    created_after=since,
-                    limit=limit,
-                    cursor=next_cursor,
-                )
-                found.extend(page.runs)
-                unreadable.extend(page.unreadable)  # a run it cannot read is shown, not hidden
+                page = await inspect.list_runs(backend, filters, limit=limit, cursor=next_cursor)
+                shown.extend(page.runs)
+                unreadable.extend(page.unreadable)
                 next_cursor = page.next_cursor
                 if not every or next_cursor is None:
                     break
+            counted = await inspect.count_states(backend, filters) if counts else None
             foreign = await store.foreign_entries(backend)
+        found = inspect.Listing(shown, unreadable, next_cursor)
         if foreign:
             out.note(store.foreign_note(choice, foreign))
         if as_json:
-            out.json(
-                {
-                    "runs": [_header_json(h) for h in found],
-                    "unreadable": [store.unreadable_json(u) for u in unreadable],
-                    "next_cursor": next_cursor,
-                }
-            )
+            data = found.data()
+            if counted is not None:
+                data["state_counts"] = counted
+            out.json(data)
             return 0
-        if not found and not unreadable:
+        if counted is not None:
+            tally = [f"{name} {n}" for name, n in counted["counts"].items() if n]
+            more = "" if counted["complete"] else f" (of the first {inspect.COUNT_LIMIT})"
+            out.line("states: " + (", ".join(tally) or "no runs") + more)
+        if not found.runs and not found.unreadable:
             out.note(f"no runs match in {choice.url}")
             return 0
         columns = [
@@ -145,11 +151,11 @@ def runs_list(
                     when(h.created_at),
                     when(h.updated_at),
                 ]
-                for h in found
+                for h in found.runs
             ]
-            + [store.unreadable_row(u, len(columns)) for u in unreadable],
+            + [store.unreadable_row(u, len(columns)) for u in found.unreadable],
         )
-        for note in store.unreadable_notes(unreadable):
+        for note in store.unreadable_notes(found.unreadable):
             out.note(note)
         if next_cursor is not None:
             out.note(f"more runs: add --cursor {next_cursor} (or --all)")
@@ -187,32 +193,20 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
         async with opened(choice) as backend:
             stored = await load(backend, choice, run_id)
         shown.append(stored.header.seq)
-        rows = timeline(stored, full=full)
-        output = RunOutput.from_context(_context(stored))
+        view = inspect.inspect_run(stored, full=full)
         origin = fork_origin(stored.events)
         out = Printer()
         if as_json:
             out.json(
                 {
-                    "header": _header_json(stored.header),
+                    **view.data(),
                     "forked_from": origin.model_dump() if origin is not None else None,
-                    "timeline": [
-                        {
-                            "seq": r.seq,
-                            "at": r.at.isoformat(),
-                            "kind": r.kind,
-                            "trigger": r.trigger,
-                            "from": r.source.value,
-                            "to": r.state.value,
-                            "detail": r.detail,
-                        }
-                        for r in rows
-                    ],
                 }
             )
             return 0
-        header = stored.header
+        header, output = view.header, view.output
         usage = output.usage
+        lease = inspect.lease_data(header)
         fields = [
             ("run", header.run_id),
             ("state", header.state.value),
@@ -226,7 +220,7 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
                 f"{_plural(usage.requests, 'model request')}, {usage.input_tokens} input + "
                 f"{usage.output_tokens} output tokens",
             ),
-            ("lease", _lease_text(header)),
+            ("lease", lease["text"] if lease else "none (no process is running it)"),
         ]
         if origin is not None:
             fields.insert(1, ("forked", f"from run {origin.run_id} at seq {origin.seq}"))
@@ -234,8 +228,24 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
             fields.append(("cancel", f"requested: {header.cancel_requested}"))
         if output.error is not None:
             fields.append(("error", error_text(output.error)))
+        crashes = [m for m in view.markers if m.kind != "handover"]
+        if crashes:
+            fields.append(("crashes", f"{len(crashes)} (marked in the timeline)"))
         out.fields(fields)
         out.line()
+        table: list[list[str]] = []
+        for r in view.rows:
+            for m in view.markers_before(r.seq):
+                table.append(["", "", "", _MARK[m.kind], m.text])
+            table.append(
+                [
+                    str(r.seq),
+                    r.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3],
+                    r.transition,
+                    r.kind,
+                    r.detail,
+                ]
+            )
         out.table(
             [
                 Column("SEQ", right=True),
@@ -244,16 +254,7 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
                 Column("EVENT", "bold"),
                 Column("DETAIL"),
             ],
-            [
-                [
-                    str(r.seq),
-                    r.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3],
-                    r.transition,
-                    r.kind,
-                    r.detail,
-                ]
-                for r in rows
-            ],
+            table,
         )
         next_steps(out, output, header.run_id)
         return 0
@@ -263,23 +264,6 @@ def runs_show(run_id: str, full: bool, follow: bool, as_json: bool, db: str | No
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _context(stored: StoredRun) -> RunContext:
-    return RunContext.from_stored(stored)
-
-
-def _lease_text(header: RunHeader) -> str:
-    lease = header.lease
-    if lease is None:
-        return "none (no process is running it)"
-    left = lease.expires_at - time.time()
-    if left <= 0:
-        return f"expired, was held by {lease.owner}"
-    text = f"held by {lease.owner} for {left:.0f} s more"
-    if lease.host == LeaseOwner.current().host and not process_alive(lease.pid):
-        text += f" (process {lease.pid} is gone: the run can be resumed now)"
-    return text
 
 
 # -- runs export -------------------------------------------------------------------------------
@@ -293,11 +277,13 @@ def _lease_text(header: RunHeader) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write to FILE instead of stdout",
 )
+@json_option
 @db_option
-def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
+def runs_export(run_id: str, output: Path | None, as_json: bool, db: str | None) -> int:
     """Write a run as JSON (for runs import).
 
-    The header and every event, exactly as stored.
+    The header and every event, exactly as stored. With -o FILE, --json
+    prints what was written (run id, events, file) instead of a note.
     """
     choice = choose(db)
 
@@ -311,5 +297,8 @@ def runs_export(run_id: str, output: Path | None, db: str | None) -> int:
         sys.stdout.write(text)
     else:
         output.write_text(text, encoding="utf-8")
-        Printer().note(f"exported run {run_id} ({len(stored.events)} events) to {output}")
+        if as_json:
+            Printer().json({"run_id": run_id, "events": len(stored.events), "file": str(output)})
+        else:
+            Printer().note(f"exported run {run_id} ({len(stored.events)} events) to {output}")
     return 0

@@ -38,8 +38,9 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
 @runs.command("import")
 @click.argument("file", metavar="FILE")
 @click.option("--run-id", "new_id", metavar="ID", help="store it under this id instead (a copy)")
+@json_option
 @db_option
-def runs_import(file: str, new_id: str | None, db: str | None) -> int:
+def runs_import(file: str, new_id: str | None, as_json: bool, db: str | None) -> int:
     """Store a run written by runs export.
 
     FILE is the exported JSON, or - for stdin. The lease is cleared; --run-id
@@ -64,6 +65,16 @@ def runs_import(file: str, new_id: str | None, db: str | None) -> int:
                     f"run {run.header.run_id!r} already exists in {choice.url}; delete it first "
                     "(runs delete) or import a copy under another id with --run-id NEW_ID"
                 ) from None
+        if as_json:
+            Printer().json(
+                {
+                    "run_id": run.header.run_id,
+                    "state": run.header.state.value,
+                    "events": len(run.events),
+                    "source": source,
+                }
+            )
+            return 0
         Printer().line(
             f"imported run {run.header.run_id} ({run.header.state.value}, "
             f"{len(run.events)} events) into {choice.url}"
@@ -75,8 +86,9 @@ def runs_import(file: str, new_id: str | None, db: str | None) -> int:
 
 @runs.command("delete")
 @click.argument("run_id")
+@json_option
 @db_option
-def runs_delete(run_id: str, db: str | None) -> int:
+def runs_delete(run_id: str, as_json: bool, db: str | None) -> int:
     """Delete a run and its events."""
     choice = choose(db)
 
@@ -84,6 +96,9 @@ def runs_delete(run_id: str, db: str | None) -> int:
         async with opened(choice) as backend:
             if not await backend.delete_run(run_id):
                 raise missing(run_id, choice)
+        if as_json:
+            Printer().json({"run_id": run_id, "deleted": True})
+            return 0
         Printer().line(f"deleted run {run_id}")
         return 0
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from durable_agent._timeline import timeline
 from durable_agent.backends.sqlite import SqliteBackend
-from durable_agent.cli._timeline import timeline
 from durable_agent.records import StoredRun, ToolStartedEvent
 from tests._barriers import wait_for_path
 

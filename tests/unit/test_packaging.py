@@ -88,3 +88,12 @@ def test_mypy_resolves_the_backends_package(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_wheel_ships_every_inspector_asset(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    here = Path(__file__).resolve().parents[2] / "durable_agent" / "ui"
+    assets = [p for p in here.rglob("*") if p.is_file() and p.suffix in {".html", ".js", ".css"}]
+    assert len(assets) >= 8
+    for asset in assets:
+        assert f"durable_agent/ui/{asset.relative_to(here).as_posix()}" in names, asset

@@ -1,4 +1,4 @@
-"""`durable-agent runs show`: a stored run's events as a readable timeline.
+"""A stored run's events as a readable timeline, with where its process changed.
 
 One row per event: its ``seq``, time, the transition it recorded (if any),
 its kind and a one-line detail — the model call (model, tokens, latency,
@@ -6,16 +6,28 @@ attempt, what it asked for), each tool call (name, abridged arguments,
 duration, result or error; with ``full``, the tool's identity as the intent
 recorded it), reconcile answers, in-doubt calls with what changed about their
 tool, human decisions and errors with type and message.
+
+`markers` finds where the run changed hands: a process that left the run
+mid-step (MODEL_CALL, TOOL_EXEC) and another that took it over (a crash when
+the first is gone, a takeover when it may still live), and a process that
+continued a run at rest (a handover: after a decision, after an error). It
+reads the ``lease_taken`` stamps of the log; a log written before them still
+shows where a call had to be repeated.
+
+The command line (``runs show``), the inspector page and ``--json`` all read
+runs through this module and `durable_agent._inspect`, so they say the same.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, Literal, assert_never
 
-from durable_agent.cli._output import abridge
+from durable_agent._process import describe_owner, host_id, process_alive
 from durable_agent.fsm import RunState
 from durable_agent.records import (
     AssistantMessage,
@@ -40,10 +52,28 @@ from durable_agent.records import (
     WaitingEvent,
 )
 
-__all__ = ["Row", "describer", "error_text", "timeline"]
+__all__ = [
+    "Marker",
+    "Owner",
+    "Row",
+    "abridge",
+    "describer",
+    "error_text",
+    "markers",
+    "owner_of",
+    "timeline",
+]
 
 ARGUMENTS_WIDTH = 60
 TEXT_WIDTH = 70
+
+
+def abridge(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    if width <= 0 or len(flat) <= width:
+        return flat
+    return flat[: max(width - 1, 0)] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +227,150 @@ class _Describer:
                 return f"input given: {self.cut(_json(dict(event.inputs)))}"
 
 
+# -- owners ------------------------------------------------------------------------------------
+
+OwnerStatus = Literal["this process", "alive", "gone", "unknown"]
+"""Whether a lease owner's process lives; ``unknown`` for a process of another host."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A lease owner id (``host:pid:nonce``) taken apart, and in words."""
+
+    id: str
+    host: str
+    pid: int | None
+    status: OwnerStatus
+    words: str
+    """``process 4242 on this host (build-7, gone)``: what the CLI and the page print."""
+
+
+def owner_of(owner_id: str) -> Owner:
+    """Take an owner id apart; liveness is known only for a process of this host."""
+    host, sep, pid_text = owner_id.rpartition(":")[0].rpartition(":")
+    if not sep or not pid_text.isdigit():
+        return Owner(owner_id, "?", None, "unknown", describe_owner(owner_id))
+    pid = int(pid_text)
+    status: OwnerStatus = "unknown"
+    if host == host_id():
+        status = "this process" if pid == os.getpid() else "alive" if process_alive(pid) else "gone"
+    return Owner(owner_id, host.split("~pidns", 1)[0], pid, status, describe_owner(owner_id))
+
+
+# -- where the run changed hands ---------------------------------------------------------------
+
+MarkerKind = Literal["crash", "takeover", "handover", "interrupted"]
+"""crash: the process that left the run mid-step is gone; takeover: it may still live
+(another host, or its lease expired); handover: a new process continued a run at rest;
+interrupted: an older log, with no owners recorded, repeats a call here."""
+
+_AT_REST: Final = frozenset({RunState.PENDING, RunState.WAITING, RunState.ERROR})
+"""States a run is left in on purpose; a new owner after one of them is a handover."""
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A place in the log where the run changed hands, before event ``seq``."""
+
+    seq: int
+    kind: MarkerKind
+    left_in: RunState
+    """The state the run was in when the earlier process stopped writing."""
+    previous_owner: str | None
+    owner: str | None
+    stranded_seconds: float | None
+    """From the earlier process's last event until the new one took the lease."""
+
+    @property
+    def previous_process(self) -> str | None:
+        """The earlier owner in words: its pid, host and whether it is alive or gone."""
+        return describe_owner(self.previous_owner) if self.previous_owner else None
+
+    @property
+    def process(self) -> str | None:
+        """The new owner in words."""
+        return describe_owner(self.owner) if self.owner else None
+
+    @property
+    def text(self) -> str:
+        """One line saying what happened, in words a user understands."""
+        before = self.previous_process or "an earlier process"
+        after = self.process or "a new process"
+        waited = (
+            f" after {self.stranded_seconds:.1f} s stranded"
+            if self.stranded_seconds is not None and self.kind != "handover"
+            else ""
+        )
+        match self.kind:
+            case "crash":
+                return (
+                    f"CRASH: {before} stopped in {self.left_in.value}; "
+                    f"{after} took the run over{waited}"
+                )
+            case "takeover":
+                return (
+                    f"TAKEOVER: {before} stopped writing in {self.left_in.value} (its lease "
+                    f"was taken); {after} took the run over{waited}"
+                )
+            case "handover":
+                return f"continued by {after} (the run was {self.left_in.value})"
+            case "interrupted":
+                return (
+                    f"INTERRUPTED: the process running it stopped in {self.left_in.value} "
+                    "and a later one repeated the call (no owners recorded in this log)"
+                )
+        assert_never(self.kind)
+
+
+def markers(run: StoredRun) -> list[Marker]:
+    """Where ``run`` changed hands, in ``seq`` order (see the module docstring)."""
+    found: list[Marker] = []
+    owner: str | None = None
+    state = RunState.PENDING
+    last_at = None
+    open_calls: set[str] = set()
+    repeating = False
+    for event in run.events:
+        stamp = event.lease_taken
+        if stamp is not None:
+            if owner is not None and stamp.owner != owner:
+                stranded = (stamp.at - last_at).total_seconds() if last_at else None
+                kind: MarkerKind = "handover"
+                if state not in _AT_REST and state not in (RunState.DONE, RunState.CANCELLED):
+                    kind = "crash" if owner_of(owner).status == "gone" else "takeover"
+                found.append(
+                    Marker(event.seq, kind, state, owner, stamp.owner, _rounded(stranded))
+                )
+            owner = stamp.owner
+        elif owner is None and _repeats_a_call(event, open_calls):
+            # A log without stamps (written before them): a repeated call is the
+            # trace a restart leaves; the calls it repeats together get one marker.
+            if not repeating:
+                found.append(Marker(event.seq, "interrupted", state, None, None, None))
+            repeating = True
+        else:
+            repeating = False
+        match event:
+            case ToolStartedEvent():
+                open_calls.add(event.call_id)
+            case ToolFinishedEvent():
+                open_calls.discard(event.result.call_id)
+            case FailedEvent():
+                open_calls.clear()
+            case _:
+                pass
+        state, last_at = event.state, event.at
+    return found
+
+
+def _repeats_a_call(event: Event, open_calls: set[str]) -> bool:
+    if isinstance(event, ModelResponseEvent):
+        return event.repeated
+    return isinstance(event, ToolStartedEvent) and event.call_id in open_calls
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(seconds, 0.0), 3)
 def describer(*, full: bool = False) -> Callable[[Event], str]:
     """One event's detail, for events that arrive one at a time (``runs follow``)."""
     return _Describer(full=full)
