@@ -45,6 +45,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from durable_agent._submit import AT_REST
+from durable_agent._worker_metrics import WorkerMetrics
 from durable_agent._worker_retry import RunRetry, due_retry, hand_over
 from durable_agent.agent import Agent
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
@@ -70,6 +71,8 @@ _LONGEST_IDLE: Final = 1.0
 """Seconds an idle worker waits at most before looking again (leases expire silently)."""
 _FIRST_PAUSE: Final = 0.05
 """The first pause of a polling worker after it found work."""
+_BACKLOG_EVERY: Final = 5
+"""Liveness ticks between two backlog counts (only with metrics on)."""
 
 
 class Worker:
@@ -154,6 +157,12 @@ class Worker:
         self._not_retryable: dict[str, int] = {}
         self.claimed = 0
         """Runs claimed since the worker started (takeovers included)."""
+        self._metrics = WorkerMetrics(self, self.owner.id)
+
+    @property
+    def slots_busy(self) -> int:
+        """Runs this worker drives right now (at most ``concurrency``)."""
+        return len(self._active)
 
     # -- controlling ----------------------------------------------------------------
 
@@ -396,8 +405,16 @@ class Worker:
     async def _heartbeat(self) -> None:
         """Renew the registration every second (a fifth of ``liveness_ttl`` at most)."""
         interval = min(1.0, self.liveness_ttl / 5)
+        ticks = 0
         while True:
+            if self._metrics.enabled and ticks % _BACKLOG_EVERY == 0:
+                # Bounded: a slow listing must not delay the renewal below.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._metrics.count_backlog(self.db, self.agents, self.queues), interval
+                    )
             await asyncio.sleep(interval)
+            ticks += 1
             try:
                 await self.db.register_worker(self.owner, ttl=self.liveness_ttl)
             except DurableAgentError as exc:
