@@ -79,8 +79,12 @@ def run_chaos(
     faults: list[str],
     seed: int,
     ttl: float,
+    diagnose: Callable[[], str] = lambda: "",
 ) -> ChaosResult:
-    """Run the schedule (see the module docstring) and check the outcome."""
+    """Run the schedule (see the module docstring) and check the outcome.
+
+    ``diagnose`` adds what the store can tell to the message of a wait that fails.
+    """
     rng = random.Random(seed)
     run_ids = fleet.submit(runs)
     members = [spawn(f"w{n}", None) for n in range(workers)]
@@ -105,7 +109,10 @@ def run_chaos(
             kills += 1
         else:
             others = [m for m in members if m is not victim]
-            isolations.append(_isolate(fleet, kind, victim, others, concurrency, ttl))
+            try:
+                isolations.append(_isolate(fleet, kind, victim, others, concurrency, ttl))
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{diagnose()}") from None
     wait_until(lambda: not fleet.moving(), awaiting="every run at rest",
                processes=_procs(members))
     for isolation in isolations:

@@ -229,6 +229,19 @@ class PrivatePostgres:
                 self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def sessions(self) -> str:
+        """The server's sessions and what they hold: for a failure message."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT a.client_addr, a.state, now() - a.xact_start, left(a.query, 80),"
+                " (SELECT count(*) FROM pg_locks l WHERE l.pid = a.pid AND l.granted)"
+                " FROM pg_stat_activity a WHERE a.backend_type = 'client backend'"
+                " ORDER BY a.client_addr"
+            ).fetchall()
+        return "\n".join(" | ".join(str(c) for c in row) for row in rows)
+
     def log(self) -> str:
         path = self.folder / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -94,6 +94,7 @@ def test_a_fleet_of_hosts_survives_kills_a_partition_and_a_freeze_with_each_effe
     result = run_chaos(
         hosts.fleet, hosts.spawn, runs=RUNS, workers=WORKERS, concurrency=SLOTS,
         faults=["kill", "kill", "kill", "cut", "freeze"], seed=SEED, ttl=TTL,
+        diagnose=hosts.server.sessions,
     )
     report = result.report
     assert len(result.run_ids) == RUNS
