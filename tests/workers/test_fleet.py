@@ -22,8 +22,10 @@ import pytest
 from durable_agent.fsm import RunState
 from durable_agent.records import FailedEvent, TransitionEvent
 from tests._barriers import DEADLINE, wait_until
+from tests.workers.fleet_chaos import Member, run_chaos
 from tests.workers.fleet_check import pid_of, refused_runs
 from tests.workers.fleet_harness import ROOT, Fleet
+from tests.workers.hosts import Host
 
 
 @pytest.fixture
@@ -187,3 +189,43 @@ def test_slots_and_max_running_are_never_exceeded(sqlite_fleet: Fleet) -> None:
         mine, whole = conn.execute("SELECT max(mine), max(fleet) FROM peaks").fetchone()
     assert mine <= 2
     assert whole <= 3
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def chaos_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?prefix=chaos-{uuid.uuid4().hex[:10]}:"
+    fleet = Fleet(tmp_path, url)
+    fleet.env["FLEET_LEASE_TTL"] = str(CHAOS_TTL)
+    yield fleet
+    fleet.stop()
+
+
+CHAOS_TTL = 2.0
+
+
+def test_random_kills_and_a_freeze_on_a_seeded_schedule_leave_every_run_done_once(
+    chaos_fleet: Fleet,
+) -> None:
+    """The many-hosts scenario (test_fleet_hosts.py) without namespaces: no cut, one host.
+
+    No freeze on SQLite: a process stopped inside a write transaction holds the
+    file's write lock, and every other writer waits until it resumes (one host,
+    the operating system's lock). The dedicated freeze test above, with the
+    default lease TTL, writes rarely enough to run into that seldom.
+    """
+    fleet = chaos_fleet
+    sqlite = fleet.url.startswith("sqlite")
+
+    def spawn(name: str, host: Host | None) -> Member:
+        proc = fleet.worker(name, "--concurrency", "3", tagged=True)
+        return Member(name, proc, proc.pid, owns=lambda owner: pid_of(owner) == proc.pid)
+
+    faults = ["kill", "kill", "kill"] if sqlite else ["kill", "kill", "freeze"]
+    result = run_chaos(fleet, spawn, runs=40, workers=3, concurrency=3, faults=faults, seed=7,
+                       ttl=CHAOS_TTL)
+    assert result.kills == faults.count("kill")
+    assert [i.calls for i in result.isolations] == [3] * faults.count("freeze")
+    assert result.report.reruns <= result.report.in_flight
