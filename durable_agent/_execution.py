@@ -209,6 +209,9 @@ class RunExecution(ModelStep, ToolStep):
         await self._retry_owed()
         self._take_claim()
         self.lease = lease
+        # The claim was this lease's acquisition: stamp it on the first write as
+        # `acquire` does, so the log shows a worker's takeover like any other.
+        self._lease_taken = LeaseTaken(owner=lease.owner, generation=lease.generation, at=utcnow())
         try:
             ctx = await self.load()
         except BaseException:

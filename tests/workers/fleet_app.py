@@ -35,6 +35,10 @@ def _dir() -> Path:
     return Path(os.environ["FLEET_DIR"])
 
 
+def _who() -> str:
+    return os.environ.get("FLEET_WORKER") or str(os.getpid())
+
+
 def create_effects_db(folder: Path) -> None:
     """Create the effects tables once, before any child starts.
 
@@ -45,9 +49,9 @@ def create_effects_db(folder: Path) -> None:
     with sqlite3.connect(folder / "effects.db", isolation_level=None) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, run_id TEXT)")
-        conn.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT, run_id TEXT, pid INTEGER)")
-        conn.execute("CREATE TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY, pid INTEGER)")
-        conn.execute("CREATE TABLE IF NOT EXISTS peaks (pid INTEGER, mine INTEGER, fleet INTEGER)")
+        conn.execute("CREATE TABLE IF NOT EXISTS attempts (key TEXT, run_id TEXT, who TEXT)")
+        conn.execute("CREATE TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY, who TEXT)")
+        conn.execute("CREATE TABLE IF NOT EXISTS peaks (who TEXT, mine INTEGER, fleet INTEGER)")
 
 
 def effects_db() -> sqlite3.Connection:
@@ -58,11 +62,12 @@ def effects_db() -> sqlite3.Connection:
 def _enter(key: str, run_id: str) -> None:
     with effects_db() as conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO attempts VALUES (?, ?, ?)", (key, run_id, os.getpid()))
-        conn.execute("INSERT OR REPLACE INTO live VALUES (?, ?)", (key, os.getpid()))
-        mine = conn.execute("SELECT count(*) FROM live WHERE pid = ?", (os.getpid(),)).fetchone()
+        who = _who()
+        conn.execute("INSERT INTO attempts VALUES (?, ?, ?)", (key, run_id, who))
+        conn.execute("INSERT OR REPLACE INTO live VALUES (?, ?)", (key, who))
+        mine = conn.execute("SELECT count(*) FROM live WHERE who = ?", (who,)).fetchone()
         fleet = conn.execute("SELECT count(*) FROM live").fetchone()
-        conn.execute("INSERT INTO peaks VALUES (?, ?, ?)", (os.getpid(), mine[0], fleet[0]))
+        conn.execute("INSERT INTO peaks VALUES (?, ?, ?)", (who, mine[0], fleet[0]))
         conn.execute("COMMIT")
 
 
@@ -82,7 +87,7 @@ async def effect(n: int, ctx: ToolContext) -> str:
     await asyncio.to_thread(_enter, ctx.idempotency_key, ctx.run_id)
     started = _dir() / "started"
     started.mkdir(exist_ok=True)
-    (started / f"{ctx.run_id}-{n}-{os.getpid()}").touch()
+    (started / f"{ctx.run_id}-{n}-{_who()}").touch()
     while (_dir() / "gate").exists():  # noqa: ASYNC110 - held open by another process
         await asyncio.sleep(0.01)
     await asyncio.to_thread(_leave, ctx.idempotency_key, ctx.run_id)
@@ -94,7 +99,11 @@ def _script() -> list[str | ToolCall]:
 
 
 fleet = Agent(
-    ScriptedModel(_script()), db=MemoryBackend(), tools=[effect], name="fleet", lease_ttl=30
+    ScriptedModel(_script()),
+    db=MemoryBackend(),
+    tools=[effect],
+    name="fleet",
+    lease_ttl=float(os.environ.get("FLEET_LEASE_TTL", "30")),
 )
 """The agent the workers serve (its own store is unused: workers pass --db)."""
 

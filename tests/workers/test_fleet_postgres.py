@@ -14,7 +14,7 @@ import pytest
 
 from tests.backends import postgres_server
 from tests.workers import test_fleet as scenarios
-from tests.workers.test_fleet import Fleet
+from tests.workers.fleet_harness import Fleet
 
 
 @pytest.fixture

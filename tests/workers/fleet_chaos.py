@@ -1,0 +1,173 @@
+"""A bounded, seeded schedule of faults on a working fleet, and the check of its outcome.
+
+`run_chaos` submits the runs, starts the workers, and at seeded points (counted
+in tool calls started, never in seconds) injects each fault of its list:
+
+* ``kill``: SIGKILL a random worker wherever it is, and start a replacement;
+* ``freeze``: SIGSTOP a worker with every slot inside a tool call, until its
+  runs are taken over and the lease TTL has passed, then SIGCONT;
+* ``cut``: the same with the worker's network link down instead (a worker on a
+  host of its own, `tests.workers.hosts`).
+
+Then every run must be DONE and pass `tests.workers.fleet_check.check_fleet`,
+and each frozen or cut worker must have had every run it held taken over and,
+once back, every write it tried on them refused by the fence.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tests._barriers import wait_until
+from tests.workers.fleet_app import TOOL_CALLS
+from tests.workers.fleet_check import FleetReport, check_fleet, refused_runs
+from tests.workers.fleet_harness import Fleet
+from tests.workers.hosts import Host
+
+
+@dataclass
+class Member:
+    """One worker of the fleet: the child to watch, the process to signal, its owner ids."""
+
+    name: str
+    """Its log's name and its ``FLEET_WORKER`` tag (and host name, on a host of its own)."""
+    proc: subprocess.Popen[bytes]
+    pid: int
+    """The worker process itself (under ``unshare`` it is the child's child)."""
+    owns: Callable[[str], bool]
+    """Whether a lease owner id is this worker's."""
+    host: Host | None = None
+
+
+Spawn = Callable[[str, Host | None], Member]
+"""Start a worker named so, on the given host (or the one the spawner picks)."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """A freeze or a cut: who, the runs it held, and for how long it was away."""
+
+    kind: str
+    victim: Member
+    held: frozenset[str]
+    calls: int
+    """Its calls inside the tool when it went away."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ChaosResult:
+    run_ids: list[str]
+    report: FleetReport
+    kills: int
+    isolations: list[Isolation]
+
+
+def run_chaos(
+    fleet: Fleet,
+    spawn: Spawn,
+    *,
+    runs: int,
+    workers: int,
+    concurrency: int,
+    faults: list[str],
+    seed: int,
+    ttl: float,
+    diagnose: Callable[[], str] = lambda: "",
+) -> ChaosResult:
+    """Run the schedule (see the module docstring) and check the outcome.
+
+    ``diagnose`` adds what the store can tell to the message of a wait that fails.
+    """
+    rng = random.Random(seed)
+    run_ids = fleet.submit(runs)
+    members = [spawn(f"w{n}", None) for n in range(workers)]
+    born = workers
+    order = list(faults)
+    rng.shuffle(order)
+    total = runs * TOOL_CALLS
+    marks = sorted(rng.sample(range(total // 10, total * 6 // 10), len(order)))
+    isolations: list[Isolation] = []
+    kills = 0
+    for kind, mark in zip(order, marks, strict=True):
+        wait_until(lambda: len(fleet.started()) >= mark,  # noqa: B023 - called at once
+                   awaiting=f"{mark} tool calls started", processes=_procs(members))
+        away = {i.victim.name for i in isolations}
+        victim = rng.choice([m for m in members if m.name not in away])
+        if kind == "kill":
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.proc.wait()
+            members.remove(victim)
+            members.append(spawn(f"w{born}", victim.host))
+            born += 1
+            kills += 1
+        else:
+            others = [m for m in members if m is not victim]
+            try:
+                isolations.append(_isolate(fleet, kind, victim, others, concurrency, ttl))
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{diagnose()}") from None
+    wait_until(lambda: not fleet.moving(), awaiting="every run at rest",
+               processes=_procs(members))
+    for isolation in isolations:
+        name = isolation.victim.name
+        wait_until(
+            lambda: isolation.held <= refused_runs(fleet.log(name)),  # noqa: B023
+            awaiting=f"the writes of {name} refused by the fence once back from its "
+                     f"{isolation.kind}",
+            processes=[isolation.victim.proc],
+        )
+    report = check_fleet(fleet.read(run_ids), fleet.dir, tool_calls=TOOL_CALLS)
+    for isolation in isolations:
+        assert isolation.held <= report.taken_from(isolation.victim.owns)
+        assert isolation.seconds > ttl
+    return ChaosResult(run_ids, report, kills, isolations)
+
+
+def _isolate(
+    fleet: Fleet, kind: str, victim: Member, others: list[Member], slots: int, ttl: float
+) -> Isolation:
+    """Freeze or cut ``victim`` with its slots full of calls, until its runs are taken."""
+    fleet.close_gate()
+    wait_until(lambda: fleet.in_tool(victim.name) >= slots,
+               awaiting=f"{victim.name} with {slots} calls inside the tool",
+               processes=_procs([victim, *others]))
+    calls = fleet.in_tool(victim.name)
+    if kind == "freeze":
+        os.kill(victim.pid, signal.SIGSTOP)
+    else:
+        assert victim.host is not None, "a cut needs a worker on a host of its own"
+        victim.host.cut()
+    went = time.monotonic()
+    # Read after it went away: from now on it cannot change what it holds.
+    held = frozenset(
+        h.run_id for h in fleet.moving() if h.lease is not None and victim.owns(h.lease.owner)
+    )
+    assert held, f"{victim.name} held no run when it went away"
+    fleet.open_gate()
+
+    def taken() -> bool:
+        if time.monotonic() - went <= ttl:
+            return False
+        return not any(h.lease is not None and victim.owns(h.lease.owner)
+                       for h in fleet.moving())
+
+    wait_until(taken, awaiting=f"the runs of {victim.name} taken over after its {kind}",
+               processes=_procs(others))
+    seconds = time.monotonic() - went
+    if kind == "freeze":
+        os.kill(victim.pid, signal.SIGCONT)
+    else:
+        assert victim.host is not None
+        victim.host.restore()
+    return Isolation(kind, victim, held, calls, seconds)
+
+
+def _procs(members: list[Member]) -> list[subprocess.Popen[bytes]]:
+    return [m.proc for m in members]
