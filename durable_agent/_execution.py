@@ -209,6 +209,9 @@ class RunExecution(ModelStep, ToolStep):
         await self._retry_owed()
         self._take_claim()
         self.lease = lease
+        # Stamped like any lease taken, so the log (and the inspector's markers)
+        # names the worker that claimed or took the run over.
+        self._lease_taken = LeaseTaken(owner=lease.owner, generation=lease.generation, at=utcnow())
         try:
             ctx = await self.load()
         except BaseException:
