@@ -116,8 +116,9 @@ def test_the_stream_escapes_stored_text_and_refuses_what_it_cannot_serve(
     status, _ = request(f"{live.url}/events/run?id={scenario.DONE}")
     assert status == 401  # the token rules of every page
     bearer = {"Authorization": f"Bearer {live.token}"}
-    for query, code in ((f"id={scenario.DONE}&after=999", 400), (f"id={scenario.DONE}&after=x", 400),
-                        ("id=no-such-run", 404)):  # fmt: skip
+    refused = [(f"id={scenario.DONE}&after=999", 400), (f"id={scenario.DONE}&after=x", 400),
+               ("id=no-such-run", 404)]  # fmt: skip
+    for query, code in refused:
         status, _ = request(f"{live.url}/events/run?{query}", headers=bearer)
         assert status == code, query
 
