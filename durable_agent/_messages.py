@@ -87,6 +87,9 @@ class _Event(Record):
     (only with tracing on): the next segment's span links to it (`durable_agent.telemetry`)."""
     lease_taken: LeaseTaken | None = None
     """Set on the first event written under a newly taken lease (who took it, when)."""
+    requested_by: str | None = None
+    """Who asked for this event from outside the run (the inspector's ``--user`` or token
+    name on a resume it handed to the fleet); None (and left out of the JSON) otherwise."""
 
 
 # -- messages ---------------------------------------------------------------

@@ -78,12 +78,20 @@ def due_retry(stored: StoredRun, policy: RunRetry, *, now: float | None = None) 
     return due if now is None else max(due, now)
 
 
-async def hand_over(backend: Backend, run_id: str, owner: LeaseOwner, ttl: float) -> bool:
-    """Put an ERROR run the caller cut back where it failed, unleased; return whether it did.
+async def hand_over(
+    backend: Backend,
+    run_id: str,
+    owner: LeaseOwner,
+    ttl: float,
+    *,
+    requested_by: str | None = None,
+) -> bool:
+    """Put an ERROR run back where it failed, unleased, for a worker; return whether it did.
 
-    Appends the ``resume`` transition and releases the lease in one write.
-    A run that is not in ERROR (it came to rest by itself), or that another
-    process holds, is left alone.
+    Appends the ``resume`` transition (recording ``requested_by``, who asked
+    for it, when a person did) and releases the lease in one write. A run that
+    is not in ERROR (it came to rest by itself), or that another process
+    holds, is left alone.
     """
     try:
         lease: Lease | None = await backend.acquire_lease(run_id, owner, ttl=ttl)
@@ -97,7 +105,9 @@ async def hand_over(backend: Backend, run_id: str, owner: LeaseOwner, ttl: float
             return False
         seq = stored.header.seq
         state = next_state(RunState.ERROR, "resume", failed_state=failed.failed_state)
-        event = TransitionEvent(seq=seq + 1, state=state, trigger="resume")
+        event = TransitionEvent(
+            seq=seq + 1, state=state, trigger="resume", requested_by=requested_by
+        )
         held, lease = lease, None
         await backend.append(run_id, [event], expected_seq=seq, lease=held, release=True)
         return True

@@ -1,5 +1,9 @@
 """``durable-agent ui``: serve the run inspector page (`durable_agent.ui`) with uvicorn.
 
+A run the page decides or resumes is handed to the workers (the store is the
+queue); ``--agent module:attr`` continues it in this process when no worker
+claims it within ``--fleet-wait`` seconds.
+
 Binds 127.0.0.1 by default. Any other address needs ``--token`` (or
 ``$DURABLE_AGENT_UI_TOKEN``): without one it refuses to start. On loopback a
 token is generated when none is given; the URL printed carries it, as
@@ -18,6 +22,7 @@ import click
 from durable_agent.cli import _store as store
 from durable_agent.cli._app import CONTEXT, choose, cli, current_state, db_option
 from durable_agent.errors import ConfigurationError
+from durable_agent.ui._fleet import DEFAULT_FLEET_WAIT
 
 __all__ = ["TOKEN_ENV", "ui"]
 
@@ -31,7 +36,15 @@ TOKEN_ENV: Final = "DURABLE_AGENT_UI_TOKEN"
     "--agent",
     "agent_spec",
     metavar="MODULE:ATTR",
-    help="the Agent that continues runs after a decision and resumes failed ones",
+    help="the Agent that continues runs after a decision or a resume when no worker claims them",
+)
+@click.option(
+    "--fleet-wait",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_FLEET_WAIT,
+    show_default=True,
+    metavar="SECONDS",
+    help="how long a handed-over run waits for a worker before --agent continues it (0: at once)",
 )
 @click.option("--read-only", is_flag=True, help="show runs, offer no action")
 @click.option(
@@ -46,6 +59,7 @@ def ui(
     host: str,
     port: int,
     agent_spec: str | None,
+    fleet_wait: float,
     read_only: bool,
     token: str | None,
     token_name: str | None,
@@ -68,6 +82,7 @@ def ui(
     app = create_app(
         choice.url,
         agent=agent,
+        fleet_wait=fleet_wait,
         read_only=read_only,
         token=token,
         token_name=token_name,
@@ -78,7 +93,12 @@ def ui(
         import uvicorn
     except ImportError:
         raise store.CliError(f"the inspector needs uvicorn: {INSTALL_HINT}") from None
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    # Open run pages hold a stream each (server-sent events): on Ctrl-C give them
+    # a moment to end, then close them (the browser reconnects to the next server).
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_level="warning",
+        timeout_graceful_shutdown=2,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(

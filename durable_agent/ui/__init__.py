@@ -57,19 +57,30 @@ def create_app(
     token_name: str | None = None,
     user: str | None = None,
     poll_seconds: float = 1.0,
+    fleet_wait: float | None = None,
 ) -> Starlette:
     """The inspector as an ASGI app over the store ``db`` (a URL or an open `Backend`).
 
     Every request needs ``token`` (given once as ``?token=…``, then kept in a
     cookie, or as ``Authorization: Bearer``); when None one is generated, read
-    it from ``app.state.inspector.access.token``. ``agent`` continues runs
-    after a decision and resumes failed ones; without it decisions are only
-    recorded. ``read_only`` turns every action off. Decisions record
-    ``user`` (else ``token_name``) as who decided. ``poll_seconds`` is how
-    often an open run page asks for news.
+    it from ``app.state.inspector.access.token``. A decided or resumed run
+    is handed to the workers (the store is the queue); ``agent`` continues
+    it in this process when no worker claims it within ``fleet_wait``
+    seconds (default 3; 0: at once, never waiting for a worker). Without an
+    agent a worker must continue it. ``read_only`` turns every action off.
+    Decisions and resumes record ``user`` (else ``token_name``) as who asked.
+    ``poll_seconds`` bounds how long a live run page waits for news (it
+    follows the run over server-sent events) and paces the list's refresh.
     """
     _require_extra()
+    if fleet_wait is not None and (
+        isinstance(fleet_wait, bool) or not isinstance(fleet_wait, int | float) or fleet_wait < 0
+    ):
+        raise ConfigurationError(
+            f"create_app(fleet_wait=...) must be seconds >= 0, got {fleet_wait!r}"
+        )
     from durable_agent.ui._app import Inspector, build_app
+    from durable_agent.ui._fleet import DEFAULT_FLEET_WAIT
     from durable_agent.ui._security import Access
 
     access = Access(token=token, name=token_name) if token else Access(name=token_name)
@@ -80,5 +91,6 @@ def create_app(
         access=access,
         user=user,
         poll_seconds=poll_seconds,
+        fleet_wait=DEFAULT_FLEET_WAIT if fleet_wait is None else fleet_wait,
     )
     return build_app(inspector)

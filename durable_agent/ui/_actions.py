@@ -3,17 +3,15 @@
 A decision is recorded with `durable_agent.engine.decide_run` (who decided is
 stored on the decision event); a cancellation goes through
 `durable_agent.engine.cancel_run`. Continuing a run (after the last decision,
-or resuming a failed one) needs the agent's tools, so it only happens when the
-inspector was given the agent (``--agent module:attr``): it then runs in the
-background of the server, and the page follows it from the store.
+or resuming a failed one) is `durable_agent.ui._fleet.Fleet`'s: the run is
+handed to the workers, and continued in the server's background by the agent
+given with ``--agent module:attr`` when no worker claims it. The page follows
+it from the store either way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 from collections.abc import Mapping
 
 from durable_agent.agent import Agent
@@ -22,10 +20,9 @@ from durable_agent.engine import cancel_run, decide_run
 from durable_agent.errors import DecisionError, DurableAgentError
 from durable_agent.fsm import RunState
 from durable_agent.records import JSONValue
+from durable_agent.ui._fleet import Fleet, NotResumableError
 
 __all__ = ["ActionError", "Actions"]
-
-_log = logging.getLogger("durable_agent")
 
 
 class ActionError(DurableAgentError):
@@ -42,16 +39,16 @@ def _value(text: str) -> JSONValue:
 
 
 class Actions:
-    """Changes runs for the page; ``agent`` (optional) continues them."""
+    """Changes runs for the page; the fleet, else ``agent`` (optional), continues them."""
 
-    def __init__(self, *, agent: Agent | None, decided_by: str) -> None:
+    def __init__(self, *, agent: Agent | None, decided_by: str, fleet_wait: float) -> None:
         self.agent = agent
         self.decided_by = decided_by
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.fleet = Fleet(agent=agent, fleet_wait=fleet_wait, requested_by=decided_by)
 
     @property
     def can_continue(self) -> bool:
-        """Whether runs can be continued from the page (an agent was given)."""
+        """Whether this process can continue runs itself (an agent was given)."""
         return self.agent is not None
 
     async def decide(self, backend: Backend, run_id: str, form: Mapping[str, str]) -> str:
@@ -92,7 +89,8 @@ class Actions:
         done = f"{rid}: {'approved' if action == 'confirm' else action} by {self.decided_by}"
         if state is RunState.WAITING:
             return f"{done}; the run waits for the rest"
-        return f"{done}; {self._continue(run_id)}"
+        header = await backend.get_run(run_id)
+        return f"{done}; {await self.fleet.hand_on(backend, run_id, header.agent_name)}"
 
     async def cancel(self, backend: Backend, run_id: str, reason: str) -> str:
         """Cancel the run (the process running it, if any, stops at its next transition)."""
@@ -103,36 +101,12 @@ class Actions:
         return f"cancellation requested; the run is {state.value} until its process stops"
 
     async def resume(self, backend: Backend, run_id: str) -> str:
-        """Continue a failed or stranded run with the agent."""
-        header = await backend.get_run(run_id)
-        if header.state in (RunState.DONE, RunState.CANCELLED, RunState.WAITING):
-            raise ActionError(f"run {run_id!r} is {header.state.value}: nothing to resume")
-        return self._continue(run_id)
-
-    def _continue(self, run_id: str) -> str:
-        agent = self.agent
-        if agent is None:
-            return (
-                "nothing runs it from here: start the inspector with --agent module:attr, or "
-                f"run: durable-agent runs resume {run_id} --agent module:attr"
-            )
-        task = asyncio.get_running_loop().create_task(self._drive(agent, run_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return f"the agent {agent.name!r} continues it"
-
-    async def _drive(self, agent: Agent, run_id: str) -> None:
+        """Resume a failed or stranded run through the fleet (else the agent given)."""
         try:
-            await agent.continue_run_async(run_id=run_id, return_output=True)
-        except DurableAgentError as exc:  # recorded on the run; the page shows it
-            _log.info("run %s stopped: %s", run_id, exc, extra={"run_id": run_id})
-        except Exception:
-            _log.exception("run %s: continuing it failed", run_id, extra={"run_id": run_id})
+            return await self.fleet.resume(backend, run_id)
+        except NotResumableError as exc:
+            raise ActionError(str(exc)) from None
 
     async def close(self) -> None:
         """Stop the runs this server continues (each records its interruption)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.fleet.close()

@@ -6,6 +6,7 @@ Routes (all need the access token; see `durable_agent.ui._security`):
     GET  /fragment/runs         the same list's table, polled to refresh states
     GET  /run?id=ID             one run: header, timeline, markers, usage, diagram, forms
     GET  /fragment/run?id=ID&seq=N   its body when the run moved past seq N, else 204
+    GET  /events/run?id=ID&after=N   its stored events as they land (server-sent events)
     GET  /run/diagram.svg?id=ID the run's path (served as an image: it never runs script)
     GET  /api/runs, /api/run?id=ID   the data ``runs list --json`` / ``runs show --json`` print
     POST /run/decide, /run/cancel, /run/resume   (?id=ID) the actions, unless read-only
@@ -29,7 +30,13 @@ import jinja2
 import markupsafe
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -40,6 +47,7 @@ from durable_agent.diagram import graphviz_available, run_diagram
 from durable_agent.errors import DurableAgentError, RunNotFoundError
 from durable_agent.registry import open_backend
 from durable_agent.ui._actions import ActionError, Actions
+from durable_agent.ui._live import after_seq, run_events
 from durable_agent.ui._security import CSRF_FIELD, Access
 from durable_agent.ui._views import list_context, parse_filters, run_context
 
@@ -82,6 +90,7 @@ class Inspector:
         access: Access,
         user: str | None,
         poll_seconds: float,
+        fleet_wait: float,
     ) -> None:
         self._db = db
         self._backend: Backend | None = db if isinstance(db, Backend) else None
@@ -89,7 +98,9 @@ class Inspector:
         self.read_only = read_only
         self.access = access
         self.poll_seconds = poll_seconds
-        self.actions = Actions(agent=agent, decided_by=user or access.name or "inspector page")
+        self.actions = Actions(
+            agent=agent, decided_by=user or access.name or "inspector page", fleet_wait=fleet_wait
+        )
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(_HERE / "templates"),
             autoescape=True,  # every stored string is untrusted text
@@ -114,8 +125,13 @@ class Inspector:
 
     def render(self, request: Request, name: str, status: int = 200, **values: Any) -> Response:
         """A page or fragment from the package's templates, with the security headers."""
+        html = self.html(request, name, **values)
+        return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+    def html(self, request: Request, name: str, **values: Any) -> str:
+        """A template rendered for ``request`` (escaped: stored strings are untrusted)."""
         base = str(request.scope.get("root_path", "")).rstrip("/")
-        html = self.templates.get_template(name).render(
+        return self.templates.get_template(name).render(
             base=base,
             csrf=self.access.csrf,
             csrf_field=CSRF_FIELD,
@@ -125,7 +141,6 @@ class Inspector:
             poll_ms=int(self.poll_seconds * 1000),
             **values,
         )
-        return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
 
 def _inspector(request: Request) -> Inspector:
@@ -228,6 +243,32 @@ async def _run_fragment(request: Request) -> Response:
     return ui.render(request, "_run_body.html", **run_context(view, svg=graphviz_available()))
 
 
+async def _run_events(request: Request) -> Response:
+    """The run's stored events as server-sent events (`durable_agent.ui._live`)."""
+    if (refused := _login(request)) is not None:
+        return refused
+    ui = _inspector(request)
+    run_id = request.query_params.get("id", "")
+    try:
+        after = after_seq(request.headers.get("last-event-id"), request.query_params.get("after"))
+        header = await ui.backend.get_run(run_id)
+    except RunNotFoundError:
+        return Response(f"run {run_id!r} not found", status_code=404, headers=_HEADERS)
+    except DurableAgentError as exc:
+        return Response(str(exc), status_code=400, headers=_HEADERS)
+    if after > header.seq:
+        why = f"run {run_id!r} has {header.seq} events; start after one of them (0 for all)"
+        return Response(why, status_code=400, headers=_HEADERS)
+    svg = graphviz_available()
+
+    def body(view: inspect.RunView) -> str:
+        return ui.html(request, "_run_body.html", **run_context(view, svg=svg))
+
+    stream = run_events(ui.backend, run_id, after, render=body, max_poll=ui.poll_seconds)
+    headers = {**_HEADERS, "X-Accel-Buffering": "no"}  # a proxy must not hold the stream back
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
 async def _run_diagram(request: Request) -> Response:
     if (refused := _login(request)) is not None:
         return refused
@@ -316,6 +357,7 @@ def build_app(inspector: Inspector) -> Starlette:
             Route("/fragment/runs", _runs_fragment),
             Route("/run", _run_page),
             Route("/fragment/run", _run_fragment),
+            Route("/events/run", _run_events),
             Route("/run/diagram.svg", _run_diagram),
             Route("/api/runs", _api_runs),
             Route("/api/run", _api_run),
@@ -329,4 +371,3 @@ def build_app(inspector: Inspector) -> Starlette:
     )
     app.state.inspector = inspector
     return app
-

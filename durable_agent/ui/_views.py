@@ -15,6 +15,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 from durable_agent import _inspect as inspect
+from durable_agent._submit import AT_REST
 from durable_agent.backend import Backend
 from durable_agent.errors import ConfigurationError
 from durable_agent.fsm import RunState
@@ -125,6 +126,8 @@ def _event_view(event: Event) -> dict[str, Any]:
                 shown["texts"].append(("decided by", event.decided_by))
         case _:
             pass
+    if event.requested_by:
+        shown["texts"].append(("requested by", event.requested_by))
     return shown
 
 
@@ -140,6 +143,7 @@ def run_context(view: inspect.RunView, *, svg: bool) -> dict[str, Any]:
         raw = _pretty(inspect.event_data(event))
         items.append({"marker": None, "row": row, "event": _event_view(event), "raw": raw})
     lease = inspect.lease_data(header)
+    running = lease is not None and not lease["resumable_now"]
     output = view.output
     return {
         "view": view,
@@ -152,7 +156,8 @@ def run_context(view: inspect.RunView, *, svg: bool) -> dict[str, Any]:
         "requirements": view.requirements,
         "crashes": [m for m in view.markers if m.kind != "handover"],
         "can_cancel": header.state not in (RunState.DONE, RunState.CANCELLED),
-        "can_resume": header.state in _CAN_RESUME,
+        "can_resume": header.state in _CAN_RESUME and not running,
+        "at_rest": header.state in AT_REST and header.lease is None,
         "svg": svg,
         "mermaid": None if svg else _mermaid(view),
         "version": f"{header.seq}:{header.state.value}",
@@ -165,4 +170,3 @@ def _mermaid(view: inspect.RunView) -> str:
     from durable_agent.diagram import run_diagram
 
     return run_diagram(view.stored, format="mermaid").text
-

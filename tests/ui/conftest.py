@@ -53,7 +53,8 @@ def module_store(pristine_runs: Path, tmp_path_factory: pytest.TempPathFactory) 
 def inspector(module_store: str) -> Iterator[server.Server]:
     """``durable-agent ui`` on the module's store, continuing runs with the support agent."""
     running = server.start(
-        module_store, extra=["--agent", "tests.ui.scenario:support", "--user", "ops-ana"]
+        module_store,
+        extra=["--agent", "tests.ui.scenario:support", "--user", "ops-ana", "--fleet-wait", "0.5"],
     )
     yield running
     running.stop()

@@ -10,9 +10,15 @@
 - ``lookup-waiting`` (an external result to enter) and ``address-waiting``
   (user input: street and city), both WAITING.
 
-Run as ``python -m tests.ui.scenario start|resume URL`` it is a child process.
-The agent factories are what ``durable-agent ui --agent tests.ui.scenario:support``
-imports: they open the store named by ``DURABLE_AGENT_DB``.
+Not in the shared store, made by the tests that need them: ``charge-in-doubt``
+(`make_in_doubt`: a child process is SIGKILLed inside the non-idempotent
+``charge`` tool, after its intent and its effect, before its result), and a
+`Worker` serving ``support`` in a child process (`start_worker`).
+
+Run as ``python -m tests.ui.scenario start|resume|charge|worker PATH`` it is a
+child process. The agent factories are what ``durable-agent ui --agent
+tests.ui.scenario:support`` imports: they open the store named by
+``DURABLE_AGENT_DB``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +40,7 @@ from durable_agent import (
     ScriptedModel,
     Task,
     ToolCall,
+    Worker,
     tool,
 )
 from durable_agent.backend import Backend
@@ -47,6 +55,7 @@ DONE: Final = "calc-done"
 FAILED: Final = "calc-error"
 EXTERNAL: Final = "lookup-waiting"
 USER_INPUT: Final = "address-waiting"
+IN_DOUBT: Final = "charge-in-doubt"
 REQUIREMENT: Final = "call_0_0:confirmation"
 PAYLOAD: Final = '<script>window.__xss = 1</script>"><img src=x onerror="window.__xss = 2">'
 """What the hostile tool returns: it must show as text and never run."""
@@ -83,6 +92,29 @@ def warehouse_stock(sku: str) -> str:
 def ship_to(order: str, street: str, city: str) -> str:
     """Ship an order; a person provides the address."""
     return f"{order} ships to {street}, {city}"
+
+
+def charges(db: str) -> Path:
+    """The file the ``charge`` tool appends a line to for every real charge (next to the store)."""
+    return Path(db.removeprefix("sqlite:///")).with_name("charges.log")
+
+
+@tool(idempotent=False)
+def charge(card: str) -> str:
+    """Charge a card (not safe to repeat: an interrupted charge waits for a human)."""
+    with charges(_db()).open("a") as ledger:
+        ledger.write(f"charge {card}\n")
+        ledger.flush()
+        os.fsync(ledger.fileno())
+    if os.environ.get("DIE_IN_CHARGE"):  # after the effect, before its result is stored
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"charged {card}"
+
+
+def charger(db: str | Backend | None = None) -> Agent:
+    """Charges a card once, then answers."""
+    model = ScriptedModel([ToolCall("charge", {"card": "4242"}), "Charged."], name="scripted")
+    return Agent(model, db=db or _db(), tools=[charge], name="charger", retry=1)
 
 
 def hostile_tool(query: str) -> str:
@@ -122,6 +154,14 @@ def _calculator(db: Backend, *, fail: bool) -> Agent:
 
 
 async def _child(phase: str, path: str) -> None:
+    os.environ["DURABLE_AGENT_DB"] = f"sqlite:///{path}"
+    if phase == "charge":
+        await charger().do_async(Task("Charge card 4242", run_id=IN_DOUBT))
+        return
+    if phase == "worker":
+        # Serves until SIGTERM (a graceful stop); the test waits for store states.
+        await Worker([support()], concurrency=1).run()
+        return
     inner = SqliteBackend(path)
     if phase == "start":
         async with KillSwitchBackend(inner, kill_after=3) as db:
@@ -153,10 +193,12 @@ async def _populate(path: Path) -> None:
         )
 
 
-def _spawn(phase: str, url: str, *, slow: bool) -> int:
+def _spawn(phase: str, url: str, *, slow: bool = False, die: bool = False) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if slow:
         env["SLOW_ADD"] = "1"
+    if die:
+        env["DIE_IN_CHARGE"] = "1"
     done = subprocess.run(
         [sys.executable, "-m", "tests.ui.scenario", phase, url],
         cwd=ROOT,
@@ -179,6 +221,27 @@ def build_store(directory: Path) -> str:
     assert code == 0, f"the resuming process failed (exit {code})"
     asyncio.run(_populate(path))
     return url
+
+
+def make_in_doubt(db: str) -> None:
+    """Add ``charge-in-doubt`` to the store ``db``: its process SIGKILLed inside ``charge``.
+
+    The run is left in TOOL_EXEC with the call's intent and no result, under
+    the lease of a process that is gone: whoever resumes it finds the call in
+    doubt (it is not idempotent) and waits for a human.
+    """
+    code = _spawn("charge", db.removeprefix("sqlite:///"), die=True)
+    assert code == -9, f"the charging process was not SIGKILLed (exit {code})"
+
+
+def start_worker(db: str) -> subprocess.Popen[str]:
+    """A `Worker` serving ``support`` on the store ``db``, in a child process (stop: SIGTERM)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.ui.scenario", "worker", db.removeprefix("sqlite:///")],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Each requirement kind gets its form, and each form records the right decision.
 
-A server without ``--agent``: decisions are only recorded (the run then sits
-in TOOL_EXEC for whoever has the tools), and resume says it cannot run here.
-Refused decisions change nothing.
+A server without ``--agent``: decisions are recorded and the run is handed to
+the fleet (it sits in TOOL_EXEC, unleased, for a worker that has the tools);
+resume records who asked and hands the run over the same way. Refused
+decisions change nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from durable_agent.backends.sqlite import SqliteBackend
-from durable_agent.records import DecisionEvent, StoredRun
+from durable_agent.records import DecisionEvent, StoredRun, TransitionEvent
 from tests.ui import scenario, server
 from tests.ui.conftest import copy_store
 from tests.ui.test_security import csrf_of, request
@@ -70,7 +71,8 @@ def test_an_external_call_gets_a_result_form_and_records_the_typed_result(
     status, answer = decide(running, scenario.EXTERNAL, requirement="call_0_0:external",
                             action="result", value='{"in_stock": 12}')  # fmt: skip
     assert status == 200, answer
-    assert "start the inspector with --agent" in str(answer["message"])
+    assert "handed to the fleet: a worker serving agent 'stock'" in str(answer["message"])
+    assert "runs resume lookup-waiting --agent" in str(answer["message"])
     run = load(db, scenario.EXTERNAL)
     decision = run.events[-1]
     assert isinstance(decision, DecisionEvent)
@@ -111,15 +113,28 @@ def test_a_decision_that_does_not_fit_is_refused_and_records_nothing(
     assert after.header.state == before.header.state
 
 
-def test_resume_without_an_agent_says_how_to_continue(plain: tuple[server.Server, str]) -> None:
+def test_resume_without_an_agent_hands_the_run_to_the_fleet_and_records_who_asked(
+    plain: tuple[server.Server, str],
+) -> None:
     running, db = plain
     headers = {"Authorization": f"Bearer {running.token}", "Origin": running.url,
                "Accept": "application/json"}  # fmt: skip
     status, body = request(f"{running.url}/run/resume?id={scenario.FAILED}",
                            data={"csrf": csrf_of(running)}, headers=headers)  # fmt: skip
-    assert status == 200
-    assert "runs resume calc-error --agent" in json.loads(body)["message"]
-    assert load(db, scenario.FAILED).header.state.value == "ERROR"
+    assert status == 200, body
+    message = json.loads(body)["message"]
+    assert "handed to the fleet: a worker serving agent 'calculator'" in message
+    assert "runs resume calc-error --agent" in message
+    run = load(db, scenario.FAILED)
+    resumed = run.events[-1]
+    assert isinstance(resumed, TransitionEvent)
+    assert (resumed.trigger, resumed.requested_by) == ("resume", "ops-token")
+    # Back in the state that failed, with no lease: what a worker claims.
+    assert (run.header.state.value, run.header.lease) == ("MODEL_CALL", None)
+    status, body = request(f"{running.url}/run/resume?id={scenario.FAILED}",
+                           data={"csrf": csrf_of(running)}, headers=headers)  # fmt: skip
+    assert status == 200, "a run handed over and not yet claimed may be handed on again"
+    assert len(load(db, scenario.FAILED).events) == len(run.events), "nothing recorded twice"
     status, body = request(f"{running.url}/run/resume?id={scenario.DONE}",
                            data={"csrf": csrf_of(running)}, headers=headers)  # fmt: skip
     assert status == 409

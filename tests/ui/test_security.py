@@ -156,6 +156,19 @@ def test_read_only_shows_no_action_and_refuses_one(read_only: tuple[server.Serve
     assert state_of(db, scenario.WAITING) == "WAITING"
 
 
+def test_a_read_only_viewer_may_watch_a_run_live(read_only: tuple[server.Server, str]) -> None:
+    running, _ = read_only
+    status, text = request(
+        f"{running.url}/events/run?id={scenario.WAITING}&after=3",
+        headers={"Authorization": f"Bearer {running.token}"},
+    )
+    assert status == 200
+    assert "id: 4\nevent: run\n" in text  # the run's last event, after the seq given
+    assert 'method=\\"post\\"' not in text  # the body it sends has no forms either
+    assert "read-only: decide with" in text
+    assert text.endswith('event: end\ndata: {"state": "WAITING"}\n\n')
+
+
 def test_a_bind_beyond_loopback_without_a_token_refuses_to_start(tmp_path: object) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "durable_agent", "ui", "--host", "0.0.0.0", "--db", "memory://"],

@@ -2,19 +2,25 @@
 // Plain JS, no dependency; the server renders (and escapes) every fragment.
 "use strict";
 
-// The seam for live updates. Today it polls the fragment URL; when the store
-// can follow a run (server-sent events over `follow`), replace the body of
-// `subscribe` with an EventSource and keep its contract: call `apply(html,
-// version)` whenever the run moved, and `refresh()` to ask right now.
-function subscribe(element, apply) {
-  const every = Number(element.dataset.pollMs || 1000);
+// Replace an element's children with HTML the server's templates rendered
+// (and escaped: stored strings never become markup).
+function replaceWith(element, html) {
+  const holder = document.createElement("div");
+  holder.innerHTML = html;
+  element.replaceChildren(...holder.childNodes);
+}
+
+// Ask `url` every `every` ms while the tab is visible; `apply(html)` on a 200.
+// The list uses it (a light poll: one page of headers), and a run page at rest
+// (to notice a decision or a resume made elsewhere).
+function poll(element, every, query, apply) {
   let busy = false;
   async function refresh() {
-    if (busy) return;
+    if (busy || document.visibilityState === "hidden") return;
     busy = true;
     try {
       const url = new URL(element.dataset.live, window.location.href);
-      if (element.dataset.version) url.searchParams.set("seq", element.dataset.version);
+      for (const [key, value] of Object.entries(query())) url.searchParams.set(key, value);
       const response = await fetch(url, { credentials: "same-origin" });
       if (response.status === 200) apply(await response.text());
     } catch (error) {
@@ -34,22 +40,65 @@ function flash(text, ok) {
   box.className = ok ? "ok" : "refused";
 }
 
+// A run page: while the run moves, follow it over server-sent events (each
+// message: the events after the last seq this page has, and the body they make);
+// while it rests, poll lightly for a change made elsewhere.
 function liveRun(element) {
-  return subscribe(element, (html) => {
-    const holder = document.createElement("div");
-    holder.innerHTML = html;  // rendered and escaped by the server's templates
-    element.replaceChildren(...holder.childNodes);
+  let source = null;
+  let watcher = null;
+
+  function applyBody(html) {
+    replaceWith(element, html);
     const now = element.querySelector("[data-version-now]");
-    if (now) element.dataset.version = now.dataset.versionNow;
-  });
+    if (!now) return;
+    element.dataset.version = now.dataset.versionNow;
+    return now.dataset.atRest === "yes";
+  }
+
+  function rest() {
+    if (watcher) return;
+    watcher = poll(element, Number(element.dataset.pollMs || 3000),
+      () => ({ seq: element.dataset.version }),
+      (html) => {
+        const now = applyBody(html);
+        const h1 = element.querySelector("[data-seq-now]");
+        if (h1) element.dataset.seq = h1.dataset.seqNow;
+        if (!now) follow();
+      });
+  }
+
+  function follow() {
+    if (source) return;
+    if (watcher) { watcher.stop(); watcher = null; }
+    const url = new URL(element.dataset.events, window.location.href);
+    url.searchParams.set("after", element.dataset.seq || "0");
+    // On a broken connection EventSource reconnects by itself and sends the
+    // last id it got (Last-Event-ID): the server goes on right after it.
+    source = new EventSource(url);
+    source.addEventListener("run", (message) => {
+      const data = JSON.parse(message.data);
+      if (data.seq <= Number(element.dataset.seq || 0)) return;  // never twice
+      element.dataset.seq = String(data.seq);
+      element.dataset.eventsSeen = String(Number(element.dataset.eventsSeen || 0) + data.events.length);
+      applyBody(data.html);
+    });
+    const stop = () => { if (source) { source.close(); source = null; } rest(); };
+    source.addEventListener("end", stop);
+    source.addEventListener("failed", stop);
+    source.addEventListener("error", () => {
+      // Refused (no token, unknown run): EventSource gives up; so do we.
+      if (source && source.readyState === EventSource.CLOSED) stop();
+    });
+  }
+
+  const h1 = element.querySelector("[data-at-rest]");
+  if (h1 && h1.dataset.atRest === "yes") rest(); else follow();
+  return { refresh: follow };
 }
 
 function liveList(element) {
-  return subscribe(element, (html) => {
-    const holder = document.createElement("div");
-    holder.innerHTML = html;
-    element.replaceChildren(...holder.childNodes);
-  });
+  return poll(element, Number(element.dataset.pollMs || 3000), () => ({}),
+    (html) => replaceWith(element, html));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -81,7 +130,7 @@ document.addEventListener("DOMContentLoaded", () => {
       flash("the inspector did not answer: " + error, false);
     } finally {
       for (const button of form.querySelectorAll("button")) button.disabled = false;
-      if (live) live.refresh();
+      if (live) live.refresh();  // the run moves now: follow it
     }
   });
 });
