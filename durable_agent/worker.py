@@ -46,7 +46,7 @@ from typing import Final
 
 from durable_agent._submit import AT_REST
 from durable_agent._worker_metrics import WorkerMetrics
-from durable_agent._worker_retry import RunRetry, due_retry, hand_over
+from durable_agent._worker_retry import RunRetry, due_retry, hand_over, retries_used
 from durable_agent.agent import Agent
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
 from durable_agent.engine import Engine
@@ -60,7 +60,9 @@ from durable_agent.errors import (
     RunStateError,
 )
 from durable_agent.fsm import RunState
+from durable_agent.records import RunHeader
 from durable_agent.run import RunContext
+from durable_agent.telemetry._hook import WORKER_CLAIM, WorkerClaim
 from durable_agent.tools import Tool
 
 __all__ = ["RunRetry", "Worker"]
@@ -286,22 +288,36 @@ class Worker:
                 header.run_id, header.agent_name, header.queue, header.state.value,
                 claim.lease.generation, extra={"run_id": header.run_id},
             )
+        self._metrics.claimed("takeover" if claim.takeover else "pending", header)
         task = asyncio.create_task(self._drive(claim), name=f"durable-agent run {header.run_id}")
         self._active[header.run_id] = task
         task.add_done_callback(lambda _: self._active.pop(header.run_id, None))
 
     # -- driving ------------------------------------------------------------------------
 
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
     async def _drive(self, claim: ClaimedRun) -> None:
         run_id, name = claim.run_id, claim.header.agent_name
         engine = self._engines[name]
+        previous = claim.previous
+        # Set in this task only: the segment it drives reads it (telemetry, logs).
+        WORKER_CLAIM.set(WorkerClaim(
+            run_id, self.owner.id, claim.header.queue,
+            "takeover" if previous is not None else "pending", self._is_stopping,
+            previous_owner=previous.owner if previous is not None else None,
+            previous_generation=previous.generation if previous is not None else None,
+        ))
         try:
             ctx = await engine.run_claimed(
                 run_id, self._tools[name], claim.lease, stop_when=lambda: self._stopping
             )
         except RunFailedError as exc:
+            self._metrics.released("rest")
             _log.info("run %s failed (recorded): %s", run_id, exc, extra={"run_id": run_id})
         except RunCancelledError:
+            self._metrics.released("rest")
             _log.info("run %s was cancelled (recorded)", run_id, extra={"run_id": run_id})
         except (ConcurrentUpdateError, RunBusyError, RunStateError) as exc:
             _log.warning(
@@ -317,6 +333,7 @@ class Worker:
             self._rested(ctx)
 
     def _rested(self, ctx: RunContext) -> None:
+        self._metrics.released("rest" if ctx.state in AT_REST else "stop")
         if ctx.state in AT_REST:
             _log.info(
                 "released run %s: it rests in %s", ctx.run_id, ctx.state.value,
@@ -331,6 +348,7 @@ class Worker:
     async def _hand_over(self, run_id: str) -> None:
         try:
             if await hand_over(self.db, run_id, self.owner, self.lease_ttl):
+                self._metrics.released("cut")
                 _log.info(
                     "released run %s after cutting it (interruption recorded, resumed for "
                     "another worker)", run_id, extra={"run_id": run_id},
@@ -382,18 +400,28 @@ class Worker:
                 continue
             if due > time.time():
                 return
-            self._start_retry(header.run_id, header.agent_name, header.seq)
+            self._start_retry(stored.header, retries_used(stored) + 1)
 
-    def _start_retry(self, run_id: str, name: str, seq: int) -> None:
+    def _start_retry(self, header: RunHeader, retry: int) -> None:
+        run_id, name = header.run_id, header.agent_name
         _log.info("retrying failed run %s (agent %s)", run_id, name, extra={"run_id": run_id})
-        task = asyncio.create_task(self._resume(run_id, name), name=f"durable-agent retry {run_id}")
+        self._metrics.claimed("retry", header)
+        task = asyncio.create_task(
+            self._resume(run_id, name, header.queue, retry), name=f"durable-agent retry {run_id}"
+        )
         self._active[run_id] = task
         task.add_done_callback(lambda _: self._active.pop(run_id, None))
 
-    async def _resume(self, run_id: str, name: str) -> None:
+    async def _resume(self, run_id: str, name: str, queue: str, retry: int) -> None:
+        assert self.retry is not None
+        WORKER_CLAIM.set(WorkerClaim(
+            run_id, self.owner.id, queue, "retry", self._is_stopping,
+            retry=retry, retries=self.retry.attempts,
+        ))
         try:
             ctx = await self._engines[name].resume(run_id, self._tools[name])
         except RunFailedError as exc:
+            self._metrics.released("rest")
             _log.info("run %s failed again (recorded): %s", run_id, exc, extra={"run_id": run_id})
         except (RunBusyError, RunStateError, ConcurrentUpdateError):
             pass  # another worker retried it first

@@ -11,9 +11,11 @@ appended. Contents are recorded only with capture on (`_content`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,16 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from durable_agent.fsm import RunState
 from durable_agent.telemetry import _content
-from durable_agent.telemetry._hook import _MID_EFFECT, Call, Hook, log_extra
+from durable_agent.telemetry._hook import (
+    _AT_REST,
+    _MID_EFFECT,
+    CURRENT_CHAT,
+    WORKER_CLAIM,
+    Call,
+    Hook,
+    WorkerClaim,
+    log_extra,
+)
 
 if TYPE_CHECKING:
     from durable_agent.models import ChatModel, ModelResponse
@@ -90,7 +101,10 @@ def _fail(span: trace.Span, error: BaseException, capture: bool) -> str:
 
 
 class _Chat(Call):
-    __slots__ = ("_attrs", "_capture", "_hook", "_i", "_span", "_started", "_token")
+    __slots__ = (
+        "_attrs", "_capture", "_chunks", "_current", "_hook", "_i", "_last", "_shown", "_span",
+        "_started", "_token",
+    )
 
     def __init__(
         self, hook: LiveHook, instruments: Instruments, ctx: RunContext, model: ChatModel,
@@ -125,12 +139,31 @@ class _Chat(Call):
             if self._capture and span.is_recording():
                 span.set_attribute("gen_ai.input.messages", _content.messages_json(ctx.messages))
             self._span = span
+        self._chunks = 0
+        self._last = 0.0
+        self._shown: list[str] | None = [] if self._capture else None
+        self._current: Token[Call | None] | None = None
         self._started = time.perf_counter()
 
     def __enter__(self) -> Call:
         if self._span is not None:
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._current = CURRENT_CHAT.set(self)  # a stream relaying this attempt finds it
         return self
+
+    def chunk(self, text: str) -> None:
+        now = time.perf_counter()
+        self._chunks += 1
+        if self._shown is not None:
+            self._shown.append(text)
+        if self._chunks == 1:
+            first = now - self._started
+            self._i.time_to_first_chunk.record(first, self._attrs)
+            if self._span is not None:
+                self._span.set_attribute("gen_ai.response.time_to_first_chunk", first)
+        else:  # the conventions: from the end of the previous chunk to the end of this one
+            self._i.time_per_output_chunk.record(now - self._last, self._attrs)
+        self._last = now
 
     def answered(self, response: ModelResponse) -> None:
         usage = response.usage
@@ -169,13 +202,29 @@ class _Chat(Call):
                 1, {"gen_ai.agent.name": self._hook.agent, **attrs}
             )
         instruments.operation_duration.record(time.perf_counter() - self._started, attrs)
+        if self._current is not None:
+            CURRENT_CHAT.reset(self._current)
         if self._token is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]
         span = self._span
         if span is not None:
+            if self._chunks:
+                span.set_attribute("durable_agent.stream.chunks", self._chunks)
             if error is not None:
+                if self._chunks:
+                    self._discarded(span, error)
                 _fail(span, error, self._capture)
             span.end()
+
+    def _discarded(self, span: trace.Span, error: BaseException) -> None:
+        """The stream was cut after some chunks: what the consumer saw is not recorded."""
+        attributes: dict[str, Any] = {
+            "durable_agent.stream.chunks_discarded": self._chunks,
+            "error.type": error_type(error),
+        }
+        if self._shown is not None:
+            attributes["durable_agent.stream.discarded_text"] = _content.text("".join(self._shown))
+        span.add_event("durable_agent.stream.discarded", attributes)
 
 
 class _Tool(Call):
@@ -252,11 +301,12 @@ _NO_CALL = Call()
 class LiveHook(Hook):
     """The hook of a segment when telemetry is on (``instruments`` None: DEBUG logs only)."""
 
-    __slots__ = ("_debug", "_failed", "_link", "_seq_start", "_span", "instruments")
+    __slots__ = ("_claim", "_debug", "_failed", "_link", "_seq_start", "_span", "instruments")
 
     def __init__(self, run_id: str, agent: str, instruments: Instruments | None) -> None:
         super().__init__(run_id, agent)
         self.instruments = instruments
+        self._claim: WorkerClaim | None = None
         self._debug = _log.isEnabledFor(logging.DEBUG)
         self._span: trace.Span | None = None
         self._link: SpanContext | None = None
@@ -284,9 +334,16 @@ class LiveHook(Hook):
             return None
         agent = {"gen_ai.agent.name": self.agent}
         state = ctx.state if ctx is not None else RunState.PENDING
+        claim = WORKER_CLAIM.get()
+        if claim is not None and claim.run_id != self.run_id:
+            claim = None  # a run inside a tool of the worker's run: not claimed by it
+        self._claim = claim
+        # A worker knows whether its claim took the run from a holder that stopped; a
+        # run it claims unheld in MODEL_CALL was handed back by a stopping worker.
+        takeover = claim.kind == "takeover" if claim is not None else state in _MID_EFFECT
         if ctx is None:
             instruments.runs_started.add(1, agent)
-        elif state in _MID_EFFECT:
+        elif takeover:
             instruments.takeovers.add(1, agent)
         tracer = instruments.tracer
         if tracer is None:
@@ -305,6 +362,10 @@ class LiveHook(Hook):
             attributes["durable_agent.lease.generation"] = lease.generation
         if ctx is not None and ctx.session_id is not None:
             attributes["durable_agent.session.id"] = ctx.session_id
+        if claim is not None:
+            attributes["durable_agent.worker.id"] = claim.worker_id
+            attributes["durable_agent.queue"] = claim.queue
+            attributes["durable_agent.claim.kind"] = claim.kind
         links = (
             [Link(self._link, {"durable_agent.run.id": self.run_id,
                                "durable_agent.link.type": "previous_segment"})]
@@ -315,14 +376,29 @@ class LiveHook(Hook):
             f"invoke_agent {self.agent}", kind=SpanKind.INTERNAL, attributes=attributes,
             links=links,
         )
-        if ctx is not None and state in _MID_EFFECT:
-            span.add_event("durable_agent.takeover", {
+        if ctx is not None and takeover:
+            event: dict[str, Any] = {
                 "durable_agent.run.state": state.value, "durable_agent.run.seq": ctx.seq,
-            })
+            }
+            if claim is not None:
+                event["durable_agent.claim.kind"] = claim.kind
+                if claim.previous_owner is not None:
+                    event["durable_agent.lease.previous_owner"] = claim.previous_owner
+                if claim.previous_generation is not None:
+                    event["durable_agent.lease.previous_generation"] = claim.previous_generation
+            span.add_event("durable_agent.takeover", event)
         elif ctx is not None and state is RunState.ERROR:
             span.add_event("durable_agent.recovery", {
                 "durable_agent.run.failed_state": getattr(ctx.failed_state, "value", ""),
                 "error.type": ctx.error.type if ctx.error is not None else "",
+            })
+        if claim is not None and claim.kind == "retry":
+            span.add_event("durable_agent.run_retry", {
+                "durable_agent.run_retry.number": claim.retry or 0,
+                "durable_agent.run_retry.attempts": claim.retries or 0,
+                "durable_agent.run.failed_state": getattr(
+                    getattr(ctx, "failed_state", None), "value", ""
+                ),
             })
         self._span = span
         return traceparent(span)
@@ -338,6 +414,23 @@ class LiveHook(Hook):
             span.set_attributes(
                 {"durable_agent.run.state": ctx.state.value, "durable_agent.run.seq.end": ctx.seq}
             )
+            claim = self._claim
+            if claim is not None and claim.stopping():
+                # The worker stops: it leaves the run for the fleet between two steps (no
+                # effect cut), or cuts it when its grace passed (the interruption is
+                # recorded, ERROR, and the worker hands it back; a failed hand-over is
+                # logged at WARNING).
+                kind = (
+                    "stop" if error is None and ctx.state not in _AT_REST
+                    else "cut" if isinstance(error, asyncio.CancelledError)
+                    else None
+                )
+                if kind is not None:
+                    span.add_event("durable_agent.worker.release", {
+                        "durable_agent.release.kind": kind,
+                        "durable_agent.run.state": ctx.state.value,
+                        "durable_agent.run.seq": ctx.seq,
+                    })
         if error is not None and not self._failed:
             _fail(span, error, self.instruments is not None and self.instruments.capture_content)
         span.end()
