@@ -22,7 +22,7 @@ once per liveness tick, and counts its claims and releases.
   (handed back unfinished at a stop, between two steps), ``cut`` (cut when the
   grace passed, then handed back).
 
-Every point carries ``durable_agent.worker.id`` (the lease owner id), as the spans
+Every point carries ``durable_agent.worker.id`` (`Worker.id`), as the spans
 of the segments a worker drives do. The gauges hold each worker weakly, so a
 worker that is gone stops reporting and is freed.
 """

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -75,6 +76,9 @@ _FIRST_PAUSE: Final = 0.05
 """The first pause of a polling worker after it found work."""
 _BACKLOG_EVERY: Final = 5
 """Liveness ticks between two backlog counts (only with metrics on)."""
+
+_numbers = itertools.count(1)
+"""Workers made in this process (they share its lease owner; their ids tell them apart)."""
 
 
 class Worker:
@@ -140,6 +144,10 @@ class Worker:
         self.lease_ttl = float(lease_ttl or min(a._engine.lease_ttl for a in chosen))
         self.liveness_ttl = float(liveness_ttl)
         self.owner = LeaseOwner.process()
+        number = next(_numbers)
+        self.id = self.owner.id if number == 1 else f"{self.owner.id}#{number}"
+        """This worker in logs and telemetry (``durable_agent.worker.id``): its lease owner's
+        id, which is the process's, with ``#2``, ``#3``... for more workers of the process."""
         self._engines = {
             a.name: Engine(
                 backend=self.db,
@@ -159,7 +167,7 @@ class Worker:
         self._not_retryable: dict[str, int] = {}
         self.claimed = 0
         """Runs claimed since the worker started (takeovers included)."""
-        self._metrics = WorkerMetrics(self, self.owner.id)
+        self._metrics = WorkerMetrics(self, self.id)
 
     @property
     def slots_busy(self) -> int:
@@ -194,7 +202,7 @@ class Worker:
             await self.db.register_worker(self.owner, ttl=self.liveness_ttl)
             _log.info(
                 "worker %s started: agents %s, queues %s, %d slots",
-                self.owner.id, ", ".join(self.agents), _queues(self.queues), self.concurrency,
+                self.id, ", ".join(self.agents), _queues(self.queues), self.concurrency,
             )
             await self._claim_loop()
             await self._wind_down()
@@ -207,7 +215,7 @@ class Worker:
                     loop.remove_signal_handler(signum)
             with contextlib.suppress(Exception):
                 await self.db.unregister_worker(self.owner)
-            _log.info("worker %s stopped", self.owner.id)
+            _log.info("worker %s stopped", self.id)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -304,7 +312,7 @@ class Worker:
         previous = claim.previous
         # Set in this task only: the segment it drives reads it (telemetry, logs).
         WORKER_CLAIM.set(WorkerClaim(
-            run_id, self.owner.id, claim.header.queue,
+            run_id, self.id, claim.header.queue,
             "takeover" if previous is not None else "pending", self._is_stopping,
             previous_owner=previous.owner if previous is not None else None,
             previous_generation=previous.generation if previous is not None else None,
@@ -415,7 +423,7 @@ class Worker:
     async def _resume(self, run_id: str, name: str, queue: str, retry: int) -> None:
         assert self.retry is not None
         WORKER_CLAIM.set(WorkerClaim(
-            run_id, self.owner.id, queue, "retry", self._is_stopping,
+            run_id, self.id, queue, "retry", self._is_stopping,
             retry=retry, retries=self.retry.attempts,
         ))
         try:

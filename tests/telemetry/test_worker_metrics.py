@@ -39,7 +39,7 @@ def test_gauges_report_slots_busy_and_only_the_backlog_the_worker_could_claim(
         await stranger.submit_async("not this worker's agent")
 
         worker = Worker([agent], db=db, concurrency=1, queues=["default"], liveness_ttl=0.5)
-        worker_id = worker.owner.id
+        worker_id = worker.id
         running = asyncio.create_task(worker.run(handle_signals=False))
         await asyncio.wait_for(started.wait(), 30)
 
@@ -78,13 +78,13 @@ def test_two_workers_in_one_process_each_report_their_own_points(recorded: Recor
     first = Worker([Agent(ScriptedModel(["a"]), db=db, name="a")], db=db, concurrency=2)
     second = Worker([Agent(ScriptedModel(["b"]), db=db, name="b")], db=db, concurrency=5)
     slots = {a[WORKER_ID]: v for a, v in recorded.points("durable_agent.worker.slots")}
-    assert slots == {first.owner.id: 2, second.owner.id: 5}
+    assert slots == {first.id: 2, second.id: 5}
     del second
     import gc
 
     gc.collect()
     remaining = {a[WORKER_ID] for a, _ in recorded.points("durable_agent.worker.slots")}
-    assert remaining == {first.owner.id}
+    assert remaining == {first.id}
 
 
 def test_without_telemetry_a_worker_registers_no_gauges() -> None:
