@@ -224,6 +224,7 @@ class RunExecution(ModelStep, ToolStep):
             raise
         self.engine.owed.forget(self.run_id)
         self._resumed_in_model_call = ctx.state is RunState.MODEL_CALL
+        self._traceparent = self._tel.begin(ctx, lease)
         return ctx
 
     async def release(self) -> None:

@@ -40,6 +40,7 @@ from durable_agent.streaming import (
     TextDiscarded,
     stored_event,
 )
+from durable_agent.telemetry._hook import CURRENT_CHAT
 
 if TYPE_CHECKING:
     from durable_agent.agent import Agent
@@ -101,6 +102,7 @@ class _Sink:
         response: ModelResponse | None = None
         put = self._put
         relay = self._relay
+        chat = CURRENT_CHAT.get()  # the attempt's telemetry, None when nothing records it
         try:
             stream = model.stream(messages, tools=tools, output_schema=output_schema)
             try:
@@ -110,6 +112,8 @@ class _Sink:
                             shown.append(item.text)
                             delta = TextDelta(item.text, attempt)
                             put(delta)
+                            if chat is not None:
+                                chat.chunk(item.text)
                             if relay is not None:
                                 relay.send(delta.as_json())
                             # Let the consumer run: a stream whose bytes are already

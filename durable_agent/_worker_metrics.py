@@ -1,9 +1,9 @@
-"""A worker's OpenTelemetry metrics: slots, slots busy, and the claimable backlog it sees.
+"""A worker's OpenTelemetry metrics: slots, slots busy, the claimable backlog, claims, releases.
 
 Nothing here runs unless telemetry is on (`durable_agent.telemetry.meter` is not
 None): a worker then registers three observable gauges under the library's meter,
-read when the application's metric reader collects, and refreshes its backlog
-count once per liveness tick.
+read when the application's metric reader collects, refreshes its backlog count
+once per liveness tick, and counts its claims and releases.
 
 - ``durable_agent.worker.slots``: the worker's ``concurrency``.
 - ``durable_agent.worker.slots.busy``: the runs it drives right now.
@@ -13,8 +13,18 @@ count once per liveness tick.
   as "at least"). Interrupted runs waiting for takeover are not counted: telling
   them apart needs each lease's owner, which is what a claim checks.
 
-Every point carries ``worker.id`` (the lease owner id). The gauges hold each worker
-weakly, so a worker that is gone stops reporting and is freed.
+- ``durable_agent.worker.claims``: runs it started driving, by
+  ``durable_agent.claim.kind``: ``pending`` (nobody held it: submitted, or handed
+  back by a stopping worker), ``takeover`` (from an expired or dead holder),
+  ``retry`` (a `RunRetry` of an ERROR run).
+- ``durable_agent.worker.releases``: runs it gave back, by
+  ``durable_agent.release.kind``: ``rest`` (the run came to rest), ``stop``
+  (handed back unfinished at a stop, between two steps), ``cut`` (cut when the
+  grace passed, then handed back).
+
+Every point carries ``durable_agent.worker.id`` (`Worker.id`), as the spans
+of the segments a worker drives do. The gauges hold each worker weakly, so a
+worker that is gone stops reporting and is freed.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from durable_agent import telemetry
 from durable_agent.backend import Backend
 from durable_agent.fsm import RunState
+from durable_agent.records import RunHeader
+from durable_agent.telemetry._hook import ClaimKind
 
 __all__ = ["BACKLOG_SCAN", "WorkerMetrics"]
 
@@ -42,15 +54,23 @@ class _Observed(Protocol):
 
 
 class _Gauges:
-    """The three gauges of one meter, reporting every live worker of the process.
+    """The instruments of one meter: three gauges reporting every live worker, two counters.
 
     OpenTelemetry keeps the first instrument registered under a name and drops a
-    second one's callbacks, so the gauges are made once per meter and read the
-    workers from a weak set.
+    second one's callbacks, so the instruments are made once per meter and the
+    gauges read the workers from a weak set.
     """
 
     def __init__(self, meter: Any) -> None:
         self.workers: weakref.WeakSet[WorkerMetrics] = weakref.WeakSet()
+        self.claims = meter.create_counter(
+            "durable_agent.worker.claims", unit="{run}",
+            description="Runs a worker started driving, by durable_agent.claim.kind",
+        )
+        self.releases = meter.create_counter(
+            "durable_agent.worker.releases", unit="{run}",
+            description="Runs a worker gave back, by durable_agent.release.kind",
+        )
         meter.create_observable_gauge(
             "durable_agent.worker.slots", callbacks=[self._slots], unit="{run}",
             description="Runs a worker may drive at once (its concurrency)",
@@ -94,7 +114,8 @@ class WorkerMetrics:
         self.backlog: int | None = None
         """The last backlog count, or None before the first (or when counting failed)."""
         self.worker = weakref.ref(worker)
-        self.attributes = {"worker.id": worker_id}
+        self.attributes = {"durable_agent.worker.id": worker_id}
+        self._instruments: _Gauges | None = None
         meter = telemetry.meter()
         self.enabled = meter is not None
         if meter is None:
@@ -102,7 +123,23 @@ class WorkerMetrics:
         found = _gauges.get(id(meter))
         if found is None:
             found = _gauges[id(meter)] = (meter, _Gauges(meter))
+        self._instruments = found[1]
         found[1].workers.add(self)
+
+    def claimed(self, kind: ClaimKind, header: RunHeader) -> None:
+        """The worker claimed (or retries) the run of ``header``."""
+        if self._instruments is not None:
+            self._instruments.claims.add(1, {
+                **self.attributes, "durable_agent.claim.kind": kind,
+                "durable_agent.queue": header.queue, "gen_ai.agent.name": header.agent_name,
+            })
+
+    def released(self, kind: Literal["rest", "stop", "cut"]) -> None:
+        """The worker gave a run back: at rest, unfinished at a stop, or cut at a stop."""
+        if self._instruments is not None:
+            self._instruments.releases.add(
+                1, {**self.attributes, "durable_agent.release.kind": kind}
+            )
 
     async def count_backlog(
         self, db: Backend, agents: Collection[str], queues: Collection[str] | None

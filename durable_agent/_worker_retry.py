@@ -24,7 +24,7 @@ from durable_agent.errors import ConfigurationError, RunBusyError, RunNotFoundEr
 from durable_agent.fsm import RunState, next_state
 from durable_agent.records import FailedEvent, Lease, StoredRun, TransitionEvent
 
-__all__ = ["RunRetry", "due_retry", "hand_over"]
+__all__ = ["RunRetry", "due_retry", "hand_over", "retries_used"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +71,16 @@ def due_retry(stored: StoredRun, policy: RunRetry, *, now: float | None = None) 
     last = stored.events[-1]
     if not isinstance(last, FailedEvent) or not last.error.retryable:
         return None
-    used = sum(1 for e in stored.events if isinstance(e, FailedEvent)) - 1
+    used = retries_used(stored)
     if used >= policy.attempts:
         return None
     due = last.at.timestamp() + policy.delay_for(used + 1)
     return due if now is None else max(due, now)
+
+
+def retries_used(stored: StoredRun) -> int:
+    """Run-level retries the ERROR run ``stored`` had: its recorded failures before the last."""
+    return sum(1 for e in stored.events if isinstance(e, FailedEvent)) - 1
 
 
 async def hand_over(

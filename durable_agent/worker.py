@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -46,7 +47,7 @@ from typing import Final
 
 from durable_agent._submit import AT_REST
 from durable_agent._worker_metrics import WorkerMetrics
-from durable_agent._worker_retry import RunRetry, due_retry, hand_over
+from durable_agent._worker_retry import RunRetry, due_retry, hand_over, retries_used
 from durable_agent.agent import Agent
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
 from durable_agent.engine import Engine
@@ -60,7 +61,9 @@ from durable_agent.errors import (
     RunStateError,
 )
 from durable_agent.fsm import RunState
+from durable_agent.records import RunHeader
 from durable_agent.run import RunContext
+from durable_agent.telemetry._hook import WORKER_CLAIM, WorkerClaim
 from durable_agent.tools import Tool
 
 __all__ = ["RunRetry", "Worker"]
@@ -73,6 +76,9 @@ _FIRST_PAUSE: Final = 0.05
 """The first pause of a polling worker after it found work."""
 _BACKLOG_EVERY: Final = 5
 """Liveness ticks between two backlog counts (only with metrics on)."""
+
+_numbers = itertools.count(1)
+"""Workers made in this process (they share its lease owner; their ids tell them apart)."""
 
 
 class Worker:
@@ -138,6 +144,10 @@ class Worker:
         self.lease_ttl = float(lease_ttl or min(a._engine.lease_ttl for a in chosen))
         self.liveness_ttl = float(liveness_ttl)
         self.owner = LeaseOwner.process()
+        number = next(_numbers)
+        self.id = self.owner.id if number == 1 else f"{self.owner.id}#{number}"
+        """This worker in logs and telemetry (``durable_agent.worker.id``): its lease owner's
+        id, which is the process's, with ``#2``, ``#3``... for more workers of the process."""
         self._engines = {
             a.name: Engine(
                 backend=self.db,
@@ -157,7 +167,7 @@ class Worker:
         self._not_retryable: dict[str, int] = {}
         self.claimed = 0
         """Runs claimed since the worker started (takeovers included)."""
-        self._metrics = WorkerMetrics(self, self.owner.id)
+        self._metrics = WorkerMetrics(self, self.id)
 
     @property
     def slots_busy(self) -> int:
@@ -192,7 +202,7 @@ class Worker:
             await self.db.register_worker(self.owner, ttl=self.liveness_ttl)
             _log.info(
                 "worker %s started: agents %s, queues %s, %d slots",
-                self.owner.id, ", ".join(self.agents), _queues(self.queues), self.concurrency,
+                self.id, ", ".join(self.agents), _queues(self.queues), self.concurrency,
             )
             await self._claim_loop()
             await self._wind_down()
@@ -205,7 +215,7 @@ class Worker:
                     loop.remove_signal_handler(signum)
             with contextlib.suppress(Exception):
                 await self.db.unregister_worker(self.owner)
-            _log.info("worker %s stopped", self.owner.id)
+            _log.info("worker %s stopped", self.id)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -286,22 +296,36 @@ class Worker:
                 header.run_id, header.agent_name, header.queue, header.state.value,
                 claim.lease.generation, extra={"run_id": header.run_id},
             )
+        self._metrics.claimed("takeover" if claim.takeover else "pending", header)
         task = asyncio.create_task(self._drive(claim), name=f"durable-agent run {header.run_id}")
         self._active[header.run_id] = task
         task.add_done_callback(lambda _: self._active.pop(header.run_id, None))
 
     # -- driving ------------------------------------------------------------------------
 
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
     async def _drive(self, claim: ClaimedRun) -> None:
         run_id, name = claim.run_id, claim.header.agent_name
         engine = self._engines[name]
+        previous = claim.previous
+        # Set in this task only: the segment it drives reads it (telemetry, logs).
+        WORKER_CLAIM.set(WorkerClaim(
+            run_id, self.id, claim.header.queue,
+            "takeover" if previous is not None else "pending", self._is_stopping,
+            previous_owner=previous.owner if previous is not None else None,
+            previous_generation=previous.generation if previous is not None else None,
+        ))
         try:
             ctx = await engine.run_claimed(
                 run_id, self._tools[name], claim.lease, stop_when=lambda: self._stopping
             )
         except RunFailedError as exc:
+            self._metrics.released("rest")
             _log.info("run %s failed (recorded): %s", run_id, exc, extra={"run_id": run_id})
         except RunCancelledError:
+            self._metrics.released("rest")
             _log.info("run %s was cancelled (recorded)", run_id, extra={"run_id": run_id})
         except (ConcurrentUpdateError, RunBusyError, RunStateError) as exc:
             _log.warning(
@@ -317,6 +341,7 @@ class Worker:
             self._rested(ctx)
 
     def _rested(self, ctx: RunContext) -> None:
+        self._metrics.released("rest" if ctx.state in AT_REST else "stop")
         if ctx.state in AT_REST:
             _log.info(
                 "released run %s: it rests in %s", ctx.run_id, ctx.state.value,
@@ -331,6 +356,7 @@ class Worker:
     async def _hand_over(self, run_id: str) -> None:
         try:
             if await hand_over(self.db, run_id, self.owner, self.lease_ttl):
+                self._metrics.released("cut")
                 _log.info(
                     "released run %s after cutting it (interruption recorded, resumed for "
                     "another worker)", run_id, extra={"run_id": run_id},
@@ -382,18 +408,28 @@ class Worker:
                 continue
             if due > time.time():
                 return
-            self._start_retry(header.run_id, header.agent_name, header.seq)
+            self._start_retry(stored.header, retries_used(stored) + 1)
 
-    def _start_retry(self, run_id: str, name: str, seq: int) -> None:
+    def _start_retry(self, header: RunHeader, retry: int) -> None:
+        run_id, name = header.run_id, header.agent_name
         _log.info("retrying failed run %s (agent %s)", run_id, name, extra={"run_id": run_id})
-        task = asyncio.create_task(self._resume(run_id, name), name=f"durable-agent retry {run_id}")
+        self._metrics.claimed("retry", header)
+        task = asyncio.create_task(
+            self._resume(run_id, name, header.queue, retry), name=f"durable-agent retry {run_id}"
+        )
         self._active[run_id] = task
         task.add_done_callback(lambda _: self._active.pop(run_id, None))
 
-    async def _resume(self, run_id: str, name: str) -> None:
+    async def _resume(self, run_id: str, name: str, queue: str, retry: int) -> None:
+        assert self.retry is not None
+        WORKER_CLAIM.set(WorkerClaim(
+            run_id, self.id, queue, "retry", self._is_stopping,
+            retry=retry, retries=self.retry.attempts,
+        ))
         try:
             ctx = await self._engines[name].resume(run_id, self._tools[name])
         except RunFailedError as exc:
+            self._metrics.released("rest")
             _log.info("run %s failed again (recorded): %s", run_id, exc, extra={"run_id": run_id})
         except (RunBusyError, RunStateError, ConcurrentUpdateError):
             pass  # another worker retried it first

@@ -13,15 +13,24 @@ run, before a segment begins on it), `begin` / `end` (the segment),
 `append_start` / `appended` / `append_failed` (each store append; retries,
 waits, cancellations and failures are read from the events appended), `chat`
 (one model attempt) and `tool` (one tool call).
+
+Two parts built on top of the engine tell the hook more, through context
+variables, so the engine itself stays unaware of them: a stream reads
+`CURRENT_CHAT` once per model attempt and reports each chunk it relays
+(`Call.chunk`); a `durable_agent.worker.Worker` sets `WORKER_CLAIM` in the task
+driving a run it claimed, and the segment's span says which worker, queue and
+kind of claim. Without telemetry both cost one context-variable read.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from durable_agent.fsm import RunState
 from durable_agent.telemetry import _state
@@ -31,7 +40,10 @@ if TYPE_CHECKING:
     from durable_agent.records import Event, Lease, StoredRun, ToolCallPart
     from durable_agent.run import RunContext
 
-__all__ = ["Call", "Hook", "log_extra", "segment_hook"]
+__all__ = [
+    "CURRENT_CHAT", "WORKER_CLAIM", "Call", "ClaimKind", "Hook", "WorkerClaim", "log_extra",
+    "segment_hook",
+]
 
 _log = logging.getLogger("durable_agent.engine")
 
@@ -74,8 +86,44 @@ class Call:
     def returned(self, content: str, *, is_error: bool = False) -> None:
         """The tool returned ``content`` (a tool call); ``is_error`` for an error text."""
 
+    def chunk(self, text: str) -> None:
+        """A streamed chat attempt received a chunk of ``text`` (a stream calls it)."""
+
 
 _NO_CALL = Call()
+
+CURRENT_CHAT: ContextVar[Call | None] = ContextVar("durable_agent_chat", default=None)
+"""The live chat attempt in progress in this task, if telemetry records it (else None)."""
+
+ClaimKind = Literal["pending", "takeover", "retry"]
+"""How a worker came to drive a run: claimed unheld, taken over, or retried from ERROR."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerClaim:
+    """What a worker tells the segment it drives: who it is, and how it got the run.
+
+    Set in `WORKER_CLAIM` by the task driving ``run_id``; any other run (an
+    agent run inside one of its tools) does not see it as its own.
+    """
+
+    run_id: str
+    worker_id: str
+    queue: str
+    kind: ClaimKind
+    stopping: Callable[[], bool]
+    """Whether the worker is stopping (a run it leaves unfinished is handed back)."""
+    previous_owner: str | None = None
+    previous_generation: int | None = None
+    """The lease a takeover took (its owner id and generation)."""
+    retry: int | None = None
+    retries: int | None = None
+    """For a run-level retry: which one, and how many the policy allows."""
+
+
+WORKER_CLAIM: ContextVar[WorkerClaim | None] = ContextVar(
+    "durable_agent_worker_claim", default=None
+)
 
 
 class Hook:
@@ -159,6 +207,8 @@ def _log_end(run_id: str, agent: str, ctx: RunContext | None, error: BaseExcepti
         if _log.isEnabledFor(logging.INFO):
             _log.info("run %s rests in %s at seq %d", run_id, state.value, ctx.seq,
                       extra=log_extra(run_id, ctx.seq, state, agent=agent))
+    elif _handed_back(run_id):
+        pass  # a stopping worker leaves it for the fleet, and logs that itself
     elif _log.isEnabledFor(logging.WARNING):
         why = f" after {type(error).__name__}" if error is not None else ""
         _log.warning(
@@ -167,6 +217,11 @@ def _log_end(run_id: str, agent: str, ctx: RunContext | None, error: BaseExcepti
             run_id, state.value, ctx.seq, why,
             extra=log_extra(run_id, ctx.seq, state, agent=agent),
         )
+
+
+def _handed_back(run_id: str) -> bool:
+    claim = WORKER_CLAIM.get()
+    return claim is not None and claim.run_id == run_id and claim.stopping()
 
 
 def segment_hook(run_id: str, agent: str) -> Hook:

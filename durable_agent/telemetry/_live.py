@@ -3,7 +3,9 @@
 Spans follow the OpenTelemetry GenAI conventions: ``invoke_agent {agent}`` per
 segment (linked to the previous segment's span through the ``traceparent``
 stored with that segment's first write), ``chat {model}`` per model attempt and
-``execute_tool {tool}`` per tool call, children of the segment's span. Each
+``execute_tool {tool}`` per tool call, children of the segment's span
+(`durable_agent.telemetry._calls`). A segment a worker drives says which worker,
+queue and kind of claim, and when the worker releases it at a stop. Each
 store append is an event on the segment span; so are retries, takeovers,
 recoveries, waits, decisions, cancellations and failures, read from the events
 appended. Contents are recorded only with capture on (`_content`).
@@ -11,22 +13,32 @@ appended. Contents are recorded only with capture on (`_content`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from durable_agent.fsm import RunState
 from durable_agent.telemetry import _content
-from durable_agent.telemetry._hook import _MID_EFFECT, Call, Hook, log_extra
+from durable_agent.telemetry._calls import ChatSpan, ToolSpan, error_type, fail, provider_name
+from durable_agent.telemetry._hook import (
+    _AT_REST,
+    _MID_EFFECT,
+    WORKER_CLAIM,
+    Call,
+    Hook,
+    WorkerClaim,
+    log_extra,
+)
 
 if TYPE_CHECKING:
-    from durable_agent.models import ChatModel, ModelResponse
+    from opentelemetry import context as otel_context
+
+    from durable_agent.models import ChatModel
     from durable_agent.records import Event, Lease, StoredRun, ToolCallPart
     from durable_agent.run import RunContext
     from durable_agent.telemetry._otel import Instruments
@@ -34,21 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["LiveHook", "error_type", "parse_traceparent", "provider_name", "traceparent"]
 
 _log = logging.getLogger("durable_agent.engine")
-
-_PROVIDERS = {
-    "durable_agent.models.openai": "openai",
-    "durable_agent.models.anthropic": "anthropic",
-    "durable_agent.models.scripted": "durable_agent.scripted",
-}
-
-
-def provider_name(model: ChatModel) -> str:
-    """``gen_ai.provider.name``: the adapter's provider, or the model class for others."""
-    named = getattr(model, "provider_name", None)
-    if isinstance(named, str):
-        return named
-    cls = type(model)
-    return _PROVIDERS.get(cls.__module__, cls.__name__)
 
 
 def traceparent(span: trace.Span) -> str | None:
@@ -76,187 +73,18 @@ def parse_traceparent(value: str) -> SpanContext | None:
     return sc if sc.is_valid else None
 
 
-def error_type(error: BaseException) -> str:
-    """``error.type``: the exception's qualified class name, as `ErrorInfo.type` stores it."""
-    kind = type(error)
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _fail(span: trace.Span, error: BaseException, capture: bool) -> str:
-    kind = error_type(error)
-    span.set_attribute("error.type", kind)
-    span.set_status(Status(StatusCode.ERROR, _content.text(str(error)) if capture else kind))
-    return kind
-
-
-class _Chat(Call):
-    __slots__ = ("_attrs", "_capture", "_hook", "_i", "_span", "_started", "_token")
-
-    def __init__(
-        self, hook: LiveHook, instruments: Instruments, ctx: RunContext, model: ChatModel,
-        attempt: int,
-    ) -> None:
-        self._hook = hook
-        self._i = instruments
-        self._capture = instruments.capture_content
-        provider = provider_name(model)
-        name = model.name.removeprefix(f"{provider}/")  # "openai/gpt-4o" names gpt-4o
-        self._attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": name,
-        }
-        self._span: trace.Span | None = None
-        self._token: object = None
-        tracer = instruments.tracer
-        if tracer is not None:
-            span = tracer.start_span(
-                f"chat {name}",
-                context=hook.parent(),
-                kind=SpanKind.CLIENT,
-                attributes={
-                    **self._attrs,
-                    "gen_ai.conversation.id": hook.run_id,
-                    "gen_ai.agent.name": hook.agent,
-                    "durable_agent.run.id": hook.run_id,
-                    "durable_agent.attempt": attempt,
-                },
-            )
-            if self._capture and span.is_recording():
-                span.set_attribute("gen_ai.input.messages", _content.messages_json(ctx.messages))
-            self._span = span
-        self._started = time.perf_counter()
-
-    def __enter__(self) -> Call:
-        if self._span is not None:
-            self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return self
-
-    def answered(self, response: ModelResponse) -> None:
-        usage = response.usage
-        tokens = self._i.token_usage
-        tokens.record(usage.input_tokens, {**self._attrs, "gen_ai.token.type": "input"})
-        tokens.record(usage.output_tokens, {**self._attrs, "gen_ai.token.type": "output"})
-        span = self._span
-        if span is None:
-            return
-        message = response.message
-        attributes: dict[str, Any] = {
-            "gen_ai.response.model": response.model,
-            "gen_ai.usage.input_tokens": usage.input_tokens,
-            "gen_ai.usage.output_tokens": usage.output_tokens,
-            "gen_ai.response.finish_reasons": (
-                ("tool_calls",) if message.tool_calls else ("stop",)
-            ),
-        }
-        if response.request_id:
-            attributes["gen_ai.response.id"] = response.request_id
-        if self._capture:
-            attributes["gen_ai.output.messages"] = _content.messages_json([message])
-        span.set_attributes(attributes)  # one lock, not one per attribute
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        instruments = self._i
-        attrs = self._attrs
-        if error is not None:
-            attrs = {**attrs, "error.type": error_type(error)}
-            instruments.attempts_failed.add(
-                1, {"gen_ai.agent.name": self._hook.agent, **attrs}
-            )
-        instruments.operation_duration.record(time.perf_counter() - self._started, attrs)
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
-        span = self._span
-        if span is not None:
-            if error is not None:
-                _fail(span, error, self._capture)
-            span.end()
-
-
-class _Tool(Call):
-    __slots__ = ("_capture", "_hook", "_i", "_span", "_started", "_token")
-
-    def __init__(
-        self, hook: LiveHook, instruments: Instruments, call: ToolCallPart, attempt: int
-    ) -> None:
-        self._hook = hook
-        self._i = instruments
-        self._capture = instruments.capture_content
-        self._span: trace.Span | None = None
-        self._token: object = None
-        tracer = instruments.tracer
-        if tracer is not None:
-            span = tracer.start_span(
-                f"execute_tool {call.name}",
-                context=hook.parent(),
-                kind=SpanKind.INTERNAL,
-                attributes={
-                    "gen_ai.operation.name": "execute_tool",
-                    "gen_ai.tool.name": call.name,
-                    "gen_ai.tool.call.id": call.id,
-                    "gen_ai.tool.type": "function",
-                    "gen_ai.conversation.id": hook.run_id,
-                    "durable_agent.run.id": hook.run_id,
-                    "durable_agent.attempt": attempt,
-                },
-            )
-            if self._capture and span.is_recording():
-                span.set_attribute(
-                    "gen_ai.tool.call.arguments", _content.arguments_json(call.arguments)
-                )
-            self._span = span
-        self._started = time.perf_counter()
-
-    def __enter__(self) -> Call:
-        if self._span is not None:
-            self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        return self
-
-    def returned(self, content: str, *, is_error: bool = False) -> None:
-        span = self._span
-        if span is None:
-            return
-        if is_error:
-            span.set_attribute("error.type", "tool_error")
-        if self._capture:
-            span.set_attribute("gen_ai.tool.call.result", _content.text(content))
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        elapsed = time.perf_counter() - self._started
-        attrs: dict[str, Any] = {"gen_ai.agent.name": self._hook.agent}
-        if error is not None:
-            attrs["error.type"] = error_type(error)
-        self._i.tool_duration.record(elapsed, attrs)
-        if self._token is not None:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
-        span = self._span
-        if span is not None:
-            if error is not None:
-                _fail(span, error, self._capture)
-            span.end()
-
-
 _NO_CALL = Call()
 
 
 class LiveHook(Hook):
     """The hook of a segment when telemetry is on (``instruments`` None: DEBUG logs only)."""
 
-    __slots__ = ("_debug", "_failed", "_link", "_seq_start", "_span", "instruments")
+    __slots__ = ("_claim", "_debug", "_failed", "_link", "_seq_start", "_span", "instruments")
 
     def __init__(self, run_id: str, agent: str, instruments: Instruments | None) -> None:
         super().__init__(run_id, agent)
         self.instruments = instruments
+        self._claim: WorkerClaim | None = None
         self._debug = _log.isEnabledFor(logging.DEBUG)
         self._span: trace.Span | None = None
         self._link: SpanContext | None = None
@@ -284,9 +112,16 @@ class LiveHook(Hook):
             return None
         agent = {"gen_ai.agent.name": self.agent}
         state = ctx.state if ctx is not None else RunState.PENDING
+        claim = WORKER_CLAIM.get()
+        if claim is not None and claim.run_id != self.run_id:
+            claim = None  # a run inside a tool of the worker's run: not claimed by it
+        self._claim = claim
+        # A worker knows whether its claim took the run from a holder that stopped; a
+        # run it claims unheld in MODEL_CALL was handed back by a stopping worker.
+        takeover = claim.kind == "takeover" if claim is not None else state in _MID_EFFECT
         if ctx is None:
             instruments.runs_started.add(1, agent)
-        elif state in _MID_EFFECT:
+        elif takeover:
             instruments.takeovers.add(1, agent)
         tracer = instruments.tracer
         if tracer is None:
@@ -305,6 +140,10 @@ class LiveHook(Hook):
             attributes["durable_agent.lease.generation"] = lease.generation
         if ctx is not None and ctx.session_id is not None:
             attributes["durable_agent.session.id"] = ctx.session_id
+        if claim is not None:
+            attributes["durable_agent.worker.id"] = claim.worker_id
+            attributes["durable_agent.queue"] = claim.queue
+            attributes["durable_agent.claim.kind"] = claim.kind
         links = (
             [Link(self._link, {"durable_agent.run.id": self.run_id,
                                "durable_agent.link.type": "previous_segment"})]
@@ -315,14 +154,29 @@ class LiveHook(Hook):
             f"invoke_agent {self.agent}", kind=SpanKind.INTERNAL, attributes=attributes,
             links=links,
         )
-        if ctx is not None and state in _MID_EFFECT:
-            span.add_event("durable_agent.takeover", {
+        if ctx is not None and takeover:
+            event: dict[str, Any] = {
                 "durable_agent.run.state": state.value, "durable_agent.run.seq": ctx.seq,
-            })
+            }
+            if claim is not None:
+                event["durable_agent.claim.kind"] = claim.kind
+                if claim.previous_owner is not None:
+                    event["durable_agent.lease.previous_owner"] = claim.previous_owner
+                if claim.previous_generation is not None:
+                    event["durable_agent.lease.previous_generation"] = claim.previous_generation
+            span.add_event("durable_agent.takeover", event)
         elif ctx is not None and state is RunState.ERROR:
             span.add_event("durable_agent.recovery", {
                 "durable_agent.run.failed_state": getattr(ctx.failed_state, "value", ""),
                 "error.type": ctx.error.type if ctx.error is not None else "",
+            })
+        if claim is not None and claim.kind == "retry":
+            span.add_event("durable_agent.run_retry", {
+                "durable_agent.run_retry.number": claim.retry or 0,
+                "durable_agent.run_retry.attempts": claim.retries or 0,
+                "durable_agent.run.failed_state": getattr(
+                    getattr(ctx, "failed_state", None), "value", ""
+                ),
             })
         self._span = span
         return traceparent(span)
@@ -338,8 +192,25 @@ class LiveHook(Hook):
             span.set_attributes(
                 {"durable_agent.run.state": ctx.state.value, "durable_agent.run.seq.end": ctx.seq}
             )
+            claim = self._claim
+            if claim is not None and claim.stopping():
+                # The worker stops: it leaves the run for the fleet between two steps (no
+                # effect cut), or cuts it when its grace passed (the interruption is
+                # recorded, ERROR, and the worker hands it back; a failed hand-over is
+                # logged at WARNING).
+                kind = (
+                    "stop" if error is None and ctx.state not in _AT_REST
+                    else "cut" if isinstance(error, asyncio.CancelledError)
+                    else None
+                )
+                if kind is not None:
+                    span.add_event("durable_agent.worker.release", {
+                        "durable_agent.release.kind": kind,
+                        "durable_agent.run.state": ctx.state.value,
+                        "durable_agent.run.seq": ctx.seq,
+                    })
         if error is not None and not self._failed:
-            _fail(span, error, self.instruments is not None and self.instruments.capture_content)
+            fail(span, error, self.instruments is not None and self.instruments.capture_content)
         span.end()
 
     # -- appends -------------------------------------------------------------------
@@ -461,9 +332,9 @@ class LiveHook(Hook):
     def chat(self, ctx: RunContext, model: ChatModel, attempt: int) -> Call:
         if self.instruments is None:
             return _NO_CALL
-        return _Chat(self, self.instruments, ctx, model, attempt)
+        return ChatSpan(self, self.instruments, ctx, model, attempt)
 
     def tool(self, ctx: RunContext, call: ToolCallPart, attempt: int) -> Call:
         if self.instruments is None:
             return _NO_CALL
-        return _Tool(self, self.instruments, call, attempt)
+        return ToolSpan(self, self.instruments, call, attempt)

@@ -28,6 +28,10 @@ SCOPE = "durable_agent"
 _DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )
+_CHUNK_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+)
+"""Seconds between two chunks of a stream: tens of ms from a provider, far less from a fake."""
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
@@ -137,6 +141,19 @@ class Instruments:
             unit="{token}",
             description="Tokens used per model attempt, by gen_ai.token.type.",
             explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self.time_to_first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time to receive the first chunk of a streamed model attempt.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.time_per_output_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk",
+            unit="s",
+            description="Time per output chunk of a streamed model attempt, each after the "
+            "first, from the end of the previous chunk.",
+            explicit_bucket_boundaries_advisory=_CHUNK_BUCKETS,
         )
         self.tool_duration = meter.create_histogram(
             "durable_agent.tool.duration",

@@ -10,6 +10,8 @@ from durable_agent.backends.memory import MemoryBackend
 from tests._barriers import wait_until_async
 from tests.telemetry.conftest import Recorded
 
+WORKER_ID = "durable_agent.worker.id"
+
 
 def test_gauges_report_slots_busy_and_only_the_backlog_the_worker_could_claim(
     recorded: Recorded,
@@ -37,12 +39,14 @@ def test_gauges_report_slots_busy_and_only_the_backlog_the_worker_could_claim(
         await stranger.submit_async("not this worker's agent")
 
         worker = Worker([agent], db=db, concurrency=1, queues=["default"], liveness_ttl=0.5)
-        worker_id = worker.owner.id
+        worker_id = worker.id
         running = asyncio.create_task(worker.run(handle_signals=False))
         await asyncio.wait_for(started.wait(), 30)
 
         def gauge(name: str) -> float | None:
-            found = [v for a, v in recorded.points(name) if a.get("worker.id") == worker_id]
+            found = [
+                v for a, v in recorded.points(name) if a.get(WORKER_ID) == worker_id
+            ]
             return found[-1] if found else None
 
         # Recounted every few liveness ticks: one held, two left that this worker may claim.
@@ -73,14 +77,14 @@ def test_two_workers_in_one_process_each_report_their_own_points(recorded: Recor
     db = MemoryBackend()
     first = Worker([Agent(ScriptedModel(["a"]), db=db, name="a")], db=db, concurrency=2)
     second = Worker([Agent(ScriptedModel(["b"]), db=db, name="b")], db=db, concurrency=5)
-    slots = {a["worker.id"]: v for a, v in recorded.points("durable_agent.worker.slots")}
-    assert slots == {first.owner.id: 2, second.owner.id: 5}
+    slots = {a[WORKER_ID]: v for a, v in recorded.points("durable_agent.worker.slots")}
+    assert slots == {first.id: 2, second.id: 5}
     del second
     import gc
 
     gc.collect()
-    remaining = {a["worker.id"] for a, _ in recorded.points("durable_agent.worker.slots")}
-    assert remaining == {first.owner.id}
+    remaining = {a[WORKER_ID] for a, _ in recorded.points("durable_agent.worker.slots")}
+    assert remaining == {first.id}
 
 
 def test_without_telemetry_a_worker_registers_no_gauges() -> None:
