@@ -27,7 +27,8 @@ lease acquire / renew / release and cancellation requests.
 
 Writers of one run take an exclusive ``flock`` on its ``events.jsonl``, so
 processes sharing the folder serialize, and every write checks seq and lease
-under it.
+under it. Reading (run ids, the header caches, loading) is
+`durable_agent.backends._jsonfile_read`, re-exported here.
 """
 
 from __future__ import annotations
@@ -41,10 +42,23 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Final
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
-from durable_agent.backends._jsonfile_log import EVENTS, Commit, Tail, committed_lines, read_tail
+from durable_agent.backends._jsonfile_log import EVENTS, Commit, Tail
+from durable_agent.backends._jsonfile_read import (
+    HEADER,
+    absent,
+    check_run_id,
+    current_header,
+    decode_events,
+    file_key,
+    get_header,
+    holds_run,
+    load,
+    open_log,
+    read_header_file,
+    remember,
+)
 from durable_agent.errors import (
     ConfigurationError,
     CorruptRunError,
@@ -58,159 +72,40 @@ from durable_agent.records import (
     Lease,
     RunHeader,
     StoredRun,
-    decode_event,
-    decode_header,
     encode_header,
     utcnow,
 )
 
-HEADER: Final = "header.json"
-_MAX_ID_BYTES: Final = 200
-
-
-def check_run_id(run_id: object) -> str:
-    """Refuse an id that could name a file outside its own run folder."""
-    if not isinstance(run_id, str) or not run_id:
-        raise ConfigurationError(f"run id {run_id!r} must be a non-empty str")
-    bad = next((c for c in run_id if c in "/\\\0" or ord(c) < 32 or c == "\x7f"), None)
-    if bad is not None or run_id.startswith(".") or os.path.isabs(run_id):
-        raise ConfigurationError(
-            f"run id {run_id!r} cannot be stored by JsonFileBackend: a run id names a folder, "
-            f"so it may not contain path separators, NUL or control characters "
-            f"({bad!r} found), nor start with '.'"
-            if bad is not None
-            else f"run id {run_id!r} cannot be stored by JsonFileBackend: a run id names a "
-            "folder, so it may not start with '.' or be an absolute path"
-        )
-    if len(os.fsencode(run_id)) > _MAX_ID_BYTES:
-        raise ConfigurationError(
-            f"run id {run_id[:40]!r}… is longer than {_MAX_ID_BYTES} bytes, too long for a "
-            "file name"
-        )
-    return run_id
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-
-# The last header.json read per run folder, keyed by the file's identity: the
-# file is only ever replaced by a rename, so a new version has a new inode.
-# Saves an open, a read and a validation on every append (~25 us).
-_HEADERS: dict[str, tuple[tuple[int, int, int], RunHeader]] = {}
-
-
-def read_header_file(run_id: str, folder: str) -> RunHeader:
-    path = os.path.join(folder, HEADER)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            cached = _HEADERS.get(path)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            text = f.read()
-    except FileNotFoundError:
-        _HEADERS.pop(path, None)
-        if not os.path.isdir(folder):
-            raise RunNotFoundError(run_id) from None
-        raise CorruptRunError(run_id, None, f"{HEADER} is missing") from None
-    header = decode_header(run_id, text)
-    if len(_HEADERS) > 10_000:
-        _HEADERS.clear()
-    _HEADERS[path] = (key, header)
-    return header
-
-
-# The run's current header and log tail per folder, keyed by the identity of both
-# files: (inode, size, mtime) of the log and of header.json. Anything another
-# writer does changes one of them. An append stores what it wrote, so the next
-# append of the same run skips reading and validating both files (~25 us).
-_Key = tuple[int, int, int, int, int, int]
-_CURRENT: dict[str, tuple[_Key, RunHeader, Tail]] = {}
-
-
-def _key(folder: str, fd: int) -> _Key | None:
-    try:
-        header = os.stat(os.path.join(folder, HEADER))
-    except FileNotFoundError:
-        return None
-    log = os.fstat(fd)
-    return (
-        log.st_ino, log.st_size, log.st_mtime_ns,
-        header.st_ino, header.st_size, header.st_mtime_ns,
-    )  # fmt: skip
-
-
-def current_header(run_id: str, folder: str, fd: int) -> tuple[RunHeader, Tail]:
-    key = _key(folder, fd)
-    cached = _CURRENT.get(folder)
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    base = read_header_file(run_id, folder)
-    if base.run_id != run_id:
-        raise CorruptRunError(run_id, None, f"{HEADER} names run {base.run_id!r}")
-    tail = read_tail(run_id, fd)
-    header = tail.commit.fold(base)
-    _remember(folder, key, header, tail)
-    return header, tail
-
-
-def _remember(folder: str, key: _Key | None, header: RunHeader, tail: Tail) -> None:
-    if key is None:
-        return
-    if len(_CURRENT) > 10_000:
-        _CURRENT.clear()
-    _CURRENT[folder] = (key, header, tail)
-
-
-def holds_run(folder: str) -> bool:
-    """Whether ``folder`` is a run's: it holds the header or the log (both, unless damaged)."""
-    return os.path.isdir(folder) and any(
-        os.path.lexists(os.path.join(folder, name)) for name in (HEADER, EVENTS)
-    )
-
-
-def absent(run_id: str, folder: str) -> RunNotFoundError | CorruptRunError:
-    """Why ``folder`` has no log: no run, an entry that is not a run, or a damaged run."""
-    if not os.path.isdir(folder):
-        return RunNotFoundError(run_id)  # never was, deleted, or a file of another program
-    if not holds_run(folder):
-        return RunNotFoundError(
-            run_id,
-            f"{folder} holds neither {HEADER} nor {EVENTS}, so it is not a run; it was left "
-            "untouched",
-        )
-    return CorruptRunError(run_id, None, f"{EVENTS} is missing")
-
-
-def _open_log(run_id: str, folder: str, flags: int) -> int:
-    try:
-        return os.open(os.path.join(folder, EVENTS), flags)
-    except (FileNotFoundError, NotADirectoryError):
-        raise absent(run_id, folder) from None
-
-
-def get_header(root: str, run_id: str) -> RunHeader:
-    folder = os.path.join(root, check_run_id(run_id))
-    fd = _open_log(run_id, folder, os.O_RDONLY)
-    try:
-        return current_header(run_id, folder, fd)[0]
-    finally:
-        os.close(fd)
-
-
-def load(root: str, run_id: str) -> tuple[RunHeader, list[tuple[int, bytes]]]:
-    """The header and every committed event line, in order."""
-    folder = os.path.join(root, check_run_id(run_id))
-    with open(_open_log(run_id, folder, os.O_RDONLY), "rb") as f:
-        data = f.read()
-    base = read_header_file(run_id, folder)
-    last, committed = committed_lines(run_id, data)
-    return last.fold(base), committed
-
-
-def decode_events(run_id: str, lines: Sequence[tuple[int, bytes]]) -> tuple[Event, ...]:
-    return tuple(decode_event(run_id, seq, raw) for seq, raw in lines)
+__all__ = [
+    "HEADER",
+    "WouldBlock",
+    "Written",
+    "absent",
+    "acquire",
+    "append",
+    "check_run_id",
+    "create",
+    "current_header",
+    "decode_events",
+    "delete",
+    "file_key",
+    "finish",
+    "get_header",
+    "holds_run",
+    "load",
+    "locked",
+    "open_log",
+    "read_header_file",
+    "release",
+    "remember",
+    "remove",
+    "renew",
+    "replace_header",
+    "request_cancel",
+    "stored_run",
+    "unavailable",
+    "write_append",
+]
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -295,7 +190,7 @@ def _open_locked(root: str, run_id: str, *, wait: bool) -> tuple[str, int]:
     """Open the run's log for appending and take its exclusive flock."""
     folder = os.path.join(root, check_run_id(run_id))
     path = os.path.join(folder, EVENTS)
-    fd = _open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
+    fd = open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -388,7 +283,7 @@ def write_append(
                 "lease": None if release else renewed,
             }
         )
-        _remember(folder, _key(folder, fd), after, Tail(commit, end, end))
+        remember(folder, file_key(folder, fd), after, Tail(commit, end, end))
     except BaseException:
         os.close(fd)
         raise

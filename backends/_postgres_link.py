@@ -18,20 +18,26 @@ queue and closes all of them.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from durable_agent.backend import mark_secret
 from durable_agent.backends import _postgres_schema as schema
 from durable_agent.backends._postgres_claims import Listener, Liveness
 from durable_agent.backends._postgres_writer import Merge, Params, Rows, Stats, Writer
-from durable_agent.errors import StoreUnavailableError
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
-__all__ = ["Link", "Settings", "first_line"]
+__all__ = ["Link", "Settings", "check_options", "first_line"]
+
+_IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 
 
 class Settings:
@@ -263,3 +269,43 @@ class Link:
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (psycopg adds DETAIL and HINT lines)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_options(
+    url: str, *, schema: str, pool_size: int, max_batch: int, connect_timeout: float
+) -> dict[str, Any]:
+    """Refuse `PostgresBackend`'s bad options; return the URL's libpq fields.
+
+    The URL's password is marked secret (`durable_agent.mark_secret`) here.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"PostgresBackend(url=...) must be a str, got {type(url).__name__}"
+        )
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"PostgresBackend: malformed connection URL ({exc})") from exc
+    password = info.get("password")
+    if isinstance(password, str):
+        mark_secret(password)
+    if not isinstance(schema, str) or not re.match(_IDENTIFIER, schema):
+        raise ConfigurationError(
+            f"PostgresBackend(schema={schema!r}) must be a plain identifier (letters, "
+            "digits and '_', not starting with a digit, at most 63 characters)"
+        )
+    for name, value, least in (("pool_size", pool_size, 1), ("max_batch", max_batch, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigurationError(
+                f"PostgresBackend({name}={value!r}) must be an int of at least {least}"
+            )
+    if (
+        not isinstance(connect_timeout, int | float)
+        or isinstance(connect_timeout, bool)
+        or not math.isfinite(connect_timeout)
+        or connect_timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"PostgresBackend(connect_timeout={connect_timeout!r}) must be seconds > 0"
+        )
+    return info

@@ -40,9 +40,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from durable_agent.backends import _redis_scripts as lua
-from durable_agent.errors import ConfigurationError, StoreUnavailableError
+from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 
-__all__ = ["CLUSTER_SCHEMES", "UNAVAILABLE", "Client", "Connection", "Link", "cluster_url", "hide"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "UNAVAILABLE",
+    "Client",
+    "Connection",
+    "Link",
+    "check_options",
+    "cluster_url",
+    "hide",
+]
 
 UNAVAILABLE: Final = (
     RedisConnectionError,
@@ -233,6 +242,23 @@ class Connection:
             self.response_error(exc)
         raise exc
 
+    async def header_hash(self, run_id: str, key: str) -> Any:
+        """HGETALL of one run's header key (empty when the run is unknown)."""
+        link = self.link()
+        try:
+            if link.gate is None:
+                return await link.client.hgetall(key)
+            async with link.turn():
+                return await link.client.hgetall(key)
+        except UNAVAILABLE as exc:
+            self.unavailable(exc)
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise CorruptRunError(
+                    run_id, None, "its Redis header key holds another type than a hash"
+                ) from exc
+            self.response_error(exc)
+
     async def eval(self, script: lua.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script (loading it if Redis forgot it) and return its reply."""
         link = self.link()
@@ -293,6 +319,43 @@ def cluster_url(url: str, cluster: bool | None) -> tuple[str, bool]:
         raise ConfigurationError(f"RedisBackend({hide(url)!r}): Redis Cluster has only database 0")
     plain = CLUSTER_SCHEMES.get(scheme, scheme)
     return urlunsplit(parts._replace(scheme=plain)), True
+
+
+def check_options(
+    url: str,
+    cluster: bool | None,
+    *,
+    prefix: str,
+    retention: float | None,
+    max_connections: int,
+    timeouts: dict[str, float],
+) -> tuple[str, bool]:
+    """Refuse `RedisBackend`'s bad options; return the URL redis-py opens and the cluster flag."""
+    schemes = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in schemes:
+        raise ConfigurationError(
+            f"RedisBackend(url={hide(url)!r}) must be a redis://, rediss://, unix:// or "
+            "redis+cluster:// URL"
+        )
+    node_url, cluster = cluster_url(url, cluster)
+    if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(
+            f"RedisBackend(prefix={prefix!r}) must be a str without '{{' or '}}'"
+        )
+    if retention is not None and (
+        not isinstance(retention, int | float) or isinstance(retention, bool) or retention <= 0
+    ):
+        raise ConfigurationError(
+            f"RedisBackend(retention={retention!r}) must be a number of seconds > 0, or None"
+        )
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise ConfigurationError(
+            f"RedisBackend(max_connections={max_connections!r}) must be an int >= 1"
+        )
+    for name, value in timeouts.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigurationError(f"RedisBackend({name}={value!r}) must be seconds > 0")
+    return node_url, cluster
 
 
 def hide(url: object) -> str:

@@ -22,37 +22,31 @@ are created on first use (`durable_agent.backends._postgres_schema`).
 Reads use a small connection pool (psycopg_pool). The backend is bound to no
 event loop: it connects lazily, and reconnects when used from another loop
 (the synchronous ``agent.do()`` runs each call under its own ``asyncio.run()``).
+Listing pages and the prune sweep are `durable_agent.backends._postgres_listing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from durable_agent.backend import (
     Backend,
     Capability,
     ClaimedRun,
     LeaseOwner,
-    Position,
     RunPage,
-    UnreadableRun,
     check_append,
     check_claim_args,
-    decode_cursor,
-    make_page,
-    mark_secret,
 )
 from durable_agent.backends import _postgres_claims as claims
+from durable_agent.backends import _postgres_listing as listing
 from durable_agent.backends import _postgres_sql as q
-from durable_agent.backends._postgres_link import Link, Settings, first_line
+from durable_agent.backends._postgres_link import Link, Settings, check_options, first_line
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
 from durable_agent.errors import (
     ConcurrentUpdateError,
@@ -69,7 +63,6 @@ from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_eve
 
 __all__ = ["PostgresBackend"]
 
-_IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
@@ -120,36 +113,10 @@ class PostgresBackend(Backend):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(session_id=session_id, user_id=user_id)
-        if not isinstance(url, str):
-            raise ConfigurationError(
-                f"PostgresBackend(url=...) must be a str, got {type(url).__name__}"
-            )
-        try:
-            info = conninfo_to_dict(url)
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"PostgresBackend: malformed connection URL ({exc})") from exc
-        password = info.get("password")
-        if isinstance(password, str):
-            mark_secret(password)
-        if not isinstance(schema, str) or not re.match(_IDENTIFIER, schema):
-            raise ConfigurationError(
-                f"PostgresBackend(schema={schema!r}) must be a plain identifier (letters, "
-                "digits and '_', not starting with a digit, at most 63 characters)"
-            )
-        for name, value, least in (("pool_size", pool_size, 1), ("max_batch", max_batch, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ConfigurationError(
-                    f"PostgresBackend({name}={value!r}) must be an int of at least {least}"
-                )
-        if (
-            not isinstance(connect_timeout, int | float)
-            or isinstance(connect_timeout, bool)
-            or not math.isfinite(connect_timeout)
-            or connect_timeout <= 0
-        ):
-            raise ConfigurationError(
-                f"PostgresBackend(connect_timeout={connect_timeout!r}) must be seconds > 0"
-            )
+        info = check_options(
+            url, schema=schema, pool_size=pool_size, max_batch=max_batch,
+            connect_timeout=connect_timeout,
+        )
         self.url = url
         self.schema = schema
         self._where = (
@@ -336,53 +303,16 @@ class PostgresBackend(Backend):
         limit: int = 100,
         cursor: str | None = None,
     ) -> RunPage:
-        self._check_open()
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ConfigurationError(f"list_runs(limit={limit}) must be at least 1")
-        where: list[str] = ["TRUE"]
-        params: list[object] = []
-        for column, value in (("session_id", session_id), ("user_id", user_id)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if states is not None:
-            wanted = sorted({RunState(s).value for s in states})
-            if not wanted:
-                return RunPage(runs=(), next_cursor=None)
-            where.append("state = ANY(%s)")
-            params.append(wanted)
-        if created_after is not None:
-            where.append("created_at > %s")
-            params.append(q.timestamp(created_after, "list_runs(created_after=...)"))
-        if created_before is not None:
-            where.append("created_at < %s")
-            params.append(q.timestamp(created_before, "list_runs(created_before=...)"))
-        if cursor:
-            where.append("(created_at, run_id) < (%s, %s)")
-            params.extend(decode_cursor(cursor))
-        found: list[RunHeader] = []
-        unreadable: list[tuple[Position | None, UnreadableRun]] = []
-        after: tuple[float, str] | None = None
-        # A page of `limit + 1` readable headers; unreadable rows met on the way
-        # do not count, so ask again past them until the page is full.
-        while len(found) <= limit:
-            clauses = [*where, "(created_at, run_id) < (%s, %s)"] if after else where
-            asked = limit + 1 - len(found)
-            query = self._sql.q(
-                f"SELECT {q.HEADER_COLUMNS} FROM {{runs}} WHERE {' AND '.join(clauses)}"
-                " ORDER BY created_at DESC, run_id DESC LIMIT %s"
-            )
-            rows = await self._read(query, (*params, *(after or ()), asked))
-            for row in rows:
-                try:
-                    found.append(q.header_from_row(row))
-                except CorruptRunError as exc:
-                    place = (float(row[6]), str(row[0]))
-                    unreadable.append((place, UnreadableRun.from_error(str(row[0]), exc)))
-            if len(rows) < asked:
-                break
-            after = (float(rows[-1][6]), str(rows[-1][0]))
-        return make_page(found, limit=limit, unreadable=unreadable)
+        return await listing.page(
+            self,
+            session_id=session_id,
+            user_id=user_id,
+            states=states,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
+        )
 
     async def delete_run(self, run_id: str) -> bool:
         rows = await self._write(run_id, self._sql.delete, {"run_id": run_id})
@@ -394,31 +324,7 @@ class PostgresBackend(Backend):
         older_than: datetime,
         states: Collection[RunState] = (RunState.DONE, RunState.CANCELLED),
     ) -> int:
-        before = q.timestamp(older_than, "prune(older_than=...)")
-        wanted = sorted({RunState(s).value for s in states})
-        if not wanted:
-            self._check_open()
-            return 0
-        link = await self._connected()
-        try:
-            async with link.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(self._sql.prune, {"states": wanted, "before": before})
-                doomed: list[str] = []
-                for row in await cur.fetchall():
-                    try:
-                        q.header_from_row(row)
-                    except CorruptRunError:
-                        continue  # reported by load_run, never deleted by a sweep
-                    doomed.append(str(row[0]))
-                if not doomed:
-                    return 0
-                cur = await conn.execute(self._sql.prune_delete, {"ids": doomed})
-                found = await cur.fetchone()
-                return int(found[0]) if found else 0
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"PostgreSQL store {self._where}: prune failed ({first_line(exc)})"
-            ) from exc
+        return await listing.prune(self, older_than, states)
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
         rows = await self._write(

@@ -27,7 +27,8 @@ dead writer left (see `durable_agent.backends._redis_cluster`).
 
 This module is `RedisBackend` and its writes; beside it are the connection
 (`durable_agent.backends._redis_link`: one client per event loop, redis-py's
-errors translated, scripts run), listing (`durable_agent.backends._redis_listing`:
+errors translated, scripts run, the options checked), the writes on a cluster
+(`durable_agent.backends._redis_cluster_writes`), listing (`durable_agent.backends._redis_listing`:
 ``list_runs`` and the runs ``prune`` deletes), the Lua scripts
 (`durable_agent.backends._redis_scripts`, `durable_agent.backends._redis_cluster_scripts`)
 and the header hashes (`durable_agent.backends._redis_records`).
@@ -40,7 +41,6 @@ import contextlib
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NoReturn
-from urllib.parse import urlsplit
 
 from durable_agent.backend import (
     Backend,
@@ -65,7 +65,6 @@ from durable_agent.errors import (
     LeaseLostError,
     RunExistsError,
     RunNotFoundError,
-    StoreUnavailableError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.records import (
@@ -80,21 +79,19 @@ from durable_agent.records import (
 try:
     # From redis.asyncio, the client this backend runs on: a missing (or pre-asyncio)
     # redis-py fails here, with the hint below, even once the helpers are imported.
-    from redis.asyncio import ResponseError
+    from redis.asyncio import ResponseError  # noqa: F401  (the check, not the name)
 
     from durable_agent.backends import _redis_cluster as clx
-    from durable_agent.backends import _redis_cluster_scripts as cl
+    from durable_agent.backends import _redis_cluster_writes as cluster_writes
     from durable_agent.backends import _redis_workers as workers
     from durable_agent.backends._redis_link import (
-        CLUSTER_SCHEMES,
-        UNAVAILABLE,
         Client,
         Connection,
         Link,
-        cluster_url,
+        check_options,
         hide,
     )
-    from durable_agent.backends._redis_listing import BATCH, Listing
+    from durable_agent.backends._redis_listing import Listing
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
         "RedisBackend needs the redis package: pip install 'durable-agent[redis]'",
@@ -167,34 +164,11 @@ class RedisBackend(Backend):
         cluster: bool | None = None,
     ) -> None:
         super().__init__(session_id=session_id, user_id=user_id)
-        schemes = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
-        if not isinstance(url, str) or urlsplit(url).scheme.lower() not in schemes:
-            raise ConfigurationError(
-                f"RedisBackend(url={hide(url)!r}) must be a redis://, rediss://, unix:// or "
-                "redis+cluster:// URL"
-            )
-        node_url, cluster = cluster_url(url, cluster)
-        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
-            raise ConfigurationError(
-                f"RedisBackend(prefix={prefix!r}) must be a str without '{{' or '}}'"
-            )
-        if retention is not None and (
-            not isinstance(retention, int | float) or isinstance(retention, bool) or retention <= 0
-        ):
-            raise ConfigurationError(
-                f"RedisBackend(retention={retention!r}) must be a number of seconds > 0, or None"
-            )
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigurationError(
-                f"RedisBackend(max_connections={max_connections!r}) must be an int >= 1"
-            )
-        for name, value in (
-            ("pool_timeout", pool_timeout),
-            ("socket_timeout", socket_timeout),
-            ("connect_timeout", connect_timeout),
-        ):
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigurationError(f"RedisBackend({name}={value!r}) must be seconds > 0")
+        node_url, cluster = check_options(
+            url, cluster, prefix=prefix, retention=retention, max_connections=max_connections,
+            timeouts={"pool_timeout": pool_timeout, "socket_timeout": socket_timeout,
+                      "connect_timeout": connect_timeout},
+        )
         self._url = url
         self._node_url = node_url
         self.cluster = cluster
@@ -254,23 +228,16 @@ class RedisBackend(Backend):
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
         keys = self._keys(header.run_id)
-        fields = rec.header_fields(header)
-        ix = self._indexes
-        if ix is None:
-            args = [self.prefix, self._retention_ms, len(fields), *fields]
-            args.extend(encode_event(event) for event in events)
-            reply = await self._eval(lua.CREATE, keys, args)
-            if rec.text(reply[0]) == "exists":
-                raise RunExistsError(header.run_id)
+        if self._indexes is not None:
+            await cluster_writes.create(self, header, events, keys)
             await self._announce(header.lease is None, "created")
             return
-        incarnation = await ix.intent(header.run_id, header.seq, new=True)
-        args = [self._retention_ms, incarnation, len(fields), *fields]
+        fields = rec.header_fields(header)
+        args = [self.prefix, self._retention_ms, len(fields), *fields]
         args.extend(encode_event(event) for event in events)
-        reply = await self._eval(cl.CREATE, keys, args)
+        reply = await self._eval(lua.CREATE, keys, args)
         if rec.text(reply[0]) == "exists":
             raise RunExistsError(header.run_id)
-        await ix.index([ix.truth(header, incarnation)], after_write=True)
         await self._announce(header.lease is None, "created")
 
     async def append(
@@ -300,7 +267,7 @@ class RedisBackend(Backend):
             "1" if release else "0",
         )
         if self._indexes is not None:
-            renewed = await self._append_on_cluster(run_id, keys, events, control, lease)
+            renewed = await cluster_writes.append(self, run_id, keys, events, control, lease)
             await self._announce(release, "released")
             return renewed
         args = ["".join(f"{part}\x1f" for part in control)]
@@ -317,46 +284,6 @@ class RedisBackend(Backend):
         await self._announce(release, "released")
         return renewed
 
-    async def _append_on_cluster(
-        self,
-        run_id: str,
-        keys: list[str],
-        events: tuple[Event, ...],
-        control: tuple[str, ...],
-        lease: Lease,
-    ) -> Lease:
-        """`append` on Redis Cluster: the same script, and the index update after it.
-
-        A write that moves the run to another index bucket (it comes to rest, or
-        leaves rest) is announced first. Coming to rest is recognised by the last
-        event's state; leaving it only by the script, which then asks for the intent.
-        """
-        ix = self._indexes
-        assert ix is not None
-        last = events[-1] if events else None
-        announced = last is not None and clx.bucket(last.state) != clx.ACTIVE
-        if announced:
-            await ix.intent(run_id, int(control[5]))
-        encoded = [encode_event(event) for event in events]
-        while True:
-            packed = "".join(f"{part}\x1f" for part in (*control, "1" if announced else "0"))
-            reply = await self._eval(cl.APPEND, keys, [packed, *encoded])
-            if isinstance(reply, bytes):
-                return rec.renewed(lease, reply)
-            status = rec.status(run_id, reply)
-            if status == "intent" and not announced:
-                await ix.intent(run_id, int(control[5]))
-                announced = True
-                continue
-            if status == "indexed":
-                await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True)
-                return rec.extended(lease, reply)
-            if status != "refused":
-                raise StoreUnavailableError(f"the append script of {run_id!r} answered {status!r}")
-            current = rec.header_from_hash(run_id, reply[1])
-            check_append(current, events, expected_seq=int(control[4]), lease=lease)
-            raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
-
     async def load_run(self, run_id: str) -> StoredRun:
         reply = await self._eval(lua.LOAD, self._keys(run_id), [])
         rec.status(run_id, reply)
@@ -367,22 +294,7 @@ class RedisBackend(Backend):
         return StoredRun(header=header, events=events)
 
     async def get_run(self, run_id: str) -> RunHeader:
-        keys = self._keys(run_id)
-        link = self._connect()
-        try:
-            if link.gate is None:
-                raw = await link.client.hgetall(keys[0])
-            else:
-                async with link.turn():
-                    raw = await link.client.hgetall(keys[0])
-        except UNAVAILABLE as exc:
-            self._conn.unavailable(exc)
-        except ResponseError as exc:
-            if str(exc).startswith("WRONGTYPE"):
-                raise CorruptRunError(
-                    run_id, None, "its Redis header key holds another type than a hash"
-                ) from exc
-            self._conn.response_error(exc)
+        raw = await self._conn.header_hash(run_id, self._keys(run_id)[0])
         if not raw:
             raise RunNotFoundError(run_id)
         return rec.header_from_hash(run_id, raw)
@@ -414,24 +326,10 @@ class RedisBackend(Backend):
 
     async def delete_run(self, run_id: str) -> bool:
         keys = self._keys(run_id)
-        ix = self._indexes
-        if ix is None:
-            reply = await self._eval(lua.DELETE, keys, [self.prefix, run_id, *_STATES])
-            return bool(reply)
-        deleted, incarnation = await self._eval(cl.DELETE, keys, [])
-        if deleted:
-            await self._forget([(run_id, rec.optional(incarnation))])
-        return bool(deleted)
-
-    async def _forget(self, runs: Sequence[tuple[str, str | None]]) -> None:
-        """Cluster: remove the index entries of runs just deleted (incarnation if known)."""
-        ix = self._indexes
-        assert ix is not None
-        known = [(run_id, inc, "") for run_id, inc in runs if inc is not None]
-        await ix.unindex(known, after_write=True)
-        unknown = [(run_id, "") for run_id, inc in runs if inc is None]
-        if unknown:  # a damaged header: remove whatever is indexed, then look again
-            await ix.mend([], unknown, after_write=True)
+        if self._indexes is not None:
+            return await cluster_writes.delete(self, run_id, keys)
+        reply = await self._eval(lua.DELETE, keys, [self.prefix, run_id, *_STATES])
+        return bool(reply)
 
     async def prune(
         self,
@@ -445,21 +343,12 @@ class RedisBackend(Backend):
         if not wanted:
             return 0
         doomed = await self._listing.prunable(older_than, cutoff, wanted)
+        if self._indexes is not None:
+            return await cluster_writes.prune(self, doomed, wanted)
         removed = 0
-        ix = self._indexes
-        if ix is None:
-            for run_id, updated in doomed:
-                args = [self.prefix, run_id, updated, *wanted]
-                removed += int(await self._eval(lua.PRUNE_ONE, self._keys(run_id), args))
-            return removed
-        for start in range(0, len(doomed), BATCH):
-            pruned: list[tuple[str, str | None]] = []
-            for run_id, updated in doomed[start : start + BATCH]:
-                reply = await self._eval(cl.PRUNE_ONE, self._keys(run_id), [updated, *wanted])
-                if int(reply[0]):
-                    pruned.append((run_id, rec.optional(reply[1])))
-            removed += len(pruned)
-            await self._forget(pruned)
+        for run_id, updated in doomed:
+            args = [self.prefix, run_id, updated, *wanted]
+            removed += int(await self._eval(lua.PRUNE_ONE, self._keys(run_id), args))
         return removed
 
     async def repair_indexes(self) -> int:

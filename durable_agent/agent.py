@@ -14,25 +14,23 @@ except Exception:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 from pydantic import BaseModel
 
 from durable_agent import _submit
+from durable_agent._agent_runs import AgentRunMethods
 from durable_agent._submit import RunHandle
 from durable_agent.backend import Backend
-from durable_agent.engine import Engine, RetryPolicy, cancel_run, decide_run
+from durable_agent.engine import Engine, RetryPolicy
 from durable_agent.errors import (
     ConfigurationError,
     RunCancelledError,
-    RunNotFoundError,
     RunWaitingError,
 )
 from durable_agent.fsm import RunState
@@ -49,8 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "DurabilityWarning", "RunHandle", "Task"]
 
-_T = TypeVar("_T")
-
 
 class DurabilityWarning(UserWarning):
     """Runs are kept somewhere that does not survive the process."""
@@ -59,7 +55,7 @@ class DurabilityWarning(UserWarning):
 _warned_in_memory = False
 
 
-class Agent:
+class Agent(AgentRunMethods):
     """Runs tasks durably: every transition is stored before the next effect.
 
     Args:
@@ -354,120 +350,6 @@ class Agent:
 
         return follow(self.db, run_id, after_seq=after_seq)
 
-    async def decide_run_async(
-        self,
-        run_id: str,
-        *,
-        requirements: Iterable[Requirement] = (),
-        approvals: Mapping[str, bool | str] | None = None,
-        results: Mapping[str, JSONValue] | None = None,
-        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
-    ) -> RunOutput:
-        """Record human decisions on a WAITING run without running anything; return it.
-
-        The same checks and records as `continue_run_async` with decisions,
-        but nothing runs afterwards: the run stays WAITING with what is left,
-        or waits in TOOL_EXEC for any `continue_run_async` (here or in another
-        process) to go on. Raises `DecisionError` (nothing recorded) for
-        decisions that do not fit.
-        """
-        check_run_id(run_id, "decide_run_async(run_id)")
-        with self._naming_store(run_id):
-            await decide_run(
-                self.db,
-                run_id,
-                requirements=requirements,
-                approvals=approvals,
-                results=results,
-                inputs=inputs,
-                owner=self._engine.owner,
-                lease_ttl=self._engine.lease_ttl,
-            )
-        return await self.get_run_async(run_id)
-
-    def decide_run(
-        self,
-        run_id: str,
-        *,
-        requirements: Iterable[Requirement] = (),
-        approvals: Mapping[str, bool | str] | None = None,
-        results: Mapping[str, JSONValue] | None = None,
-        inputs: Mapping[str, Mapping[str, JSONValue]] | None = None,
-    ) -> RunOutput:
-        """Synchronous twin of `decide_run_async`."""
-        return self._sync(
-            self.decide_run_async(
-                run_id,
-                requirements=requirements,
-                approvals=approvals,
-                results=results,
-                inputs=inputs,
-            )
-        )
-
-    async def cancel_run_async(
-        self, run_id: str, *, reason: str = "cancelled by request"
-    ) -> RunOutput:
-        """Cancel a run from any process and return where it stands.
-
-        The request is stored first. A run no live process holds is CANCELLED
-        at once; one that is running stops at its next transition boundary (its
-        current model or tool call may finish, no further one starts) and
-        records CANCELLED itself. A cancelled run cannot be continued.
-        """
-        check_run_id(run_id, "cancel_run_async(run_id)")
-        with self._naming_store(run_id):
-            await cancel_run(
-                self.db, run_id, reason=reason, owner=self._engine.owner,
-                lease_ttl=self._engine.lease_ttl,
-            )
-        return await self.get_run_async(run_id)
-
-    def cancel_run(self, run_id: str, *, reason: str = "cancelled by request") -> RunOutput:
-        """Synchronous twin of `cancel_run_async`."""
-        return self._sync(self.cancel_run_async(run_id, reason=reason))
-
-    async def fork_run_async(
-        self, run_id: str, *, at_seq: int, new_run_id: str | None = None, run: bool = True,
-        timeout: float | None = None,
-    ) -> RunOutput:
-        """Fork ``run_id`` at event ``at_seq`` into a new run and continue it with this agent.
-
-        The fork holds the source's events up to ``at_seq`` (the source is
-        untouched), marked ``forked_from``; what they recorded is reused, never
-        redone; a call in flight at ``at_seq`` is in doubt under the fork's own
-        keys (docs/forking.md). Returns the fork's `RunOutput` (``run=False``
-        only stores it); raises as ``continue_run_async(return_output=True)``.
-        """
-        from durable_agent._fork import create_fork
-
-        check_run_id(run_id, "fork_run_async(run_id)")
-        with self._naming_store(run_id):
-            fork = await create_fork(self.db, run_id, at_seq=at_seq, new_run_id=new_run_id,
-                                     agent_name=self.name)
-        if not run:
-            return await self.get_run_async(fork.run_id)
-        return await self._continue(fork.run_id, None, True, None, timeout)  # type: ignore[no-any-return]
-
-    def fork_run(
-        self, run_id: str, *, at_seq: int, new_run_id: str | None = None, run: bool = True,
-        timeout: float | None = None,
-    ) -> RunOutput:
-        """Synchronous twin of `fork_run_async`."""
-        return self._sync(self.fork_run_async(
-            run_id, at_seq=at_seq, new_run_id=new_run_id, run=run, timeout=timeout))
-
-    async def get_run_async(self, run_id: str) -> RunOutput:
-        """Load a run's current outcome without running anything."""
-        check_run_id(run_id, "get_run_async(run_id)")
-        execution = self._engine.execution(run_id, self.tools)
-        with self._naming_store(run_id):
-            return RunOutput.from_context(await execution.load())
-
-    def get_run(self, run_id: str) -> RunOutput:
-        """Synchronous twin of `get_run_async`."""
-        return self._sync(self.get_run_async(run_id))
-
     # -- submitting, for workers (durable_agent._submit) ---------------------
 
     async def submit_async(
@@ -500,28 +382,6 @@ class Agent:
             self.submit_async(task, queue=queue, priority=priority, not_before=not_before)
         )
 
-    async def wait_run_async(
-        self,
-        run_id: str,
-        *,
-        timeout: float | None = None,
-        output_type: type[BaseModel] | None = None,
-    ) -> RunOutput:
-        """Wait, from any process, until the run is DONE, ERROR, WAITING or CANCELLED.
-
-        Woken by the store where it can, else polling with a growing pause.
-        Raises `WaitTimeoutError` after ``timeout`` seconds (nothing recorded)
-        and `RunNotFoundError` for an unknown id.
-        """
-        check_run_id(run_id, "wait_run_async(run_id)")
-        with self._naming_store(run_id):
-            await _submit.wait_for_rest(self.db, run_id, timeout)
-        return _submit.parsed(await self.get_run_async(run_id), output_type)
-
-    def wait_run(self, run_id: str, *, timeout: float | None = None) -> RunOutput:
-        """Synchronous twin of `wait_run_async`."""
-        return self._sync(self.wait_run_async(run_id, timeout=timeout))
-
     # -- closing ------------------------------------------------------------
 
     async def close_async(self) -> None:
@@ -550,21 +410,6 @@ class Agent:
         self.close()
 
     # -- internals ----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _naming_store(self, run_id: str) -> Iterator[None]:
-        """Say which store was asked when a run is not found: the usual cause is another one."""
-        try:
-            yield
-        except RunNotFoundError as exc:
-            if exc.store is not None:
-                raise
-            raise RunNotFoundError(
-                run_id,
-                "check the run id, and that this agent's db= is the store the run was "
-                "started in (runs are not shared between stores)",
-                store=repr(self.db),
-            ) from None
 
     def _tools_for(self, task: Task | None) -> dict[str, Tool]:
         tools = dict(self.tools)
@@ -615,15 +460,3 @@ class Agent:
                 raise RunCancelledError(output.run_id, ctx.cancel_reason or "cancelled")
             case _:
                 return output.parsed if output.parsed is not None else output.output
-
-    @staticmethod
-    def _sync(coro: Coroutine[Any, Any, _T]) -> _T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        coro.close()
-        raise ConfigurationError(
-            "the synchronous do()/continue_run() cannot run inside an event loop; "
-            "await do_async()/continue_run_async() instead"
-        )

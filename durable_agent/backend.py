@@ -21,14 +21,16 @@ Backends import only this module, `durable_agent.records`,
 examples for custom backend authors. A backend given a password (in a URL,
 say) passes it to `mark_secret`, re-exported here, so it never reaches stored
 data or an error message.
+
+Listing pages (`durable_agent._listing`), the shared write rules
+(`durable_agent._store_rules`) and claims (`durable_agent._claim_rules`) are
+defined beside this module and re-exported here, the one place to import them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import os
 import uuid
 from abc import ABC, abstractmethod
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Self
 
 from durable_agent._claim_rules import (
     CLAIMABLE_STATES,
@@ -50,15 +52,20 @@ from durable_agent._claim_rules import (
     portable_claim,
     queue_room,
 )
+from durable_agent._listing import (
+    Position,
+    RunPage,
+    UnreadableReason,
+    UnreadableRun,
+    decode_cursor,
+    encode_cursor,
+    make_page,
+)
 from durable_agent._process import host_id
 from durable_agent._redact import mark_secret
+from durable_agent._store_rules import check_append, check_lease_acquire
 from durable_agent.errors import (
-    ConcurrentUpdateError,
     ConfigurationError,
-    CorruptRunError,
-    LeaseLostError,
-    RunBusyError,
-    SchemaVersionError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.records import Event, Lease, RunHeader, StoredRun
@@ -168,82 +175,6 @@ class LeaseOwner:
 
 _process_owner: LeaseOwner | None = None
 """The owner `LeaseOwner.process` hands out, made on first use (and after a fork)."""
-
-
-UnreadableReason = Literal["corrupt", "newer_version"]
-"""Why a listed run could not be read: a damaged header, or one a newer durable-agent wrote."""
-
-
-@dataclass(frozen=True, slots=True)
-class UnreadableRun:
-    """A stored run a listing came across but could not read; listed so it is never hidden.
-
-    ``reason`` is ``"newer_version"`` for a header written by a newer
-    durable-agent (upgrade to read it), else ``"corrupt"``; ``message`` is the
-    error `Backend.get_run` raises for it.
-    """
-
-    run_id: str
-    reason: UnreadableReason
-    message: str
-
-    @classmethod
-    def from_error(cls, run_id: str, error: CorruptRunError) -> UnreadableRun:
-        """The entry for a run whose header raised ``error`` (a `SchemaVersionError` is newer)."""
-        reason: UnreadableReason = (
-            "newer_version" if isinstance(error, SchemaVersionError) else "corrupt"
-        )
-        return cls(run_id=run_id, reason=reason, message=str(error))
-
-
-@dataclass(frozen=True, slots=True)
-class RunPage:
-    """One page of `Backend.list_runs`; pass ``next_cursor`` back for the next page.
-
-    ``unreadable`` holds the stored runs the page's scan met but could not read
-    (a damaged header, or one from a newer durable-agent): a listing never
-    drops a run silently. They are not in ``runs`` and do not count toward
-    ``limit``. Over a walk through every page each is reported once: on the
-    page whose part of the listing order holds it, where the store still knows
-    its creation time (an SQL column, an index), otherwise on the first page.
-    A filter leaves one out only when the store can still tell it does not
-    match (a column, an index); otherwise it is reported whatever the filter.
-    A backend written before this field existed simply reports none.
-    """
-
-    runs: tuple[RunHeader, ...]
-    next_cursor: str | None
-    unreadable: tuple[UnreadableRun, ...] = ()
-
-
-Position = tuple[float, str]
-"""A run's place in the listing order: (creation time as a timestamp, run id)."""
-
-
-def make_page(
-    found: Sequence[RunHeader],
-    *,
-    limit: int,
-    unreadable: Sequence[tuple[Position | None, UnreadableRun]] = (),
-) -> RunPage:
-    """The page of a newest-first scan, with its cursor and the unreadable runs it owns.
-
-    ``found`` holds the readable headers the scan kept, up to ``limit + 1`` of
-    them (one more than the page, to know whether another page follows).
-    ``unreadable`` holds the runs the scan met but could not read, each with
-    its `Position`, or None when the store cannot place it (it belongs to this
-    page). One met past the page's last run is left to the next page, whose
-    scan meets it again, so each is reported exactly once.
-    """
-    page = tuple(found[:limit])
-    if len(found) <= limit or not page:
-        return RunPage(runs=page, next_cursor=None, unreadable=tuple(u for _, u in unreadable))
-    last = page[-1]
-    cut = (last.created_at.timestamp(), last.run_id)
-    owned = tuple(u for place, u in unreadable if place is None or place > cut)
-    return RunPage(
-        runs=page, next_cursor=encode_cursor(last.created_at, last.run_id), unreadable=owned
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,87 +448,3 @@ class Backend(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-# -- shared rules, so every backend decides the same way ------------------------
-
-
-def check_lease_acquire(
-    header: RunHeader, owner: LeaseOwner, *, ttl: float, takeover: int | None, now: float
-) -> Lease:
-    """Decide an acquisition on ``header`` and return the new lease, or raise `RunBusyError`.
-
-    Granted when no lease is held, the held one expired, ``takeover`` equals the
-    held generation, or the held lease is ``owner``'s own (DESIGN.md §3 rule 5:
-    a process may always take back what its own owner id holds, for example
-    after a release that failed or a write that landed after its caller was
-    cancelled). Every grant increments the generation, so the previous holder
-    of the same owner is fenced: its next append raises `LeaseLostError`. The
-    engine itself never lets two executions of one process hold a run at once
-    (it refuses the second before asking the store).
-    """
-    held = header.lease
-    if (
-        held is not None
-        and held.expires_at > now
-        and takeover != header.lease_generation
-        and held.owner != owner.id
-    ):
-        raise RunBusyError(header.run_id, held.owner, held.expires_at - now)
-    return Lease(
-        owner=owner.id,
-        host=owner.host,
-        pid=owner.pid,
-        generation=header.lease_generation + 1,
-        expires_at=now + ttl,
-        ttl=ttl,
-        cancel_requested=header.cancel_requested,
-    )
-
-
-def check_append(
-    header: RunHeader, events: Sequence[Event], *, expected_seq: int, lease: Lease
-) -> None:
-    """Raise unless ``events`` may be appended to the run ``header`` describes."""
-    held = header.lease
-    if (
-        held is None
-        or header.lease_generation != lease.generation
-        or held.owner != lease.owner
-    ):
-        holder = held.owner if held is not None else "nobody"
-        raise LeaseLostError(
-            header.run_id,
-            f"lease generation {lease.generation} of {lease.owner} is no longer held "
-            f"(now generation {header.lease_generation}, held by {holder}); this writer "
-            "must stop",
-        )
-    if header.seq != expected_seq:
-        raise ConcurrentUpdateError(
-            header.run_id,
-            f"expected seq {expected_seq} but the store is at {header.seq}; another writer "
-            "appended first, reload the run",
-        )
-    for offset, event in enumerate(events, start=1):
-        if event.seq != expected_seq + offset:
-            raise ConcurrentUpdateError(
-                header.run_id,
-                f"event {offset} of the append has seq {event.seq}, "
-                f"expected {expected_seq + offset}",
-            )
-
-
-def encode_cursor(created_at: datetime, run_id: str) -> str:
-    """An opaque cursor for the position after ``(created_at, run_id)``."""
-    raw = json.dumps([created_at.timestamp(), run_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    """Inverse of `encode_cursor`; `ConfigurationError` for a cursor not made by it."""
-    try:
-        ts, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return float(ts), str(run_id)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"invalid list_runs cursor {cursor!r}") from exc
-

@@ -9,12 +9,15 @@ being misread.
 
 A run is a header plus an append-only log of events. Each event holds only
 what is new (DESIGN.md §2), so storage grows linearly with the conversation.
+
+The header and the small value records are defined in
+`durable_agent._header_records`, the messages in `durable_agent._messages`;
+import them from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
 from pydantic import (
@@ -23,10 +26,10 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
-    field_validator,
 )
 from pydantic_core import PydanticSerializationError
 
+from durable_agent._header_records import ErrorInfo, Lease, RunHeader, Usage, utcnow
 from durable_agent._messages import (
     SCHEMA_VERSION,
     AssistantMessage,
@@ -34,14 +37,12 @@ from durable_agent._messages import (
     JSONValue,
     LeaseTaken,
     Message,
-    Record,
     SystemMessage,
     ToolCallPart,
     ToolResultMessage,
     UserMessage,
     _Event,
 )
-from durable_agent._redact import redact
 from durable_agent._storable import (
     MAX_DEPTH,
     check_answer,
@@ -107,112 +108,6 @@ __all__ = [
     "escape_surrogates",
     "utcnow",
 ]
-
-def utcnow() -> datetime:
-    """The current time as an aware UTC datetime (what every record stores)."""
-    return datetime.now(UTC)
-
-# -- small value records ----------------------------------------------------
-
-
-class Usage(BaseModel):
-    """Tokens and requests spent on model calls."""
-
-    model_config = ConfigDict(frozen=True)
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    requests: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            requests=self.requests + other.requests,
-        )
-
-
-class ErrorInfo(BaseModel):
-    """A failure as stored: the exception's type and message, never its object.
-
-    Lone surrogates in its text are escaped (``\\udce9``): an exception about
-    a file name or a tool's odd output must still be recordable.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    type: str
-    message: str
-    retryable: bool = False
-    status_code: int | None = None
-    request_id: str | None = None
-
-    @field_validator("type", "message", "request_id")
-    @classmethod
-    def _storable_text(cls, text: str | None) -> str | None:
-        return None if text is None else escape_surrogates(text)
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
-        """Describe ``exc`` by its qualified type name and message, secrets redacted.
-
-        Every stored error passes here, so this is where exception text becomes
-        stored data: `durable_agent.redact` removes every marked secret from it.
-        """
-        kind = type(exc)
-        return cls(
-            type=f"{kind.__module__}.{kind.__qualname__}",
-            message=redact(str(exc) or kind.__name__),
-            retryable=bool(getattr(exc, "retryable", False)),
-            status_code=getattr(exc, "status_code", None),
-            request_id=getattr(exc, "request_id", None),
-        )
-
-
-class Lease(BaseModel):
-    """Who may write to a run, until when, and the fencing ``generation``.
-
-    Every acquisition increments ``generation``; an append carrying an older
-    generation is refused, so a process whose lease lapsed can never write
-    after the new owner took over (DESIGN.md §3 rule 5).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    owner: str
-    host: str
-    pid: int
-    generation: int
-    expires_at: float
-    ttl: float
-    cancel_requested: str | None = None
-    """Set by the store when someone asked to cancel the run: the holder must stop
-    at its next transition boundary (the reason is the value)."""
-
-
-class RunHeader(Record):
-    """What a store keeps about a run besides its events; one row per run."""
-
-    run_id: str
-    session_id: str | None = None
-    user_id: str | None = None
-    agent_name: str = "agent"
-    state: RunState = RunState.PENDING
-    seq: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    lease: Lease | None = None
-    lease_generation: int = 0
-    cancel_requested: str | None = None
-    """The reason of a pending cancellation request, until the run is CANCELLED."""
-    # Set by `Agent.submit_async` for workers (DESIGN.md §6); the defaults let
-    # headers stored before workers existed load unchanged.
-    queue: str = "default"
-    priority: int = 0
-    """Higher is claimed first; equal priorities are claimed oldest first."""
-    not_before: datetime | None = None
-    """No worker claims the run before this time (a delayed submit)."""
-
 
 # -- events -----------------------------------------------------------------
 

@@ -77,8 +77,8 @@ from durable_agent.testing._conformance_runs import (
     LifecycleTests,
     PayloadTests,
     RunTests,
-    UnreadableTests,
 )
+from durable_agent.testing._conformance_unreadable import UnreadableTests
 
 __all__ = [
     "AppendTests",

@@ -1,0 +1,123 @@
+"""`RedisBackend`'s writes on Redis Cluster: each run script, then the index update after it.
+
+A run's keys share one slot, so the write itself is still one atomic script
+(`durable_agent.backends._redis_cluster_scripts`); the listing indexes live in
+another slot and are updated right after, with an intent recorded first when
+the write moves the run to another index bucket
+(`durable_agent.backends._redis_cluster`). `RedisBackend` calls these when it
+runs on a cluster, and does the single-Redis writes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from durable_agent.backend import check_append
+from durable_agent.backends import _redis_cluster as clx
+from durable_agent.backends import _redis_cluster_scripts as cl
+from durable_agent.backends import _redis_records as rec
+from durable_agent.backends._redis_listing import BATCH
+from durable_agent.errors import ConcurrentUpdateError, RunExistsError, StoreUnavailableError
+from durable_agent.records import Event, Lease, RunHeader, encode_event
+
+if TYPE_CHECKING:
+    from durable_agent.backends._redis_cluster import ClusterIndexes
+    from durable_agent.backends.redis import RedisBackend
+
+__all__ = ["append", "create", "delete", "forget", "prune"]
+
+
+def _indexes(backend: RedisBackend) -> ClusterIndexes:
+    ix = backend._indexes
+    assert ix is not None
+    return ix
+
+
+async def create(
+    backend: RedisBackend, header: RunHeader, events: Sequence[Event], keys: list[str]
+) -> None:
+    """`RedisBackend.create_run` on a cluster: the intent, the script, then the indexes."""
+    ix = _indexes(backend)
+    fields = rec.header_fields(header)
+    incarnation = await ix.intent(header.run_id, header.seq, new=True)
+    args = [backend._retention_ms, incarnation, len(fields), *fields]
+    args.extend(encode_event(event) for event in events)
+    reply = await backend._eval(cl.CREATE, keys, args)
+    if rec.text(reply[0]) == "exists":
+        raise RunExistsError(header.run_id)
+    await ix.index([ix.truth(header, incarnation)], after_write=True)
+
+
+async def append(
+    backend: RedisBackend,
+    run_id: str,
+    keys: list[str],
+    events: tuple[Event, ...],
+    control: tuple[str, ...],
+    lease: Lease,
+) -> Lease:
+    """`RedisBackend.append` on a cluster: the same script, and the index update after it.
+
+    A write that moves the run to another index bucket (it comes to rest, or
+    leaves rest) is announced first. Coming to rest is recognised by the last
+    event's state; leaving it only by the script, which then asks for the intent.
+    """
+    ix = _indexes(backend)
+    last = events[-1] if events else None
+    announced = last is not None and clx.bucket(last.state) != clx.ACTIVE
+    if announced:
+        await ix.intent(run_id, int(control[5]))
+    encoded = [encode_event(event) for event in events]
+    while True:
+        packed = "".join(f"{part}\x1f" for part in (*control, "1" if announced else "0"))
+        reply = await backend._eval(cl.APPEND, keys, [packed, *encoded])
+        if isinstance(reply, bytes):
+            return rec.renewed(lease, reply)
+        status = rec.status(run_id, reply)
+        if status == "intent" and not announced:
+            await ix.intent(run_id, int(control[5]))
+            announced = True
+            continue
+        if status == "indexed":
+            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True)
+            return rec.extended(lease, reply)
+        if status != "refused":
+            raise StoreUnavailableError(f"the append script of {run_id!r} answered {status!r}")
+        current = rec.header_from_hash(run_id, reply[1])
+        check_append(current, events, expected_seq=int(control[4]), lease=lease)
+        raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
+
+
+async def delete(backend: RedisBackend, run_id: str, keys: list[str]) -> bool:
+    """`RedisBackend.delete_run` on a cluster: the script, then its index entries."""
+    deleted, incarnation = await backend._eval(cl.DELETE, keys, [])
+    if deleted:
+        await forget(backend, [(run_id, rec.optional(incarnation))])
+    return bool(deleted)
+
+
+async def forget(backend: RedisBackend, runs: Sequence[tuple[str, str | None]]) -> None:
+    """Remove the index entries of runs just deleted (incarnation if known)."""
+    ix = _indexes(backend)
+    known = [(run_id, inc, "") for run_id, inc in runs if inc is not None]
+    await ix.unindex(known, after_write=True)
+    unknown = [(run_id, "") for run_id, inc in runs if inc is None]
+    if unknown:  # a damaged header: remove whatever is indexed, then look again
+        await ix.mend([], unknown, after_write=True)
+
+
+async def prune(
+    backend: RedisBackend, doomed: Sequence[tuple[str, str]], wanted: Sequence[str]
+) -> int:
+    """`RedisBackend.prune` on a cluster: one script per run, index entries a batch at a time."""
+    removed = 0
+    for start in range(0, len(doomed), BATCH):
+        pruned: list[tuple[str, str | None]] = []
+        for run_id, updated in doomed[start : start + BATCH]:
+            reply = await backend._eval(cl.PRUNE_ONE, backend._keys(run_id), [updated, *wanted])
+            if int(reply[0]):
+                pruned.append((run_id, rec.optional(reply[1])))
+        removed += len(pruned)
+        await forget(backend, pruned)
+    return removed
