@@ -38,7 +38,6 @@ import contextlib
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -60,7 +59,9 @@ from durable_agent.records import (
 )
 from durable_agent.registry import open_backend
 from durable_agent.run import RunContext
+from tests import _preloaded
 from tests._barriers import wait_until
+from tests._preloaded import Forked
 from tests.backends import postgres_server
 from tests.crash.child import (
     CITIES,
@@ -129,16 +130,12 @@ class Child:
         )
 
 
-def spawn(args: ChildArgs) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def spawn(args: ChildArgs) -> Forked:
+    """``python child.py ARGS`` in a new process, forked with the package imported already."""
+    return _preloaded.start(script=CHILD, args=[json.dumps(args)])
 
 
-def finish(proc: subprocess.Popen[str], args: ChildArgs, timeout: float = CHILD_TIMEOUT) -> Child:
+def finish(proc: Forked, args: ChildArgs, timeout: float = CHILD_TIMEOUT) -> Child:
     """Wait for ``proc`` (killing it if it hangs), reap it and describe how it ended."""
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
