@@ -33,8 +33,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PRELOAD = ["durable_agent", "durable_agent.cli", "durable_agent.backends.sqlite"]
-"""Imported once by the fork server: what every CLI command and crash child imports."""
+PRELOAD = [
+    "durable_agent",
+    "durable_agent.cli",
+    "durable_agent.backends.sqlite",
+    # The provider tests' children drive the real SDKs, seconds of imports each.
+    # Neither reads an environment variable at import that durable-agent uses.
+    "openai",
+    "anthropic",
+]
+"""Imported once by the fork server (a missing one is skipped): what the children import."""
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(PRELOAD)
