@@ -11,6 +11,7 @@ import pytest
 
 from durable_agent.__main__ import main
 from durable_agent.fsm import TRANSITIONS
+from tests import _preloaded
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -19,6 +20,16 @@ TIMEOUT = 120
 
 
 def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in ``cwd``: ``-m MODULE`` and ``SCRIPT`` in a forked child.
+
+    The child is a new process that skips importing the package (tests/_preloaded.py);
+    interpreter flags such as ``-W error`` need a real start-up. CI also runs every
+    example with a plain ``python`` (.ci/run).
+    """
+    if args[0] == "-m":
+        return _preloaded.run(module=args[1], args=args[2:], cwd=cwd, timeout=TIMEOUT)
+    if not args[0].startswith("-"):
+        return _preloaded.run(script=Path(args[0]), args=args[1:], cwd=cwd, timeout=TIMEOUT)
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,

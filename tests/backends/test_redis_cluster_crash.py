@@ -4,8 +4,9 @@ The tests and their ``baseline`` fixture are imported from there and collected
 here once more; only ``store_url`` differs: each case gets a store of its own
 on the cluster (a ``redis+cluster://`` URL with a fresh prefix), which the
 child processes open with `open_backend`. SIGKILL after every durable write,
-inside every tool and model call, and two processes racing to continue a dead
-run: the same checks as on a single Redis, SQLite and JSON files.
+inside a tool call and a model call (every one of them is killed on SQLite, see
+tests/crash/test_crash.py), and two processes racing to continue a dead run:
+the same checks as on the other stores.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run the real ``durable-agent`` entry point in a subprocess, on a store with a run per state."""
+"""Run the real ``durable-agent`` entry point in a new process, on a store with a run per state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import _preloaded
 from tests.cli.scenario import ROOT, build_store
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -22,8 +23,12 @@ def run_cli(
     cwd: Path = ROOT,
     env: Mapping[str, str] | None = None,
     stdin: str | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m durable_agent ARGS`` with ``DURABLE_AGENT_DB=db`` (unset when None)."""
+    """``python -m durable_agent ARGS`` with ``DURABLE_AGENT_DB=db`` (unset when None).
+
+    ``fresh=True`` starts a new interpreter even when a forked child would do.
+    """
     environment = {
         k: v for k, v in os.environ.items() if k not in ("DURABLE_AGENT_DB", "FORCE_COLOR")
     }
@@ -31,6 +36,18 @@ def run_cli(
     if db is not None:
         environment["DURABLE_AGENT_DB"] = db
     environment.update(env or {})
+    if fresh or not _preloaded.forkable(environment):
+        return _run_interpreter(args, cwd, environment, stdin)
+    # A new process, forked from one that imported the package already (saves
+    # ~0.6 s of CPU per command; tests/_preloaded.py says what it imitates).
+    return _preloaded.run(
+        module="durable_agent", args=args, env=environment, cwd=cwd, stdin=stdin, timeout=60
+    )
+
+
+def _run_interpreter(
+    args: tuple[str, ...], cwd: Path, environment: dict[str, str], stdin: str | None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "durable_agent", *args],
         cwd=cwd,

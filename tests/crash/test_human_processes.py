@@ -4,34 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.fsm import RunState
 from durable_agent.records import StoredRun
+from tests import _preloaded
 from tests._barriers import wait_for_path
 
 CHILD = Path(__file__).with_name("hitl_child.py")
 
 
 def child(**args: Any) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps(args)],
-        capture_output=True, text=True, timeout=60,
-    )
+    done = _preloaded.run(script=CHILD, args=[json.dumps(args)], timeout=60)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def spawn(**args: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def spawn(**args: Any) -> _preloaded.Forked:
+    """``python hitl_child.py ARGS`` in a new process, forked with the package imported."""
+    return _preloaded.start(script=CHILD, args=[json.dumps(args)])
 
 
 def load(db: Path, run_id: str) -> StoredRun:
@@ -102,10 +96,9 @@ def test_a_non_idempotent_call_killed_between_intent_and_result_is_not_run_twice
 ) -> None:
     common = {"db": str(tmp_path / "runs.db"), "ledger": str(tmp_path / "ledger"),
               "script": "charge", "run_id": "charge-1"}
-    dead = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps({"mode": "start", "die_in_charge": True,
-                                                 **common})],
-        capture_output=True, text=True, timeout=60,
+    dead = _preloaded.run(
+        script=CHILD, args=[json.dumps({"mode": "start", "die_in_charge": True, **common})],
+        timeout=60,
     )
     assert dead.returncode == -9, dead.stderr
     assert ledger(tmp_path / "ledger") == ["charge 4242"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +21,20 @@ from durable_agent import RunState, ToolCall
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import ModelResponseEvent, ToolFinishedEvent
 from durable_agent.testing import Fault
+from tests import _preloaded
 from tests.providers.conftest import API_KEY, Provider, run
 
 CHILD = Path(__file__).with_name("child.py")
 RUN_ID = "cross-process-run"
 
 
-def child(provider: Provider, base_url: str, args: dict[str, Any]) -> subprocess.Popen[str]:
+def child(provider: Provider, base_url: str, args: dict[str, Any]) -> _preloaded.Forked:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
     env[provider.key_env] = API_KEY
     env[provider.url_env] = base_url
     payload = {"provider": provider.name, "model": provider.model_name, "run_id": RUN_ID, **args}
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(payload)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A new process, forked with the package imported already (tests/_preloaded.py).
+    return _preloaded.start(script=CHILD, args=[json.dumps(payload)], env=env)
 
 
 def test_a_process_killed_during_its_second_model_request_is_finished_by_another(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from durable_agent import RunState, ToolCall
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import ModelResponseEvent, ToolFinishedEvent
 from durable_agent.testing import Fault, Reply
+from tests import _preloaded
 from tests._barriers import wait_for_path
 from tests.providers.conftest import API_KEY, Provider, run
 
@@ -29,15 +28,13 @@ CHILD = Path(__file__).with_name("stream_child.py")
 ANSWER = "Sunny in Oslo, twenty degrees, and no rain until the evening."
 
 
-def child(provider: Provider, base_url: str, args: dict[str, Any]) -> subprocess.Popen[str]:
+def child(provider: Provider, base_url: str, args: dict[str, Any]) -> _preloaded.Forked:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
     env[provider.key_env] = API_KEY
     env[provider.url_env] = base_url
     payload = {"provider": provider.name, "model": provider.model_name, **args}
-    return subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(payload)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    # A new process, forked with the package imported already (tests/_preloaded.py).
+    return _preloaded.start(script=CHILD, args=[json.dumps(payload)], env=env)
 
 
 def _load(db: str, run_id: str) -> Any:

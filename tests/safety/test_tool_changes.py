@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,14 @@ import pytest
 from durable_agent._timeline import timeline
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import StoredRun, ToolStartedEvent
+from tests import _preloaded
 from tests._barriers import wait_for_path
 
 CHILD = Path(__file__).with_name("child.py")
 
 
 def child(**args: Any) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps(args)], capture_output=True, text=True, timeout=120
-    )
+    done = _preloaded.run(script=CHILD, args=[json.dumps(args)], timeout=120)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -46,11 +43,7 @@ def kill_in_charge(
     start = {**common, "mode": "start", "entered": str(tmp_path / "entered"),
              "block": True, "block_before_effect": block_before_effect}
     entered = tmp_path / "entered"
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD),
-         json.dumps(start)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = _preloaded.start(script=CHILD, args=[json.dumps(start)])
     try:
         wait_for_path(entered, awaiting="the child inside charge", processes=[proc])
     finally:
