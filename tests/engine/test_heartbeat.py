@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -41,8 +41,10 @@ async def _until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-def _agent(store: SqliteBackend, tool: object, *, ttl: float, name: str = "agent") -> Agent:
-    script: list[str | ToolCall] = [ToolCall(tool.__name__, {}), "done"]  # type: ignore[attr-defined]
+def _agent(
+    store: SqliteBackend, tool: Callable[[], Awaitable[str]], *, ttl: float, name: str = "agent"
+) -> Agent:
+    script: list[str | ToolCall] = [ToolCall(tool.__name__, {}), "done"]
     return Agent(ScriptedModel(script), db=store, tools=[tool], lease_ttl=ttl, name=name)
 
 
