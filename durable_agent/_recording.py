@@ -73,6 +73,8 @@ class ExecutionCore:
         self.ctx: RunContext | None = None
         self.lease: Lease | None = None
         self._lock = asyncio.Lock()
+        self.parallel = False
+        """Several tool calls of this execution run (and append) at once: order their appends."""
         self._live_intents: set[str] = set()
         self._resumed_in_model_call = False
         self._heartbeat_error: BaseException | None = None
@@ -135,7 +137,12 @@ class ExecutionCore:
 
     async def _append(self, *specs: Spec) -> None:
         """Build events for ``specs`` after the current seq, append them, then apply them."""
-        async with self._lock:
+        # Only parallel tool calls append from several tasks at once; the common
+        # path (one task appending) takes no lock.
+        ordered = self.parallel
+        if ordered:
+            await self._lock.acquire()
+        try:
             if self._heartbeat_error is not None:
                 raise self._heartbeat_error
             ctx = self._context()
@@ -178,6 +185,9 @@ class ExecutionCore:
             self._settle(events, release)
             recorded(ctx.run_id, events)
             self._tel.appended(mark, ctx, events, release)
+        finally:
+            if ordered:
+                self._lock.release()
 
     def _settle(self, events: list[Event], released: bool) -> None:
         self._context().apply_all(events)
