@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 import durable_agent.backend as contract
-from durable_agent.backends import _sqlite_ops as ops
+from durable_agent.backends import _sqlite_batch as batching
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = ["Link", "Stats"]
@@ -58,7 +58,7 @@ class Link:
         self.path = path
         self.max_batch = max_batch
         self.stats = stats
-        self.pending: deque[ops.Write[Any]] = deque()
+        self.pending: deque[batching.Write[Any] | batching.Append] = deque()
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
@@ -75,7 +75,7 @@ class Link:
 
     def submit(self, run_id: str, apply: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self.loop.create_future()
-        self.pending.append(ops.Write(run_id, apply, future))
+        self.pending.append(batching.Write(run_id, apply, future))
         self.wakeup.set()
         return future
 
@@ -114,22 +114,22 @@ class Link:
                 self.closed = True
 
     async def _commit_next(self) -> None:
-        writes: list[ops.Write[Any]] = []
+        writes: list[batching.Write[Any] | batching.Append] = []
         while self.pending and len(writes) < self.max_batch:
             write = self.pending.popleft()
             if not write.future.done():  # its caller was cancelled before it started
                 writes.append(write)
         if not writes:
             return
-        batch = ops.Batch(writes)
+        batch = batching.Batch(writes)
         try:
-            await self.execute(ops.apply_batch, batch, self.path)
+            await self.execute(batching.apply_batch, batch, self.path)
         except asyncio.CancelledError:
             # The batch runs on in SQLite's thread and may commit. A no-op
             # queued behind it tells when it ended, so its callers still learn
             # whether their write is stored.
             with suppress(Exception):
-                await self.execute(ops.noop)
+                await self.execute(batching.noop)
             self._settle(batch)
             raise
         except Exception as exc:  # aiosqlite refused the call: the connection is gone
@@ -137,7 +137,7 @@ class Link:
             batch.error.__cause__ = exc
         self._settle(batch)
 
-    def _settle(self, batch: ops.Batch) -> None:
+    def _settle(self, batch: batching.Batch) -> None:
         self.stats.batches += 1
         self.stats.writes += len(batch.writes)
         if batch.committed:
@@ -157,7 +157,7 @@ class Link:
             elif write.error is not None:
                 write.future.set_exception(write.error)
             elif batch.committed:
-                write.future.set_result(write.result)
+                cast("asyncio.Future[Any]", write.future).set_result(write.result)
             else:  # the batch never reached its end (the thread was interrupted)
                 write.future.set_exception(
                     StoreUnavailableError(f"SQLite store {self.path}: the write was not committed")

@@ -52,6 +52,7 @@ from durable_agent.backends import _sqlite_claims as claims
 from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
+from durable_agent.backends._sqlite_batch import Append
 from durable_agent.backends._sqlite_writer import Link, Stats
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 from durable_agent.fsm import RunState
@@ -291,11 +292,19 @@ class SqliteBackend(Backend):
         lease: Lease,
         release: bool = False,
     ) -> Lease:
-        events = tuple(events)
+        # The hot path, kept flat: straight onto the writer's queue as a record
+        # (no closure, no coroutine in between), where one compare-and-set
+        # serves every append of the batch (`durable_agent.backends._sqlite_batch`).
+        link = self._link
+        if link is None or not link.usable or link.loop is not asyncio.get_running_loop():
+            link = await self._reconnect()
         rows = [(run_id, event.seq, encode_event(event)) for event in events]
-        return await self._write(
-            run_id, lambda db: ops.append(db, run_id, events, rows, expected_seq, lease, release)
+        future: asyncio.Future[Lease] = link.loop.create_future()
+        link.pending.append(
+            Append(run_id, events, rows, expected_seq, lease, release, future)
         )
+        link.wakeup.set()
+        return await future
 
     async def load_run(self, run_id: str) -> StoredRun:
         row, stored = await self._read(ops.read_run, run_id)

@@ -6,20 +6,20 @@ methods are the only way an execution writes: `_append` builds events after the
 current seq and appends them with the lease (the write that brings a run to
 rest releases the lease in the same step); `_record_interruption` writes the
 ERROR of a deadline or cancellation, reloading first when an append was cut
-short; `_keepalive` renews the lease while one effect outlasts a third of its
-TTL. The steps (`durable_agent._model_step`, `durable_agent._tool_step`) and the
-lifecycle (`durable_agent.engine.RunExecution`) build on it.
+short; `_keepalive` has the loop's heartbeat renew the lease while one effect
+outlasts a third of its TTL. The steps (`durable_agent._model_step`,
+`durable_agent._tool_step`) and the lifecycle (`durable_agent.engine.RunExecution`) build on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from durable_agent._heartbeat import Effect
 from durable_agent._stream_hooks import recorded
 from durable_agent.backend import Backend
 from durable_agent.fsm import RunState, next_state
@@ -73,6 +73,8 @@ class ExecutionCore:
         self.ctx: RunContext | None = None
         self.lease: Lease | None = None
         self._lock = asyncio.Lock()
+        self.parallel = False
+        """Several tool calls of this execution run (and append) at once: order their appends."""
         self._live_intents: set[str] = set()
         self._resumed_in_model_call = False
         self._heartbeat_error: BaseException | None = None
@@ -135,7 +137,12 @@ class ExecutionCore:
 
     async def _append(self, *specs: Spec) -> None:
         """Build events for ``specs`` after the current seq, append them, then apply them."""
-        async with self._lock:
+        # Only parallel tool calls append from several tasks at once; the common
+        # path (one task appending) takes no lock.
+        ordered = self.parallel
+        if ordered:
+            await self._lock.acquire()
+        try:
             if self._heartbeat_error is not None:
                 raise self._heartbeat_error
             ctx = self._context()
@@ -178,40 +185,23 @@ class ExecutionCore:
             self._settle(events, release)
             recorded(ctx.run_id, events)
             self._tel.appended(mark, ctx, events, release)
+        finally:
+            if ordered:
+                self._lock.release()
 
     def _settle(self, events: list[Event], released: bool) -> None:
         self._context().apply_all(events)
         if released:
             self.lease = None
 
-    @asynccontextmanager
-    async def _keepalive(self) -> AsyncIterator[None]:
+    def _keepalive(self) -> Effect:
         """Renew the lease every third of its TTL while one effect runs.
 
-        Appends renew the lease too, so this timer only fires for effects that
-        outlast a third of the TTL; an idle run holds no timer at all.
+        Appends renew the lease too, so only effects that outlast a third of the
+        TTL see a renewal; one heartbeat per event loop does it for every run
+        (`durable_agent._heartbeat`), and an idle run holds no timer at all.
         """
-        assert self.lease is not None
-        loop = asyncio.get_running_loop()
-        interval = self.lease.ttl / 3
-        renewals: set[asyncio.Task[None]] = set()
-        handle: asyncio.TimerHandle | None = None
-
-        def tick() -> None:
-            nonlocal handle
-            task = loop.create_task(self._renew())
-            renewals.add(task)
-            task.add_done_callback(renewals.discard)
-            handle = loop.call_later(interval, tick)
-
-        handle = loop.call_later(interval, tick)
-        try:
-            yield
-        finally:
-            if handle is not None:
-                handle.cancel()
-            for task in list(renewals):
-                await task
+        return Effect(self)
 
     async def _renew(self) -> None:
         lease = self.lease

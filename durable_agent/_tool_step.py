@@ -176,11 +176,14 @@ class ToolStep(ReconcileStep):
             async with self._keepalive():
                 outcomes = [await self._run_call(ctx, runs[0])]
         else:
+            self.parallel = True  # their appends take the execution's lock
             try:
                 async with self._keepalive(), asyncio.TaskGroup() as group:
                     tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
             except BaseExceptionGroup as grouped:
                 raise grouped.exceptions[0] from None
+            finally:
+                self.parallel = False
             outcomes = [t.result() for t in tasks]
         self._live_intents.clear()
         failures = [(p.call, o) for p, o in zip(runs, outcomes, strict=True) if o is not None]
@@ -248,7 +251,10 @@ class ToolStep(ReconcileStep):
             None,
             {"result": result, "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
-        async with self._lock:
+        if self.parallel:
+            async with self._lock:
+                last = set(ctx.pending_calls) == {call.id}
+        else:
             last = set(ctx.pending_calls) == {call.id}
         # The last result and the move back to MODEL_CALL share one append: the
         # next effect is the model call, which starts only after it returns.

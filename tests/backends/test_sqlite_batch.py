@@ -1,0 +1,129 @@
+"""SqliteBackend's group commit: one compare-and-set for a batch's appends, savepoints only
+when a write fails after changing rows, and each write still deciding alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.errors import ConcurrentUpdateError, CorruptRunError, LeaseLostError
+from durable_agent.fsm import RunState
+from durable_agent.records import Lease, TransitionEvent
+from tests.backends.conftest import new_run, run, step
+
+
+async def _trace(store: SqliteBackend) -> list[str]:
+    statements: list[str] = []
+    await store._read(lambda db: db.set_trace_callback(statements.append))
+    return statements
+
+
+def _quiet(seq: int) -> TransitionEvent:
+    """An event with no trigger: the run's state stays as it is."""
+    return TransitionEvent(seq=seq, state=RunState.PENDING, trigger=None)
+
+
+def test_a_batch_of_appends_makes_one_compare_and_set_and_no_savepoint(db_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            ids = [f"r{i:03d}" for i in range(50)]
+            leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
+            statements = await _trace(store)
+            commits_before = store._stats.commits
+            renewed = await asyncio.gather(
+                *(
+                    store.append(run_id, [step(2)], expected_seq=1, lease=lease)
+                    for run_id, lease in zip(ids, leases, strict=True)
+                )
+            )
+            commits = store._stats.commits - commits_before
+            updates = [s for s in statements if "UPDATE runs" in s]
+            assert len(updates) == commits, updates
+            assert not any("SAVEPOINT" in s for s in statements)
+            for lease, fresh in zip(leases, renewed, strict=True):
+                assert fresh.generation == lease.generation
+                assert fresh.owner == lease.owner
+                assert fresh.expires_at >= lease.expires_at
+            headers = await asyncio.gather(*(store.get_run(run_id) for run_id in ids))
+            assert {(h.seq, h.state) for h in headers} == {(2, RunState.MODEL_CALL)}
+
+    run(main())
+
+
+def test_appends_with_and_without_a_trigger_and_empty_ones_share_a_batch(db_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            a, b, c, d = [await new_run(store, r) for r in "abcd"]
+            outcomes = await asyncio.gather(
+                store.append("a", [step(2)], expected_seq=1, lease=a),
+                store.append("b", [_quiet(2)], expected_seq=1, lease=b),
+                store.append("c", [], expected_seq=1, lease=c),
+                store.append("d", [step(2), _quiet(3)], expected_seq=1, lease=d,
+                             release=True),
+            )
+            assert all(isinstance(o, Lease) for o in outcomes)
+            got = {r: await store.get_run(r) for r in "abcd"}
+            assert (got["a"].seq, got["a"].state) == (2, RunState.MODEL_CALL)
+            assert (got["b"].seq, got["b"].state) == (2, RunState.PENDING)
+            assert (got["c"].seq, got["c"].state) == (1, RunState.PENDING)
+            assert (got["d"].seq, got["d"].state) == (3, RunState.PENDING)
+            assert got["d"].lease is None
+            assert got["a"].lease is not None
+            assert [e.seq for e in (await store.load_run("d")).events] == [1, 2, 3]
+
+    run(main())
+
+
+def test_an_append_whose_rows_collide_fails_alone_after_its_batch_is_replayed(
+    db_path: Path,
+) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            ids = [f"r{i}" for i in range(6)]
+            leases = dict(zip(ids, [await new_run(store, r) for r in ids], strict=True))
+            # A stray row at r3's next seq: its compare-and-set passes, its INSERT fails.
+            with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
+                raw.execute("INSERT INTO events (run_id, seq, body) VALUES ('r3', 2, '{}')")
+            statements = await _trace(store)
+            outcomes = await asyncio.gather(
+                *(store.append(r, [step(2)], expected_seq=1, lease=leases[r]) for r in ids),
+                store.append("r0", [step(3, RunState.TOOL_EXEC)], expected_seq=2,
+                             lease=leases["r0"]),
+                return_exceptions=True,
+            )
+            assert type(outcomes[3]) is CorruptRunError, outcomes
+            assert all(isinstance(o, Lease) for i, o in enumerate(outcomes) if i != 3)
+            assert any("SAVEPOINT" in s for s in statements)  # the fallback ran
+            assert (await store.get_run("r3")).seq == 1
+            assert (await store.get_run("r0")).seq == 3
+            for run_id in ids[1:3] + ids[4:]:
+                assert (await store.load_run(run_id)).header.seq == 2
+
+    run(main())
+
+
+def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            good, stale, taken = [await new_run(store, r) for r in ("good", "stale", "taken")]
+            await store.append("stale", [step(2)], expected_seq=1, lease=stale)
+            old = taken.model_copy(update={"generation": taken.generation - 1})
+            outcomes = await asyncio.gather(
+                store.append("good", [step(2)], expected_seq=1, lease=good),
+                store.append("stale", [step(2)], expected_seq=1, lease=stale),
+                store.append("taken", [step(2)], expected_seq=1, lease=old),
+                store.append("good", [step(5)], expected_seq=2, lease=good),  # seq gap
+                return_exceptions=True,
+            )
+            assert isinstance(outcomes[0], Lease)
+            assert type(outcomes[1]) is ConcurrentUpdateError
+            assert type(outcomes[2]) is LeaseLostError
+            assert isinstance(outcomes[3], ConcurrentUpdateError)
+            assert (await store.get_run("good")).seq == 2
+            assert (await store.get_run("stale")).seq == 2
+            assert (await store.get_run("taken")).seq == 1
+
+    run(main())
