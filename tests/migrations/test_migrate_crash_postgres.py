@@ -1,4 +1,4 @@
-"""``durable-agent migrate`` on PostgreSQL: SIGKILLed half-way, re-run, and two at once.
+"""``durable-agent migrate`` on PostgreSQL: SIGKILLed half-way, re-run, two at once, live writers.
 
 The store is the v1 PostgreSQL layout (`tests.migrations.v1_postgres`) with its
 DONE run copied 500 times: a migration that takes a while, one transaction
@@ -6,7 +6,8 @@ per run. The child is killed once the store shows some runs migrated (a store
 state is the barrier, not a pause); every run must then read exactly as
 before, a re-run must finish the job, and a third run find nothing to do. Two
 migrators started together must not overlap: the advisory lock makes the
-second wait, and between them each run is rewritten once.
+second wait, and between them each run is rewritten once. Writers appending
+to runs while they are rewritten are never refused and lose nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from durable_agent.backend import LeaseOwner
 from durable_agent.backends.postgres import PostgresBackend
 from durable_agent.records import SCHEMA_VERSION, StoredRun
+from durable_agent.testing.conformance import step
 from tests._barriers import wait_until
 from tests.backends.postgres_server import URL, admin, drop, new_schema
 from tests.migrations.v1_postgres import migrated, write_v1_store
@@ -121,3 +124,42 @@ def test_two_postgres_migrations_at_once_never_overlap(schema: str) -> None:
     )
     assert migrated(URL, schema, SCHEMA_VERSION) == len(run_ids)
     assert load_all(schema, run_ids) == before
+
+
+def test_a_postgres_migration_beside_live_writers_refuses_no_append_and_loses_none(
+    schema: str,
+) -> None:
+    run_ids = write_v1_store(URL, schema, copies=300)
+    written = [f"copy-{i:04d}" for i in range(0, 300, 15)]  # spread over the migration
+
+    async def main() -> tuple[dict[str, int], int]:
+        async with (
+            PostgresBackend(URL, schema=schema) as writer,
+            PostgresBackend(URL, schema=schema) as migrator,
+        ):
+            leases = {r: await writer.acquire_lease(r, LeaseOwner.current(), ttl=300)
+                      for r in written}
+            seqs = {r: (await writer.get_run(r)).seq for r in written}
+            migration = asyncio.ensure_future(migrator.migrate())
+
+            async def write(run_id: str) -> None:
+                rounds = 0
+                while rounds < 3 or not migration.done():  # appends before, during, after
+                    seq = seqs[run_id] + 1
+                    leases[run_id] = await writer.append(
+                        run_id, [step(seq)], expected_seq=seq - 1, lease=leases[run_id]
+                    )
+                    seqs[run_id] = seq
+                    rounds += 1
+
+            await asyncio.gather(*(write(r) for r in written))
+            report = await migration
+            return seqs, report.runs_rewritten
+
+    seqs, rewritten = asyncio.run(main())
+    assert rewritten == len(run_ids)
+    runs = load_all(schema, run_ids)
+    for run_id, seq in seqs.items():
+        assert runs[run_id].header.seq == seq  # every acknowledged append is stored
+        assert [e.seq for e in runs[run_id].events] == list(range(1, seq + 1))
+    assert migrated(URL, schema, SCHEMA_VERSION) == len(run_ids)

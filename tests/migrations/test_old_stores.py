@@ -97,7 +97,10 @@ def test_a_store_of_the_previous_release_loads_lists_and_continues_after_migrate
             assert (intent.name, intent.schema_hash, intent.idempotent) == ("charge", None, None)
 
     asyncio.run(read_and_list())  # before the migration: upcast when read
-    first = migrate(old_store, capsys)
+    assert main(["migrate", "--db", old_store, "--json", "--dry-run"]) == 0
+    dry: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert (dry["dry_run"], dry["runs_rewritten"]) == (True, len(RUNS))
+    first = migrate(old_store, capsys)  # the dry run changed nothing: all four are still old
     assert first["schema_version"] == SCHEMA_VERSION
     assert first["supported"] is True
     assert first["runs_rewritten"] == len(RUNS)
