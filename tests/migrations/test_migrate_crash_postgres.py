@@ -19,10 +19,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
-from durable_agent.backend import LeaseOwner
+from durable_agent.backend import LeaseOwner, MigrationReport
+from durable_agent.backends import _postgres_schema as layout
 from durable_agent.backends.postgres import PostgresBackend
+from durable_agent.errors import StoreUnavailableError
 from durable_agent.records import SCHEMA_VERSION, StoredRun
 from durable_agent.testing.conformance import step
 from tests._barriers import wait_until
@@ -163,3 +166,27 @@ def test_a_postgres_migration_beside_live_writers_refuses_no_append_and_loses_no
         assert runs[run_id].header.seq == seq  # every acknowledged append is stored
         assert [e.seq for e in runs[run_id].events] == list(range(1, seq + 1))
     assert migrated(URL, schema, SCHEMA_VERSION) == len(run_ids)
+
+
+def test_each_postgres_layout_step_commits_with_its_version_row(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_v1_store(URL, schema)
+    monkeypatch.setitem(layout.MIGRATIONS, 2, ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",))
+    monkeypatch.setitem(layout.MIGRATIONS, 3, ("ALTER TABLE {schema}.runs ADD COLUMN oops",))
+    monkeypatch.setattr(layout, "STORE_VERSION", 3)
+
+    async def migrate() -> MigrationReport:
+        async with PostgresBackend(URL, schema=schema) as db:
+            return await db.migrate()
+
+    with pytest.raises(StoreUnavailableError, match=r"migration failed.*run it again"):
+        asyncio.run(migrate())
+    with psycopg.connect(URL) as conn:  # step 2 is whole; step 3 left nothing behind
+        assert conn.execute(f"SELECT version FROM {schema}.store_version").fetchall() == [(2,)]
+        assert conn.execute(f"SELECT count(note) FROM {schema}.runs").fetchall() == [(0,)]
+    monkeypatch.setitem(layout.MIGRATIONS, 3, ("ALTER TABLE {schema}.runs ADD COLUMN oops INT",))
+    report = asyncio.run(migrate())
+    assert (report.layout_before, report.layout_after) == (2, 3)
+    assert report.steps[0] == "table layout 2 -> 3"
+    assert report.runs_rewritten == 4
