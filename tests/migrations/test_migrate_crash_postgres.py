@@ -1,7 +1,7 @@
 """``durable-agent migrate`` on PostgreSQL: SIGKILLed half-way, re-run, two at once, live writers.
 
 The store is the v1 PostgreSQL layout (`tests.migrations.v1_postgres`) with its
-DONE run copied 500 times: a migration that takes a while, one transaction
+DONE run copied 300 times: a migration that takes a while, one transaction
 per run. The child is killed once the store shows some runs migrated (a store
 state is the barrier, not a pause); every run must then read exactly as
 before, a re-run must finish the job, and a third run find nothing to do. Two
@@ -32,7 +32,7 @@ from tests._barriers import wait_until
 from tests.backends.postgres_server import URL, admin, drop, new_schema
 from tests.migrations.v1_postgres import migrated, write_v1_store
 
-COPIES = 500
+COPIES = 300
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_a_postgres_migration_killed_half_way_leaves_the_store_intact_and_a_reru
 
 
 def test_two_postgres_migrations_at_once_never_overlap(schema: str) -> None:
-    run_ids = write_v1_store(URL, schema, copies=COPIES // 4)
+    run_ids = write_v1_store(URL, schema, copies=COPIES // 2)
     before = load_all(schema, run_ids)
     procs = [
         subprocess.Popen(

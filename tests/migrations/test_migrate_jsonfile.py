@@ -87,7 +87,7 @@ def test_a_jsonfile_migration_killed_half_way_leaves_every_run_readable_and_a_re
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "runs"
-    run_ids = grow(folder, 400)
+    run_ids = grow(folder, 250)
     before = load_all(folder, run_ids)
 
     proc = subprocess.Popen(
