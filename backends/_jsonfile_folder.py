@@ -57,6 +57,11 @@ def _may_be_run(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def run_entries(root: str) -> list[os.DirEntry[str]]:
+    """The entries that may be runs (folders named by a valid run id), sorted by name."""
+    return [entry for entry in _entries(root) if _may_be_run(entry)]
+
+
 def _shown(entry: os.DirEntry[str]) -> str:
     try:
         return entry.name + ("/" if entry.is_dir() else "")

@@ -90,6 +90,7 @@ __all__ = [
     "delete",
     "file_key",
     "finish",
+    "fsync_dir",
     "get_header",
     "holds_run",
     "load",
@@ -105,6 +106,7 @@ __all__ = [
     "stored_run",
     "unavailable",
     "write_append",
+    "write_file",
 ]
 
 
@@ -118,7 +120,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a folder, so the renames and creations in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -126,7 +129,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes) -> None:
+    """Write ``data`` as the whole file at ``path`` and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, data)
@@ -138,9 +142,9 @@ def _write_file(path: str, data: bytes) -> None:
 def replace_header(folder: str, header: RunHeader) -> None:
     """Write header.json atomically: temp file, fsync, rename, fsync of the folder."""
     temp = os.path.join(folder, f".{HEADER}.tmp")
-    _write_file(temp, encode_header(header).encode() + b"\n")
+    write_file(temp, encode_header(header).encode() + b"\n")
     os.replace(temp, os.path.join(folder, HEADER))
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def create(root: str, header: RunHeader, lines: Sequence[bytes]) -> None:
@@ -167,16 +171,16 @@ def create(root: str, header: RunHeader, lines: Sequence[bytes]) -> None:
     temp = os.path.join(root, f".create-{uuid.uuid4().hex}")
     os.mkdir(temp)
     try:
-        _write_file(os.path.join(temp, HEADER), encode_header(header).encode() + b"\n")
-        _write_file(os.path.join(temp, EVENTS), b"".join(lines) + commit.line())
-        _fsync_dir(temp)
+        write_file(os.path.join(temp, HEADER), encode_header(header).encode() + b"\n")
+        write_file(os.path.join(temp, EVENTS), b"".join(lines) + commit.line())
+        fsync_dir(temp)
         try:
             os.rename(temp, final)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise RunExistsError(run_id) from None
             raise
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if os.path.isdir(temp):
             shutil.rmtree(temp, ignore_errors=True)
@@ -187,26 +191,33 @@ class WouldBlock(Exception):
 
 
 def _open_locked(root: str, run_id: str, *, wait: bool) -> tuple[str, int]:
-    """Open the run's log for appending and take its exclusive flock."""
+    """Open the run's log for appending and take its exclusive flock.
+
+    The lock is on the file the path named when it was opened. Once it is
+    held, the path must still name that file: if the run's folder is gone it
+    was deleted meanwhile; if the path names another file, ``migrate``
+    replaced the log while this waited, and the new one is opened and locked
+    instead (its lock is the run's lock now).
+    """
     folder = os.path.join(root, check_run_id(run_id))
     path = os.path.join(folder, EVENTS)
-    fd = open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
-    try:
+    while True:
+        fd = open_log(run_id, folder, os.O_RDWR | os.O_APPEND)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WouldBlock from None
-        # The run may have been deleted (its folder moved away) while we waited.
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            raise RunNotFoundError(run_id, "it was deleted by another writer")
-    except BaseException:
-        os.close(fd)
-        raise
-    return folder, fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WouldBlock from None
+            try:
+                now = os.stat(path).st_ino
+            except FileNotFoundError:
+                raise RunNotFoundError(run_id, "it was deleted by another writer") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now == os.fstat(fd).st_ino:
+            return folder, fd
+        os.close(fd)  # replaced by a migration: lock the log that is there now
 
 
 @contextmanager
@@ -366,7 +377,7 @@ def remove(root: str, folder: str) -> None:
     # Moved aside in one rename (the run is gone at once, whole), then removed.
     trash = os.path.join(root, f".deleted-{uuid.uuid4().hex}")
     os.rename(folder, trash)
-    _fsync_dir(root)
+    fsync_dir(root)
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -6,8 +6,10 @@ share a database without seeing each other:
 
 * ``store_version`` holds one row, the version of the layout below. Opening a
   store created by an older durable-agent applies the missing steps of
-  `MIGRATIONS` in one transaction; a store from a newer one is refused, left
-  untouched.
+  `MIGRATIONS`, one transaction per step (with the version row it reaches);
+  a store from a newer one is refused, left untouched. ``durable-agent
+  migrate`` applies them too, then the records' own migration
+  (`durable_agent.backends._postgres_migrate`).
 * ``runs`` is the header, one column per field (``queue``, ``priority`` and
   ``not_before`` are what workers claim by).
 * ``workers`` holds the registered workers and their liveness lock keys.
@@ -28,7 +30,7 @@ from psycopg import sql
 
 from durable_agent.errors import StoreUnavailableError
 
-__all__ = ["CLAIMABLE", "MIGRATIONS", "STORE_VERSION", "prepare"]
+__all__ = ["CLAIMABLE", "MIGRATIONS", "STORE_VERSION", "prepare", "upgrade", "version"]
 
 CLAIMABLE: Final = "('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
 """The states a worker claims runs in (not at rest), as SQL; the claimable index holds these."""
@@ -89,7 +91,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _V1}
 """Version -> the statements that bring a store from the version before it up to it.
 
 A later layout adds ``2: ("ALTER TABLE {schema}.runs ADD COLUMN ...", ...)``;
-every store walks the steps it lacks, in order, in one transaction.
+every store walks the steps it lacks, in order, one transaction per step.
 """
 
 STORE_VERSION: Final = max(MIGRATIONS)
@@ -101,36 +103,57 @@ async def prepare(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
 
     The common case, a store already at `STORE_VERSION`, costs one query.
     """
+    if await _version(conn, schema) != STORE_VERSION:
+        await upgrade(conn, schema)
+
+
+async def upgrade(conn: psycopg.AsyncConnection[Any], schema: str) -> list[int]:
+    """Apply the missing steps of `MIGRATIONS`, one transaction each; return the versions reached.
+
+    Each step's statements and the ``store_version`` row it writes commit
+    together, so a process killed at any point leaves the store at a whole
+    version, and the next opener (or ``durable-agent migrate``) goes on from
+    there. ``conn`` must be in autocommit.
+    """
     names = {"schema": sql.Identifier(schema)}
-    version = await _version(conn, schema)
-    if version == STORE_VERSION:
-        return
-    async with conn.transaction():
-        # One opener at a time: the others wait here, then find the work done.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('durable_agent.schema:' || %s))", (schema,)
-        )
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(**names))
-        await conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {schema}.store_version (version INTEGER NOT NULL)"
-            ).format(**names)
-        )
-        version = await _version(conn, schema) or 0
-        if version > STORE_VERSION:
-            raise StoreUnavailableError(
-                f"PostgreSQL schema {schema!r} has table layout version {version}, but this "
-                f"durable-agent reads up to {STORE_VERSION}; upgrade durable-agent to open it "
-                "(the store was left untouched)"
+    reached: list[int] = []
+    while True:
+        async with conn.transaction():
+            # One upgrader at a time: the others wait here, then find the step done.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('durable_agent.schema:' || %s))", (schema,)
             )
-        for step in range(version + 1, STORE_VERSION + 1):
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {schema}").format(**names))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {schema}.store_version (version INTEGER NOT NULL)"
+                ).format(**names)
+            )
+            version = await _version(conn, schema) or 0
+            if version > STORE_VERSION:
+                raise StoreUnavailableError(
+                    f"PostgreSQL schema {schema!r} has table layout version {version}, but this "
+                    f"durable-agent reads up to {STORE_VERSION}; upgrade durable-agent to open "
+                    "it (the store was left untouched)"
+                )
+            if version == STORE_VERSION:
+                return reached
+            step = version + 1
             for statement in MIGRATIONS[step]:
                 await conn.execute(sql.SQL(statement).format(**names))
-        await conn.execute(sql.SQL("DELETE FROM {schema}.store_version").format(**names))
-        await conn.execute(
-            sql.SQL("INSERT INTO {schema}.store_version (version) VALUES (%s)").format(**names),
-            (STORE_VERSION,),
-        )
+            await conn.execute(sql.SQL("DELETE FROM {schema}.store_version").format(**names))
+            await conn.execute(
+                sql.SQL("INSERT INTO {schema}.store_version (version) VALUES (%s)").format(
+                    **names
+                ),
+                (step,),
+            )
+        reached.append(step)
+
+
+async def version(conn: psycopg.AsyncConnection[Any], schema: str) -> int | None:
+    """The layout version of ``schema``'s store, None when it has no tables yet."""
+    return await _version(conn, schema)
 
 
 async def _version(conn: psycopg.AsyncConnection[Any], schema: str) -> int | None:

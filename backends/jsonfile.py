@@ -41,15 +41,24 @@ from durable_agent.backend import (
     Backend,
     Capability,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     decode_cursor,
     make_page,
 )
 from durable_agent.backends import _jsonfile_folder as folder_ops
+from durable_agent.backends import _jsonfile_migrate as migration
 from durable_agent.backends import _jsonfile_ops as ops
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, StoredRun, encode_event
+from durable_agent.records import (
+    SCHEMA_VERSION,
+    Event,
+    Lease,
+    RunHeader,
+    StoredRun,
+    encode_event,
+)
 
 __all__ = ["JsonFileBackend"]
 
@@ -74,7 +83,7 @@ class JsonFileBackend(Backend):
     an fsync never blocks the event loop, and the backend is bound to no loop.
     """
 
-    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS})
+    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS, Capability.MIGRATE})
 
     def __init__(
         self,
@@ -243,6 +252,22 @@ class JsonFileBackend(Backend):
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         await self._run(ops.release, run_id, lease)
+
+    # -- upgrades ------------------------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Rewrite each run's files holding older records at this version, in place.
+
+        Under each run's lock, one atomic replacement per file (temp file,
+        fsync, rename, fsync of the folder: `durable_agent.backends._jsonfile_migrate`),
+        so it is safe while the folder is in use and to run again after a crash.
+        """
+        done = await self._run(migration.migrate, dry_run)
+        steps = done.steps or [f"nothing to do: every record at schema {SCHEMA_VERSION}"]
+        return MigrationReport(
+            store=repr(self), layout_before=None, layout_after=None, runs_checked=done.checked,
+            runs_rewritten=done.rewritten, steps=tuple(steps), dry_run=dry_run,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 

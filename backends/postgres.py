@@ -39,12 +39,14 @@ from durable_agent.backend import (
     Capability,
     ClaimedRun,
     LeaseOwner,
+    MigrationReport,
     RunPage,
     check_append,
     check_claim_args,
 )
 from durable_agent.backends import _postgres_claims as claims
 from durable_agent.backends import _postgres_listing as listing
+from durable_agent.backends import _postgres_migrate as migration
 from durable_agent.backends import _postgres_sql as q
 from durable_agent.backends._postgres_link import Link, Settings, check_options, first_line
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
@@ -98,6 +100,7 @@ class PostgresBackend(Backend):
             Capability.QUEUE_LIMIT,
             Capability.WORKER_LIVENESS,
             Capability.WAKE_UP,
+            Capability.MIGRATE,
         }
     )
 
@@ -428,6 +431,18 @@ class PostgresBackend(Backend):
         if after is None:
             return listener.token()
         return await listener.wait(after, timeout)
+
+    # -- upgrades ---------------------------------------------------------------------------
+
+    async def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Bring the table layout and every older record up to this version.
+
+        One transaction per step and per run, under an advisory lock that keeps
+        a second migrator waiting (`durable_agent.backends._postgres_migrate`),
+        so it is safe while workers use the store and to run again after a crash.
+        """
+        self._check_open()
+        return await migration.migrate(self, dry_run)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -27,9 +27,11 @@ __all__ = ["migrate"]
 def migrate(dry_run: bool, as_json: bool, db: str | None) -> int:
     """Migrate the store's own layout and its older records to this version.
 
-    Idempotent: run it again after a crash, or to check (it reports nothing to
-    do). Upgrade every process that uses the store first: an older release
-    refuses records this one rewrote.
+    Each step is atomic (a transaction, a script or a file replaced under the
+    run's lock), so it is safe while workers use the store. Idempotent: run it
+    again after a crash, or to check (it reports nothing to do). Upgrade every
+    process that uses the store first: an older release refuses records this
+    one rewrote.
     """
     choice = choose(db)
 

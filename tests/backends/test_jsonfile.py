@@ -119,6 +119,9 @@ def test_a_corrupted_line_fails_its_run_and_leaves_the_file_as_it_was(
             await store.load_run("bad")
         await store.append("good", [step(4)], expected_seq=3, lease=good)
         assert {h.run_id for h in (await store.list_runs()).runs} <= {"bad", "good"}
+        report = await store.migrate()  # names the damaged run, leaves it as it is
+        assert report.runs_rewritten == 0
+        assert any(step.startswith("left run 'bad' as it is") for step in report.steps)
 
     run(main())
     assert log.read_bytes().startswith(damaged), "a damaged log must never be rewritten"

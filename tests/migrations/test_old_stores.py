@@ -2,7 +2,8 @@
 
 The data was written by the code of main before schema version 2 (see
 ``tests/data/make_v1_stores.py``): an SQLite file, a JSON-file folder and a
-Redis key dump. Each is copied, read by this code (records upcast when read),
+Redis key dump; the PostgreSQL store is built by SQL as that release wrote it
+(`tests.migrations.v1_postgres`). Each is copied, read by this code (records upcast when read),
 migrated with ``durable-agent migrate`` (twice: the second finds nothing to do),
 then every run is continued to DONE, with each run's side effects exactly as an
 uninterrupted run would have them.
@@ -22,14 +23,17 @@ import pytest
 from durable_agent import Agent, RunState, ScriptedModel, ToolCall, open_backend, tool
 from durable_agent.cli import main
 from durable_agent.records import SCHEMA_VERSION, ToolStartedEvent
+from tests.backends.postgres_server import URL as POSTGRES_URL
+from tests.backends.postgres_server import admin, drop, new_schema
 from tests.backends.redis_server import RedisServer, redis_available, skip_or_fail
 from tests.migrations.redis_dump import load_dump
+from tests.migrations.v1_postgres import write_v1_store
 
 DATA = Path(__file__).parent.parent / "data" / "v1"
 RUNS = ["inflight-1", "error-1", "waiting-1", "done-1"]
 
 
-@pytest.fixture(params=["sqlite", "jsonfile", "redis"])
+@pytest.fixture(params=["sqlite", "jsonfile", "redis", "postgres"])
 def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a copy of one v1 store."""
     if request.param == "sqlite":
@@ -38,6 +42,14 @@ def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     elif request.param == "jsonfile":
         shutil.copytree(DATA / "jsonfile", tmp_path / "jsonfile")
         yield f"file://{tmp_path / 'jsonfile'}"
+    elif request.param == "postgres":
+        admin("SELECT 1")  # skips (or fails under CI) when the server does not answer
+        schema = new_schema()
+        try:
+            assert sorted(write_v1_store(POSTGRES_URL, schema)) == sorted(RUNS)
+            yield f"{POSTGRES_URL}?schema={schema}"
+        finally:
+            drop(schema)
     else:
         reason = redis_available()
         if reason is not None:
@@ -85,11 +97,14 @@ def test_a_store_of_the_previous_release_loads_lists_and_continues_after_migrate
             assert (intent.name, intent.schema_hash, intent.idempotent) == ("charge", None, None)
 
     asyncio.run(read_and_list())  # before the migration: upcast when read
-    first = migrate(old_store, capsys)
+    assert main(["migrate", "--db", old_store, "--json", "--dry-run"]) == 0
+    dry: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert (dry["dry_run"], dry["runs_rewritten"]) == (True, len(RUNS))
+    first = migrate(old_store, capsys)  # the dry run changed nothing: all four are still old
     assert first["schema_version"] == SCHEMA_VERSION
-    rewrites = not old_store.startswith("file://")  # a JSON-file store is upcast on read only
-    assert first["supported"] is rewrites
-    assert first["runs_rewritten"] == (len(RUNS) if rewrites else 0)
+    assert first["supported"] is True
+    assert first["runs_rewritten"] == len(RUNS)
+    assert first["runs_checked"] == len(RUNS)
     again = migrate(old_store, capsys)
     assert again["runs_rewritten"] == 0
     asyncio.run(read_and_list())  # after it: the same runs, the same reading
