@@ -12,10 +12,10 @@ while it listens; every stored event still reaches it through the log.
   would serialize every process's commits. Messages queued while one is being
   sent go together in the next statement (one transaction, delivered in order).
 * **Under PostgreSQL's 8000-byte payload limit.** A message is cut into
-  payloads of at most `BUDGET` bytes, on line boundaries where it can, inside a
-  line otherwise; each payload starts with a header line, a serial (so two
-  equal payloads of one transaction are not folded into one, as NOTIFY does)
-  and ``+`` when the next payload continues it. All of a message's payloads
+  payloads of at most `BUDGET` bytes, after a newline where it can (never
+  inside a character); each payload starts with a header line, a serial (so
+  two equal payloads of one transaction are not folded into one, as NOTIFY
+  does) and ``+`` when the next payload continues the message. All of a message's payloads
   are one transaction's, so a listener gets all of them, in order, or none.
 """
 
@@ -54,36 +54,35 @@ def channel(schema: str, run_id: str) -> str:
 def payloads(message: str, serial: Callable[[], int]) -> list[str]:
     """``message`` as NOTIFY payloads of at most `BUDGET` bytes each (see the module doc)."""
     room = BUDGET - 12  # a header line: a serial of up to 10 digits, "+" and "\n"
-    pieces: list[tuple[str, bool]] = []  # (text, whether the next piece continues it)
-    for line in message.split("\n"):
-        size = len(line.encode())
-        if pieces and not pieces[-1][1] and len(pieces[-1][0].encode()) + 1 + size <= room:
-            pieces[-1] = (pieces[-1][0] + "\n" + line, False)
-        elif size <= room:
-            pieces.append((line, False))
-        else:  # a line too long for one payload: cut it, never inside a character
-            parts = _cut(line, room)
-            pieces.extend((part, i + 1 < len(parts)) for i, part in enumerate(parts))
-    return [f"{serial() % 10**10}{'+' if more else ''}\n{text}" for text, more in pieces]
+    pieces = _cut(message, room)
+    return [
+        f"{serial() % 10**10}{'+' if index + 1 < len(pieces) else ''}\n{piece}"
+        for index, piece in enumerate(pieces)
+    ]
 
 
-def _cut(line: str, room: int) -> list[str]:
-    """``line`` in parts of at most ``room`` bytes of UTF-8 each."""
-    if line.isascii():  # what `relay_message` sends: JSON, non-ASCII escaped
-        return [line[i : i + room] for i in range(0, len(line), room)]
-    parts: list[str] = []
+def _cut(text: str, room: int) -> list[str]:
+    """``text`` in pieces of at most ``room`` bytes of UTF-8, after a newline where one is."""
+    if len(text.encode()) <= room:
+        return [text]
+    pieces: list[str] = []
     start = 0
-    while start < len(line):
-        end, used = start, 0
-        while end < len(line):
-            width = len(line[end].encode())
-            if used + width > room:
-                break
-            used += width
-            end += 1
-        parts.append(line[start:end])
+    ascii_only = text.isascii()  # what `relay_message` sends: JSON, non-ASCII escaped
+    while start < len(text):
+        if ascii_only:
+            end = min(start + room, len(text))
+        else:  # never inside a character
+            end, used = start, 0
+            while end < len(text) and used + len(text[end].encode()) <= room:
+                used += len(text[end].encode())
+                end += 1
+        if end < len(text):
+            newline = text.rfind("\n", start, end)
+            if newline > start:
+                end = newline + 1  # whole lines per payload, when they fit
+        pieces.append(text[start:end])
         start = end
-    return parts
+    return pieces
 
 
 class _Joiner:
