@@ -141,8 +141,10 @@ class Publisher:
                 await conn.execute(_SEND, ([c for c, _ in batch], [p for _, p in batch]))
             except psycopg.Error as exc:
                 await self.close()
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise StoreUnavailableError(
-                    f"PostgreSQL store {self._where}: relaying failed ({exc}); dropped"
+                    f"PostgreSQL store {self._where}: relaying failed ({first}); the "
+                    "messages were dropped (followers still read every stored event)"
                 ) from exc
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
