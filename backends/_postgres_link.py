@@ -8,9 +8,12 @@ another (the synchronous ``agent.do()`` runs each call under its own
 * the group-commit writer and its connection (`_postgres_writer`);
 * a pool of reader connections (psycopg_pool), also used by claims;
 * a LISTEN connection, opened on the first `wait_for_change`;
+* a relay connection, opened on the first ephemeral message sent (`_postgres_relay`);
 * one connection per registered worker, holding its liveness lock.
 
-Every connection runs with ``synchronous_commit = on``. When the loop shuts
+Every connection runs with ``synchronous_commit = on`` (the relay's excepted),
+and with ``idle_in_transaction_session_timeout`` and short TCP keepalives set
+(`configure`). When the loop shuts
 down (``asyncio.run`` cancels leftover tasks), the writer task flushes its
 queue and closes all of them.
 """
@@ -32,10 +35,11 @@ from psycopg_pool import AsyncConnectionPool
 from durable_agent.backend import mark_secret
 from durable_agent.backends import _postgres_schema as schema
 from durable_agent.backends._postgres_claims import Listener, Liveness
+from durable_agent.backends._postgres_relay import Publisher
 from durable_agent.backends._postgres_writer import Merge, Params, Rows, Stats, Writer
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
-__all__ = ["Link", "Settings", "check_options", "first_line"]
+__all__ = ["Link", "Settings", "check_options", "connect", "first_line"]
 
 _IDENTIFIER: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 
@@ -53,6 +57,7 @@ class Settings:
         max_batch: int,
         connect_timeout: float,
         channel: str,
+        idle_in_transaction_timeout: float,
     ) -> None:
         self.url = url
         self.schema = schema
@@ -61,12 +66,48 @@ class Settings:
         self.max_batch = max_batch
         self.connect_timeout = connect_timeout
         self.channel = channel
+        self.idle_in_transaction_timeout = idle_in_transaction_timeout
+        # One round trip sets them all (no parameters: a simple query may hold several).
+        timeout_ms = round(idle_in_transaction_timeout * 1000)
+        self.configure_sql = (
+            # An intent must be durable before its effect starts, whatever the
+            # server's or the role's default says.
+            "SET synchronous_commit = on; "
+            # A client frozen mid-transaction (SIGSTOP, a VM paused) would hold its
+            # row locks, and claims skip locked rows (SKIP LOCKED): the server ends
+            # such a session, rolling it back, after this long.
+            f"SET idle_in_transaction_session_timeout = {timeout_ms}; "
+            # A peer gone without a word (a host powered off) is found in ~25 s, not
+            # the kernel's two hours: its session, locks and advisory lock go with it.
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+            "SET tcp_keepalives_count = 3"
+        )
+
+    async def configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Set the session settings every connection of the backend runs with."""
+        await conn.execute(self.configure_sql)
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    # An intent must be durable before its effect starts, whatever the
-    # server's or the role's default says.
-    await conn.execute("SET synchronous_commit = on")
+async def connect(settings: Settings) -> psycopg.AsyncConnection[Any]:
+    """A new configured connection in autocommit, or `StoreUnavailableError`."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.url,
+            autocommit=True,
+            connect_timeout=max(1, round(settings.connect_timeout)),
+        )
+    except psycopg.Error as exc:
+        raise StoreUnavailableError(
+            f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
+        ) from exc
+    try:
+        await settings.configure(conn)
+    except psycopg.Error as exc:
+        await conn.close()
+        raise StoreUnavailableError(
+            f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
+        ) from exc
+    return conn
 
 
 class Link:
@@ -78,6 +119,7 @@ class Link:
         self.writer: Writer
         self.pool: AsyncConnectionPool[Any]
         self.listener: Listener | None = None
+        self.relay = Publisher(self.connect, settings.where)
         self._listening: asyncio.Future[None] | None = None
         self.liveness: dict[str, Liveness] = {}
         self._claimer: psycopg.AsyncConnection[Any] | None = None
@@ -107,7 +149,7 @@ class Link:
             min_size=1,
             max_size=settings.pool_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(settings.connect_timeout))},
-            configure=_configure,
+            configure=settings.configure,
             open=False,
             name=f"durable_agent {settings.schema}",
         )
@@ -134,19 +176,7 @@ class Link:
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """A new configured connection in autocommit, or `StoreUnavailableError`."""
-        settings = self.settings
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                settings.url,
-                autocommit=True,
-                connect_timeout=max(1, round(settings.connect_timeout)),
-            )
-            await _configure(conn)
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
-            ) from exc
-        return conn
+        return await connect(self.settings)
 
     async def read(self, query: str, params: Params) -> Rows:
         """One statement on a pool connection; driver errors become store errors."""
@@ -247,6 +277,7 @@ class Link:
         if claimer is not None:
             with suppress(Exception):
                 await claimer.close()
+        await self.relay.close()
         await self.pool.close()
 
     async def shutdown(self) -> None:
@@ -259,6 +290,7 @@ class Link:
         self.writer.abandon()
         if self.listener is not None:
             self.listener.abandon()
+        self.relay.abandon()
         for live in self.liveness.values():
             live.abandon()
         self.liveness.clear()
@@ -272,7 +304,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def check_options(
-    url: str, *, schema: str, pool_size: int, max_batch: int, connect_timeout: float
+    url: str,
+    *,
+    schema: str,
+    pool_size: int,
+    max_batch: int,
+    connect_timeout: float,
+    idle_in_transaction_timeout: float,
 ) -> dict[str, Any]:
     """Refuse `PostgresBackend`'s bad options; return the URL's libpq fields.
 
@@ -307,5 +345,18 @@ def check_options(
     ):
         raise ConfigurationError(
             f"PostgresBackend(connect_timeout={connect_timeout!r}) must be seconds > 0"
+        )
+    idle = idle_in_transaction_timeout
+    if (
+        not isinstance(idle, int | float)
+        or isinstance(idle, bool)
+        or not math.isfinite(idle)
+        or idle < 0
+        or (0 < idle < 0.001)
+        or idle > 2_000_000
+    ):
+        raise ConfigurationError(
+            f"PostgresBackend(idle_in_transaction_timeout={idle!r}) must be seconds, "
+            "0 (off) or from 0.001 to 2000000"
         )
     return info

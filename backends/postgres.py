@@ -19,6 +19,14 @@ are created on first use (`durable_agent.backends._postgres_schema`).
   on``: an append has reached the server's disk (and, with
   ``synchronous_standby_names`` set on the server, a standby) before it returns.
 
+* **Relay.** Token deltas of a streamed run reach its followers in other
+  processes over NOTIFY on a channel of the run's own, best effort
+  (`durable_agent.backends._postgres_relay`).
+* **No frozen transaction holds a run.** Every connection runs with
+  ``idle_in_transaction_session_timeout``: a client stopped mid-transaction
+  (SIGSTOP, a paused VM) is disconnected and its transaction rolled back, so
+  the row locks claims skip are not held for longer than that.
+
 Reads use a small connection pool (psycopg_pool). The backend is bound to no
 event loop: it connects lazily, and reconnects when used from another loop
 (the synchronous ``agent.do()`` runs each call under its own ``asyncio.run()``).
@@ -28,7 +36,8 @@ Listing pages and the prune sweep are `durable_agent.backends._postgres_listing`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -47,8 +56,15 @@ from durable_agent.backend import (
 from durable_agent.backends import _postgres_claims as claims
 from durable_agent.backends import _postgres_listing as listing
 from durable_agent.backends import _postgres_migrate as migration
+from durable_agent.backends import _postgres_relay as relay
 from durable_agent.backends import _postgres_sql as q
-from durable_agent.backends._postgres_link import Link, Settings, check_options, first_line
+from durable_agent.backends._postgres_link import (
+    Link,
+    Settings,
+    check_options,
+    connect,
+    first_line,
+)
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
 from durable_agent.errors import (
     ConcurrentUpdateError,
@@ -85,6 +101,12 @@ class PostgresBackend(Backend):
             one more of its own).
         max_batch: most writes committed together in one transaction.
         connect_timeout: seconds to wait for the server when connecting.
+        idle_in_transaction_timeout: seconds a connection of this backend may
+            sit idle inside a transaction before the server ends its session
+            (``idle_in_transaction_session_timeout``). Its transactions are
+            sent in one go, so only a frozen client (SIGSTOP, a paused VM)
+            waits that long; meanwhile the rows it locked are skipped by
+            claims. Keep it well under the lease TTL; 0 turns it off.
 
     The constructor does no I/O. Close it with ``await backend.close()`` or
     ``async with``. Behind PgBouncer use session pooling: the writer's
@@ -101,6 +123,7 @@ class PostgresBackend(Backend):
             Capability.WORKER_LIVENESS,
             Capability.WAKE_UP,
             Capability.MIGRATE,
+            Capability.RELAY,
         }
     )
 
@@ -114,11 +137,13 @@ class PostgresBackend(Backend):
         pool_size: int = 4,
         max_batch: int = 256,
         connect_timeout: float = 10.0,
+        idle_in_transaction_timeout: float = 10.0,
     ) -> None:
         super().__init__(session_id=session_id, user_id=user_id)
         info = check_options(
             url, schema=schema, pool_size=pool_size, max_batch=max_batch,
             connect_timeout=connect_timeout,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
         )
         self.url = url
         self.schema = schema
@@ -135,6 +160,7 @@ class PostgresBackend(Backend):
             max_batch=max_batch,
             connect_timeout=float(connect_timeout),
             channel=claims.channel(schema),
+            idle_in_transaction_timeout=float(idle_in_transaction_timeout),
         )
         self._sql = q.Statements(schema)
         self._claims = claims.Statements(self._sql.q)
@@ -443,6 +469,28 @@ class PostgresBackend(Backend):
         """
         self._check_open()
         return await migration.migrate(self, dry_run)
+
+    # -- relay (LISTEN/NOTIFY on a channel per run) -----------------------------------------
+
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:
+        """NOTIFY ``message`` on the run's relay channel, cut under the payload limit."""
+        link = await self._connected()
+        await link.relay.publish(relay.channel(self.schema, run_id), message)
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
+        """LISTEN on the run's relay channel, on a connection of the subscription's own.
+
+        The LISTEN is in force when the block starts, so a follower that reads
+        the log after entering misses no message sent after its read. A lost
+        connection is reconnected with backoff (what was sent meanwhile is
+        lost; the follower polls the log behind it).
+        """
+        self._check_open()
+        return relay.subscription(
+            lambda: connect(self._settings), relay.channel(self.schema, run_id)
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ run comes to rest (DONE, CANCELLED or ERROR: `Finished`; WAITING: `Paused`).
 How it learns of new events: every store supports the portable path, a poll
 of the run's header (one small read) that loads the events only when the
 ``seq`` moved, with backoff from ``poll`` to ``max_poll`` seconds while
-nothing happens. A store with `Capability.RELAY` (Redis) also relays what the
+nothing happens. A store with `Capability.RELAY` (Redis, PostgreSQL) also relays what the
 process streaming the run publishes: token deltas of the call in flight
 (`TextDelta` and friends, ``ephemeral=True``, best effort: a follower that
 connects mid-answer sees the rest of it only, and a lost message is not sent

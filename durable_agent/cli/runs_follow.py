@@ -1,7 +1,7 @@
 """``durable-agent runs follow RUN_ID``: a run's timeline, live, until it comes to rest.
 
 Each stored event is printed as a row the moment it lands (the rows of ``runs
-show``); where the store relays them (Redis), the text of the model call in
+show``); where the store relays them (Redis, PostgreSQL), the text of the model call in
 flight is printed as it streams, and a line says when streamed text was
 discarded (an attempt cut mid-stream, a call asked again after a crash). With
 ``--json``, one JSON object per line: each event's ``as_json()``

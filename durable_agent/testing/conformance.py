@@ -42,7 +42,8 @@ the suite test more:
 The groups (`RunTests`, `AppendTests`, `LeaseTests`, `ListTests`,
 `DeleteTests`, `PayloadTests`, `LifecycleTests`, `DurabilityTests`,
 `DamageTests`, `UnreadableTests`, `MigrationTests`, and for workers `ClaimTests`,
-`AtomicQueueLimitTests`, `WorkerLivenessTests`, `WakeUpTests`) may also be
+`AtomicQueueLimitTests`, `WorkerLivenessTests`, `WakeUpTests`, and for following
+`RelayTests`) may also be
 subclassed one by one. A backend that implements no claim method passes
 `ClaimTests` through the portable fallback of `Backend.claim_runs`.
 `MigrationTests` runs only for a backend declaring `Capability.MIGRATE`.
@@ -71,6 +72,7 @@ from durable_agent.testing._conformance_leases import (
     ListTests,
 )
 from durable_agent.testing._conformance_migrate import MigrationTests
+from durable_agent.testing._conformance_relay import RelayTests
 from durable_agent.testing._conformance_runs import (
     AppendTests,
     DeleteTests,
@@ -94,6 +96,7 @@ __all__ = [
     "ListTests",
     "MigrationTests",
     "PayloadTests",
+    "RelayTests",
     "RunTests",
     "UnreadableTests",
     "WakeUpTests",
@@ -121,6 +124,7 @@ class BackendConformance(
     AtomicQueueLimitTests,
     WorkerLivenessTests,
     WakeUpTests,
+    RelayTests,
     MigrationTests,
 ):
     """The whole contract. Subclass it as ``Test...`` and define ``backend``."""

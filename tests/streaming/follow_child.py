@@ -65,6 +65,8 @@ async def follower(args: dict[str, Any]) -> None:
             entry: dict[str, Any] = {"kind": event.kind, "ephemeral": event.ephemeral}
             if hasattr(event, "seq"):
                 entry["seq"] = event.seq
+            if event.kind == "text_delta":
+                entry["text"] = event.text
             append(args["out"], json.dumps(entry))
     finally:
         await backend.close()
