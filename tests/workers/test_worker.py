@@ -197,7 +197,9 @@ def _outage(times: int) -> ScriptedModel:
 
 
 @pytest.fixture(params=["memory", "sqlite", "jsonfile", "redis", "postgres"])
-def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Backend]]:
+def durable_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], Backend]]:
     """Opens a fresh store of each kind (inside the test's event loop: stores bind to it)."""
     schema = None
     if request.param == "memory":
