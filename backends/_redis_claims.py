@@ -9,6 +9,7 @@ Layout, beside the runs' keys (``p`` is the backend's prefix, ``q`` a queue,
     p claim:leased:q\\x1fa   ZSET  leased runs not at rest, scored by lease expiry (the
                                   expiry index: the expired ones are one ZRANGEBYSCORE away)
     p claim:owner:<owner>   SET   the runs a lease owner holds (a lapsed worker's runs)
+    p claim:owners          SET   the owners holding a lease (same-host dead pids)
     p claim:queues          SET   every queue seen;  p claim:agents:q  SET  its agents
 
 Every write to a run (create, append, acquire, renew, release, delete) keeps
@@ -18,12 +19,13 @@ fields name where it is, so one run is in exactly one of these indexes and a
 plain append costs one ZADD more.
 
 `CLAIM` runs as one script, so Redis runs it alone: it marks the leases of
-lapsed workers expired in the index, promotes due delayed runs, counts each
-limited queue's live leases (ZCOUNT of the leased index above now, by the
-server's clock), picks the best candidates among the ready and the expired
-ones (claim order: highest priority, oldest, run id), checks each against its
-header, and takes the lease (generation + 1). Nothing can interleave, so
-``max_running`` holds fleet-wide and two claimers never share a run.
+lapsed workers (and of processes gone from the claimer's host) expired in the
+index, promotes due delayed runs, counts each limited queue's live leases
+(ZCOUNT of the leased index above now, by the server's clock), picks the best
+candidates among the ready and the expired ones (claim order: highest
+priority, oldest, run id), checks each against its header, and takes the
+lease (generation + 1). Nothing can interleave, so ``max_running`` holds
+fleet-wide and two claimers never share a run.
 
 Redis Cluster keeps a run's keys in the slot of its own hash tag, and these
 indexes span runs, so there the claim stays the portable one (list, then
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from redis.asyncio import ResponseError
 
-from durable_agent.backend import ClaimedRun, LeaseOwner
+from durable_agent.backend import ClaimedRun, LeaseOwner, process_alive
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.backends._redis_link import UNAVAILABLE
@@ -60,7 +62,8 @@ CLAIM: Final = lua._script(
     "claim",
     """
 -- No KEYS (single Redis only). ARGV: prefix, owner, host, pid, ttl, limit,
--- #queues (-1: every queue), queues..., #agents, agents..., #caps, (queue, cap)..., scan.
+-- #queues (-1: every queue), queues..., #agents, agents..., #caps, (queue, cap)..., scan,
+-- #gone, owners whose process is gone (seen from the claimer's host)...
 local p, owner, host, pid, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit = tonumber(ARGV[6])
 local i = 7
@@ -77,15 +80,21 @@ for _ = 1, na do agents[#agents + 1] = ARGV[i]; known[ARGV[i]] = true; i = i + 1
 local caps = {}
 local nc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nc do caps[ARGV[i]] = tonumber(ARGV[i + 1]); i = i + 2 end
-local scan = tonumber(ARGV[i])
+local scan = tonumber(ARGV[i]); i = i + 1
+local gone = {}
+local ng = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ng do gone[#gone + 1] = ARGV[i]; i = i + 1 end
 local now_s, now_n = now()
 local nows = string.format('%.6f', now_n)
 local function header(id) return p .. '{' .. id .. '}:header' end
 local function leased(ix) return string.sub(ix, #p + 1, #p + 13) == 'claim:leased:' end
 
--- 1. A lapsed worker's leases are dead: score them 0 in the expiry index.
+-- 1. The leases of a lapsed worker, or of a process gone from the claimer's host, are
+-- dead: score them 0 in the expiry index.
 local dead = {}
-for _, o in ipairs(redis.call('ZRANGEBYSCORE', p .. '{workers}', '-inf', nows)) do
+local lapsed = redis.call('ZRANGEBYSCORE', p .. '{workers}', '-inf', nows)
+for _, o in ipairs(gone) do lapsed[#lapsed + 1] = o end
+for _, o in ipairs(lapsed) do
   dead[o] = true
   for _, id in ipairs(redis.call('SMEMBERS', p .. 'claim:owner:' .. o)) do
     local ok, ix = pcall(redis.call, 'HGET', header(id), 'ix')
@@ -221,8 +230,29 @@ async def claim(
     for queue, most in caps:
         args += [queue, str(most)]
     args.append(str(limit + _SCAN))
+    gone = await _gone_here(backend, owner)
+    args += [str(len(gone)), *gone]
     reply = await backend._eval(CLAIM, [], args)
     return [_granted(row, ttl) for row in reply]
+
+
+async def _gone_here(backend: RedisBackend, owner: LeaseOwner) -> list[str]:
+    """Lease owners on this host whose process is gone: their leases are taken at once.
+
+    ``claim:owners`` lists the owners holding a lease (a few per live process),
+    so this reads no run. Owner ids are ``host:pid:nonce``.
+    """
+    try:
+        held = await backend._client().smembers(f"{backend.prefix}claim:owners")
+    except (*UNAVAILABLE, ResponseError) as exc:
+        backend._translate(exc)
+    gone: list[str] = []
+    for raw in held:
+        held_by = rec.text(raw)
+        host, _, pid = held_by.rpartition(":")[0].rpartition(":")
+        if host == owner.host and pid.isdigit() and not process_alive(int(pid)):
+            gone.append(held_by)
+    return sorted(gone)
 
 
 def _granted(row: Sequence[Any], ttl: float) -> ClaimedRun:

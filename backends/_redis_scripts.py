@@ -42,7 +42,8 @@ end
 local LEASE = {'lease_owner', 'lease_host', 'lease_pid', 'lease_expires', 'lease_ttl'}
 local function final(state) return state == 'DONE' or state == 'CANCELLED' end
 -- The claim indexes (single Redis only: `durable_agent.backends._redis_claims`). The
--- header's 'ix' names the one index the run is in, 'ixo' its lease owner's set.
+-- header's 'ix' names the one index the run is in, 'ixo' its lease owner's set;
+-- 'claim:owners' lists the owners holding any lease.
 local ACTIVE = {PENDING = true, MODEL_CALL = true, TOOL_EXEC = true}
 local function pad(created) return string.rep('0', 17 - #created) .. created end
 local function unindex(p, id, ix, ixo, created)
@@ -53,7 +54,12 @@ local function unindex(p, id, ix, ixo, created)
       redis.call('ZREM', ix, id)
     end
   end
-  if ixo then redis.call('SREM', ixo, id) end
+  if ixo then
+    redis.call('SREM', ixo, id)
+    if redis.call('SCARD', ixo) == 0 then
+      redis.call('SREM', p .. 'claim:owners', string.sub(ixo, #p + 13))
+    end
+  end
 end
 local function reindex(h, p, now_n)
   -- Put the run in the one claim index its header calls for: leased (scored by
@@ -77,6 +83,7 @@ local function reindex(h, p, now_n)
     local ixo = p .. 'claim:owner:' .. f[8]
     redis.call('ZADD', ix, tonumber(f[9]) or 0, id)
     redis.call('SADD', ixo, id)
+    redis.call('SADD', p .. 'claim:owners', f[8])
     redis.call('HSET', h, 'ix', ix, 'ixo', ixo)
     return
   end

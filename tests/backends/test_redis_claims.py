@@ -3,6 +3,8 @@ the once-only backfill of an older store, and the URL's password kept secret."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from durable_agent._redact import redact
 from durable_agent.backend import Capability, LeaseOwner
 from durable_agent.errors import StoreUnavailableError
 from durable_agent.fsm import RunState
+from tests._barriers import DEADLINE
 from tests.backends.conftest import created, header, run, step
 
 redis = pytest.importorskip("redis", reason="the redis package is not installed")
@@ -147,5 +150,36 @@ def test_the_urls_password_is_secret_and_hidden_in_reprs_and_errors() -> None:
         other = RedisBackend(f"redis://127.0.0.1:1/0?password={query}")
         assert query not in repr(other)
         assert query not in redact(f"password={query}")
+
+    run(main())
+
+
+def test_a_lease_of_a_process_gone_from_this_host_is_taken_over_at_once(
+    store: RedisBackend,
+) -> None:
+    run(store.create_run(header("r1", state=RunState.MODEL_CALL, seq=2), [created(), step(2)]))
+    child = (
+        "import asyncio, sys\n"
+        "from durable_agent.backend import LeaseOwner\n"
+        "from durable_agent.backends.redis import RedisBackend\n"
+        "async def main():\n"
+        "    async with RedisBackend(sys.argv[1], prefix=sys.argv[2]) as b:\n"
+        "        await b.acquire_lease('r1', LeaseOwner.current(), ttl=300)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, store._url, store.prefix],
+        capture_output=True, text=True, timeout=DEADLINE, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    async def main() -> None:
+        held = (await store.get_run("r1")).lease
+        assert held is not None
+        assert held.expires_at > time.time() + 200
+        (claim,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"])
+        assert claim.takeover  # its owner's pid is gone: no waiting out the 300 s
+        assert claim.previous is not None
+        assert claim.previous.owner == held.owner
 
     run(main())
