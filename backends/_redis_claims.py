@@ -247,10 +247,15 @@ async def _gone_here(backend: RedisBackend, owner: LeaseOwner) -> list[str]:
     except (*UNAVAILABLE, ResponseError) as exc:
         backend._translate(exc)
     gone: list[str] = []
+    alive: dict[int, bool] = {}  # one look per pid: a process may hold leases as many owners
     for raw in held:
         held_by = rec.text(raw)
         host, _, pid = held_by.rpartition(":")[0].rpartition(":")
-        if host == owner.host and pid.isdigit() and not process_alive(int(pid)):
+        if host != owner.host or not pid.isdigit():
+            continue
+        if int(pid) not in alive:
+            alive[int(pid)] = process_alive(int(pid))
+        if not alive[int(pid)]:
             gone.append(held_by)
     return sorted(gone)
 
