@@ -29,6 +29,9 @@ from durable_agent.records import RunHeader
 _OWN: Final = (".create-", ".deleted-")
 """Prefixes of the store's own temporary folders."""
 
+CLAIM_LOCK: Final = ".claims.lock"
+"""The store's own claim lock file (`durable_agent.backends._jsonfile_claims`)."""
+
 
 @dataclass(slots=True)
 class Scan:
@@ -43,7 +46,10 @@ class Scan:
 def _entries(root: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(root) as found:
-            return sorted((e for e in found if not e.name.startswith(_OWN)), key=lambda e: e.name)
+            return sorted(
+                (e for e in found if not e.name.startswith(_OWN) and e.name != CLAIM_LOCK),
+                key=lambda e: e.name,
+            )
     except FileNotFoundError:
         return []  # nothing written yet
 

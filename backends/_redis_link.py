@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from types import TracebackType
 from typing import Any, Final, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -39,6 +39,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from durable_agent.backend import mark_secret
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 
@@ -330,13 +331,19 @@ def check_options(
     max_connections: int,
     timeouts: dict[str, float],
 ) -> tuple[str, bool]:
-    """Refuse `RedisBackend`'s bad options; return the URL redis-py opens and the cluster flag."""
+    """Refuse `RedisBackend`'s bad options; return the URL redis-py opens and the cluster flag.
+
+    The URL's password (``redis://user:password@host`` or ``?password=``) is
+    marked secret (`durable_agent.mark_secret`) here, so neither stored data
+    nor a message quoting a redis-py error can show it.
+    """
     schemes = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
     if not isinstance(url, str) or urlsplit(url).scheme.lower() not in schemes:
         raise ConfigurationError(
             f"RedisBackend(url={hide(url)!r}) must be a redis://, rediss://, unix:// or "
             "redis+cluster:// URL"
         )
+    _mark_password(url)
     node_url, cluster = cluster_url(url, cluster)
     if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
         raise ConfigurationError(
@@ -360,4 +367,15 @@ def check_options(
 
 def hide(url: object) -> str:
     """``url`` with any password replaced, for messages and reprs."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", str(url))
+    hidden = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", str(url))
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", hidden, flags=re.IGNORECASE)
+
+
+def _mark_password(url: str) -> None:
+    """Mark the password of ``url`` secret, in the forms it may take (quoted and plain)."""
+    parts = urlsplit(url)
+    found = [v for k, vs in parse_qs(parts.query).items() if k.lower() == "password" for v in vs]
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    for password in found:
+        mark_secret(password)

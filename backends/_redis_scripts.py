@@ -41,6 +41,64 @@ local function now()
 end
 local LEASE = {'lease_owner', 'lease_host', 'lease_pid', 'lease_expires', 'lease_ttl'}
 local function final(state) return state == 'DONE' or state == 'CANCELLED' end
+-- The claim indexes (single Redis only: `durable_agent.backends._redis_claims`). The
+-- header's 'ix' names the one index the run is in, 'ixo' its lease owner's set;
+-- 'claim:owners' lists the owners holding any lease.
+local ACTIVE = {PENDING = true, MODEL_CALL = true, TOOL_EXEC = true}
+local function pad(created) return string.rep('0', 17 - #created) .. created end
+local function unindex(p, id, ix, ixo, created)
+  if ix then
+    if string.sub(ix, #p + 1, #p + 12) == 'claim:ready:' then
+      redis.call('ZREM', ix, pad(created) .. '|' .. id)
+    else
+      redis.call('ZREM', ix, id)
+    end
+  end
+  if ixo then
+    redis.call('SREM', ixo, id)
+    if redis.call('SCARD', ixo) == 0 then
+      redis.call('SREM', p .. 'claim:owners', string.sub(ixo, #p + 13))
+    end
+  end
+end
+local function reindex(h, p, now_n)
+  -- Put the run in the one claim index its header calls for: leased (scored by
+  -- lease expiry), later (by not_before) or ready (by -priority, then created_at).
+  local f = redis.call('HMGET', h, 'run_id', 'state', 'queue', 'agent_name', 'priority',
+                       'created_at', 'not_before', 'lease_owner', 'lease_expires', 'ix', 'ixo')
+  local id = f[1]
+  if not id then return end
+  unindex(p, id, f[10], f[11], f[6] or '')
+  if not ACTIVE[f[2]] then
+    redis.call('HDEL', h, 'ix', 'ixo')
+    return
+  end
+  local q, agent = f[3] or 'default', f[4] or ''
+  local slot = q .. '\\31' .. agent
+  redis.call('SADD', p .. 'claim:queues', q)
+  redis.call('SADD', p .. 'claim:agents:' .. q, agent)
+  local ix
+  if f[8] then
+    ix = p .. 'claim:leased:' .. slot
+    local ixo = p .. 'claim:owner:' .. f[8]
+    redis.call('ZADD', ix, tonumber(f[9]) or 0, id)
+    redis.call('SADD', ixo, id)
+    redis.call('SADD', p .. 'claim:owners', f[8])
+    redis.call('HSET', h, 'ix', ix, 'ixo', ixo)
+    return
+  end
+  local nb = tonumber(f[7] or '')
+  if nb and nb > now_n then
+    ix = p .. 'claim:later:' .. slot
+    redis.call('ZADD', ix, nb, id)
+  else
+    ix = p .. 'claim:ready:' .. slot
+    redis.call('ZADD', ix, -(tonumber(f[5] or '0') or 0), pad(f[6] or '') .. '|' .. id)
+  end
+  redis.call('HSET', h, 'ix', ix)
+  redis.call('HDEL', h, 'ixo')
+end
+local function prefix_of(h) return string.match(h, '^([^{]*)') end
 local function push(key, first)
   -- RPUSH ARGV[first..] in slices: unpack() of thousands of values overflows Lua's stack.
   for i = first, #ARGV, 500 do
@@ -89,6 +147,8 @@ if keep > 0 and final(f['state']) then
   redis.call('PEXPIRE', h, keep)
   redis.call('PEXPIRE', ev, keep)
 end
+local now_s, now_n = now()
+reindex(h, prefix, now_n)
 return {'ok'}
 """,
 )
@@ -106,7 +166,7 @@ local prefix = string.match(h, '^([^{]*)')
 local a = {}
 for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
 local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
-                    'cancel_requested', 'created_at', 'run_id')
+                    'cancel_requested', 'created_at', 'run_id', 'ix')
 if not ok then return {'wrongtype', 'header', kind(h)} end
 if not f[7] then return {'missing'} end
 if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
@@ -138,6 +198,13 @@ if to ~= state then
     redis.call('PEXPIRE', ev, keep)
   end
 end
+-- The claim index follows the lease: a renewal moves its expiry (one ZADD), a
+-- release or a new state may move the run to another index.
+if a[8] == '1' or to ~= state then
+  reindex(h, prefix, now_n)
+elseif f[8] and string.sub(f[8], #prefix + 1, #prefix + 13) == 'claim:leased:' then
+  redis.call('ZADD', f[8], expires, f[7])
+end
 -- One string, not a table: redis-py's pure-Python parser reads each element of
 -- an array reply apart (~3 us each).
 if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
@@ -148,7 +215,7 @@ return 'ok\\31' .. expires
 ACQUIRE: Final = _script(
     "acquire",
     """
--- KEYS: header. ARGV: owner, host, pid, ttl, takeover ('' = none).
+-- KEYS: header. ARGV: owner, host, pid, ttl, takeover ('' = none), index ('1': single Redis).
 local h = KEYS[1]
 local t = kind(h)
 if t == 'none' then return {'missing'} end
@@ -167,6 +234,7 @@ local gen = string.format('%d', generation + 1)
 local expires = string.format('%.6f', now_n + tonumber(ARGV[4]))
 redis.call('HSET', h, 'lease_owner', ARGV[1], 'lease_host', ARGV[2], 'lease_pid', ARGV[3],
            'lease_expires', expires, 'lease_ttl', ARGV[4], 'lease_generation', gen)
+if ARGV[6] == '1' then reindex(h, prefix_of(h), now_n) end
 return {'ok', gen, expires, f[4] or false}
 """,
 )
@@ -174,7 +242,7 @@ return {'ok', gen, expires, f[4] or false}
 RENEW: Final = _script(
     "renew",
     """
--- KEYS: header. ARGV: generation, owner, host, pid, ttl.
+-- KEYS: header. ARGV: generation, owner, host, pid, ttl, index ('1': single Redis).
 local h = KEYS[1]
 local t = kind(h)
 if t == 'none' then return {'missing'} end
@@ -185,6 +253,7 @@ local now_s, now_n = now()
 local expires = string.format('%.6f', now_n + tonumber(ARGV[5]))
 redis.call('HSET', h, 'lease_owner', ARGV[2], 'lease_host', ARGV[3], 'lease_pid', ARGV[4],
            'lease_expires', expires, 'lease_ttl', ARGV[5])
+if ARGV[6] == '1' then reindex(h, prefix_of(h), now_n) end
 return {'ok', expires, f[3] or false}
 """,
 )
@@ -192,13 +261,19 @@ return {'ok', expires, f[3] or false}
 RELEASE: Final = _script(
     "release",
     """
--- KEYS: header. ARGV: generation.
+-- KEYS: header. ARGV: generation, index ('1': single Redis).
 local h = KEYS[1]
 local t = kind(h)
 if t == 'none' then return {'ok'} end
 if t ~= 'hash' then return {'wrongtype', 'header', t} end
 local f = redis.call('HMGET', h, 'lease_owner', 'lease_generation')
-if f[1] and f[2] == ARGV[1] then redis.call('HDEL', h, unpack(LEASE)) end
+if f[1] and f[2] == ARGV[1] then
+  redis.call('HDEL', h, unpack(LEASE))
+  if ARGV[2] == '1' then
+    local now_s, now_n = now()
+    reindex(h, prefix_of(h), now_n)
+  end
+end
 return {'ok'}
 """,
 )
@@ -222,10 +297,11 @@ _DELETE_BODY: Final = """
 -- entries are dropped by the next listing that meets them).
 local function delete(h, ev, prefix, id, sweep)
   if kind(h) == 'hash' then
-    local f = redis.call('HMGET', h, 'state', 'session_id', 'user_id')
+    local f = redis.call('HMGET', h, 'state', 'session_id', 'user_id', 'ix', 'ixo', 'created_at')
     if f[1] then redis.call('ZREM', prefix .. 'idx:state:' .. f[1], id) end
     if f[2] then redis.call('ZREM', prefix .. 'idx:session:' .. f[2], id) end
     if f[3] then redis.call('ZREM', prefix .. 'idx:user:' .. f[3], id) end
+    unindex(prefix, id, f[4], f[5], f[6] or '')
   elseif sweep then
     for i = sweep, #ARGV do redis.call('ZREM', prefix .. 'idx:state:' .. ARGV[i], id) end
   end

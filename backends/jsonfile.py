@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Final, TypeVar
@@ -40,12 +40,15 @@ from typing import Final, TypeVar
 from durable_agent.backend import (
     Backend,
     Capability,
+    ClaimedRun,
     LeaseOwner,
     MigrationReport,
     RunPage,
+    check_claim_args,
     decode_cursor,
     make_page,
 )
+from durable_agent.backends import _jsonfile_claims as claims
 from durable_agent.backends import _jsonfile_folder as folder_ops
 from durable_agent.backends import _jsonfile_migrate as migration
 from durable_agent.backends import _jsonfile_ops as ops
@@ -83,7 +86,10 @@ class JsonFileBackend(Backend):
     an fsync never blocks the event loop, and the backend is bound to no loop.
     """
 
-    capabilities = frozenset({Capability.DURABLE, Capability.CROSS_PROCESS, Capability.MIGRATE})
+    capabilities = frozenset(
+        {Capability.DURABLE, Capability.CROSS_PROCESS, Capability.MIGRATE, Capability.QUEUE_LIMIT}
+    )
+    """QUEUE_LIMIT: claims take turns under a folder-wide flock (`_jsonfile_claims`)."""
 
     def __init__(
         self,
@@ -267,6 +273,31 @@ class JsonFileBackend(Backend):
         return MigrationReport(
             store=repr(self), layout_before=None, layout_after=None, runs_checked=done.checked,
             runs_rewritten=done.rewritten, steps=tuple(steps), dry_run=dry_run,
+        )
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: LeaseOwner,
+        *,
+        agents: Collection[str],
+        queues: Collection[str] | None = None,
+        limit: int = 1,
+        ttl: float = 30.0,
+        max_running: Mapping[str, int] | None = None,
+    ) -> list[ClaimedRun]:
+        """The portable claim, one claimer at a time across processes (a folder-wide flock).
+
+        So ``max_running`` is never exceeded by racing claimers; the claim still
+        reads every run's header (see `durable_agent.backends._jsonfile_claims`).
+        """
+        check_claim_args(agents, limit, ttl, max_running)
+        if limit == 0 or not agents:
+            return []
+        return await claims.claim(
+            self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,
+            max_running=max_running,
         )
 
     # -- lifecycle -------------------------------------------------------------------------

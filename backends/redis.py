@@ -81,6 +81,7 @@ try:
     # redis-py fails here, with the hint below, even once the helpers are imported.
     from redis.asyncio import ResponseError  # noqa: F401  (the check, not the name)
 
+    from durable_agent.backends import _redis_claims as claims
     from durable_agent.backends import _redis_cluster as clx
     from durable_agent.backends import _redis_cluster_writes as cluster_writes
     from durable_agent.backends import _redis_workers as workers
@@ -142,12 +143,15 @@ class RedisBackend(Backend):
         {
             Capability.DURABLE,
             Capability.CROSS_PROCESS,
+            Capability.CLAIM,
+            Capability.QUEUE_LIMIT,
             Capability.WORKER_LIVENESS,
             Capability.WAKE_UP,
             Capability.RELAY,
             Capability.MIGRATE,
         }
     )
+    """On Redis Cluster an instance lacks CLAIM and QUEUE_LIMIT (see `claim_runs`)."""
 
     def __init__(
         self,
@@ -185,6 +189,16 @@ class RedisBackend(Backend):
             connect_timeout=connect_timeout,
         )
         self._indexes = clx.ClusterIndexes(self) if cluster else None
+        if cluster:
+            # The claim indexes span runs, so slots: a cluster claims the portable way.
+            # Set on the instance, which the class attribute's readers all look at.
+            vars(self)["capabilities"] = type(self).capabilities - {
+                Capability.CLAIM, Capability.QUEUE_LIMIT,
+            }
+        self._index_flag = "" if cluster else "1"
+        """Passed to the lease scripts: '1' keeps the claim indexes (single Redis)."""
+        self._claims_indexed = False
+        """Whether `durable_agent.backends._redis_claims.backfill` has run (or was not needed)."""
         self._listing = Listing(self, self._conn)
         self._announcing: set[asyncio.Task[None]] = set()
         """Wake-up announcements in flight (`durable_agent.backends._redis_workers`)."""
@@ -376,7 +390,7 @@ class RedisBackend(Backend):
         self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
     ) -> Lease:
         chosen = "" if takeover is None else str(takeover)
-        args = [owner.id, owner.host, str(owner.pid), repr(float(ttl)), chosen]
+        args = [owner.id, owner.host, str(owner.pid), repr(float(ttl)), chosen, self._index_flag]
         reply = await self._eval(lua.ACQUIRE, self._keys(run_id)[:1], args)
         status = rec.status(run_id, reply)
         if status == "busy":
@@ -395,14 +409,15 @@ class RedisBackend(Backend):
         )
 
     async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
-        args = [str(lease.generation), *rec.lease_args(lease)]
+        args = [str(lease.generation), *rec.lease_args(lease), self._index_flag]
         reply = await self._eval(lua.RENEW, self._keys(run_id)[:1], args)
         if rec.status(run_id, reply) == "lost":
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
         return rec.extended(lease, reply)
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
-        reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], [str(lease.generation)])
+        args = [str(lease.generation), self._index_flag]
+        reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], args)
         rec.status(run_id, reply)
         await self._announce(True, "released")
 
@@ -418,15 +433,26 @@ class RedisBackend(Backend):
         ttl: float = 30.0,
         max_running: Mapping[str, int] | None = None,
     ) -> list[ClaimedRun]:
-        """Claim through the state index of runs not at rest, taking lapsed workers' leases.
+        """Claim in one atomic script over the claim indexes; on a cluster, run by run.
 
-        Each grant is the ACQUIRE script (one slot, the server's clock, the
-        generation as compare-and-set), so claims are exclusive on a cluster
-        too; ``max_running`` is checked before acquiring (not atomically).
+        On one Redis (`durable_agent.backends._redis_claims`) the script takes
+        lapsed workers' and expired leases from the expiry index, checks
+        ``max_running`` and grants the leases with the generation bump, all in
+        one atomic step. On Redis Cluster the indexes would span slots, so
+        claims list the runs not at rest and take each with the ACQUIRE script
+        (one slot, the server's clock, the generation as compare-and-set):
+        exclusive all the same, but ``max_running`` is checked before
+        acquiring, not atomically, and may be overshot by racing workers.
         """
         check_claim_args(agents, limit, ttl, max_running)
         if limit == 0 or not agents:
             return []
+        if self._indexes is None:
+            granted = await claims.claim(
+                self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,
+                max_running=max_running,
+            )
+            return granted
         dead = await workers.dead_workers(self)
         return await portable_claim(
             self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,

@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "h": "bench_workers",
     "i": "bench_postgres",
     "j": "bench_streaming",
+    "k": "bench_redis_claims",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""

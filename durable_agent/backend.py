@@ -61,7 +61,7 @@ from durable_agent._listing import (
     encode_cursor,
     make_page,
 )
-from durable_agent._process import host_id
+from durable_agent._process import host_id, process_alive
 from durable_agent._redact import mark_secret
 from durable_agent._store_rules import check_append, check_lease_acquire
 from durable_agent.errors import (
@@ -94,6 +94,7 @@ __all__ = [
     "make_page",
     "mark_secret",
     "portable_claim",
+    "process_alive",
     "queue_room",
 ]
 

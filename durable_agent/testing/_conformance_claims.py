@@ -225,6 +225,39 @@ class AtomicQueueLimitTests(BackendTestCase):
 
         self.drive(request, body, needs=frozenset({Capability.QUEUE_LIMIT}))
 
+    def test_a_lapsed_lease_holds_its_place_until_one_claim_takes_it_over(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            await submit(backend, "old", queue="q", created_at=at(1))
+            await submit(backend, "new", queue="q", created_at=at(2))
+            cap = {"q": 1}
+            (first,) = await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], limit=5, ttl=30, max_running=cap
+            )
+            assert first.run_id == "old"
+            assert await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
+            ) == []  # the live lease fills the queue
+            short = first.lease.model_copy(update={"ttl": 0.05})
+            await backend.renew_lease("old", short)  # its holder goes quiet: it lapses
+            end = time.monotonic() + 60
+            granted: list[ClaimedRun] = []
+            while not granted and time.monotonic() < end:
+                rounds = await asyncio.gather(
+                    *(
+                        backend.claim_runs(
+                            LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
+                        )
+                        for _ in range(3)
+                    )
+                )
+                granted = [c for got in rounds for c in got]
+            assert [c.run_id for c in granted] == ["old"]  # oldest first, and only one
+            assert granted[0].takeover
+
+        self.drive(request, body, needs=frozenset({Capability.QUEUE_LIMIT}))
+
 
 class WorkerLivenessTests(BackendTestCase):
     """`Backend.register_worker`: a lapsed worker's leases are claimable before they expire."""

@@ -303,8 +303,13 @@ def test_a_created_run_is_one_hash_and_one_list_under_one_hash_tag(store: RedisB
                 f"{store.prefix}idx:session:s",
                 f"{store.prefix}idx:user:u",
                 f"{store.prefix}{{changes}}",  # the wake-up stream: a run no one holds yet
+                # The claim indexes (`_redis_claims`): the run is ready to claim.
+                f"{store.prefix}claim:ready:default\x1fagent",
+                f"{store.prefix}claim:queues",
+                f"{store.prefix}claim:agents:default",
             ]
         )
+        assert fields[b"ix"] == f"{store.prefix}claim:ready:default\x1fagent".encode()
         assert fields[b"state"] == b"PENDING"
         assert fields[b"seq"] == b"1"
 

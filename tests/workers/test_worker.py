@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -24,9 +27,12 @@ from durable_agent import (
     tool,
 )
 from durable_agent._worker_retry import due_retry
+from durable_agent.backend import Backend
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.records import FailedEvent, TransitionEvent
+from durable_agent.registry import open_backend
 from tests._barriers import wait_until_async
+from tests.backends import postgres_server
 
 
 @tool
@@ -190,9 +196,36 @@ def _outage(times: int) -> ScriptedModel:
     return ScriptedModel(["ok"], failures=[ScriptedFailure(turn=0, error=error, times=times)])
 
 
-def test_the_retry_policy_resumes_a_run_failed_by_an_outage_and_records_each_attempt() -> None:
+@pytest.fixture(params=["memory", "sqlite", "jsonfile", "redis", "postgres"])
+def durable_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], Backend]]:
+    """Opens a fresh store of each kind (inside the test's event loop: stores bind to it)."""
+    schema = None
+    if request.param == "memory":
+        memory = MemoryBackend()
+        yield lambda: memory
+        return
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+    elif request.param == "jsonfile":
+        url = f"file://{tmp_path / 'runs'}"
+    elif request.param == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?prefix=retry-{uuid.uuid4().hex[:10]}:"
+    else:
+        postgres_server.admin("SELECT 1")  # skips (fails under CI) when the server is down
+        schema = postgres_server.new_schema()
+        url = f"{postgres_server.URL}?schema={schema}"
+    yield lambda: open_backend(url)
+    if schema is not None:
+        postgres_server.drop(schema)
+
+
+def test_the_retry_policy_resumes_a_run_failed_by_an_outage_and_records_each_attempt(
+    durable_store: Callable[[], Backend],
+) -> None:
     async def main() -> None:
-        db = MemoryBackend()
+        db = durable_store()
         agent = Agent(_outage(times=2), db=db, retry=1, name="flaky")
         handle = await agent.submit_async("try")
         worker = Worker([agent], retry=RunRetry(attempts=3, backoff=0.01))
@@ -207,13 +240,16 @@ def test_the_retry_policy_resumes_a_run_failed_by_an_outage_and_records_each_att
         assert sum(isinstance(e, FailedEvent) for e in events) == 2
         resumes = [e for e in events if isinstance(e, TransitionEvent) and e.trigger == "resume"]
         assert len(resumes) == 2
+        await db.close()
 
     asyncio.run(main())
 
 
-def test_without_a_retry_policy_and_past_its_attempts_a_failed_run_stays_failed() -> None:
+def test_without_a_retry_policy_and_past_its_attempts_a_failed_run_stays_failed(
+    durable_store: Callable[[], Backend],
+) -> None:
     async def main() -> None:
-        db = MemoryBackend()
+        db = durable_store()
         agent = Agent(_outage(times=10), db=db, retry=1, name="down")
         handle = await agent.submit_async("try")
         worker = Worker([agent])  # no policy: default off
@@ -228,6 +264,7 @@ def test_without_a_retry_policy_and_past_its_attempts_a_failed_run_stays_failed(
             update={"events": (*stored.events, *[stored.events[-1]] * 2)}
         )
         assert due_retry(used_up, policy) is None  # three failures: two retries used
+        await db.close()
 
     asyncio.run(main())
 
