@@ -6,7 +6,11 @@ one key is refused by the table, so a duplicate *recorded* effect is
 impossible to miss) and logs every attempt, with the process that made it.
 While ``FLEET_DIR/gate`` exists it holds each call open after logging the
 attempt, so a test can kill or stop a worker with calls in flight; a marker
-in ``FLEET_DIR/started/`` says the call got there. It also keeps the calls in
+in ``FLEET_DIR/started/`` says the call got there, and one in
+``FLEET_DIR/inside/`` that it is there now. That marker is written once the
+call's connection to ``effects.db`` is closed: a worker stopped while closing
+it (SQLite checkpoints the WAL on the last close, under an exclusive lock)
+would hold every other worker's tool at that lock until it resumed. It also keeps the calls in
 flight per process in a table, and the highest counts seen, for the slot and
 ``max_running`` tests.
 
@@ -22,6 +26,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from durable_agent import Agent, ScriptedModel, ToolCall, ToolContext, tool
@@ -60,7 +65,7 @@ def effects_db() -> sqlite3.Connection:
 
 
 def _enter(key: str, run_id: str) -> None:
-    with effects_db() as conn:
+    with closing(effects_db()) as conn:
         conn.execute("BEGIN IMMEDIATE")
         who = _who()
         conn.execute("INSERT INTO attempts VALUES (?, ?, ?)", (key, run_id, who))
@@ -72,7 +77,7 @@ def _enter(key: str, run_id: str) -> None:
 
 
 def _leave(key: str, run_id: str) -> None:
-    with effects_db() as conn:
+    with closing(effects_db()) as conn:
         conn.execute("BEGIN IMMEDIATE")
         # The unique key refuses a second recorded effect; OR IGNORE keeps the
         # at-least-once re-run (same key) from failing the tool.
@@ -85,11 +90,13 @@ def _leave(key: str, run_id: str) -> None:
 async def effect(n: int, ctx: ToolContext) -> str:
     """Write effect ``n`` of this run, once, under the call's idempotency key."""
     await asyncio.to_thread(_enter, ctx.idempotency_key, ctx.run_id)
-    started = _dir() / "started"
-    started.mkdir(exist_ok=True)
-    (started / f"{ctx.run_id}-{n}-{_who()}").touch()
+    name = f"{ctx.run_id}-{n}-{_who()}"
+    for folder in ("started", "inside"):
+        (_dir() / folder).mkdir(exist_ok=True)
+        (_dir() / folder / name).touch()
     while (_dir() / "gate").exists():  # noqa: ASYNC110 - held open by another process
         await asyncio.sleep(0.01)
+    (_dir() / "inside" / name).unlink()
     await asyncio.to_thread(_leave, ctx.idempotency_key, ctx.run_id)
     return f"effect {n} done"
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
-from contextlib import closing
 from pathlib import Path
 
 from durable_agent._submit import AT_REST
@@ -94,10 +92,15 @@ class Fleet:
         return [n for n in names if who is None or n.endswith(f"-{who}")]
 
     def in_tool(self, who: str) -> int:
-        """How many calls of worker ``who`` are inside the tool now (held at the gate)."""
-        with closing(sqlite3.connect(self.dir / "effects.db", timeout=DEADLINE)) as conn:
-            (count,) = conn.execute("SELECT count(*) FROM live WHERE who = ?", (who,)).fetchone()
-        return int(count)
+        """How many calls of worker ``who`` are inside the tool now (held at the gate).
+
+        Counted from the ``inside`` markers, not the ``live`` table: a call is
+        counted only once it is done with ``effects.db`` (see `tests.workers.fleet_app`),
+        so a worker stopped with its calls inside holds no lock of that file.
+        """
+        folder = self.dir / "inside"
+        names = [p.name for p in folder.iterdir()] if folder.exists() else []
+        return sum(1 for n in names if n.endswith(f"-{who}"))
 
     def stop(self) -> None:
         for proc in self.workers.values():
