@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from durable_agent.records import Lease
 from tests._barriers import wait_until
 from tests.workers.fleet_app import TOOL_CALLS
 from tests.workers.fleet_check import FleetReport, check_fleet, refused_runs
@@ -56,6 +57,8 @@ class Isolation:
     kind: str
     victim: Member
     held: frozenset[str]
+    successors: dict[str, Lease]
+    """The lease another owner held on each run of ``held`` still moving once it was taken."""
     calls: int
     """Its calls inside the tool when it went away."""
     seconds: float
@@ -125,7 +128,7 @@ def run_chaos(
         )
     report = check_fleet(fleet.read(run_ids), fleet.dir, tool_calls=TOOL_CALLS)
     for isolation in isolations:
-        assert isolation.held <= report.taken_from(isolation.victim.owns)
+        assert isolation.held <= _taken(report, isolation)
         assert isolation.seconds > ttl
     return ChaosResult(run_ids, report, kills, isolations)
 
@@ -152,11 +155,16 @@ def _isolate(
     assert held, f"{victim.name} held no run when it went away"
     fleet.open_gate()
 
+    successors: dict[str, Lease] = {}
+
     def taken() -> bool:
         if time.monotonic() - went <= ttl:
             return False
-        return not any(h.lease is not None and victim.owns(h.lease.owner)
-                       for h in fleet.moving())
+        leases = {h.run_id: h.lease for h in fleet.moving() if h.lease is not None}
+        if any(victim.owns(lease.owner) for lease in leases.values()):
+            return False
+        successors.update((r, lease) for r, lease in leases.items() if r in held)
+        return True
 
     wait_until(taken, awaiting=f"the runs of {victim.name} taken over after its {kind}",
                processes=_procs(others))
@@ -166,7 +174,28 @@ def _isolate(
     else:
         assert victim.host is not None
         victim.host.restore()
-    return Isolation(kind, victim, held, calls, seconds)
+    return Isolation(kind, victim, held, successors, calls, seconds)
+
+
+def _taken(report: FleetReport, isolation: Isolation) -> set[str]:
+    """The runs of ``isolation.held`` another owner took over, by the log or the store.
+
+    The log shows a takeover by the new owner's first write (`FleetReport.taken_from`).
+    A new owner killed before that write leaves none, and the run may come back
+    to the victim itself, thawed (its log then jumps a generation): the lease
+    `_isolate` saw in the store, another owner's under a generation no event
+    was stamped with, is the proof of that takeover.
+    """
+    stamped: dict[str, set[int]] = {}
+    for handover in report.handovers:
+        stamped.setdefault(handover.run_id, set()).add(handover.generation)
+    silent = {
+        run_id for run_id, lease in isolation.successors.items()
+        if not isolation.victim.owns(lease.owner)
+        and lease.generation not in stamped.get(run_id, set())
+        and lease.generation > min(stamped.get(run_id, {0}))
+    }
+    return report.taken_from(isolation.victim.owns) | silent
 
 
 def _procs(members: list[Member]) -> list[subprocess.Popen[bytes]]:
