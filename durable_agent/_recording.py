@@ -7,7 +7,8 @@ current seq and appends them with the lease (the write that brings a run to
 rest releases the lease in the same step); `_record_interruption` writes the
 ERROR of a deadline or cancellation, reloading first when an append was cut
 short; `_keepalive` has the loop's heartbeat renew the lease while one effect
-outlasts a third of its TTL. The steps (`durable_agent._model_step`,
+outlasts a third of its TTL (a renewal that failed is raised at the next append,
+`_judge_heartbeat_error`). The steps (`durable_agent._model_step`,
 `durable_agent._tool_step`) and the lifecycle (`durable_agent.engine.RunExecution`) build on it.
 """
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from durable_agent._heartbeat import Effect
 from durable_agent._stream_hooks import recorded
 from durable_agent.backend import Backend
+from durable_agent.errors import StoreUnavailableError
 from durable_agent.fsm import RunState, next_state
 from durable_agent.records import (
     ErrorInfo,
@@ -144,7 +146,7 @@ class ExecutionCore:
             await self._lock.acquire()
         try:
             if self._heartbeat_error is not None:
-                raise self._heartbeat_error
+                await self._judge_heartbeat_error()
             ctx = self._context()
             assert self.lease is not None
             events: list[Event] = []
@@ -202,6 +204,26 @@ class ExecutionCore:
         (`durable_agent._heartbeat`), and an idle run holds no timer at all.
         """
         return Effect(self)
+
+    async def _judge_heartbeat_error(self) -> None:
+        """Raise what a failed renewal means now, or carry on if the lease is still held.
+
+        A renewal that could not reach the store says nothing about the lease:
+        the store is asked again, under the lease, before this append. Refused
+        (`LeaseLostError`), the run is lost to another owner and that is raised;
+        still unreachable, that is raised; renewed, nobody took the run and the
+        append goes ahead, fenced by the store like any other.
+        """
+        error, lease = self._heartbeat_error, self.lease
+        assert error is not None
+        if not isinstance(error, StoreUnavailableError) or lease is None:
+            raise error
+        try:
+            self.lease = await self.backend.renew_lease(self.run_id, lease)
+        except Exception as exc:
+            self._heartbeat_error = exc
+            raise
+        self._heartbeat_error = None
 
     async def _renew(self) -> None:
         lease = self.lease

@@ -13,7 +13,7 @@ from durable_agent import Agent, ScriptedModel, Task, ToolCall
 from durable_agent import _heartbeat as heartbeat
 from durable_agent.backend import LeaseOwner
 from durable_agent.backends.sqlite import SqliteBackend
-from durable_agent.errors import RunBusyError, StoreUnavailableError
+from durable_agent.errors import LeaseLostError, RunBusyError, StoreUnavailableError
 from durable_agent.records import Lease
 
 TTL = 0.3
@@ -97,6 +97,65 @@ def test_a_failed_renewal_fails_the_run_at_its_next_append(tmp_path: Path) -> No
             with pytest.raises(StoreUnavailableError, match="renewal refused"):
                 await _agent(store, slow, ttl=TTL).do_async(Task("t"))
             assert sum(store.renewals.values()) >= 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_renewal_that_could_not_reach_the_store_is_asked_again_at_the_next_append(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "runs.db")
+
+    async def blip() -> str:
+        store.fail_renewals = True  # the store unreachable for the heartbeat only
+        await _until(lambda: sum(store.renewals.values()) >= 1)
+        store.fail_renewals = False  # back before the result is recorded
+        return "blip"
+
+    async def main() -> None:
+        try:
+            output = await _agent(store, blip, ttl=TTL).do_async(Task("t"), return_output=True)
+            assert output.output == "done"  # nobody took it: the append went ahead
+            (run_id,) = [r.run_id for r in (await store.list_runs()).runs]
+            assert store.renewals[run_id] >= 2  # the failed one, then asked again
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_run_taken_over_while_its_renewal_could_not_reach_the_store_is_lost(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "runs.db")
+    stranger = LeaseOwner(host="another-host", pid=1)
+
+    async def cut_off() -> str:
+        store.fail_renewals = True
+        await _until(lambda: sum(store.renewals.values()) >= 1)
+        (run_id,) = [r.run_id for r in (await store.list_runs()).runs]
+        deadline = time.monotonic() + 30
+        while True:  # the lease lapses on the store's clock, then another owner takes it
+            try:
+                await store.acquire_lease(run_id, stranger, ttl=60)
+                break
+            except RunBusyError:
+                assert time.monotonic() < deadline, "the lease never lapsed"
+                await asyncio.sleep(TTL / 4)
+        store.fail_renewals = False  # the store answers again
+        return "late"
+
+    async def main() -> None:
+        try:
+            with pytest.raises(LeaseLostError):
+                await _agent(store, cut_off, ttl=TTL).do_async(Task("t"))
+            (header,) = (await store.list_runs()).runs
+            assert header.lease is not None
+            assert header.lease.owner == stranger.id  # the stale result was never written
+            run = await store.load_run(header.run_id)
+            assert not any(getattr(e, "result", None) for e in run.events)
         finally:
             await store.close()
 
