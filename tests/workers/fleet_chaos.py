@@ -90,15 +90,12 @@ def run_chaos(
     """
     rng = random.Random(seed)
     run_ids = fleet.submit(runs)
+    members = [spawn(f"w{n}", None) for n in range(workers)]
     # Every worker of the fleet at work before the first fault: on a loaded machine one
     # still importing could be killed before it wrote anything, and the fleet would
-    # never have had ``workers`` owners in its logs. The gate holds the calls meanwhile,
-    # so the first ones up do not finish the runs the schedule's faults count on.
-    fleet.close_gate()
-    members = [spawn(f"w{n}", None) for n in range(workers)]
+    # never have had ``workers`` owners in its logs.
     wait_until(lambda: all(fleet.started(m.name) for m in members),
                awaiting="a call started by every worker", processes=_procs(members))
-    fleet.open_gate()
     born = workers
     order = list(faults)
     rng.shuffle(order)
