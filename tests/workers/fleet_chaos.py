@@ -91,11 +91,6 @@ def run_chaos(
     rng = random.Random(seed)
     run_ids = fleet.submit(runs)
     members = [spawn(f"w{n}", None) for n in range(workers)]
-    # Every worker of the fleet at work before the first fault: on a loaded machine one
-    # still importing could be killed before it wrote anything, and the fleet would
-    # never have had ``workers`` owners in its logs.
-    wait_until(lambda: all(fleet.started(m.name) for m in members),
-               awaiting="a call started by every worker", processes=_procs(members))
     born = workers
     order = list(faults)
     rng.shuffle(order)
