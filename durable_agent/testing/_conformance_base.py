@@ -98,7 +98,23 @@ class BackendTestCase:
             )
         names = list(inspect.signature(factory).parameters)
         arguments = {name: request.getfixturevalue(name) for name in names}
-        asyncio.run(self._drive(factory(**arguments), body, self.required | needs))
+        asyncio.run(self._drive(factory(**arguments), body, self._required(request) | needs))
+
+    def _required(self, request: pytest.FixtureRequest) -> frozenset[Capability]:
+        """The ``required`` of the group that defines the running test, not of the whole class.
+
+        The combined suite inherits every group, so ``self.required`` would be
+        whichever group comes first in the MRO, and would skip every other
+        group's tests on a store without that capability.
+        """
+        name = request.function.__name__
+        for group in type(self).__mro__:
+            if name in vars(group):
+                found = vars(group).get("required")
+                if isinstance(found, frozenset):
+                    return found
+                return frozenset()
+        return self.required
 
     async def _drive(
         self, fixture: AsyncIterator[Backend], body: Body, needs: frozenset[Capability]

@@ -149,3 +149,30 @@ async def _forget(url: str, prefix: str) -> None:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
         if keys:
             await client.delete(*keys)
+
+
+def test_a_groups_required_capabilities_skip_only_that_groups_tests() -> None:
+    """In the combined suite a group's ``required`` must not become every group's.
+
+    It did twice (MigrationTests, then RelayTests): the class attribute the MRO
+    found first skipped most of the suite on stores without that capability.
+    """
+    from types import SimpleNamespace
+    from typing import Any
+
+    from durable_agent.backend import Capability
+    from durable_agent.testing.conformance import RelayTests, RunTests
+
+    suite = TestMemoryBackend()
+
+    def required(test: Any) -> frozenset[Capability]:
+        return suite._required(SimpleNamespace(function=test))  # type: ignore[arg-type]
+
+    run_tests = [getattr(TestMemoryBackend, n) for n in vars(RunTests) if n.startswith("test_")]
+    relay_tests = [
+        getattr(TestMemoryBackend, n) for n in vars(RelayTests) if n.startswith("test_")
+    ]
+    assert run_tests
+    assert relay_tests
+    assert all(required(t) == frozenset() for t in run_tests)
+    assert all(required(t) == frozenset({Capability.RELAY}) for t in relay_tests)
