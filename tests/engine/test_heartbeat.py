@@ -15,8 +15,12 @@ from durable_agent.backend import LeaseOwner
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.errors import LeaseLostError, RunBusyError, StoreUnavailableError
 from durable_agent.records import Lease
+from tests._barriers import wait_until_async
 
 TTL = 0.3
+"""The lease TTL of the tests that only need renewals to be due (or to fail)."""
+HELD_TTL = 1.0
+"""The TTL of the tests that check a lease never lapses: room for a slow fsync on a busy machine."""
 
 
 class CountingStore(SqliteBackend):
@@ -32,13 +36,6 @@ class CountingStore(SqliteBackend):
         if self.fail_renewals:
             raise StoreUnavailableError("renewal refused by the test")
         return await super().renew_lease(run_id, lease)
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the runs to start"
-        await asyncio.sleep(0.01)
 
 
 def _agent(
@@ -60,20 +57,21 @@ def test_a_tool_call_longer_than_the_ttl_keeps_its_lease(tmp_path: Path) -> None
     async def main() -> None:
         store = CountingStore(tmp_path / "runs.db")
         try:
-            agent = _agent(store, slow, ttl=TTL)
+            agent = _agent(store, slow, ttl=HELD_TTL)
             handle = asyncio.ensure_future(agent.do_async(Task("t"), return_output=True))
             await asyncio.wait_for(started.wait(), 30)
             (run_id,) = [r.run_id for r in (await store.list_runs()).runs]
-            # Four TTLs into one tool call: still held, never expired (the store's clock).
-            deadline = time.monotonic() + 4 * TTL
+            # Three TTLs into one tool call: still held, never expired (the store's clock).
+            # The sleep below only spaces the samples; nothing waits on it.
+            deadline = time.monotonic() + 3 * HELD_TTL
             stranger = LeaseOwner(host="another-host", pid=1)
             while time.monotonic() < deadline:
                 header = await store.get_run(run_id)
                 assert header.lease is not None
                 assert header.lease.expires_at > time.time()
                 with pytest.raises(RunBusyError):
-                    await store.acquire_lease(run_id, stranger, ttl=TTL)
-                await asyncio.sleep(TTL / 4)
+                    await store.acquire_lease(run_id, stranger, ttl=HELD_TTL)
+                await asyncio.sleep(HELD_TTL / 4)
             assert store.renewals[run_id] >= 3
             finish.set()
             output = await asyncio.wait_for(handle, 30)
@@ -87,7 +85,9 @@ def test_a_tool_call_longer_than_the_ttl_keeps_its_lease(tmp_path: Path) -> None
 
 def test_a_failed_renewal_fails_the_run_at_its_next_append(tmp_path: Path) -> None:
     async def slow() -> str:
-        await asyncio.sleep(TTL)  # one renewal is due after TTL / 3
+        # The long effect itself, not a barrier: the heartbeat's timer, due after
+        # TTL / 3 on the same loop, fires before this one however busy the machine.
+        await asyncio.sleep(TTL)
         return "slow"
 
     async def main() -> None:
@@ -110,7 +110,7 @@ def test_a_renewal_that_could_not_reach_the_store_is_asked_again_at_the_next_app
 
     async def blip() -> str:
         store.fail_renewals = True  # the store unreachable for the heartbeat only
-        await _until(lambda: sum(store.renewals.values()) >= 1)
+        await wait_until_async(lambda: sum(store.renewals.values()) >= 1, awaiting="a renewal")
         store.fail_renewals = False  # back before the result is recorded
         return "blip"
 
@@ -134,7 +134,7 @@ def test_a_run_taken_over_while_its_renewal_could_not_reach_the_store_is_lost(
 
     async def cut_off() -> str:
         store.fail_renewals = True
-        await _until(lambda: sum(store.renewals.values()) >= 1)
+        await wait_until_async(lambda: sum(store.renewals.values()) >= 1, awaiting="a renewal")
         (run_id,) = [r.run_id for r in (await store.list_runs()).runs]
         deadline = time.monotonic() + 30
         while True:  # the lease lapses on the store's clock, then another owner takes it
@@ -179,10 +179,10 @@ def test_runs_with_different_ttls_on_one_loop_are_each_renewed_in_time(tmp_path:
             # the short one must get an earlier timer, not wait for that one.
             long = _agent(store, slow, ttl=60.0, name="long")
             first = asyncio.ensure_future(long.do_async(Task("long"), return_output=True))
-            await _until(lambda: running >= 1)
-            short = _agent(store, slow, ttl=TTL, name="short")
+            await wait_until_async(lambda: running >= 1, awaiting="the long run's tool call")
+            short = _agent(store, slow, ttl=HELD_TTL, name="short")
             second = asyncio.ensure_future(short.do_async(Task("short"), return_output=True))
-            await _until(lambda: running >= 2)
+            await wait_until_async(lambda: running >= 2, awaiting="the short run's tool call")
             runs = {r.agent_name: r.run_id for r in (await store.list_runs()).runs}
             deadline = time.monotonic() + 30
             while store.renewals.get(runs["short"], 0) < 3:
@@ -190,7 +190,7 @@ def test_runs_with_different_ttls_on_one_loop_are_each_renewed_in_time(tmp_path:
                 header = await store.get_run(runs["short"])
                 assert header.lease is not None
                 assert header.lease.expires_at > time.time()
-                await asyncio.sleep(TTL / 4)
+                await asyncio.sleep(HELD_TTL / 4)  # spaces the samples
             assert store.renewals.get(runs["long"], 0) == 0
             release.set()
             outputs = await asyncio.wait_for(asyncio.gather(first, second), 30)

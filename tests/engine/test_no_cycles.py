@@ -82,6 +82,8 @@ def collector_disabled() -> Iterator[Counter[str]]:
 
 async def slow_lookup(key: int) -> str:
     """Outlasts a third of the lease's TTL, so the heartbeat renews the lease."""
+    # The effect itself, not a barrier: the heartbeat's earlier timer on the
+    # same loop fires first however busy the machine.
     await asyncio.sleep(0.15)
     return f"slow-{key}"
 
