@@ -9,18 +9,17 @@ it again must finish it and then find nothing to do.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import SCHEMA_VERSION, StoredRun
 from tests._barriers import wait_until
+from tests.migrations import _migrate_helpers as helpers
 
 DATA = Path(__file__).parent.parent / "data" / "v1"
 COPIES = 1000
@@ -51,24 +50,11 @@ def migrated(path: Path) -> int:
 
 
 def load_all(path: Path, run_ids: list[str]) -> dict[str, StoredRun]:
-    """Every run as read, its header's version left out (the one field migrate updates)."""
-
-    async def read() -> dict[str, StoredRun]:
-        async with SqliteBackend(path) as db:
-            runs = {run_id: await db.load_run(run_id) for run_id in run_ids}
-        return {
-            run_id: run.model_copy(
-                update={"header": run.header.model_copy(update={"schema_version": 0})}
-            )
-            for run_id, run in runs.items()
-        }
-
-    return asyncio.run(read())
+    return helpers.load_all(lambda: SqliteBackend(path), run_ids)
 
 
 def migrate_command(path: Path) -> list[str]:
-    code = "import sys; from durable_agent.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "migrate", "--db", f"sqlite:///{path}", "--json"]
+    return helpers.migrate_command(f"sqlite:///{path}")
 
 
 def test_a_migration_killed_half_way_leaves_the_store_intact_and_a_rerun_finishes(

@@ -16,7 +16,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import psycopg
@@ -30,6 +29,7 @@ from durable_agent.records import SCHEMA_VERSION, StoredRun
 from durable_agent.testing.conformance import step
 from tests._barriers import wait_until
 from tests.backends.postgres_server import URL, admin, drop, new_schema
+from tests.migrations import _migrate_helpers as helpers
 from tests.migrations.v1_postgres import migrated, write_v1_store
 
 COPIES = 300
@@ -44,25 +44,11 @@ def schema() -> Iterator[str]:
 
 
 def load_all(schema: str, run_ids: list[str]) -> dict[str, StoredRun]:
-    """Every run as read, its header's version left out (the one field migrate updates)."""
-
-    async def read() -> dict[str, StoredRun]:
-        async with PostgresBackend(URL, schema=schema) as db:
-            loaded = await asyncio.gather(*(db.load_run(run_id) for run_id in run_ids))
-            runs = dict(zip(run_ids, loaded, strict=True))
-        return {
-            run_id: run.model_copy(
-                update={"header": run.header.model_copy(update={"schema_version": 0})}
-            )
-            for run_id, run in runs.items()
-        }
-
-    return asyncio.run(read())
+    return helpers.load_all(lambda: PostgresBackend(URL, schema=schema), run_ids)
 
 
 def migrate_command(schema: str) -> list[str]:
-    code = "import sys; from durable_agent.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "migrate", "--db", f"{URL}?schema={schema}", "--json"]
+    return helpers.migrate_command(f"{URL}?schema={schema}")
 
 
 def test_a_postgres_migration_killed_half_way_leaves_the_store_intact_and_a_rerun_finishes(

@@ -11,7 +11,6 @@ replaced log appends to the new one.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from durable_agent.backends.jsonfile import JsonFileBackend
 from durable_agent.records import SCHEMA_VERSION, StoredRun
 from tests._barriers import wait_for_path, wait_until
+from tests.migrations import _migrate_helpers as helpers
 
 DATA = Path(__file__).parent.parent / "data" / "v1" / "jsonfile"
 PREFIX = f'{{"schema_version":{SCHEMA_VERSION},'.encode()
@@ -63,24 +63,11 @@ def all_current(folder: Path) -> bool:
 
 
 def load_all(folder: Path, run_ids: list[str]) -> dict[str, StoredRun]:
-    """Every run as read, its header's version left out (the one field migrate updates)."""
-
-    async def read() -> dict[str, StoredRun]:
-        async with JsonFileBackend(folder) as db:
-            runs = {run_id: await db.load_run(run_id) for run_id in run_ids}
-        return {
-            run_id: run.model_copy(
-                update={"header": run.header.model_copy(update={"schema_version": 0})}
-            )
-            for run_id, run in runs.items()
-        }
-
-    return asyncio.run(read())
+    return helpers.load_all(lambda: JsonFileBackend(folder), run_ids)
 
 
 def migrate_command(folder: Path) -> list[str]:
-    code = "import sys; from durable_agent.cli import main; sys.exit(main(sys.argv[1:]))"
-    return [sys.executable, "-c", code, "migrate", "--db", f"file://{folder}", "--json"]
+    return helpers.migrate_command(f"file://{folder}")
 
 
 def test_a_jsonfile_migration_killed_half_way_leaves_every_run_readable_and_a_rerun_finishes(
