@@ -28,7 +28,7 @@ def utcnow() -> datetime:
 class Usage(BaseModel):
     """Tokens and requests spent on model calls."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -49,7 +49,7 @@ class ErrorInfo(BaseModel):
     a file name or a tool's odd output must still be recordable.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     type: str
     message: str
@@ -87,7 +87,7 @@ class Lease(BaseModel):
     after the new owner took over (DESIGN.md §3 rule 5).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     owner: str
     host: str

@@ -49,7 +49,10 @@ Deep = WrapValidator(keep_too_deep)
 class Record(BaseModel):
     """The base of every versioned record: frozen, tolerant of fields it does not know."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # defer_build on every stored shape: a model's validator is built when it is
+    # first used, not when `durable_agent` is imported, so a CLI command or a
+    # process that names only a few records skips the rest (benchmarks/bench_import.py).
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     schema_version: int = SCHEMA_VERSION
 
@@ -64,7 +67,7 @@ class LeaseTaken(BaseModel):
     carry none, and read back the same.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     owner: str
     """The lease owner id, ``host:pid:nonce`` (`durable_agent.backend.LeaseOwner.id`)."""
@@ -98,7 +101,7 @@ class _Event(Record):
 class ToolCallPart(BaseModel):
     """One tool call the model asked for: ``id`` is unique within the run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: str
     name: str

@@ -23,7 +23,6 @@ readable.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import threading
@@ -71,9 +70,17 @@ _ESCAPES: tuple[Callable[[str], str], ...] = (
     lambda s: _lower_hex(urllib.parse.quote(s, safe="")),
     lambda s: urllib.parse.quote(s),
     lambda s: urllib.parse.quote_plus(s, safe=""),
-    lambda s: html.escape(s),
+    lambda s: _html_escape(s),
 )
 """The ways text escapes a value; applied twice, for one escaping inside another."""
+
+
+def _html_escape(text: str) -> str:
+    # Imported here: `html` loads its 2,000-entry entity table, which only
+    # marking a secret needs, not `import durable_agent`.
+    import html
+
+    return html.escape(text)
 
 
 def _forms_of(secret: str) -> set[str]:

@@ -23,7 +23,7 @@ class ToolSignature(BaseModel):
     parameter changes it while a new docstring does not.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     name: str
     schema_hash: str

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar
 
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import ConfigDict, JsonValue, TypeAdapter, ValidationError
 
 from durable_agent._messages import SCHEMA_VERSION, Record
 from durable_agent.errors import CorruptRunError, SchemaVersionError
@@ -36,7 +36,7 @@ __all__ = [
 Data = dict[str, JsonValue]
 Step = Callable[[Data], Data]
 _R = TypeVar("_R", bound=Record)
-_VERSION_PROBE: Final = TypeAdapter(dict[str, JsonValue])
+_VERSION_PROBE: Final = TypeAdapter(dict[str, JsonValue], config=ConfigDict(defer_build=True))
 
 
 def _event_1_to_2(data: Data) -> Data:

@@ -115,7 +115,7 @@ __all__ = [
 class OutputFormat(BaseModel):
     """The structured output a run's final answer must match, kept with the run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     name: str
     json_schema: dict[str, JSONValue]
@@ -125,7 +125,7 @@ class OutputFormat(BaseModel):
 class ForkOrigin(BaseModel):
     """The run and seq a fork copied its log from (`CreatedEvent.forked_from`)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     run_id: str
     seq: int
@@ -156,7 +156,9 @@ class ModelResponseEvent(_Event):
     kind: Literal["model_response"] = "model_response"
     message: AssistantMessage
     model: str
-    usage: Usage = Usage()
+    # A default made without validation: `Usage()` here would build Usage's
+    # validator at import, which defer_build puts off to first use.
+    usage: Usage = Usage.model_construct()
     attempt: int = 1
     latency_ms: float = 0.0
     repeated: bool = False
@@ -214,7 +216,7 @@ class OutputRejectedEvent(_Event):
     feedback: UserMessage
     error: ErrorInfo
     model: str
-    usage: Usage = Usage()
+    usage: Usage = Usage.model_construct()  # without validation, as above
     attempt: int = 1
 
 
@@ -230,7 +232,7 @@ fail it), supply its result (in-doubt: skip it with that result), or give fields
 class RequirementRecord(BaseModel):
     """One pending human decision about one tool call."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: str
     kind: RequirementKind
@@ -300,7 +302,7 @@ Event: TypeAlias = Annotated[
 class StoredRun(BaseModel):
     """A run as loaded from a store: its header and every event in ``seq`` order."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     header: RunHeader
     events: tuple[Event, ...]
@@ -308,7 +310,7 @@ class StoredRun(BaseModel):
 
 # -- the one place of serialization ------------------------------------------
 
-_EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event)
+_EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 _HEADER: Final[TypeAdapter[RunHeader]] = TypeAdapter(RunHeader)
 
 

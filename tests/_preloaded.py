@@ -37,6 +37,8 @@ PRELOAD = [
     "durable_agent",
     "durable_agent.cli",
     "durable_agent.backends.sqlite",
+    # The facade and every record validator, built once (records defer them).
+    "tests._warm_records",
     # The provider tests' children drive the real SDKs, seconds of imports each.
     # Neither reads an environment variable at import that durable-agent uses.
     "openai",
