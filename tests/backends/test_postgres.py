@@ -226,17 +226,21 @@ def test_an_older_store_is_migrated_forward_and_a_newer_one_is_refused_untouched
             await store.list_runs()
 
     run(use())
-    step_two = ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",)
-    monkeypatch.setitem(pg_schema_module.MIGRATIONS, 2, step_two)
-    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", 2)
+    now = pg_schema_module.STORE_VERSION
+    step_next = ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",)
+    monkeypatch.setitem(pg_schema_module.MIGRATIONS, now + 1, step_next)
+    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", now + 1)
     run(use())
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute(f"SELECT note FROM {pg_schema}.runs").fetchall() == []
-        assert conn.execute(f"SELECT version FROM {pg_schema}.store_version").fetchall() == [(2,)]
-    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", 1)
-    with pytest.raises(StoreUnavailableError, match=r"layout version 2.*upgrade durable-agent"):
+        rows = conn.execute(f"SELECT version FROM {pg_schema}.store_version").fetchall()
+        assert rows == [(now + 1,)]
+    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", now)
+    with pytest.raises(
+        StoreUnavailableError, match=rf"layout version {now + 1}.*upgrade durable-agent"
+    ):
         run(use())
 
 
