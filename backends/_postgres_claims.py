@@ -1,8 +1,9 @@
 """`PostgresBackend`'s claims, worker liveness and wake-ups.
 
 **A claim is one transaction, one round trip.** The statement reads the
-claimable runs from the front of the partial index ``runs_claimable`` (runs not
-at rest, in claim order: highest priority, then oldest), skips rows another
+claimable runs in claim order (highest priority, then oldest) from two partial
+indexes of the runs not at rest, ``runs_claimable_free`` (nobody holds them)
+and ``runs_claimable_held`` (see `_CLAIM`), skips rows another
 claimer has locked (``FOR UPDATE SKIP LOCKED``), and sets each chosen run's
 lease with generation + 1 in the same statement. With ``max_running``, the
 transaction first takes one advisory lock per limited queue (in name order, so
@@ -15,7 +16,8 @@ gone, or one of a process on the claimer's own host that no longer exists.
 **Liveness is a session advisory lock.** `register_worker` opens a connection
 of the worker's own that holds ``pg_advisory_lock(namespace, key)`` for as
 long as the worker lives, and records ``(owner, key, expires)`` in
-``workers``. A worker counts as dead as soon as its lock is gone, which
+``workers``. A worker counts as dead as soon as its lock is gone (a claim
+probes it, see `_DEAD`), which
 PostgreSQL notices when the worker's socket closes (a SIGKILL, an OOM kill, a
 crashed host that resets the connection), so its runs are taken within
 seconds, not after a lease TTL; or when its registration is not renewed in
