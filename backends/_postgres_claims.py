@@ -1,8 +1,9 @@
 """`PostgresBackend`'s claims, worker liveness and wake-ups.
 
 **A claim is one transaction, one round trip.** The statement reads the
-claimable runs from the front of the partial index ``runs_claimable`` (runs not
-at rest, in claim order: highest priority, then oldest), skips rows another
+claimable runs in claim order (highest priority, then oldest) from two partial
+indexes of the runs not at rest, ``runs_claimable_free`` (nobody holds them)
+and ``runs_claimable_held`` (see `_CLAIM`), skips rows another
 claimer has locked (``FOR UPDATE SKIP LOCKED``), and sets each chosen run's
 lease with generation + 1 in the same statement. With ``max_running``, the
 transaction first takes one advisory lock per limited queue (in name order, so
@@ -15,7 +16,8 @@ gone, or one of a process on the claimer's own host that no longer exists.
 **Liveness is a session advisory lock.** `register_worker` opens a connection
 of the worker's own that holds ``pg_advisory_lock(namespace, key)`` for as
 long as the worker lives, and records ``(owner, key, expires)`` in
-``workers``. A worker counts as dead as soon as its lock is gone, which
+``workers``. A worker counts as dead as soon as its lock is gone (a claim
+probes it, see `_DEAD`), which
 PostgreSQL notices when the worker's socket closes (a SIGKILL, an OOM kill, a
 crashed host that resets the connection), so its runs are taken within
 seconds, not after a lease TTL; or when its registration is not renewed in
@@ -67,24 +69,51 @@ __all__ = [
 _LEASE: Final = "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl"
 
 # The owners whose leases no longer protect a run: lapsed or lock-less workers,
-# and the given owners (processes of this host that are gone).
+# and the given owners (processes of this host that are gone). A worker's lock
+# is probed, not looked up in pg_locks: pg_lock_status() copies every lock of
+# the whole server under the lock manager's locks, while a probe of a live
+# worker's key fails at once without waiting. A probe that succeeds (the key's
+# holder is gone) keeps the key until the claim commits; keys are never reused
+# (a sequence), so no worker ever waits for it.
 _DEAD: Final = f"""
 dead AS (
     SELECT w.owner FROM {{workers}} w
-    WHERE w.expires <= {NOW} OR NOT EXISTS (
-        SELECT 1 FROM pg_locks l
-        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND l.classid::int8 = %(namespace)s AND l.objid::int8 = w.lock_key
-    )
+    WHERE w.expires <= {NOW} OR pg_try_advisory_xact_lock(%(namespace)s, w.lock_key)
     UNION ALL SELECT unnest(%(gone)s::text[])
 )"""
 
-_FREE: Final = (
-    f"(r.lease_owner IS NULL OR r.lease_expires <= {NOW} "
-    "OR r.lease_owner IN (SELECT owner FROM dead))"
-)
+# A held run (lease_owner IS NOT NULL) whose lease no longer protects it.
+_LAPSED: Final = f"(r.lease_expires <= {NOW} OR r.lease_owner IN (SELECT owner FROM dead))"
 
+# How many candidates to lock: the limit, plus what the limited queues may take
+# beyond it (the surplus of a full queue is dropped in `chosen`).
+_WANTED: Final = "%(limit)s + (SELECT COALESCE(sum(left_), 0) FROM room WHERE left_ > 0)"
+
+
+def _pick(which: str, limit: str) -> str:
+    """The claimable runs matching ``which``, in claim order, up to ``limit``, locked."""
+    return f"""
+    SELECT r.run_id, r.queue, r.priority, r.created_at,
+        {", ".join("r." + c.strip() for c in _LEASE.split(","))}
+    FROM {{runs}} r
+    WHERE r.state IN {CLAIMABLE} AND {which}
+        AND r.agent_name = ANY(%(agents)s::text[])
+        AND (%(all_queues)s OR r.queue = ANY(%(queues)s::text[]))
+        AND (r.not_before IS NULL OR r.not_before <= {NOW})
+        AND r.schema_version <= {SCHEMA_VERSION}
+        AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)
+    ORDER BY r.priority DESC, r.created_at, r.run_id
+    LIMIT {limit}
+    FOR UPDATE OF r SKIP LOCKED"""
+
+
+# The candidates come from two partial indexes. `free`: the runs nobody holds
+# (submitted, released), from the front of runs_claimable_free, a read whose
+# cost does not grow with the runs in flight. `held`: the held runs whose lease
+# lapsed or whose owner is dead, from runs_claimable_held, a read that steps
+# over every live lease in flight (10^4 of them: ~5 ms). So `held` is read only
+# when `free` does not fill the claim, or when the caller asks for a sweep
+# (`_SWEEP_EVERY`); its LIMIT is then 0, and a LIMIT 0 never starts its scan.
 _CLAIM: Final = f"""
 WITH {_DEAD},
 limits AS (
@@ -93,24 +122,19 @@ limits AS (
 room AS (
     SELECT l.queue, l.most - count(r.run_id) AS left_
     FROM limits l LEFT JOIN {{runs}} r
-        ON r.queue = l.queue AND r.state IN {CLAIMABLE} AND NOT {_FREE}
+        ON r.queue = l.queue AND r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
+        AND NOT {_LAPSED}
     GROUP BY l.queue, l.most
 ),
-candidates AS (
-    SELECT r.run_id, r.queue, r.priority, r.created_at,
-        {", ".join("r." + c.strip() for c in _LEASE.split(","))}
-    FROM {{runs}} r
-    WHERE r.state IN {CLAIMABLE}
-        AND r.agent_name = ANY(%(agents)s::text[])
-        AND (%(all_queues)s OR r.queue = ANY(%(queues)s::text[]))
-        AND (r.not_before IS NULL OR r.not_before <= {NOW})
-        AND r.schema_version <= {SCHEMA_VERSION}
-        AND {_FREE}
-        AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)
-    ORDER BY r.priority DESC, r.created_at, r.run_id
-    LIMIT %(limit)s + (SELECT COALESCE(sum(left_), 0) FROM room WHERE left_ > 0)
-    FOR UPDATE OF r SKIP LOCKED
+free AS ({_pick("r.lease_owner IS NULL", _WANTED)}
 ),
+held AS ({_pick(
+    f"r.lease_owner IS NOT NULL AND {_LAPSED}",
+    f"CASE WHEN %(sweep)s THEN {_WANTED} "
+    f"ELSE GREATEST({_WANTED} - (SELECT count(*) FROM free), 0) END",
+)}
+),
+candidates AS (SELECT * FROM free UNION ALL SELECT * FROM held),
 chosen AS (
     SELECT c.* FROM (
         SELECT c.*, row_number() OVER (
@@ -136,10 +160,23 @@ upd AS (
 SELECT * FROM upd ORDER BY order_priority DESC, order_created, run_id
 """
 
-# This host's leases still live, to check their processes (DESIGN.md §3 rule 5).
-_LOCAL: Final = f"""
-SELECT DISTINCT lease_owner, lease_pid FROM {{runs}}
-WHERE lease_owner IS NOT NULL AND lease_host = %s AND lease_expires > {NOW}
+# The owners of this host's leases, to check their processes (DESIGN.md §3
+# rule 5): one step of runs_leased per distinct owner (a loose index scan), not
+# one row per lease, so 10^4 leases of four processes cost four probes. Owners
+# whose leases all lapsed come too: their runs are claimable either way.
+_LOCAL: Final = """
+WITH RECURSIVE owners AS (
+    (SELECT lease_owner, lease_pid FROM {runs}
+     WHERE lease_host = %(host)s AND lease_owner IS NOT NULL
+     ORDER BY lease_owner LIMIT 1)
+    UNION ALL
+    SELECT n.lease_owner, n.lease_pid FROM owners o, LATERAL (
+        SELECT lease_owner, lease_pid FROM {runs}
+        WHERE lease_host = %(host)s AND lease_owner IS NOT NULL AND lease_owner > o.lease_owner
+        ORDER BY lease_owner LIMIT 1
+    ) n
+)
+SELECT lease_owner, lease_pid FROM owners
 """
 
 _REGISTER: Final = f"""
@@ -187,9 +224,13 @@ async def claim(
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runs for ``owner``: one transaction (see the module docstring)."""
     gone = await _gone_here(link, stmts, owner.host)
+    now = asyncio.get_running_loop().time()
+    sweep = now - link.swept >= _SWEEP_EVERY
+    if sweep:
+        link.swept = now
     params = claim_params(
         owner, namespace=namespace, agents=agents, queues=queues, limit=limit, ttl=ttl,
-        max_running=max_running, gone=gone,
+        max_running=max_running, gone=gone, sweep=sweep,
     )
     try:
         async with link.claimer() as conn:
@@ -213,6 +254,13 @@ async def claim(
         ) from exc
 
 
+_SWEEP_EVERY: Final = 1.0
+"""Most seconds between two claims of a link that read the held runs whatever the free ones.
+
+So a run whose lease lapsed waits at most this long behind newer free runs of
+no higher priority, and the claims in between cost nothing per run in flight.
+"""
+
 _LOOK_AGAIN: Final = 1.0
 """Seconds between two looks at this host's leases for processes that are gone."""
 
@@ -227,7 +275,7 @@ async def _gone_here(link: Link, stmts: Statements, host: str) -> list[str]:
     now = asyncio.get_running_loop().time()
     if now - link.gone_checked >= _LOOK_AGAIN:
         link.gone_checked = now
-        local = await link.read(stmts.local, (host,))
+        local = await link.read(stmts.local, {"host": host})
         link.gone = {o for o, pid in local if isinstance(pid, int) and not process_alive(pid)}
     return sorted(link.gone)
 
@@ -287,8 +335,9 @@ def claim_params(
     ttl: float,
     max_running: Mapping[str, int],
     gone: Collection[str],
+    sweep: bool = True,
 ) -> dict[str, object]:
-    """The parameters of the claim statement."""
+    """The parameters of the claim statement (``sweep``: read the held runs in any case)."""
     limited = sorted(max_running)
     return {
         "namespace": namespace,
@@ -303,6 +352,7 @@ def claim_params(
         "host": owner.host,
         "pid": owner.pid,
         "ttl": float(ttl),
+        "sweep": sweep,
     }
 
 

@@ -127,6 +127,8 @@ class Link:
         self.gone: set[str] = set()
         """Owners of this host's leases whose processes are gone (`_postgres_claims`)."""
         self.gone_checked = -1e9
+        self.swept = -1e9
+        """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
 
     @classmethod
     async def open(cls, settings: Settings, stats: Stats, merge: Merge) -> Link:

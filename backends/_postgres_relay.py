@@ -22,17 +22,21 @@ while it listens; every stored event still reaches it through the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import sql
 
 from durable_agent.errors import StoreUnavailableError
 
-__all__ = ["BUDGET", "Publisher", "channel", "join", "payloads", "subscription"]
+if TYPE_CHECKING:
+    from durable_agent.backends._postgres_link import Link, Settings
+
+__all__ = ["BUDGET", "Publisher", "Relaying", "channel", "join", "payloads", "subscription"]
 
 BUDGET: Final = 7900
 """Most bytes of one payload, header included (PostgreSQL refuses 8000 and more)."""
@@ -234,3 +238,37 @@ async def subscription(connect: Connect, channel: str) -> AsyncIterator[AsyncIte
         yield sub.messages()
     finally:
         await sub.close()
+
+
+class Relaying:
+    """`PostgresBackend`'s relay methods (LISTEN/NOTIFY on a channel per run), as a mixin."""
+
+    schema: str
+    _settings: Settings
+
+    if TYPE_CHECKING:
+
+        async def _connected(self) -> Link: ...
+
+        def _check_open(self) -> None: ...
+
+    async def publish_ephemeral(self, run_id: str, message: str) -> None:
+        """NOTIFY ``message`` on the run's relay channel, cut under the payload limit."""
+        link = await self._connected()
+        await link.relay.publish(channel(self.schema, run_id), message)
+
+    def subscribe_ephemeral(
+        self, run_id: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
+        """LISTEN on the run's relay channel, on a connection of the subscription's own.
+
+        The LISTEN is in force when the block starts, so a follower that reads
+        the log after entering misses no message sent after its read. A lost
+        connection is reconnected with backoff (what was sent meanwhile is
+        lost; the follower polls the log behind it).
+        """
+        from durable_agent.backends._postgres_link import connect
+
+        self._check_open()
+        settings = self._settings
+        return subscription(lambda: connect(settings), channel(self.schema, run_id))

@@ -87,10 +87,30 @@ _V1: Final = (
     "CREATE SEQUENCE {schema}.worker_keys AS INTEGER CYCLE",
 )
 
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _V1}
+_V2: Final = (
+    # Claims read the runs nobody holds and the runs held by someone apart
+    # (`_postgres_claims`): a store with 10^4 runs in flight no longer makes
+    # every claim step over their live leases at the front of one index. Both
+    # predicates name lease_owner, already indexed (runs_leased), and an append
+    # changes it only when it releases: appends stay heap-only updates.
+    "DROP INDEX IF EXISTS {schema}.runs_claimable",
+    f"""CREATE INDEX IF NOT EXISTS runs_claimable_free
+        ON {{schema}}.runs (priority DESC, created_at, run_id)
+        WHERE state IN {CLAIMABLE} AND lease_owner IS NULL""",
+    f"""CREATE INDEX IF NOT EXISTS runs_claimable_held
+        ON {{schema}}.runs (priority DESC, created_at, run_id)
+        WHERE state IN {CLAIMABLE} AND lease_owner IS NOT NULL""",
+    # Statistics for the new partial indexes now, not at the first autovacuum
+    # (which a server may not run): a claim planned without them can pick a
+    # sequential scan of a table of finished runs.
+    "ANALYZE {schema}.runs",
+)
+
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _V1, 2: _V2}
 """Version -> the statements that bring a store from the version before it up to it.
 
-A later layout adds ``2: ("ALTER TABLE {schema}.runs ADD COLUMN ...", ...)``;
+Version 2 split the claimable index in two (runs nobody holds, runs held).
+A later layout adds ``3: ("ALTER TABLE {schema}.runs ADD COLUMN ...", ...)``;
 every store walks the steps it lacks, in order, one transaction per step.
 """
 

@@ -36,8 +36,7 @@ Listing pages and the prune sweep are `durable_agent.backends._postgres_listing`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -62,7 +61,6 @@ from durable_agent.backends._postgres_link import (
     Link,
     Settings,
     check_options,
-    connect,
     first_line,
 )
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
@@ -84,7 +82,7 @@ __all__ = ["PostgresBackend"]
 _AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(relay.Relaying, Backend):
     """Runs in PostgreSQL, durable and shared by every process and host.
 
     Args:
@@ -469,28 +467,6 @@ class PostgresBackend(Backend):
         """
         self._check_open()
         return await migration.migrate(self, dry_run)
-
-    # -- relay (LISTEN/NOTIFY on a channel per run) -----------------------------------------
-
-    async def publish_ephemeral(self, run_id: str, message: str) -> None:
-        """NOTIFY ``message`` on the run's relay channel, cut under the payload limit."""
-        link = await self._connected()
-        await link.relay.publish(relay.channel(self.schema, run_id), message)
-
-    def subscribe_ephemeral(
-        self, run_id: str
-    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
-        """LISTEN on the run's relay channel, on a connection of the subscription's own.
-
-        The LISTEN is in force when the block starts, so a follower that reads
-        the log after entering misses no message sent after its read. A lost
-        connection is reconnected with backoff (what was sent meanwhile is
-        lost; the follower polls the log behind it).
-        """
-        self._check_open()
-        return relay.subscription(
-            lambda: connect(self._settings), relay.channel(self.schema, run_id)
-        )
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,17 +227,21 @@ def test_an_older_store_is_migrated_forward_and_a_newer_one_is_refused_untouched
             await store.list_runs()
 
     run(use())
-    step_two = ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",)
-    monkeypatch.setitem(pg_schema_module.MIGRATIONS, 2, step_two)
-    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", 2)
+    now = pg_schema_module.STORE_VERSION
+    step_next = ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",)
+    monkeypatch.setitem(pg_schema_module.MIGRATIONS, now + 1, step_next)
+    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", now + 1)
     run(use())
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute(f"SELECT note FROM {pg_schema}.runs").fetchall() == []
-        assert conn.execute(f"SELECT version FROM {pg_schema}.store_version").fetchall() == [(2,)]
-    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", 1)
-    with pytest.raises(StoreUnavailableError, match=r"layout version 2.*upgrade durable-agent"):
+        rows = conn.execute(f"SELECT version FROM {pg_schema}.store_version").fetchall()
+        assert rows == [(now + 1,)]
+    monkeypatch.setattr(pg_schema_module, "STORE_VERSION", now)
+    with pytest.raises(
+        StoreUnavailableError, match=rf"layout version {now + 1}.*upgrade durable-agent"
+    ):
         run(use())
 
 
@@ -388,3 +393,59 @@ def test_a_sigkilled_workers_runs_are_claimed_at_once_by_its_lost_advisory_lock(
     assert all(c.takeover and c.previous is not None for c in got)
     assert all(c.previous.owner.startswith("another-host:1:") for c in got if c.previous)
     assert all(c.lease.generation == 2 for c in got)
+
+
+# -- claims: the runs in flight are not read when free runs fill the claim --------------------
+
+
+def _held_scans(plan: dict[str, Any]) -> list[int]:
+    """How many times each scan of ``runs`` under the claim's ``held`` CTE ran."""
+    found: list[int] = []
+
+    def walk(node: dict[str, Any], inside: bool) -> None:
+        inside = inside or node.get("Subplan Name") == "CTE held"
+        if inside and node.get("Relation Name") == "runs":
+            found.append(int(node["Actual Loops"]))
+        for child in node.get("Plans", []):
+            walk(child, inside)
+
+    walk(plan["Plan"], False)
+    return found
+
+
+def test_a_claim_that_free_runs_fill_does_not_read_the_runs_held_in_flight(
+    postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from durable_agent.backends import _postgres_claims as claims
+
+    elsewhere = LeaseOwner(host="another-host", pid=1)
+    me = LeaseOwner(host="a-third-host", pid=1)
+
+    async def fill() -> PostgresBackend:
+        store = PostgresBackend(postgres_url, schema=pg_schema)
+        for i in range(3):  # the oldest runs, held by a live lease of another host
+            await store.create_run(header(f"held-{i}"), [created()])
+            await store.acquire_lease(f"held-{i}", elsewhere, ttl=300)
+        for i in range(3):
+            await store.create_run(header(f"free-{i}"), [created()])
+        await store.close()
+        return store
+
+    store = run(fill())
+
+    def explain(*, limit: int, sweep: bool) -> tuple[list[int], int]:
+        params = claims.claim_params(
+            me, namespace=store._namespace, agents=["agent"], queues=None, limit=limit,
+            ttl=30, max_running={}, gone=[], sweep=sweep,
+        )
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            (plan,) = conn.execute(  # ANALYZE runs it: the claim is made
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + store._claims.claim, params
+            ).fetchone()[0]
+        return _held_scans(plan), int(plan["Plan"]["Actual Rows"])
+
+    assert explain(limit=1, sweep=False) == ([0], 1)  # free-0, the held index untouched
+    assert explain(limit=1, sweep=True) == ([1], 1)  # a sweep reads it: all held are live
+    assert explain(limit=5, sweep=False) == ([1], 1)  # free-2 is all that is left: read it

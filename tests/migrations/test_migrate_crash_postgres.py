@@ -25,7 +25,14 @@ from durable_agent.backend import LeaseOwner, MigrationReport
 from durable_agent.backends import _postgres_schema as layout
 from durable_agent.backends.postgres import PostgresBackend
 from durable_agent.errors import StoreUnavailableError
-from durable_agent.records import SCHEMA_VERSION, StoredRun
+from durable_agent.fsm import RunState
+from durable_agent.records import (
+    SCHEMA_VERSION,
+    CreatedEvent,
+    RunHeader,
+    StoredRun,
+    UserMessage,
+)
 from durable_agent.testing.conformance import step
 from tests._barriers import wait_until
 from tests.backends.postgres_server import URL, admin, drop, new_schema
@@ -75,7 +82,7 @@ def test_a_postgres_migration_killed_half_way_leaves_the_store_intact_and_a_reru
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads(rerun.stdout)
     assert report["supported"] is True
-    assert (report["layout_before"], report["layout_after"]) == (1, 1)
+    assert (report["layout_before"], report["layout_after"]) == (layout.STORE_VERSION,) * 2
     assert report["runs_checked"] == len(run_ids)
     assert report["runs_rewritten"] == len(run_ids) - half
     assert migrated(URL, schema, SCHEMA_VERSION) == len(run_ids)
@@ -158,9 +165,12 @@ def test_each_postgres_layout_step_commits_with_its_version_row(
     schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_v1_store(URL, schema)
-    monkeypatch.setitem(layout.MIGRATIONS, 2, ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",))
-    monkeypatch.setitem(layout.MIGRATIONS, 3, ("ALTER TABLE {schema}.runs ADD COLUMN oops",))
-    monkeypatch.setattr(layout, "STORE_VERSION", 3)
+    now = layout.STORE_VERSION  # the real steps up to it run first, from layout 1
+    good = ("ALTER TABLE {schema}.runs ADD COLUMN note TEXT",)
+    bad = ("ALTER TABLE {schema}.runs ADD COLUMN oops",)
+    monkeypatch.setitem(layout.MIGRATIONS, now + 1, good)
+    monkeypatch.setitem(layout.MIGRATIONS, now + 2, bad)
+    monkeypatch.setattr(layout, "STORE_VERSION", now + 2)
 
     async def migrate() -> MigrationReport:
         async with PostgresBackend(URL, schema=schema) as db:
@@ -168,11 +178,41 @@ def test_each_postgres_layout_step_commits_with_its_version_row(
 
     with pytest.raises(StoreUnavailableError, match=r"migration failed.*run it again"):
         asyncio.run(migrate())
-    with psycopg.connect(URL) as conn:  # step 2 is whole; step 3 left nothing behind
-        assert conn.execute(f"SELECT version FROM {schema}.store_version").fetchall() == [(2,)]
+    with psycopg.connect(URL) as conn:  # step now+1 is whole; now+2 left nothing behind
+        rows = conn.execute(f"SELECT version FROM {schema}.store_version").fetchall()
+        assert rows == [(now + 1,)]
         assert conn.execute(f"SELECT count(note) FROM {schema}.runs").fetchall() == [(0,)]
-    monkeypatch.setitem(layout.MIGRATIONS, 3, ("ALTER TABLE {schema}.runs ADD COLUMN oops INT",))
+    monkeypatch.setitem(
+        layout.MIGRATIONS, now + 2, ("ALTER TABLE {schema}.runs ADD COLUMN oops INT",)
+    )
     report = asyncio.run(migrate())
-    assert (report.layout_before, report.layout_after) == (2, 3)
-    assert report.steps[0] == "table layout 2 -> 3"
+    assert (report.layout_before, report.layout_after) == (now + 1, now + 2)
+    assert report.steps[0] == f"table layout {now + 1} -> {now + 2}"
     assert report.runs_rewritten == 4
+
+
+def test_a_layout_1_store_gets_the_split_claimable_indexes_and_claims_through_them(
+    schema: str,
+) -> None:
+    write_v1_store(URL, schema)
+
+    first = CreatedEvent(seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),))
+
+    async def claim() -> list[str]:
+        async with PostgresBackend(URL, schema=schema) as db:
+            report = await db.migrate()
+            assert "table layout 1 -> 2" in report.steps
+            await db.create_run(RunHeader(run_id="new-1", agent_name="agent", seq=1), [first])
+            claimed = await db.claim_runs(LeaseOwner.current(), agents=["agent"], limit=10)
+            return [c.header.run_id for c in claimed]
+
+    assert asyncio.run(claim()) == ["new-1"]  # the v1 runs are all at rest
+    with psycopg.connect(URL) as conn:
+        names = {
+            row[0]
+            for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+            ).fetchall()
+        }
+    assert {"runs_claimable_free", "runs_claimable_held"} <= names
+    assert "runs_claimable" not in names  # the single index of layout 1 is gone
