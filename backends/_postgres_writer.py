@@ -2,9 +2,12 @@
 
 Every write of a `PostgresBackend` (creates, appends, lease changes) is one
 statement queued here. The writer takes all the statements queued while the
-previous commit was running and sends them in one pipeline: ``BEGIN``, the
-statements, ``COMMIT``, one network round trip and one WAL flush for the whole
-batch. A lone write is sent on its own, in autocommit: one round trip.
+previous commit was running and sends them as one transaction in one message
+(the statements of a simple query, bound by the client, which the server runs
+as one implicit transaction; a batch merged into one statement goes as it is):
+one network round trip and one WAL flush for the whole batch, and never a
+transaction left open on the server while the client is frozen or cut off
+halfway through sending it. A lone write is sent on its own, in autocommit.
 
 Each write keeps its own check. A refusal (stale seq, lost lease) is not an
 error in SQL: the statement's ``WHERE`` matches no row and returns none, and
@@ -240,18 +243,32 @@ class Writer:
         return statements
 
     async def _together(self, conn: psycopg.AsyncConnection[Any], writes: list[_Write]) -> None:
+        """Commit ``writes`` in one transaction that reaches the server in one message.
+
+        Never a transaction spread over several client messages (a pipeline's
+        BEGIN, statements, COMMIT): a client frozen or cut off between them
+        would leave the server waiting in the middle, its row locks held for as
+        long (``idle_in_transaction_session_timeout`` does not count that wait),
+        and the claims, which skip locked rows, could not take its runs over.
+        One statement goes as it is, in autocommit; several go as one simple
+        query, bound here, which the server runs as one implicit transaction.
+        """
         statements = self._statements(writes)
-        cursors = []
-        async with conn.pipeline() as pipeline:
-            async with conn.transaction():
-                for query, params, _ in statements:
-                    cur = conn.cursor()
-                    await cur.execute(query, params)
-                    cursors.append(cur)
-                if any(w.notify for w in writes):
-                    await conn.execute(self.notify)
-            await pipeline.sync()
-            results = [await cur.fetchall() if cur.description else [] for cur in cursors]
+        notify = any(w.notify for w in writes)
+        if len(statements) == 1 and not notify:
+            query, params, _ = statements[0]
+            cur = await conn.execute(query, params)
+            results = [await cur.fetchall() if cur.description else []]
+        else:
+            bind = psycopg.AsyncClientCursor(conn)
+            parts = [bind.mogrify(query, params) for query, params, _ in statements]
+            if notify:
+                parts.append(self.notify)
+            await bind.execute(";\n".join(parts))
+            results = []
+            for _ in statements:
+                results.append(await bind.fetchall() if bind.description else [])
+                bind.nextset()
         for (_, _, answered), rows in zip(statements, results, strict=True):
             if len(answered) == 1:
                 answered[0].result = rows

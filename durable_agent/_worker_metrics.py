@@ -20,7 +20,10 @@ once per liveness tick, and counts its claims and releases.
 - ``durable_agent.worker.releases``: runs it gave back, by
   ``durable_agent.release.kind``: ``rest`` (the run came to rest), ``stop``
   (handed back unfinished at a stop, between two steps), ``cut`` (cut when the
-  grace passed, then handed back).
+  grace passed, then handed back); and runs it stopped driving without giving
+  them back: ``lost`` (the fence refused its write: another owner holds the
+  run) and ``unreachable`` (the store could not be reached: the lease lapses
+  and another worker continues the run).
 
 Every point carries ``durable_agent.worker.id`` (`Worker.id`), as the spans
 of the segments a worker drives do. The gauges hold each worker weakly, so a
@@ -69,7 +72,7 @@ class _Gauges:
         )
         self.releases = meter.create_counter(
             "durable_agent.worker.releases", unit="{run}",
-            description="Runs a worker gave back, by durable_agent.release.kind",
+            description="Runs a worker gave back or lost, by durable_agent.release.kind",
         )
         meter.create_observable_gauge(
             "durable_agent.worker.slots", callbacks=[self._slots], unit="{run}",
@@ -134,8 +137,8 @@ class WorkerMetrics:
                 "durable_agent.queue": header.queue, "gen_ai.agent.name": header.agent_name,
             })
 
-    def released(self, kind: Literal["rest", "stop", "cut"]) -> None:
-        """The worker gave a run back: at rest, unfinished at a stop, or cut at a stop."""
+    def released(self, kind: Literal["rest", "stop", "cut", "lost", "unreachable"]) -> None:
+        """The worker gave a run back (at rest, unfinished or cut at a stop) or lost it."""
         if self._instruments is not None:
             self._instruments.releases.add(
                 1, {**self.attributes, "durable_agent.release.kind": kind}

@@ -59,6 +59,7 @@ from durable_agent.errors import (
     RunCancelledError,
     RunFailedError,
     RunStateError,
+    StoreUnavailableError,
 )
 from durable_agent.fsm import RunState
 from durable_agent.records import RunHeader
@@ -328,9 +329,21 @@ class Worker:
             self._metrics.released("rest")
             _log.info("run %s was cancelled (recorded)", run_id, extra={"run_id": run_id})
         except (ConcurrentUpdateError, RunBusyError, RunStateError) as exc:
+            self._metrics.released("lost")
             _log.warning(
                 "run %s: another owner holds it now, this worker stopped driving it: %s",
                 run_id, exc, extra={"run_id": run_id},
+            )
+        except StoreUnavailableError as exc:
+            # Not a refusal: nothing says another owner took the run. Whether the
+            # last write landed is for the store to say; the lease, unrenewed from
+            # now on, lapses on the store's clock and any worker (this one too)
+            # claims the run again and continues from what the store holds.
+            self._metrics.released("unreachable")
+            _log.warning(
+                "run %s: lost the connection to the store, this worker stopped driving it "
+                "(%s); its lease lapses within %g s and another worker continues it",
+                run_id, exc, claim.lease.ttl, extra={"run_id": run_id},
             )
         except asyncio.CancelledError:
             await asyncio.shield(self._hand_over(run_id))

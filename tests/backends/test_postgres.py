@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -449,3 +450,44 @@ def test_a_claim_that_free_runs_fill_does_not_read_the_runs_held_in_flight(
     assert explain(limit=1, sweep=False) == ([0], 1)  # free-0, the held index untouched
     assert explain(limit=1, sweep=True) == ([1], 1)  # a sweep reads it: all held are live
     assert explain(limit=5, sweep=False) == ([1], 1)  # free-2 is all that is left: read it
+
+
+def test_a_batch_reaches_the_server_in_one_message_so_no_transaction_waits_on_the_client(
+    postgres_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    """A client frozen or cut off mid-batch must not leave the server holding row locks.
+
+    Sent as a pipeline (``BEGIN``, each statement, ``COMMIT``, flushed one by
+    one), a batch froze between two messages left the session *active* with
+    its rows locked, which no server timeout ends, and claims skip locked rows:
+    a frozen worker's runs were never taken over (the many-hosts test). The
+    client's side of the protocol, traced by libpq, shows one message per batch.
+    """
+    from psycopg.pq import Trace
+
+    trace = tmp_path / "trace"
+
+    async def main() -> None:
+        async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+            leases = await _runs(store, 6)
+            conn = (await store._connected()).writer.conn
+            assert conn is not None
+            before = store.stats.batches
+            with trace.open("w") as out:
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+                renewals = [store.renew_lease(r, lease) for r, lease in leases.items()]
+                stale = store.append("r0", [step(6)], expected_seq=5, lease=leases["r0"])
+                outcomes = await asyncio.gather(*renewals, stale, return_exceptions=True)
+                conn.pgconn.untrace()
+            assert all(isinstance(o, Lease) for o in outcomes[:-1]), outcomes
+            assert isinstance(outcomes[-1], ConcurrentUpdateError)  # refused, alone
+            assert store.stats.batches - before < len(outcomes)  # some shared a commit
+
+    run(main())
+    text = trace.read_text()
+    sent = re.findall(r"^F\t\d+\t(\w+)", text, flags=re.MULTILINE)  # the client's messages
+    # The shared batch is one Query; a write alone is Parse ... Execute, Sync, sent together.
+    assert "Query" in sent, sent
+    assert "BEGIN" not in text
+    assert "COMMIT" not in text

@@ -1,8 +1,9 @@
 """A client frozen mid-transaction does not keep a run from being claimed for long.
 
-The group-commit writer sends BEGIN ... COMMIT in one pipeline; a client
-stopped in between (SIGSTOP, a paused VM) leaves its transaction open with the
-run rows it locked, and claims skip locked rows (``FOR UPDATE SKIP LOCKED``).
+The group-commit writer sends each batch in one message, so it never leaves a
+transaction waiting on it (test_postgres.py); a client stopped inside a
+transaction all the same (SIGSTOP, a paused VM) leaves it open with the run
+rows it locked, and claims skip locked rows (``FOR UPDATE SKIP LOCKED``).
 Every connection of the backend runs with ``idle_in_transaction_session_timeout``
 (`PostgresBackend(idle_in_transaction_timeout=...)`), so the server ends the
 frozen session and another process claims the run.

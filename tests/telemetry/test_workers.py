@@ -26,10 +26,12 @@ from durable_agent import (
     Worker,
     tool,
 )
+from durable_agent.backend import LeaseOwner
 from durable_agent.backends.memory import MemoryBackend
 from tests._barriers import wait_for_path, wait_until_async
 from tests.telemetry.child import PROMPT, make_agent
 from tests.telemetry.conftest import Recorded, load_spans
+from tests.telemetry.flaky import FlakyBackend, echo
 from tests.telemetry.test_traces import MARKS
 from tests.telemetry.worker_child import LIVENESS_TTL
 
@@ -293,3 +295,68 @@ def test_a_sigkilled_workers_run_taken_over_by_another_worker_links_and_says_so(
     for text in (child_text, recorded.text()):
         for mark in MARKS:
             assert mark not in text
+
+
+def test_a_run_lost_with_the_store_connection_is_counted_unreachable_not_failed(
+    recorded: Recorded,
+) -> None:
+    async def main() -> Worker:
+        db = FlakyBackend(fail_append=2)  # fails like a cut connection, and every release
+        agent = Agent(ScriptedModel([ToolCall("echo", {"text": "hi"}), "done"]), db=db,
+                      tools=[echo], name="cut", lease_ttl=0.5)
+        handle = await agent.submit_async("go")
+        worker = Worker([agent], concurrency=1)
+        running = await _running(worker)
+        assert (await handle.result(timeout=60)).output == "done"  # once the lease lapsed
+        worker.stop()
+        await asyncio.wait_for(running, 60)
+        return worker
+
+    worker = asyncio.run(main())
+    lost, finished = sorted(recorded.spans("invoke_agent cut"), key=lambda s: s.start_time or 0)
+    assert str(_attrs(lost)["error.type"]).endswith("StoreUnavailableError")
+    assert _attrs(finished)["durable_agent.claim.kind"] == "takeover"
+    who = {"durable_agent.worker.id": worker.id}
+    assert recorded.total("durable_agent.worker.releases", **who, **{
+        "durable_agent.release.kind": "unreachable",
+    }) == 1
+    assert recorded.total("durable_agent.worker.releases", **who, **{
+        "durable_agent.release.kind": "rest",
+    }) == 1
+
+
+def test_a_run_taken_by_another_owner_mid_effect_is_counted_lost(recorded: Recorded) -> None:
+    async def main() -> Worker:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        @tool
+        async def hold() -> str:
+            """Wait until the test lets go."""
+            started.set()
+            await release.wait()
+            return "held"
+
+        db = MemoryBackend()
+        agent = Agent(ScriptedModel([ToolCall("hold", {}), "done"]), db=db, tools=[hold],
+                      name="taken")
+        handle = await agent.submit_async("hold")
+        worker = Worker([agent], concurrency=1)
+        running = await _running(worker)
+        await asyncio.wait_for(started.wait(), 60)
+        held = (await db.get_run(handle.run_id)).lease
+        assert held is not None
+        other = LeaseOwner(host="elsewhere", pid=1)
+        await db.acquire_lease(handle.run_id, other, ttl=30, takeover=held.generation)
+        release.set()  # the call ends; recording its result is refused by the fence
+        await wait_until_async(
+            lambda: not worker.slots_busy,
+            awaiting="the worker to stop driving the taken run",
+        )
+        worker.stop()
+        await asyncio.wait_for(running, 60)
+        return worker
+
+    worker = asyncio.run(main())
+    assert recorded.total("durable_agent.worker.releases", **{
+        "durable_agent.worker.id": worker.id, "durable_agent.release.kind": "lost",
+    }) == 1

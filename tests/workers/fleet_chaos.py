@@ -3,11 +3,21 @@
 `run_chaos` submits the runs, starts the workers, and at seeded points (counted
 in tool calls started, never in seconds) injects each fault of its list:
 
-* ``kill``: SIGKILL a random worker wherever it is, and start a replacement;
+* ``kill``: SIGKILL a worker with calls inside the tool, and start a replacement;
 * ``freeze``: SIGSTOP a worker with every slot inside a tool call, until its
   runs are taken over and the lease TTL has passed, then SIGCONT;
 * ``cut``: the same with the worker's network link down instead (a worker on a
   host of its own, `tests.workers.hosts`).
+
+Each fault is set up with progress held at the gate (`Fleet.close_gate`): no
+call leaves the tool, so no run can finish, and the workers' slots fill with
+calls. The backlog is topped up first, so every slot can fill however far
+the fleet got while the test was waiting (a fast fleet finishes most runs
+during one isolation's wait for the TTL). The victim is then drawn, with the
+seed, among the workers the store and the markers show ready: calls inside
+the tool for a kill, every slot inside for a freeze or a cut. So the schedule
+never waits for a particular worker to fill up, and no fault hits a worker
+that has not started yet.
 
 Then every run must be DONE and pass `tests.workers.fleet_check.check_fleet`,
 and each frozen or cut worker must have had every run it held taken over and,
@@ -24,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from durable_agent.fsm import RunState
 from durable_agent.records import Lease
 from tests._barriers import wait_until
 from tests.workers.fleet_app import TOOL_CALLS
@@ -70,6 +81,8 @@ class ChaosResult:
     report: FleetReport
     kills: int
     isolations: list[Isolation]
+    victims: list[str]
+    """The worker each fault hit, in order (each had a call inside the tool, so wrote)."""
 
 
 def run_chaos(
@@ -97,15 +110,27 @@ def run_chaos(
     total = runs * TOOL_CALLS
     marks = sorted(rng.sample(range(total // 10, total * 6 // 10), len(order)))
     isolations: list[Isolation] = []
+    victims: list[str] = []
     kills = 0
+    # Enough PENDING runs for every slot of the fleet (a replacement's included) to fill.
+    reserve = (workers + 1) * concurrency
     for kind, mark in zip(order, marks, strict=True):
         wait_until(lambda: len(fleet.started()) >= mark,  # noqa: B023 - called at once
                    awaiting=f"{mark} tool calls started", processes=_procs(members))
+        fleet.close_gate()
+        run_ids.extend(_top_up(fleet, reserve))
         away = {i.victim.name for i in isolations}
-        victim = rng.choice([m for m in members if m.name not in away])
+        ready = [m for m in members if m.name not in away]
+        need = 1 if kind == "kill" else concurrency
+        try:
+            victim = _victim(fleet, rng, ready, need, kind)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnose()}") from None
+        victims.append(victim.name)
         if kind == "kill":
             os.kill(victim.pid, signal.SIGKILL)
             victim.proc.wait()
+            fleet.open_gate()
             members.remove(victim)
             members.append(spawn(f"w{born}", victim.host))
             born += 1
@@ -130,18 +155,48 @@ def run_chaos(
     for isolation in isolations:
         assert isolation.held <= _taken(report, isolation)
         assert isolation.seconds > ttl
-    return ChaosResult(run_ids, report, kills, isolations)
+    return ChaosResult(run_ids, report, kills, isolations, victims)
+
+
+def _top_up(fleet: Fleet, reserve: int) -> list[str]:
+    """Submit runs until ``reserve`` are PENDING; the ids of those submitted.
+
+    Called with the gate closed: from then on claims only fill free slots (no
+    run can finish), so the reserve is what the fleet can still take.
+    """
+    pending = sum(1 for h in fleet.moving() if h.state is RunState.PENDING)
+    return fleet.submit(reserve - pending) if pending < reserve else []
+
+
+def _victim(
+    fleet: Fleet, rng: random.Random, ready: list[Member], calls: int, kind: str
+) -> Member:
+    """A worker of ``ready`` with ``calls`` calls inside the tool, drawn with ``rng``.
+
+    Waits (the gate closed) for one to get there, then draws among all that
+    have: the first to fill up is not always the victim.
+    """
+    full: list[Member] = []
+
+    def found() -> bool:
+        full[:] = [m for m in ready if fleet.in_tool(m.name) >= calls]
+        return bool(full)
+
+    wait_until(found, awaiting=f"a worker with {calls} call(s) inside the tool for a {kind}",
+               processes=_procs(ready))
+    return rng.choice(full)
 
 
 def _isolate(
     fleet: Fleet, kind: str, victim: Member, others: list[Member], slots: int, ttl: float
 ) -> Isolation:
-    """Freeze or cut ``victim`` with its slots full of calls, until its runs are taken."""
-    fleet.close_gate()
-    wait_until(lambda: fleet.in_tool(victim.name) >= slots,
-               awaiting=f"{victim.name} with {slots} calls inside the tool",
-               processes=_procs([victim, *others]))
+    """Freeze or cut ``victim`` (its slots full of calls held at the closed gate).
+
+    The gate opens once it is away, so the others finish their calls and take
+    its runs over; it is back once they hold all of them and the TTL has passed.
+    """
     calls = fleet.in_tool(victim.name)
+    assert calls >= slots, f"{victim.name} has {calls} calls inside the tool, not {slots}"
     if kind == "freeze":
         os.kill(victim.pid, signal.SIGSTOP)
     else:

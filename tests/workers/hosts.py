@@ -65,6 +65,13 @@ def unavailable() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         return "the many-hosts test needs a 'postgres' user to run initdb as (it refuses root)"
+    # Root without the capabilities (a container without CAP_SYS_ADMIN / NET_ADMIN).
+    probe = subprocess.run(
+        ["unshare", "--net", "--pid", "--uts", "--fork", "--mount-proc", "true"],
+        capture_output=True, text=True, timeout=DEADLINE, check=False,
+    )
+    if probe.returncode != 0:
+        return f"the many-hosts test cannot make namespaces here: {probe.stderr.strip()}"
     return None
 
 

@@ -69,10 +69,6 @@ def _host_name(owner: str) -> str:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    # Opt-in until its fault schedule is reliable on a loaded machine (a victim
-    # can fail to fill its slots near the end of the schedule): FLEET_HOSTS=1.
-    if os.environ.get("FLEET_HOSTS") != "1":
-        pytest.skip("the many-hosts test runs with FLEET_HOSTS=1 (root, ip, unshare, initdb)")
     reason = unavailable()
     if reason is not None:
         if os.environ.get("CI") == "true":
@@ -101,14 +97,14 @@ def test_a_fleet_of_hosts_survives_kills_a_partition_and_a_freeze_with_each_effe
         diagnose=hosts.server.sessions,
     )
     report = result.report
-    assert len(result.run_ids) == RUNS
+    assert len(result.run_ids) >= RUNS  # topped up when the fleet ran ahead of the schedule
     assert result.kills == 3
     assert sorted(i.kind for i in result.isolations) == ["cut", "freeze"]
     # Each worker was another host: its own host name and pid namespace, its pid 1.
-    # (A worker killed before it claimed anything writes nothing, so the logs
-    # may name fewer hosts than were started; the isolated ones and those that
-    # took their runs over are always there.)
+    # Every victim had a call inside the tool, so its intent (and owner id) is in a
+    # log; a replacement started late may have had nothing left to claim.
     names = {_host_name(o) for o in report.owners}
+    assert set(result.victims) <= names
     assert len(names) >= 2
     assert len({host_of(o) for o in report.owners}) == len(names)
     assert {pid_of(o) for o in report.owners} == {1}

@@ -33,6 +33,7 @@ from durable_agent.records import FailedEvent, TransitionEvent
 from durable_agent.registry import open_backend
 from tests._barriers import wait_until_async
 from tests.backends import postgres_server
+from tests.telemetry.flaky import FlakyBackend
 
 
 @tool
@@ -284,3 +285,35 @@ def test_a_worker_logs_each_claim_and_release(caplog: pytest.LogCaptureFixture) 
     messages = [r.getMessage() for r in caplog.records if r.name == "durable_agent.worker"]
     assert sum("claimed run" in m for m in messages) == 1
     assert sum("rests in DONE" in m for m in messages) == 1
+
+
+def test_a_worker_that_loses_the_store_mid_run_says_so_and_the_run_continues_after_its_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write lost with the connection is no failure of the run, nor a takeover.
+
+    `FlakyBackend` fails the second append the way a cut connection does
+    (`StoreUnavailableError`) and every release, so the lease stays until it
+    lapses; then the fleet (here the same worker) claims the run again.
+    """
+
+    async def main() -> str:
+        db = FlakyBackend(fail_append=2)
+        agent = _adder(db, lease_ttl=0.5)
+        handle = await agent.submit_async("add 2 and 3")
+        worker = Worker([agent], concurrency=1)
+        task = await _running(worker)
+        output = await handle.result(timeout=60)
+        await _stopped(worker, task)
+        assert output.state is RunState.DONE
+        return handle.run_id
+
+    with caplog.at_level(logging.INFO, logger="durable_agent.worker"):
+        run_id = asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records if r.name == "durable_agent.worker"]
+    (lost,) = [m for m in messages if "lost the connection to the store" in m]
+    assert lost.startswith(f"run {run_id}: ")
+    assert "the store went away" in lost
+    assert "its lease lapses within 0.5 s and another worker continues it" in lost
+    assert not any("driving it failed" in m or "another owner holds it" in m for m in messages)
+    assert sum("took over run" in m for m in messages) == 1  # once the lease lapsed
