@@ -111,6 +111,7 @@ def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> 
             good, stale, taken = [await new_run(store, r) for r in ("good", "stale", "taken")]
             await store.append("stale", [step(2)], expected_seq=1, lease=stale)
             old = taken.model_copy(update={"generation": taken.generation - 1})
+            statements = await _trace(store)
             outcomes = await asyncio.gather(
                 store.append("good", [step(2)], expected_seq=1, lease=good),
                 store.append("stale", [step(2)], expected_seq=1, lease=stale),
@@ -125,5 +126,23 @@ def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> 
             assert (await store.get_run("good")).seq == 2
             assert (await store.get_run("stale")).seq == 2
             assert (await store.get_run("taken")).seq == 1
+            # Refused in the group's check, not by replaying the batch write by write.
+            assert not any("SAVEPOINT" in s for s in statements)
+
+    run(main())
+
+
+def test_a_cancellation_request_reaches_its_append_in_a_grouped_batch(db_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            leases = {r: await new_run(store, r) for r in ("a", "b", "c")}
+            await store.request_cancel("b", "user pressed stop")
+            statements = await _trace(store)
+            outcomes = await asyncio.gather(
+                *(store.append(r, [step(2)], expected_seq=1, lease=leases[r]) for r in "abc")
+            )
+            assert [o.cancel_requested for o in outcomes] == [None, "user pressed stop", None]
+            assert not any("SAVEPOINT" in s for s in statements)
+            assert {(await store.get_run(r)).seq for r in "abc"} == {2}
 
     run(main())
