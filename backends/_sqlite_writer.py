@@ -22,7 +22,6 @@ import aiosqlite
 
 import durable_agent.backend as contract
 from durable_agent.backends import _sqlite_batch as batching
-from durable_agent.backends._sqlite_lock import WriterLock
 from durable_agent.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = ["Link", "Stats"]
@@ -51,8 +50,6 @@ class Link:
         path: str,
         max_batch: int,
         stats: Stats,
-        lock: WriterLock | None,
-        busy_timeout: float,
     ) -> None:
         self.loop = loop
         self.conn = conn
@@ -61,8 +58,6 @@ class Link:
         self.path = path
         self.max_batch = max_batch
         self.stats = stats
-        self.lock = lock
-        self.busy_timeout = busy_timeout
         self.pending: deque[batching.Write[Any] | batching.Append] = deque()
         self.wakeup = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
@@ -128,9 +123,7 @@ class Link:
             return
         batch = batching.Batch(writes)
         try:
-            await self.execute(
-                batching.apply_batch, batch, self.path, self.lock, self.busy_timeout
-            )
+            await self.execute(batching.apply_batch, batch, self.path)
         except asyncio.CancelledError:
             # The batch runs on in SQLite's thread and may commit. A no-op
             # queued behind it tells when it ended, so its callers still learn

@@ -53,7 +53,6 @@ from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
 from durable_agent.backends._sqlite_batch import Append
-from durable_agent.backends._sqlite_lock import WriterLock
 from durable_agent.backends._sqlite_writer import Link, Stats
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
 from durable_agent.fsm import RunState
@@ -253,10 +252,7 @@ class SqliteBackend(Backend):
         if failed:
             await conn.close()
             raise failed[0]
-        link = Link(
-            loop, conn, execute, opened[0], path, self._max_batch, self._stats,
-            WriterLock(path), self._busy_timeout,
-        )
+        link = Link(loop, conn, execute, opened[0], path, self._max_batch, self._stats)
         try:
             busy_ms = round(self._busy_timeout * 1000)
             await link.execute(schema.prepare, path, self._synchronous, busy_ms)
