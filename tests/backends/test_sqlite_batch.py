@@ -146,3 +146,27 @@ def test_a_cancellation_request_reaches_its_append_in_a_grouped_batch(db_path: P
             assert {(await store.get_run(r)).seq for r in "abc"} == {2}
 
     run(main())
+
+
+def test_a_batch_larger_than_one_statement_splits_into_groups_and_stores_every_event(
+    db_path: Path,
+) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path, max_batch=4096) as store:
+            ids = [f"r{i:04d}" for i in range(1100)]  # over 1,024 appends and rows a statement
+            leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
+            commits_before = store._stats.commits
+            renewed = await asyncio.gather(
+                *(
+                    store.append(run_id, [step(2), _quiet(3)], expected_seq=1, lease=lease)
+                    for run_id, lease in zip(ids, leases, strict=True)
+                )
+            )
+            assert store._stats.commits - commits_before == 1
+            assert all(isinstance(lease, Lease) for lease in renewed)
+            for run_id in (ids[0], ids[1023], ids[1024], ids[-1]):
+                stored = await store.load_run(run_id)
+                assert [e.seq for e in stored.events] == [1, 2, 3]
+                assert stored.header.state is RunState.PENDING
+
+    run(main())
