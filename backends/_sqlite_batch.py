@@ -40,6 +40,7 @@ task being cancelled while this runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -114,19 +115,14 @@ def _check_sql(rows: int) -> str:
     )
 
 
-def _sizes(most: int) -> tuple[int, ...]:
-    return tuple(1 << n for n in range(most.bit_length()))
-
-
 # Padded to a power of two (rows of NULLs match nothing), so a few statements
-# cover every batch size and stay in sqlite3's statement cache. Each is one
-# ``sqlite3_step``: every step lets go of the GIL, and taking it back from a
-# busy event loop costs up to its 5 ms switch interval, with the write lock held.
-_CAS_SQL: Final = {
-    (size, moves): _cas_sql(size, moves) for size in _sizes(_GROUP) for moves in (False, True)
-}
-_INSERT_SQL: Final = {size: _insert_sql(size) for size in _sizes(_ROWS)}
-_CHECK_SQL: Final = {size: _check_sql(size) for size in _sizes(_GROUP)}
+# cover every batch size and stay in sqlite3's statement cache; built on first
+# use, not at import. Each is one ``sqlite3_step``: every step lets go of the
+# GIL, and taking it back from a busy event loop costs up to its 5 ms switch
+# interval, with the write lock held.
+_CAS_SQL: Final = functools.cache(_cas_sql)
+_INSERT_SQL: Final = functools.cache(_insert_sql)
+_CHECK_SQL: Final = functools.cache(_check_sql)
 
 
 def _padded(count: int) -> int:
@@ -287,13 +283,13 @@ def _group(appends: list[Append]) -> _Group:
         if count:
             size = _padded(count)
             params += _NO_ROW * (size - count)
-            cas.append((_CAS_SQL[size, moves], params))
+            cas.append((_CAS_SQL(size, moves), params))
     size = _padded(len(appends))
     guards: list[object] = []
     for write in appends:
         guards += (write.run_id, write.expected_seq, write.lease.generation, write.lease.owner)
     guards += (None,) * (4 * (size - len(appends)))
-    return _Group(appends, cas, (_CHECK_SQL[size], guards), _inserts(appends))
+    return _Group(appends, cas, (_CHECK_SQL(size), guards), _inserts(appends))
 
 
 def _inserts(appends: list[Append]) -> list[tuple[str, list[object]]]:
@@ -303,7 +299,7 @@ def _inserts(appends: list[Append]) -> list[tuple[str, list[object]]]:
         chunk = rows[start : start + _ROWS * 3]
         padded = _padded(len(chunk) // 3)
         chunk += (None,) * (3 * padded - len(chunk))
-        inserts.append((_INSERT_SQL[padded], chunk))
+        inserts.append((_INSERT_SQL(padded), chunk))
     return inserts
 
 
