@@ -6,19 +6,32 @@ transaction with one commit (one fsync). Each write keeps its own check, so a
 refused write fails alone and the rest of the batch commits:
 
 * Appends (the hot path) are queued as `Append` records, not closures. Every
-  run of consecutive appends of distinct runs shares **one** compare-and-set
-  statement (``UPDATE runs ... FROM (VALUES ...) RETURNING``: each row matches
-  only its own run at its expected seq, lease generation and owner) and one
-  ``INSERT`` of all the accepted appends' events. An append whose row did not
-  match is refused and writes nothing. A second append of a run already in
-  the group starts the next group, so it sees the first one's header.
-* No savepoint per write: a refusal is decided before its write changes a row
-  (a compare-and-set that matches nothing changes nothing, and ``total_changes``
-  tells). Only when a write fails *after* changing rows (a row SQLite rejects)
-  is the transaction rolled back and the batch applied again write by write,
-  each in its own savepoint, where that write fails alone.
+  run of consecutive appends of distinct runs is a group with a handful of
+  statements, built before ``BEGIN IMMEDIATE``: one check that returns only
+  the exceptions (appends the compare-and-set would refuse, runs with a
+  cancellation request), one compare-and-set per kind
+  (``UPDATE runs ... FROM (VALUES ...)``: each row matches only its own run at
+  its expected seq, lease generation and owner) and one multi-row ``INSERT``
+  of the accepted appends' events. A refused append writes nothing and says
+  why. A second append of a run already in the group starts the next group,
+  so it sees the first one's header.
+* Why so few statements: the write lock is what two processes on one file
+  share, and every ``sqlite3_step`` lets go of the GIL; taking it back from a
+  busy event loop costs up to its 5 ms switch interval. One statement per row
+  (``executemany``, ``RETURNING``) meant ~1,200 hand-offs per batch of 512,
+  and a writer holding the lock ~3x longer than its CPU time. The renewed
+  leases are built after ``COMMIT``, outside the lock.
+* No savepoint per write: a refusal is decided before its write changes a row.
+  Only when a write fails *after* changing rows (a row SQLite rejects) is the
+  transaction rolled back and the batch applied again write by write, each in
+  its own savepoint, where that write fails alone.
 * A failure of the store itself (lock timeout, I/O error, failed commit) rolls
   the whole transaction back and fails every write of the batch.
+* No lock of our own between processes: an ``flock`` around each transaction
+  (so a waiting process wakes at the other's commit instead of polling in
+  SQLite's busy handler) was measured worse with two processes on two busy
+  CPUs: strict turns meant ~70 hand-offs per 22,000 appends instead of ~18,
+  each leaving the file idle ~20 ms while the waiter got a CPU and the GIL.
 
 Outcomes are recorded on the batch, never raised, so they survive the writer
 task being cancelled while this runs.
@@ -27,11 +40,12 @@ task being cancelled while this runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 from durable_agent.backends import _sqlite_ops as ops
@@ -43,40 +57,76 @@ __all__ = ["Append", "Batch", "Write", "apply_batch", "noop"]
 T = TypeVar("T")
 
 _GROUP: Final = 1024
-"""Most appends in one compare-and-set statement (12 parameters each, under SQLite's 32,766)."""
+"""Most appends in one compare-and-set statement (10 parameters each, under SQLite's 32,766)."""
+_ROWS: Final = 1024
+"""Most event rows in one INSERT (3 parameters each)."""
 
+# ``now`` is the statement's last parameter, bound once the write lock is held,
+# so everything else is built before the transaction starts.
 _SET_MOVE: Final = (
-    "seq = v.new_seq, state = v.new_state, updated_at = v.now, lease_owner = v.owner, "
-    "lease_host = v.host, lease_pid = v.pid, lease_expires = v.expires, lease_ttl = v.ttl"
+    "seq = v.new_seq, state = v.new_state, updated_at = ?{now}, lease_owner = v.owner, "
+    "lease_host = v.host, lease_pid = v.pid, lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
 )
 # Without a trigger the state cannot have changed: leaving it out of the SET
 # spares an update of the runs_by_state index.
 _SET_RENEW: Final = (
-    "seq = v.new_seq, updated_at = v.now, lease_owner = v.owner, lease_host = v.host, "
-    "lease_pid = v.pid, lease_expires = v.expires, lease_ttl = v.ttl"
+    "seq = v.new_seq, updated_at = ?{now}, lease_owner = v.owner, lease_host = v.host, "
+    "lease_pid = v.pid, lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
 )
-_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_NO_ROW: Final = (None,) * 12
+_WIDTH: Final = 10
+_ROW: Final = "(" + ", ".join("?" * _WIDTH) + ")"
+_NO_ROW: Final = (None,) * _WIDTH
 
 
 def _cas_sql(rows: int, moves: bool) -> str:
+    now = rows * _WIDTH + 1
     return (
-        "WITH v(run_id, expected, generation, holder, new_seq, new_state, now, owner, host, "
-        f"pid, expires, ttl) AS (VALUES {', '.join([_ROW] * rows)}) "
-        f"UPDATE runs SET {_SET_MOVE if moves else _SET_RENEW} FROM v "
+        "WITH v(run_id, expected, generation, holder, new_seq, new_state, owner, host, pid, "
+        f"ttl) AS (VALUES {', '.join([_ROW] * rows)}) "
+        f"UPDATE runs SET {(_SET_MOVE if moves else _SET_RENEW).format(now=now)} FROM v "
         "WHERE runs.run_id = v.run_id AND runs.seq = v.expected "
-        "AND runs.lease_generation = v.generation AND runs.lease_owner = v.holder "
-        "RETURNING run_id, cancel_requested"
+        "AND runs.lease_generation = v.generation AND runs.lease_owner = v.holder"
+    )
+
+
+def _insert_sql(rows: int) -> str:
+    # Padding rows are NULLs, which the WHERE drops.
+    return (
+        "INSERT INTO events (run_id, seq, body) SELECT column1, column2, column3 FROM "
+        f"(VALUES {', '.join(['(?, ?, ?)'] * rows)}) WHERE column1 IS NOT NULL"
+    )
+
+
+_FITS: Final = (
+    "runs.seq IS v.expected AND runs.lease_generation IS v.generation "
+    "AND runs.lease_owner IS v.holder"
+)
+
+
+def _check_sql(rows: int) -> str:
+    # Only the exceptions come back (usually none: one step): the appends that
+    # the compare-and-set would refuse, and the runs with a cancellation request.
+    return (
+        "WITH v(run_id, expected, generation, holder) AS "
+        f"(VALUES {', '.join(['(?, ?, ?, ?)'] * rows)}) "
+        f"SELECT v.run_id, {_FITS}, runs.cancel_requested "
+        "FROM v LEFT JOIN runs ON runs.run_id = v.run_id "
+        f"WHERE v.run_id IS NOT NULL AND (runs.cancel_requested IS NOT NULL OR NOT ({_FITS}))"
     )
 
 
 # Padded to a power of two (rows of NULLs match nothing), so a few statements
-# cover every batch size and stay in sqlite3's statement cache.
-_CAS_SQL: Final = {
-    (size, moves): _cas_sql(size, moves)
-    for size in (1 << n for n in range(_GROUP.bit_length()))
-    for moves in (False, True)
-}
+# cover every batch size and stay in sqlite3's statement cache; built on first
+# use, not at import. Each is one ``sqlite3_step``: every step lets go of the
+# GIL, and taking it back from a busy event loop costs up to its 5 ms switch
+# interval, with the write lock held.
+_CAS_SQL: Final = functools.cache(_cas_sql)
+_INSERT_SQL: Final = functools.cache(_insert_sql)
+_CHECK_SQL: Final = functools.cache(_check_sql)
+
+
+def _padded(count: int) -> int:
+    return 1 << (count - 1).bit_length()
 
 
 @dataclass(eq=False, slots=True)
@@ -127,19 +177,40 @@ class Batch:
     committed: bool = False
 
 
+@dataclass(eq=False, slots=True)
+class _Group:
+    """Consecutive appends of distinct runs, their statements built before the transaction."""
+
+    appends: list[Append]
+    cas: list[tuple[str, list[object]]]
+    """One compare-and-set per kind (moves, renewals); ``now`` is appended when run."""
+    check: tuple[str, list[object]]
+    inserts: list[tuple[str, list[object]]]
+    now: float = 0.0
+    cancelled: dict[str, str] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+
+
 class _RolledBack(Exception):
-    """A write failed after changing rows: apply the batch again with savepoints."""
+    """A write was refused or failed after changing rows: apply the batch again, one by one."""
 
 
 def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
-    """Apply every write of ``batch`` in one transaction with one commit (module docstring)."""
+    """Apply every write of ``batch`` in one transaction with one commit (module docstring).
+
+    The statements are built before ``BEGIN IMMEDIATE`` and the leases after
+    ``COMMIT``, so the file's write lock is held only for SQLite's own work.
+    """
+    plan = _plan(batch.writes)
     action = "BEGIN IMMEDIATE"
+    grouped = True
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            action = _apply_grouped(db, batch.writes)
+            action = _apply_plan(db, plan)
         except _RolledBack:
             db.execute("ROLLBACK")
+            grouped = False
             for write in batch.writes:
                 write.result = write.error = None
             db.execute("BEGIN IMMEDIATE")
@@ -161,29 +232,88 @@ def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
         )
         error.__cause__ = exc
         batch.error = error
+    if batch.committed and grouped:
+        for step in plan:
+            if type(step) is _Group:
+                _renewed(step)
 
 
-def _apply_grouped(db: sqlite3.Connection, writes: list[Write[Any] | Append]) -> str:
-    """The fast path: grouped appends, no savepoints. Returns what it did last (for errors)."""
-    action = "BEGIN IMMEDIATE"
+def _plan(writes: list[Write[Any] | Append]) -> list[_Group | Write[Any] | Append]:
+    """The batch as steps: groups of appends (one compare-and-set each) and single writes."""
+    plan: list[_Group | Write[Any] | Append] = []
     group: list[Append] = []
     runs: set[str] = set()
     for write in writes:
         fast = type(write) is Append and write.in_order()
         if group and (not fast or write.run_id in runs or len(group) >= _GROUP):
-            action = f"the appends of {len(group)} run(s)"
-            _append_group(db, group)
+            plan.append(_group(group))
             group, runs = [], set()
         if fast:
             assert type(write) is Append
             group.append(write)
             runs.add(write.run_id)
-            continue
-        action = f"a write of run {write.run_id!r}"
-        _apply_one(db, write)
+        else:
+            plan.append(write)
     if group:
-        action = f"the appends of {len(group)} run(s)"
-        _append_group(db, group)
+        plan.append(_group(group))
+    return plan
+
+
+def _group(appends: list[Append]) -> _Group:
+    cas: list[tuple[str, list[object]]] = []
+    for moves in (True, False):
+        params: list[object] = []
+        count = 0
+        for write in appends:
+            events = write.events
+            if any(e.trigger is not None for e in events) is not moves:
+                continue
+            lease = write.lease
+            last = events[-1] if events else None
+            params += (
+                write.run_id, write.expected_seq, lease.generation, lease.owner,
+                write.expected_seq if last is None else last.seq,
+                None if last is None else last.state.value,
+            )
+            if write.release:
+                params += (None, None, None, None)
+            else:
+                params += (lease.owner, lease.host, lease.pid, lease.ttl)
+            count += 1
+        if count:
+            size = _padded(count)
+            params += _NO_ROW * (size - count)
+            cas.append((_CAS_SQL(size, moves), params))
+    size = _padded(len(appends))
+    guards: list[object] = []
+    for write in appends:
+        guards += (write.run_id, write.expected_seq, write.lease.generation, write.lease.owner)
+    guards += (None,) * (4 * (size - len(appends)))
+    return _Group(appends, cas, (_CHECK_SQL(size), guards), _inserts(appends))
+
+
+def _inserts(appends: list[Append]) -> list[tuple[str, list[object]]]:
+    rows: list[object] = [value for write in appends for row in write.rows for value in row]
+    inserts: list[tuple[str, list[object]]] = []
+    for start in range(0, len(rows), _ROWS * 3):
+        chunk = rows[start : start + _ROWS * 3]
+        padded = _padded(len(chunk) // 3)
+        chunk += (None,) * (3 * padded - len(chunk))
+        inserts.append((_INSERT_SQL(padded), chunk))
+    return inserts
+
+
+def _apply_plan(db: sqlite3.Connection, plan: list[_Group | Write[Any] | Append]) -> str:
+    """The fast path: grouped appends, no savepoints. Returns what it did last (for errors)."""
+    action = "BEGIN IMMEDIATE"
+    for step in plan:
+        if type(step) is _Group:
+            action = f"the appends of {len(step.appends)} run(s)"
+            _append_group(db, step)
+        else:
+            assert not isinstance(step, _Group)
+            action = f"a write of run {step.run_id!r}"
+            _apply_one(db, step)
     return action
 
 
@@ -203,39 +333,35 @@ def _apply_one(db: sqlite3.Connection, write: Write[Any] | Append) -> None:
         write.error = exc
 
 
-def _append_group(db: sqlite3.Connection, group: list[Append]) -> None:
-    """One compare-and-set for every append of ``group`` (distinct runs), one event INSERT."""
-    now = time.time()
-    accepted: dict[str, str | None] = {}
-    for moves in (True, False):
-        params: list[object] = []
-        count = 0
-        for write in group:
-            events = write.events
-            if any(e.trigger is not None for e in events) is not moves:
-                continue
-            lease = write.lease
-            last = events[-1] if events else None
-            params += (
-                write.run_id, write.expected_seq, lease.generation, lease.owner,
-                write.expected_seq if last is None else last.seq,
-                None if last is None else last.state.value, now,
-            )
-            if write.release:
-                params += (None, None, None, None, None)
-            else:
-                params += (lease.owner, lease.host, lease.pid, now + lease.ttl, lease.ttl)
-            count += 1
-        if not count:
-            continue
-        size = 1 << (count - 1).bit_length()
-        params += _NO_ROW * (size - count)
-        accepted.update(db.execute(_CAS_SQL[size, moves], params).fetchall())
-    rows: list[tuple[str, int, str]] = []
-    for write in group:
-        if write.run_id in accepted:
-            rows += write.rows
-            write.result = ops.renewed(write.lease, now + write.lease.ttl, accepted[write.run_id])
+def _append_group(db: sqlite3.Connection, group: _Group) -> None:
+    """One check, one compare-and-set per kind and one event INSERT for ``group`` (distinct runs).
+
+    Inside the transaction nothing else writes, so the check tells exactly which
+    appends the compare-and-set refuses (they write nothing, and say why) and
+    which runs carry a cancellation request.
+    """
+    sql, guards = group.check
+    inserts = group.inserts
+    for run_id, fits, cancel in db.execute(sql, guards).fetchall():
+        if cancel is not None:
+            group.cancelled[run_id] = cancel
+        if not fits:
+            group.refused.add(run_id)
+    if group.refused:
+        inserts = _inserts([w for w in group.appends if w.run_id not in group.refused])
+    now = group.now = time.time()
+    before = db.total_changes
+    for sql, params in group.cas:
+        db.execute(sql, [*params, now])
+    if db.total_changes - before != len(group.appends) - len(group.refused):
+        raise _RolledBack  # the check and the compare-and-set disagree: decide one by one
+    try:
+        for sql, rows in inserts:
+            db.execute(sql, rows)
+    except sqlite3.IntegrityError as exc:  # rows disagree: find whose, one by one
+        raise _RolledBack from exc
+    for write in group.appends:
+        if write.run_id not in group.refused:
             continue
         try:  # nothing of it was written: say why
             write.error = ops.explain_refusal(
@@ -245,11 +371,16 @@ def _append_group(db: sqlite3.Connection, group: list[Append]) -> None:
             raise
         except Exception as exc:  # RunNotFoundError, or a header that does not validate
             write.error = exc
-    if rows:
-        try:
-            db.executemany(ops._INSERT_EVENT, rows)
-        except sqlite3.IntegrityError as exc:  # rows disagree: find whose, one by one
-            raise _RolledBack from exc
+
+
+def _renewed(group: _Group) -> None:
+    """Each append's renewed lease, once the commit is done (the write lock released)."""
+    now, cancelled, refused = group.now, group.cancelled, group.refused
+    for write in group.appends:
+        if write.run_id in refused:
+            continue
+        lease = write.lease
+        write.result = ops.renewed(lease, now + lease.ttl, cancelled.get(write.run_id))
 
 
 def _apply_each(db: sqlite3.Connection, writes: list[Write[Any] | Append]) -> str:

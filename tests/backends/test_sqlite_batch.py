@@ -111,6 +111,7 @@ def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> 
             good, stale, taken = [await new_run(store, r) for r in ("good", "stale", "taken")]
             await store.append("stale", [step(2)], expected_seq=1, lease=stale)
             old = taken.model_copy(update={"generation": taken.generation - 1})
+            statements = await _trace(store)
             outcomes = await asyncio.gather(
                 store.append("good", [step(2)], expected_seq=1, lease=good),
                 store.append("stale", [step(2)], expected_seq=1, lease=stale),
@@ -125,5 +126,47 @@ def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> 
             assert (await store.get_run("good")).seq == 2
             assert (await store.get_run("stale")).seq == 2
             assert (await store.get_run("taken")).seq == 1
+            # Refused in the group's check, not by replaying the batch write by write.
+            assert not any("SAVEPOINT" in s for s in statements)
+
+    run(main())
+
+
+def test_a_cancellation_request_reaches_its_append_in_a_grouped_batch(db_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            leases = {r: await new_run(store, r) for r in ("a", "b", "c")}
+            await store.request_cancel("b", "user pressed stop")
+            statements = await _trace(store)
+            outcomes = await asyncio.gather(
+                *(store.append(r, [step(2)], expected_seq=1, lease=leases[r]) for r in "abc")
+            )
+            assert [o.cancel_requested for o in outcomes] == [None, "user pressed stop", None]
+            assert not any("SAVEPOINT" in s for s in statements)
+            assert {(await store.get_run(r)).seq for r in "abc"} == {2}
+
+    run(main())
+
+
+def test_a_batch_larger_than_one_statement_splits_into_groups_and_stores_every_event(
+    db_path: Path,
+) -> None:
+    async def main() -> None:
+        async with SqliteBackend(db_path, max_batch=4096) as store:
+            ids = [f"r{i:04d}" for i in range(1100)]  # over 1,024 appends and rows a statement
+            leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
+            commits_before = store._stats.commits
+            renewed = await asyncio.gather(
+                *(
+                    store.append(run_id, [step(2), _quiet(3)], expected_seq=1, lease=lease)
+                    for run_id, lease in zip(ids, leases, strict=True)
+                )
+            )
+            assert store._stats.commits - commits_before == 1
+            assert all(isinstance(lease, Lease) for lease in renewed)
+            for run_id in (ids[0], ids[1023], ids[1024], ids[-1]):
+                stored = await store.load_run(run_id)
+                assert [e.seq for e in stored.events] == [1, 2, 3]
+                assert stored.header.state is RunState.PENDING
 
     run(main())
