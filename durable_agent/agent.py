@@ -219,9 +219,7 @@ class Agent(AgentRunMethods):
         """
         run_id = task.run_id
         assert run_id is not None
-        self.last_run = RunOutput.from_context(
-            RunContext(run_id=run_id, session_id=self.db.session_id, user_id=self.db.user_id)
-        )
+        self.last_run = RunOutput.pending(run_id, self.db.session_id, self.db.user_id)
         messages: list[Message] = []
         if self.system_prompt:
             messages.append(SystemMessage(content=self.system_prompt))
