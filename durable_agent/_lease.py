@@ -182,7 +182,7 @@ async def release_own(backend: Backend, run_id: str, owner: LeaseOwner) -> None:
         await backend.release_lease(run_id, held)
 
 
-# -- settling a write whose caller did not see it return ---------------------------------
+# -- a write that a cancellation of its caller must not cut ------------------------------
 
 
 def shielded_write(write: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], asyncio.Future[T]]:
@@ -211,6 +211,7 @@ async def _deliver(write: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) ->
     if not outcome.done():
         outcome.set_result(result)
     return result
+
 
 # -- settling a write whose caller did not see it return ---------------------------------
 
