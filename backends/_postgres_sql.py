@@ -19,6 +19,7 @@ from typing import Final, cast
 
 from psycopg import sql
 
+from durable_agent.backends._postgres_writer import Merge
 from durable_agent.backends._sqlite_ops import header_from_row, header_row, timestamp
 from durable_agent.fsm import RunState
 from durable_agent.records import SCHEMA_VERSION, Event, RunHeader, encode_event
@@ -29,6 +30,7 @@ __all__ = [
     "event_arrays",
     "header_from_row",
     "header_row",
+    "merges",
     "timestamp",
 ]
 
@@ -153,10 +155,31 @@ WHERE r.run_id = %(run_id)s AND r.lease_generation = %(generation)s
 RETURNING r.lease_expires, r.cancel_requested
 """
 
+# Several runs' renewals in one statement: each keeps _RENEW's check.
+_RENEW_MANY: Final = f"""
+WITH now AS (SELECT {NOW} AS t),
+input AS (
+    SELECT * FROM unnest(%(run_ids)s::text[], %(generations)s::int[], %(ttls)s::float8[])
+        WITH ORDINALITY AS i(run_id, generation, ttl, ord)
+)
+UPDATE {{runs}} r SET lease_expires = now.t + i.ttl, lease_ttl = i.ttl
+FROM input i, now
+WHERE r.run_id = i.run_id AND r.lease_generation = i.generation
+    AND r.lease_owner IS NOT NULL AND {_READABLE}
+RETURNING i.ord::int, r.lease_expires, r.cancel_requested
+"""
+
 _RELEASE: Final = """
 UPDATE {runs} SET lease_owner = NULL, lease_host = NULL, lease_pid = NULL,
     lease_expires = NULL, lease_ttl = NULL
 WHERE run_id = %(run_id)s AND lease_generation = %(generation)s AND lease_owner IS NOT NULL
+"""
+
+_RELEASE_MANY: Final = """
+UPDATE {runs} r SET lease_owner = NULL, lease_host = NULL, lease_pid = NULL,
+    lease_expires = NULL, lease_ttl = NULL
+FROM unnest(%(run_ids)s::text[], %(generations)s::int[]) AS i(run_id, generation)
+WHERE r.run_id = i.run_id AND r.lease_generation = i.generation AND r.lease_owner IS NOT NULL
 """
 
 _CANCEL: Final = f"""
@@ -219,7 +242,9 @@ class Statements:
         self.create = q(_CREATE)
         self.acquire = q(_ACQUIRE)
         self.renew = q(_RENEW)
+        self.renew_many = q(_RENEW_MANY)
         self.release = q(_RELEASE)
+        self.release_many = q(_RELEASE_MANY)
         self.cancel = q(_CANCEL)
         self.delete = q(_DELETE)
         self.header = q(_HEADER)
@@ -228,18 +253,40 @@ class Statements:
         self.prune_delete = q(_PRUNE_DELETE)
 
 
-def merge_appends(
+def merges(statements: Statements) -> dict[str, Merge]:
+    """How the writer merges each kind of write, by the single write's statement."""
+    return {
+        statements.append: lambda appends: _merge_appends(statements, appends),
+        statements.renew: lambda renewals: (
+            statements.renew_many, _columns(renewals, _RENEW_COLUMNS)
+        ),
+        statements.release: lambda releases: (
+            statements.release_many, _columns(releases, _RELEASE_COLUMNS)
+        ),
+    }
+
+
+_APPEND_COLUMNS: Final = (
+    ("run_ids", "run_id"), ("expected", "expected"), ("generations", "generation"),
+    ("owners", "owner"), ("ttls", "ttl"), ("releases", "release"),
+    ("new_seqs", "new_seq"), ("states", "state"),
+)
+_RENEW_COLUMNS: Final = (("run_ids", "run_id"), ("generations", "generation"), ("ttls", "ttl"))
+_RELEASE_COLUMNS: Final = (("run_ids", "run_id"), ("generations", "generation"))
+
+
+def _columns(
+    writes: list[dict[str, object]], columns: Sequence[tuple[str, str]]
+) -> dict[str, object]:
+    """The writes' parameters as one array per column (array name, parameter name)."""
+    return {name: [w[key] for w in writes] for name, key in columns}
+
+
+def _merge_appends(
     statements: Statements, appends: list[dict[str, object]]
 ) -> tuple[str, dict[str, object]]:
     """`Statements.append_many` and its parameters for the appends of distinct runs."""
-    params: dict[str, object] = {
-        name: [a[key] for a in appends]
-        for name, key in (
-            ("run_ids", "run_id"), ("expected", "expected"), ("generations", "generation"),
-            ("owners", "owner"), ("ttls", "ttl"), ("releases", "release"),
-            ("new_seqs", "new_seq"), ("states", "state"),
-        )
-    }
+    params = _columns(appends, _APPEND_COLUMNS)
     event_runs: list[object] = []
     seqs: list[object] = []
     bodies: list[object] = []

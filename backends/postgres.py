@@ -197,9 +197,7 @@ class PostgresBackend(relay.Relaying, Backend):
             self._link = None
             if link is not None:
                 await self._drop(link)
-            link = await Link.open(
-                self._settings, self.stats, lambda appends: q.merge_appends(self._sql, appends)
-            )
+            link = await Link.open(self._settings, self.stats, q.merges(self._sql))
             if self._closed:  # close() ran while this connected
                 await link.shutdown()
                 raise StoreUnavailableError(f"{self!r} is closed")
@@ -219,14 +217,11 @@ class PostgresBackend(relay.Relaying, Backend):
         query: str,
         params: Params,
         *,
-        mergeable: bool = False,
         notify: bool = False,
     ) -> Rows:
         link = await self._connected()
         try:
-            rows: Rows = await link.writer.submit(
-                run_id, query, params, mergeable=mergeable, notify=notify
-            )
+            rows: Rows = await link.writer.submit(run_id, query, params, notify=notify)
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
@@ -287,9 +282,7 @@ class PostgresBackend(relay.Relaying, Backend):
         }
         # A run coming to rest or given up wakes the waiters; a step in between does not.
         rests = release or (bool(events) and events[-1].state in _AT_REST)
-        rows = await self._write(
-            run_id, self._sql.append, params, mergeable=True, notify=rests
-        )
+        rows = await self._write(run_id, self._sql.append, params, notify=rests)
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)
