@@ -20,7 +20,7 @@ from typing import Final, cast
 from psycopg import sql
 
 from durable_agent.backends._postgres_writer import Merge
-from durable_agent.backends._sqlite_ops import header_from_row, header_row, timestamp
+from durable_agent.backends._sqlite_ops import header_from_row, header_row, renewed, timestamp
 from durable_agent.fsm import RunState
 from durable_agent.records import SCHEMA_VERSION, Event, RunHeader, encode_event
 
@@ -31,6 +31,7 @@ __all__ = [
     "header_from_row",
     "header_row",
     "merges",
+    "renewed",
     "timestamp",
 ]
 

@@ -288,9 +288,7 @@ class PostgresBackend(relay.Relaying, Backend):
             check_append(header, events, expected_seq=expected_seq, lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused; reload the run")
         cancel_requested, expires = rows[0]
-        return lease.model_copy(
-            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
-        )
+        return q.renewed(lease, float(expires), cancel_requested)
 
     async def load_run(self, run_id: str) -> StoredRun:
         rows = await self._read(self._sql.load, (run_id,))
@@ -395,9 +393,7 @@ class PostgresBackend(relay.Relaying, Backend):
             await self._header(run_id)  # RunNotFoundError / CorruptRunError first
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
         expires, cancel_requested = rows[0]
-        return lease.model_copy(
-            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
-        )
+        return q.renewed(lease, float(expires), cancel_requested)
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         params = {"run_id": run_id, "generation": lease.generation}
