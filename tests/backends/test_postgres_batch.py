@@ -8,9 +8,9 @@ from typing import Any
 from durable_agent.backend import LeaseOwner
 from durable_agent.backends._postgres_writer import Stats, Writer
 from durable_agent.backends.postgres import PostgresBackend
-from durable_agent.errors import LeaseLostError
+from durable_agent.errors import LeaseLostError, RunBusyError, RunExistsError
 from durable_agent.records import Lease
-from durable_agent.testing.conformance import new_run, step
+from durable_agent.testing.conformance import created, header, new_run, step
 from tests.backends.conftest import run
 from tests.backends.postgres_server import pg_schema, postgres_url
 
@@ -127,3 +127,42 @@ def test_one_runs_writes_keep_their_order_across_the_merged_statements() -> None
         ("delete", [("C", "delete")]),
         ("renew", [("C", "renew")]),  # after C's delete
     ]
+
+
+def test_creates_and_acquisitions_of_many_runs_merge_and_a_refused_one_fails_alone(
+    postgres_url: str, pg_schema: str
+) -> None:
+    async def main() -> None:
+        async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+            await store.create_run(header("taken"), [created()])
+            before = (store.stats.batches, store.stats.statements)
+            outcomes = await asyncio.gather(
+                *(store.create_run(header(f"c{i:02}"), [created()]) for i in range(12)),
+                store.create_run(header("taken"), [created()]),  # already there
+                return_exceptions=True,
+            )
+            assert outcomes[:12] == [None] * 12, outcomes
+            assert isinstance(outcomes[12], RunExistsError)
+            assert (store.stats.batches, store.stats.statements) == (before[0] + 1, before[1] + 1)
+            for i in range(12):
+                assert [e.seq for e in (await store.load_run(f"c{i:02}")).events] == [1]
+
+            owner = LeaseOwner.current()
+            other = LeaseOwner(host="another-host", pid=1)  # no pid check can see it
+            held = await store.acquire_lease("c11", other, ttl=60)
+            stale = await store.acquire_lease("c10", other, ttl=60)
+            before = (store.stats.batches, store.stats.statements)
+            outcomes = await asyncio.gather(
+                *(store.acquire_lease(f"c{i:02}", owner, ttl=30) for i in range(10)),
+                store.acquire_lease("c10", owner, ttl=30, takeover=stale.generation),
+                store.acquire_lease("c11", owner, ttl=30),  # held by another owner: busy
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, Lease) for o in outcomes[:11]), outcomes
+            assert isinstance(outcomes[11], RunBusyError)
+            batches = store.stats.batches - before[0]
+            assert (batches, store.stats.statements - before[1]) == (1, 1)
+            assert outcomes[10].generation == stale.generation + 1  # taken over
+            assert (await store.get_run("c11")).lease == held
+
+    run(main())
