@@ -9,20 +9,23 @@ one network round trip and one WAL flush for the whole batch, and never a
 transaction left open on the server while the client is frozen or cut off
 halfway through sending it. A lone write is sent on its own, in autocommit.
 
-Writes of one kind (appends, lease renewals, releases, creates) of distinct
+Writes of one kind (appends, renewals, releases, acquisitions, creates) of distinct
 runs are merged into one statement that takes them as arrays: a batch of one
 kind is then one prepared statement in autocommit, whatever its size, where
 several statements would go as a simple query, parsed and planned each time
-(a batch of 128 renewals as 128 statements ran at half the throughput of the
-pipeline it replaced; merged, see ``benchmarks/bench_postgres_writer.py``).
+(128 runs renewing at once, a statement each, ran at half the throughput of
+the pipeline this one message replaced; merged, at several times it, see
+``benchmarks/bench_postgres_writer.py``).
 
 Each write keeps its own check. A refusal (stale seq, lost lease) is not an
 error in SQL: the statement's ``WHERE`` matches no row and returns none, and
 the rest of the batch commits. A statement PostgreSQL rejects (a key that is
 already there, a deadlock) aborts the whole transaction; the writer then
 sends the batch's writes again one by one, so only the guilty one fails.
-Statements are sent sorted by run id, so two processes' batches lock rows in
-one order and never deadlock each other.
+Each statement takes its rows in run-id order, so two processes' batches of
+one kind lock them in one order; two that deadlock anyway (batches of several
+kinds) are the rejected case above: the server aborts one, whose writes then
+go again one by one.
 
 When its event loop shuts down (``asyncio.run`` cancels leftover tasks), the
 writer commits what callers still wait for, then closes its connection.

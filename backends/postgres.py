@@ -9,9 +9,10 @@ are created on first use (`durable_agent.backends._postgres_schema`).
   generation, the events, the header's new state and the lease renewal are
   one statement (`durable_agent.backends._postgres_sql`).
 * **Group commit.** Every write goes through one writer connection per event
-  loop, which sends all the writes queued during the previous commit in one
-  pipelined transaction; each keeps its own check, so one refused append fails
-  alone (`durable_agent.backends._postgres_writer`).
+  loop, which sends all the writes queued during the previous commit as one
+  transaction in one message, the writes of each kind merged into one
+  statement; each keeps its own check, so one refused write fails alone
+  (`durable_agent.backends._postgres_writer`).
 * **The server's clock.** Lease expiry is judged and set by
   ``clock_timestamp()`` on the database server, never by the client's clock,
   so hosts whose clocks disagree still agree on who holds a run.
@@ -108,7 +109,7 @@ class PostgresBackend(relay.Relaying, Backend):
 
     The constructor does no I/O. Close it with ``await backend.close()`` or
     ``async with``. Behind PgBouncer use session pooling: the writer's
-    pipeline and the workers' advisory locks need a session of their own.
+    session settings and the workers' advisory locks need a session of their own.
     """
 
     capabilities = frozenset(
