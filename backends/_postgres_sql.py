@@ -315,13 +315,16 @@ def merges(statements: Statements) -> dict[str, Merge]:
         statements.append: lambda appends: _merge_appends(statements, appends),
         statements.create: lambda creates: _merge_creates(statements, creates),
         statements.acquire: lambda acquisitions: (
-            statements.acquire_many, _columns(acquisitions, _ACQUIRE_COLUMNS)
+            statements.acquire_many,
+            _columns(acquisitions, _ACQUIRE_COLUMNS),
         ),
         statements.renew: lambda renewals: (
-            statements.renew_many, _columns(renewals, _RENEW_COLUMNS)
+            statements.renew_many,
+            _columns(renewals, _RENEW_COLUMNS),
         ),
         statements.release: lambda releases: (
-            statements.release_many, _columns(releases, _RELEASE_COLUMNS)
+            statements.release_many,
+            _columns(releases, _RELEASE_COLUMNS),
         ),
     }
 

@@ -109,6 +109,7 @@ class Writer:
         self.stats = stats
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self._cursor: psycopg.AsyncCursor[Any] | None = None
+        self._binder: psycopg.AsyncClientCursor[Any] | None = None
         self.pending: deque[_Write] = deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -285,7 +286,9 @@ class Writer:
             query, params, _ = statements[0]
             results = [await self._execute(conn, query, params)]
         else:
-            bind = psycopg.AsyncClientCursor(conn)
+            bind = self._binder
+            if bind is None or bind.connection is not conn:
+                bind = self._binder = psycopg.AsyncClientCursor(conn)
             parts = [bind.mogrify(query, params) for query, params, _ in statements]
             if notify:
                 parts.append(self.notify)
