@@ -82,6 +82,13 @@ ins AS (
 SELECT cancel_requested, expires FROM upd
 """
 
+# The append of one event (the most common), without the arrays: unnesting
+# two one-element arrays cost ~40 us more per append, measured by hand.
+_APPEND_ONE: Final = _APPEND.replace(
+    "FROM unnest(%(seqs)b::int[], %(bodies)b::text[]) AS e(seq, body)",
+    "FROM (SELECT %(seq)s::int AS seq, %(body)s::text AS body) AS e",
+)
+
 # Several runs' appends in one statement (group commit): the same checks and
 # writes as _APPEND, one row of `input` per append; a refused one matches no
 # row of runs and has no row in the result. A run appears once per statement.
@@ -292,6 +299,7 @@ class Statements:
 
         self.q = q
         self.append = q(_APPEND)
+        self.append_one = q(_APPEND_ONE)
         self.append_many = q(_APPEND_MANY)
         self.create = q(_CREATE)
         self.create_many = q(_CREATE_MANY)
@@ -311,8 +319,13 @@ class Statements:
 
 def merges(statements: Statements) -> dict[str, Merge]:
     """How the writer merges each kind of write, by the single write's statement."""
+
+    def appends(params: list[dict[str, object]]) -> tuple[str, dict[str, object]]:
+        return _merge_appends(statements, params)
+
     return {
-        statements.append: lambda appends: _merge_appends(statements, appends),
+        statements.append: appends,
+        statements.append_one: appends,  # its parameters have the arrays too
         statements.create: lambda creates: _merge_creates(statements, creates),
         statements.acquire: lambda acquisitions: (
             statements.acquire_many,

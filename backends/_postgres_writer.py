@@ -101,7 +101,8 @@ class Writer:
     ) -> None:
         self.loop = loop
         self.merges = merges
-        """The statements that merge, by the text of the single write's statement."""
+        """How writes merge, by the text of the single write's statement; the
+        statements whose writes share one merge are one kind."""
         self.notify = notify
         self._connect = connect
         self.where = where
@@ -239,14 +240,15 @@ class Writer:
         a new statement at the end. ``writes`` is sorted by run id, so a merged
         statement takes its runs' rows in that order.
         """
-        groups: list[tuple[str, list[_Write]]] = []
-        of_kind: dict[str, list[int]] = {}  # a kind's statements, by position in groups
+        groups: list[tuple[Merge | None, list[_Write]]] = []
+        of_kind: dict[int, list[int]] = {}  # a kind's statements, by position in groups
         last: dict[str, int] = {}  # where each run's latest write is
         for write in writes:
             after = last.get(write.run_id, -1)
             place = -1
-            if write.query in self.merges:
-                kind = of_kind.setdefault(write.query, [])
+            merge = self.merges.get(write.query)
+            if merge is not None:  # a kind is a merge: two statements may share one
+                kind = of_kind.setdefault(id(merge), [])
                 at = bisect_right(kind, after)
                 if at < len(kind):
                     place = kind[at]
@@ -255,16 +257,14 @@ class Writer:
                     kind.append(len(groups))
             if place < 0:
                 place = len(groups)
-                groups.append((write.query, [write]))
+                groups.append((merge, [write]))
             last[write.run_id] = place
         statements: list[tuple[str, Params, list[_Write]]] = []
-        for query, group in groups:
-            if len(group) == 1:
-                statements.append((query, group[0].params, group))
+        for merge, group in groups:
+            if merge is None or len(group) == 1:
+                statements.append((group[0].query, group[0].params, group))
             else:
-                merged, params = self.merges[query](
-                    [cast(dict[str, object], w.params) for w in group]
-                )
+                merged, params = merge([cast(dict[str, object], w.params) for w in group])
                 statements.append((merged, params, group))
         return statements
 

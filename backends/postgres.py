@@ -283,7 +283,11 @@ class PostgresBackend(relay.Relaying, Backend):
         }
         # A run coming to rest or given up wakes the waiters; a step in between does not.
         rests = release or (bool(events) and events[-1].state in _AT_REST)
-        rows = await self._write(run_id, self._sql.append, params, notify=rests)
+        query = self._sql.append
+        if len(events) == 1:
+            query = self._sql.append_one
+            params["seq"], params["body"] = seqs[0], bodies[0]
+        rows = await self._write(run_id, query, params, notify=rests)
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)

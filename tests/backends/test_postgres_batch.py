@@ -83,7 +83,11 @@ def test_a_batch_of_appends_renewals_and_releases_is_one_statement_per_kind(
 
 
 def test_one_runs_writes_keep_their_order_across_the_merged_statements() -> None:
-    """Each write goes to the first statement of its kind after its run's previous write."""
+    """Each write goes to the first statement of its kind after its run's previous write.
+
+    Two statements that share a merge are one kind (an append of one event and
+    one of several).
+    """
 
     async def main() -> list[tuple[str, list[tuple[str, str]]]]:
         loop = asyncio.get_running_loop()
@@ -94,19 +98,20 @@ def test_one_runs_writes_keep_their_order_across_the_merged_statements() -> None
         def merge(kind: str) -> Any:
             return lambda params: (f"{kind} many", {"n": len(params)})
 
+        appends = merge("append")
         writer = Writer(
             loop,
             no_connection,
             "test",
             256,
             Stats(),
-            {"renew": merge("renew"), "append": merge("append")},
+            {"renew": merge("renew"), "append": appends, "append one": appends},
             notify="",
         )
         order = [
             ("A", "renew"),
             ("A", "append"),
-            ("B", "append"),
+            ("B", "append one"),
             ("B", "renew"),
             ("C", "renew"),
             ("C", "delete"),
@@ -122,7 +127,7 @@ def test_one_runs_writes_keep_their_order_across_the_merged_statements() -> None
 
     assert asyncio.run(main()) == [
         ("renew many", [("A", "renew"), ("C", "renew")]),
-        ("append many", [("A", "append"), ("B", "append")]),
+        ("append many", [("A", "append"), ("B", "append one")]),
         ("renew", [("B", "renew")]),  # after B's append
         ("delete", [("C", "delete")]),
         ("renew", [("C", "renew")]),  # after C's delete
