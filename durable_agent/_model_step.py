@@ -138,12 +138,13 @@ class ModelStep(ExecutionCore):
         place and the feedback for the model.
         """
         try:
-            check_answer(message)
             if message.tool_calls:
                 # The intents of the calls that start at once ride in the same
                 # atomic append as the answer that asks for them: one write
                 # instead of two, and rule 1 holds because they start only after
                 # it returns. Calls that wait for a human get no intent yet.
+                # `_append` checks the answer first (`check_event`, which is
+                # `check_answer`): an unstorable one raises here, nothing written.
                 specs: list[Spec] = [(ModelResponseEvent, "tool_calls", answer)]
                 now: list[str] = []
                 version = self.engine.agent_version
@@ -156,6 +157,7 @@ class ModelStep(ExecutionCore):
                 await self._append(*specs)
                 self._live_intents.update(now)
                 return None
+            check_answer(message)
             problem = self._check_output(ctx, message.content)
             if problem is None:
                 await self._append((ModelResponseEvent, "final_answer", answer))
