@@ -209,13 +209,16 @@ _FLOAT: Final = 2
 _RECORD: Final = 3
 _OTHER: Final = 4
 
-_PLANS: dict[type[BaseModel], tuple[tuple[str, int], ...]] = {}
-"""Per record class, the fields worth a look, each with how to look at it."""
+_Plan = tuple[tuple[str, int], ...]
+
+_PLANS: dict[type[BaseModel], tuple[_Plan, _Plan]] = {}
+"""Per record class, the fields worth a look, each with how to look at it: with text, and
+without (the serializer refuses a lone surrogate itself, `check_record`)."""
 
 
-def _plan(cls: type[BaseModel]) -> tuple[tuple[str, int], ...]:
-    plan = _PLANS.get(cls)
-    if plan is None:
+def _plan(cls: type[BaseModel], text: bool) -> _Plan:
+    plans = _PLANS.get(cls)
+    if plans is None:
         fields = []
         for name, info in cls.model_fields.items():
             kind = info.annotation
@@ -223,8 +226,8 @@ def _plan(cls: type[BaseModel]) -> tuple[tuple[str, int], ...]:
             if kind in _SAFE or plain or get_origin(kind) is Literal:
                 continue
             fields.append((name, _look(kind)))
-        plan = _PLANS[cls] = tuple(fields)
-    return plan
+        plans = _PLANS[cls] = (tuple(fields), tuple(f for f in fields if f[1] != _TEXT))
+    return plans[0] if text else plans[1]
 
 
 def _look(kind: object) -> int:
@@ -244,7 +247,7 @@ def _model(record: BaseModel, text: bool, skip: str | None = None) -> None:
     # The exact-type tests are fast paths; anything else (a value that skipped
     # validation) takes the general walk.
     values = record.__dict__
-    for name, look in _plan(type(record)):
+    for name, look in _plan(type(record), text):
         value = values[name]
         if value is None:
             continue

@@ -260,7 +260,8 @@ class Tool:
         if self._ctx_param is not None:
             kwargs[self._ctx_param] = ctx
         if self.is_async:
-            result = await cast(Callable[..., Awaitable[Any]], self.function)(**kwargs)
+            # A quoted type: ``Callable[...]`` would build a generic alias per call.
+            result = await cast("Callable[..., Awaitable[Any]]", self.function)(**kwargs)
         else:
             result = await asyncio.to_thread(self.function, **kwargs)
         if isinstance(result, str):
