@@ -259,7 +259,9 @@ def _model(record: BaseModel, text: bool, skip: str | None = None) -> None:
                 _field(value, text, name)
         elif name == skip:
             continue
-        elif look == _RECORD and type(value) in _PLANS:
+        elif look == _RECORD and (plans := _PLANS.get(type(value))) is not None:
+            if not plans[0 if text else 1]:
+                continue  # nothing in it to look at (a `Usage`; a message, text aside)
             try:
                 _model(value, text)
             except _Refused as refused:

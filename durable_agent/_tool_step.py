@@ -138,7 +138,7 @@ class ToolStep(ReconcileStep):
             call = next(iter(pending.values()))
             tool = self.tools.get(call.name)
             if call.id in self._live_intents and (tool is None or tool.requirement_kind is None):
-                await self._run_calls(ctx, [_Plan("run", call)])
+                await self._run_one(ctx, call)
                 return
         await self._reconcile(ctx)
         calls = list(ctx.pending_calls.values())
@@ -181,27 +181,39 @@ class ToolStep(ReconcileStep):
             if outcome is not None:
                 failures.append((plan.call, outcome))
         if failures:
-            call, error = failures[0]
-            info = ErrorInfo.from_exception(error)
-            await self._append(
-                (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
-                                       "call_id": call.id})
-            )
-            what = (
-                "returned a result that cannot be stored"
+            await self._fail_call(ctx, *failures[0])
+
+    async def _run_one(self, ctx: RunContext, call: ToolCallPart) -> None:
+        """`_run_calls` for the steady loop's one call, its intent live: one frame fewer."""
+        self._check_cancel()
+        async with self._keepalive():
+            outcome = await self._run_call(ctx, _Plan("run", call))
+        self._live_intents.clear()
+        if outcome is not None:
+            await self._fail_call(ctx, call, outcome)
+
+    async def _fail_call(self, ctx: RunContext, call: ToolCallPart, error: Exception) -> None:
+        """Record ``error`` as the run's failure in ``call`` and raise `RunFailedError`."""
+        info = ErrorInfo.from_exception(error)
+        await self._append(
+            (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
+                                   "call_id": call.id})
+        )
+        what = (
+            "returned a result that cannot be stored"
+            if isinstance(error, UnstorableValueError)
+            else f"raised {info.type}"
+        )
+        raise RunFailedError(
+            ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
+            f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
+            next_step=getattr(error, "next_step", None)
+            or (
+                f"fix tool {call.name!r} so its result can be stored"
                 if isinstance(error, UnstorableValueError)
-                else f"raised {info.type}"
-            )
-            raise RunFailedError(
-                ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
-                f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
-                next_step=getattr(error, "next_step", None)
-                or (
-                    f"fix tool {call.name!r} so its result can be stored"
-                    if isinstance(error, UnstorableValueError)
-                    else None
-                ),
-            ) from error
+                else None
+            ),
+        ) from error
 
     async def _run_parallel(self, ctx: RunContext, runs: list[_Plan]) -> list[Exception | None]:
         self.parallel = True  # their appends take the execution's lock
