@@ -238,10 +238,7 @@ def renewed(lease: Lease, expires: float, cancel_requested: str | None) -> Lease
     Every other field is the lease's own, already valid; ``model_copy(update=...)``
     cost 2-3x as much, once per append.
     """
-    copy = lease.__copy__()
-    copy.__dict__["expires_at"] = expires
-    copy.__dict__["cancel_requested"] = cancel_requested
-    return copy
+    return lease.renewed(expires, cancel_requested)
 
 
 def acquire(

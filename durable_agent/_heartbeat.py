@@ -8,12 +8,13 @@ now); one timer per loop, armed at the earliest due time, renews the held
 leases that are due then (or within a twelfth of their TTL, so renewals that
 fall close together share one wake-up) and re-arms itself. Leaving the effect
 waits for a renewal still in flight, so no renewal lands after the write that
-follows the effect.
+follows the effect. A beat with nothing held goes idle (its timer cancelled)
+at the end of the loop iteration in which its last execution left.
 
-No reference cycles, by construction: the timer's callback is a module
-function and its arguments are the loop and the due time (nothing of ours);
-a beat holds executions only while they are inside an effect, never the
-loop; a renewal task is dropped by its own ``finally``. So ending an effect
+No reference cycles, by construction: the callbacks are module functions and
+their arguments are the loop, the due time and the beat (which holds no
+handle); a beat holds executions only while they are inside an effect, never
+the loop; a renewal task is dropped by its own ``finally``. So ending an effect
 frees everything by reference counting: with a thousand concurrent runs, the
 cyclic collector's passes over them cost more than the rest of a transition
 (benchmark b; tests/engine/test_no_cycles.py guards this).
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from durable_agent._recording import ExecutionCore
@@ -38,7 +40,7 @@ _BEATS: dict[asyncio.AbstractEventLoop, Beat] = {}
 class Beat:
     """The executions of one event loop inside an effect, with the time each lease is due."""
 
-    __slots__ = ("due", "held", "renewing", "timer")
+    __slots__ = ("due", "held", "renewing", "settling", "timer")
 
     def __init__(self) -> None:
         self.held: dict[ExecutionCore, float] = {}
@@ -47,6 +49,8 @@ class Beat:
         self.due = math.inf
         """When ``timer`` fires; a timer armed for another time is superseded and does nothing."""
         self.timer: asyncio.TimerHandle | None = None
+        self.settling = False
+        """An idle check is scheduled for the end of this loop iteration."""
 
     def arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self.timer is not None:
@@ -87,6 +91,11 @@ def _tick(loop: asyncio.AbstractEventLoop, when: float) -> None:
         beat.arm(loop, following)
 
 
+def _settle(loop: asyncio.AbstractEventLoop, beat: Beat) -> None:
+    beat.settling = False
+    beat.idle(loop)
+
+
 async def _renewal(loop: asyncio.AbstractEventLoop, beat: Beat, core: ExecutionCore) -> None:
     try:
         await core._renew()
@@ -96,8 +105,28 @@ async def _renewal(loop: asyncio.AbstractEventLoop, beat: Beat, core: ExecutionC
             beat.idle(loop)
 
 
+class _Done:
+    """An awaitable that is already done: ``Effect`` returns it instead of a coroutine."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return cast("Generator[None, None, None]", _EXHAUSTED)
+
+
+_EXHAUSTED = iter(())
+_DONE = _Done()
+
+
 class Effect:
-    """``async with core._keepalive()``: the execution is held by its loop's beat meanwhile."""
+    """``async with core._keepalive()``: the execution is held by its loop's beat meanwhile.
+
+    Entering and leaving are plain methods that return an awaitable (done, or
+    the renewal to wait for): no coroutine per effect. A beat whose last
+    execution leaves goes idle at the end of that loop iteration, not at once,
+    so the effects of one iteration (the runs a group commit woke) share one
+    timer instead of arming and cancelling one each.
+    """
 
     __slots__ = ("_beat", "_core", "_loop")
 
@@ -106,7 +135,7 @@ class Effect:
         self._beat: Beat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __aenter__(self) -> None:
+    def __aenter__(self) -> Awaitable[None]:
         core = self._core
         lease = core.lease
         assert lease is not None
@@ -115,26 +144,32 @@ class Effect:
         if beat is None:
             beat = _BEATS[loop] = Beat()
         elif core in beat.held:
-            return  # already held by an enclosing effect, which lets go of it
+            return _DONE  # already held by an enclosing effect, which lets go of it
         due = loop.time() + lease.ttl / 3
         beat.held[core] = due
         self._beat, self._loop = beat, loop
         if due < beat.due:
             beat.arm(loop, due)
+        return _DONE
 
-    async def __aexit__(
+    def __aexit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
         traceback: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         beat, loop = self._beat, self._loop
         if beat is None or loop is None:
-            return
+            return _DONE
         self._beat = self._loop = None
         core = self._core
         del beat.held[core]
         renewal = beat.renewing.get(core)
         if renewal is not None:
-            await renewal  # so it never lands after the write that follows this effect
-        beat.idle(loop)
+            # Awaited by the caller, so it never lands after the write that
+            # follows this effect; when it ends it lets the beat go idle.
+            return renewal
+        if not beat.held and not beat.settling:
+            beat.settling = True
+            loop.call_soon(_settle, loop, beat)
+        return _DONE

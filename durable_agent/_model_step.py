@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from durable_agent._recording import ExecutionCore
+from durable_agent._recording import ExecutionCore, Spec
 from durable_agent._stream_hooks import model_call
 from durable_agent._tool_identity import intent_fields
 from durable_agent.errors import (
@@ -34,7 +34,6 @@ from durable_agent.records import (
     ModelAttemptFailedEvent,
     ModelResponseEvent,
     OutputRejectedEvent,
-    ToolCallPart,
     ToolStartedEvent,
     UserMessage,
     check_answer,
@@ -139,24 +138,26 @@ class ModelStep(ExecutionCore):
         place and the feedback for the model.
         """
         try:
-            check_answer(message)
             if message.tool_calls:
                 # The intents of the calls that start at once ride in the same
                 # atomic append as the answer that asks for them: one write
                 # instead of two, and rule 1 holds because they start only after
                 # it returns. Calls that wait for a human get no intent yet.
-                now = [c for c in message.tool_calls if self._runs_at_once(c)]
-                await self._append(
-                    (ModelResponseEvent, "tool_calls", answer),
-                    *(
-                        (ToolStartedEvent, None, intent_fields(
-                            self.tools.get(c.name), c, 1, self.engine.agent_version
-                        ))
-                        for c in now
-                    ),
-                )
-                self._live_intents.update(c.id for c in now)
+                # `_append` checks the answer first (`check_event`, which is
+                # `check_answer`): an unstorable one raises here, nothing written.
+                specs: list[Spec] = [(ModelResponseEvent, "tool_calls", answer)]
+                now: list[str] = []
+                version = self.engine.agent_version
+                for call in message.tool_calls:
+                    tool = self.tools.get(call.name)
+                    if tool is None or tool.requirement_kind is None:
+                        fields = intent_fields(tool, call, 1, version)
+                        specs.append((ToolStartedEvent, None, fields))
+                        now.append(call.id)
+                await self._append(*specs)
+                self._live_intents.update(now)
                 return None
+            check_answer(message)
             problem = self._check_output(ctx, message.content)
             if problem is None:
                 await self._append((ModelResponseEvent, "final_answer", answer))
@@ -172,10 +173,6 @@ class ModelStep(ExecutionCore):
             f"Your answer does not match the required output format: {problem}. "
             "Answer again with only JSON that matches the schema."
         )
-
-    def _runs_at_once(self, call: ToolCallPart) -> bool:
-        tool = self.tools.get(call.name)
-        return tool is None or tool.requirement_kind is None
 
     def _check_output(self, ctx: RunContext, content: str | None) -> Exception | None:
         """Return why ``content`` is not an acceptable final answer, or None."""

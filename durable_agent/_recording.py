@@ -32,6 +32,7 @@ from durable_agent.records import (
     Lease,
     LeaseTaken,
     check_event,
+    utcnow,
 )
 from durable_agent.run import RunContext
 from durable_agent.telemetry._hook import segment_hook
@@ -147,31 +148,20 @@ class ExecutionCore:
         try:
             if self._heartbeat_error is not None:
                 await self._judge_heartbeat_error()
-            ctx = self._context()
-            assert self.lease is not None
-            events: list[Event] = []
-            state, seq = ctx.state, ctx.seq
-            stamp = self._lease_taken
-            trace = self._traceparent
-            for cls, trigger, fields in specs:
-                if trigger is not None:
-                    state = next_state(state, trigger, failed_state=ctx.failed_state)
-                seq += 1
-                events.append(
-                    cls(seq=seq, state=state, trigger=trigger, lease_taken=stamp,
-                        traceparent=trace, **fields)
-                )
-                stamp = trace = None
+            ctx, lease = self.ctx, self.lease
+            if ctx is None or lease is None:
+                raise RuntimeError("RunExecution needs create() or acquire() first")
+            events = self._build(ctx, specs)
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
             for event in events:
                 check_event(event)
             # The write that brings the run to rest gives the lease up atomically.
-            release = state in AT_REST
+            release = events[-1].state in AT_REST
             mark = self._tel.append_start()
             try:
                 self.lease = await self.backend.append(
-                    ctx.run_id, events, expected_seq=ctx.seq, lease=self.lease, release=release
+                    ctx.run_id, events, expected_seq=ctx.seq, lease=lease, release=release
                 )
             except asyncio.CancelledError:
                 # The write may or may not have landed: the store will say
@@ -182,19 +172,37 @@ class ExecutionCore:
             except Exception as exc:
                 self._tel.append_failed(mark, events, exc)
                 raise
-            self._traceparent = None
-            self._lease_taken = None
-            self._settle(events, release)
+            # Only the first event a segment stores carries these.
+            self._lease_taken = self._traceparent = None
+            for event in events:
+                ctx.apply(event)
+            if release:
+                self.lease = None
             recorded(ctx.run_id, events)
             self._tel.appended(mark, ctx, events, release)
         finally:
             if ordered:
                 self._lock.release()
 
-    def _settle(self, events: list[Event], released: bool) -> None:
-        self._context().apply_all(events)
-        if released:
-            self.lease = None
+    def _build(self, ctx: RunContext, specs: tuple[Spec, ...]) -> list[Event]:
+        """The events of ``specs``, numbered after ``ctx.seq`` and moved along their triggers."""
+        events: list[Event] = []
+        state, seq = ctx.state, ctx.seq
+        # One timestamp per append: its events become durable together.
+        at = utcnow()
+        stamp, trace = self._lease_taken, self._traceparent
+        for cls, trigger, fields in specs:
+            if trigger is not None:
+                state = next_state(state, trigger, failed_state=ctx.failed_state)
+            seq += 1
+            data = {**fields, "seq": seq, "state": state, "trigger": trigger, "at": at}
+            if stamp is not None or trace is not None:
+                data["lease_taken"], data["traceparent"] = stamp, trace
+                stamp = trace = None
+            # The record's validator itself, as ``cls(**data)`` calls it: the
+            # ``__init__`` around it is a fifth of the cost, twice per append.
+            events.append(cls.__pydantic_validator__.validate_python(data))
+        return events
 
     def _keepalive(self) -> Effect:
         """Renew the lease every third of its TTL while one effect runs.

@@ -23,7 +23,7 @@ import json
 import math
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, Literal, get_origin
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
@@ -201,34 +201,73 @@ def _number(value: float) -> None:
 _SAFE: Final = (int, bool, datetime, int | None, bool | None)
 """Field types whose values any store holds: a record walk skips them."""
 
-_PLANS: dict[type[BaseModel], tuple[tuple[str, bool], ...]] = {}
-"""Per record class, the fields worth a look, each with whether it is plain text."""
+# How a record walk looks at a field, from its annotation: plain text (only
+# non-ASCII text needs a look), a float (finite?), a record of its own (walked
+# without asking what it is), or anything else (the general JSON walk).
+_TEXT: Final = 1
+_FLOAT: Final = 2
+_RECORD: Final = 3
+_OTHER: Final = 4
+
+_Plan = tuple[tuple[str, int], ...]
+
+_PLANS: dict[type[BaseModel], tuple[_Plan, _Plan]] = {}
+"""Per record class, the fields worth a look, each with how to look at it: with text, and
+without (the serializer refuses a lone surrogate itself, `check_record`)."""
 
 
-def _plan(cls: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
-    plan = _PLANS.get(cls)
-    if plan is None:
+def _plan(cls: type[BaseModel], text: bool) -> _Plan:
+    plans = _PLANS.get(cls)
+    if plans is None:
         fields = []
         for name, info in cls.model_fields.items():
             kind = info.annotation
             plain = isinstance(kind, type) and issubclass(kind, Enum)
             if kind in _SAFE or plain or get_origin(kind) is Literal:
                 continue
-            fields.append((name, kind in (str, str | None)))
-        plan = _PLANS[cls] = tuple(fields)
-    return plan
+            fields.append((name, _look(kind)))
+        plans = _PLANS[cls] = (tuple(fields), tuple(f for f in fields if f[1] != _TEXT))
+    return plans[0] if text else plans[1]
+
+
+def _look(kind: object) -> int:
+    if kind in (str, str | None):
+        return _TEXT
+    if kind in (float, float | None):
+        return _FLOAT
+    options = [k for k in get_args(kind) if k is not type(None)] if get_origin(kind) else [kind]
+    if len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], BaseModel):
+        return _RECORD
+    return _OTHER
 
 
 def _model(record: BaseModel, text: bool, skip: str | None = None) -> None:
     # Only the fields that can hold something unstorable are looked at (this
     # walk runs on every append), and plain text only when it is not ASCII.
+    # The exact-type tests are fast paths; anything else (a value that skipped
+    # validation) takes the general walk.
     values = record.__dict__
-    for name, plain in _plan(type(record)):
+    for name, look in _plan(type(record), text):
         value = values[name]
-        if plain:
-            if text and value is not None and not value.isascii():
+        if value is None:
+            continue
+        if look == _TEXT:
+            if text and not value.isascii():
                 _field(value, text, name)
-        elif name != skip and value is not None:
+        elif look == _FLOAT and type(value) is float:
+            if not math.isfinite(value):
+                _field(value, text, name)
+        elif name == skip:
+            continue
+        elif look == _RECORD and (plans := _PLANS.get(type(value))) is not None:
+            if not plans[0 if text else 1]:
+                continue  # nothing in it to look at (a `Usage`; a message, text aside)
+            try:
+                _model(value, text)
+            except _Refused as refused:
+                refused.segments.append(f".{name}")
+                raise
+        else:
             _field(value, text, name)
 
 

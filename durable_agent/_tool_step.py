@@ -131,6 +131,15 @@ class ToolStep(ReconcileStep):
         return _Plan("record", call, result=result)
 
     async def _tool_step(self, ctx: RunContext) -> None:
+        pending = ctx.pending_calls
+        if len(pending) == 1:
+            # The steady loop: the one call of the last answer, its intent just
+            # written by this execution, so there is nothing to reconcile or plan.
+            call = next(iter(pending.values()))
+            tool = self.tools.get(call.name)
+            if call.id in self._live_intents and (tool is None or tool.requirement_kind is None):
+                await self._run_one(ctx, call)
+                return
         await self._reconcile(ctx)
         calls = list(ctx.pending_calls.values())
         plans = [self._plan(ctx, c) for c in calls]
@@ -153,63 +162,86 @@ class ToolStep(ReconcileStep):
             await self._append((WaitingEvent, "needs_human", {"requirements": tuple(waits)}))
 
     async def _run_calls(self, ctx: RunContext, runs: list[_Plan]) -> None:
-        again = [p.call for p in runs if p.call.id not in self._live_intents]
+        again: list[ToolCallPart] = []
+        for plan in runs:
+            if plan.call.id not in self._live_intents:
+                again.append(plan.call)
         if again:
-            self._check_cancel()
-            # A call with no live intent either never started (approved just
-            # now) or may have run in an earlier process: tools are
-            # at-least-once (rule 4), and the new intent records the (re-)run
-            # under the same idempotency key.
-            version = self.engine.agent_version
-            await self._append(
-                *(
-                    (ToolStartedEvent, None, intent_fields(
-                        self.tools.get(c.name), c, ctx.call_attempts.get(c.id, 0) + 1, version
-                    ))
-                    for c in again
-                )
-            )
-            self._live_intents.update(c.id for c in again)
+            await self._intend(ctx, again)
         self._check_cancel()
         outcomes: list[Exception | None]
         if len(runs) == 1:  # the common case needs no task group
             async with self._keepalive():
                 outcomes = [await self._run_call(ctx, runs[0])]
         else:
-            self.parallel = True  # their appends take the execution's lock
-            try:
-                async with self._keepalive(), asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
-            except BaseExceptionGroup as grouped:
-                raise grouped.exceptions[0] from None
-            finally:
-                self.parallel = False
-            outcomes = [t.result() for t in tasks]
+            outcomes = await self._run_parallel(ctx, runs)
         self._live_intents.clear()
-        failures = [(p.call, o) for p, o in zip(runs, outcomes, strict=True) if o is not None]
+        failures: list[tuple[ToolCallPart, Exception]] = []
+        for plan, outcome in zip(runs, outcomes, strict=True):
+            if outcome is not None:
+                failures.append((plan.call, outcome))
         if failures:
-            call, error = failures[0]
-            assert error is not None
-            info = ErrorInfo.from_exception(error)
-            await self._append(
-                (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
-                                       "call_id": call.id})
-            )
-            what = (
-                "returned a result that cannot be stored"
+            await self._fail_call(ctx, *failures[0])
+
+    async def _run_one(self, ctx: RunContext, call: ToolCallPart) -> None:
+        """`_run_calls` for the steady loop's one call, its intent live: one frame fewer."""
+        self._check_cancel()
+        async with self._keepalive():
+            outcome = await self._run_call(ctx, _Plan("run", call))
+        self._live_intents.clear()
+        if outcome is not None:
+            await self._fail_call(ctx, call, outcome)
+
+    async def _fail_call(self, ctx: RunContext, call: ToolCallPart, error: Exception) -> None:
+        """Record ``error`` as the run's failure in ``call`` and raise `RunFailedError`."""
+        info = ErrorInfo.from_exception(error)
+        await self._append(
+            (FailedEvent, "fail", {"error": info, "failed_state": RunState.TOOL_EXEC,
+                                   "call_id": call.id})
+        )
+        what = (
+            "returned a result that cannot be stored"
+            if isinstance(error, UnstorableValueError)
+            else f"raised {info.type}"
+        )
+        raise RunFailedError(
+            ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
+            f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
+            next_step=getattr(error, "next_step", None)
+            or (
+                f"fix tool {call.name!r} so its result can be stored"
                 if isinstance(error, UnstorableValueError)
-                else f"raised {info.type}"
+                else None
+            ),
+        ) from error
+
+    async def _run_parallel(self, ctx: RunContext, runs: list[_Plan]) -> list[Exception | None]:
+        self.parallel = True  # their appends take the execution's lock
+        try:
+            async with self._keepalive(), asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
+        except BaseExceptionGroup as grouped:
+            raise grouped.exceptions[0] from None
+        finally:
+            self.parallel = False
+        return [t.result() for t in tasks]
+
+    async def _intend(self, ctx: RunContext, again: list[ToolCallPart]) -> None:
+        self._check_cancel()
+        # A call with no live intent either never started (approved just now)
+        # or may have run in an earlier process: tools are at-least-once (rule
+        # 4), and the new intent records the (re-)run under the same
+        # idempotency key.
+        version = self.engine.agent_version
+        await self._append(
+            *(
+                (ToolStartedEvent, None, intent_fields(
+                    self.tools.get(c.name), c, ctx.call_attempts.get(c.id, 0) + 1, version
+                ))
+                for c in again
             )
-            raise RunFailedError(
-                ctx.run_id, ctx.state.value, RunState.TOOL_EXEC.value,
-                f"tool {call.name!r} (call {call.id}) {what}: {info.message}",
-                next_step=getattr(error, "next_step", None)
-                or (
-                    f"fix tool {call.name!r} so its result can be stored"
-                    if isinstance(error, UnstorableValueError)
-                    else None
-                ),
-            ) from error
+        )
+        self._live_intents.update(c.id for c in again)
 
     async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:
         """Run one call and append its result; return the tool's exception instead of raising.
@@ -253,9 +285,9 @@ class ToolStep(ReconcileStep):
         )
         if self.parallel:
             async with self._lock:
-                last = set(ctx.pending_calls) == {call.id}
+                last = len(ctx.pending_calls) == 1 and call.id in ctx.pending_calls
         else:
-            last = set(ctx.pending_calls) == {call.id}
+            last = len(ctx.pending_calls) == 1 and call.id in ctx.pending_calls
         # The last result and the move back to MODEL_CALL share one append: the
         # next effect is the model call, which starts only after it returns.
         # Only this task can complete `call`, so `last` cannot go stale.

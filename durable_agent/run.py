@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -74,14 +75,24 @@ class RunContext:
     decisions: dict[str, DecisionEvent] = field(default_factory=dict)
     """Decisions about ``requirements``, by requirement id."""
     cancel_reason: str | None = None
-    steps: list[Step] = field(default_factory=list)
-    """Every transition the run took, in order (for its path diagram)."""
+    path: list[Any] = field(default_factory=list, repr=False)
+    """Every transition the run took, flat: seq, trigger, source and dest of each (`steps`).
+
+    One list, not a `Step` per transition: a context lives as long as its run,
+    and every object it holds is one more for each pass of the cyclic
+    garbage collector (benchmark b)."""
     failed_calls: set[str] = field(default_factory=set)
     """Pending calls whose last attempt raised (recorded): their outcome is known."""
     call_intents: dict[str, ToolStartedEvent] = field(default_factory=dict)
     """The latest intent of each pending call (it names the tool as it was)."""
     reconciled: dict[str, ReconciledEvent] = field(default_factory=dict)
     """The latest reconcile answer about each pending call."""
+
+    @property
+    def steps(self) -> list[Step]:
+        """Every transition the run took, in order (for its path diagram)."""
+        flat = iter(self.path)
+        return [Step(*step) for step in zip(flat, flat, flat, flat, strict=True)]
 
     @property
     def open_requirements(self) -> dict[str, RequirementRecord]:
@@ -110,30 +121,64 @@ class RunContext:
 
     def apply(self, event: Event) -> None:
         """Fold one event into the context (the only place events change a context)."""
-        if event.trigger is not None:
-            self.steps.append(Step(event.seq, event.trigger, self.state, event.state))
+        # The four kinds of the steady loop are told apart by their exact type:
+        # a class pattern costs pydantic's Python-level ``__instancecheck__``
+        # per case, and this runs after every append.
+        trigger = event.trigger
+        if trigger is not None:
+            self.path += (event.seq, trigger, self.state, event.state)
         self.seq = event.seq
         self.state = event.state
         self.events += 1
+        if type(event) is TransitionEvent:
+            if trigger == "resume":
+                self.error = None
+        elif type(event) is ToolFinishedEvent:
+            self.messages.append(event.result)
+            self.pending_calls.pop(event.result.call_id, None)
+        elif type(event) is ModelResponseEvent:
+            self._answered(event)
+        elif type(event) is ToolStartedEvent:
+            self.call_attempts[event.call_id] = event.attempt
+            self.call_intents[event.call_id] = event
+            if self.failed_calls:
+                self.failed_calls.discard(event.call_id)
+        else:
+            self._apply_other(event)
+
+    def _answered(self, event: ModelResponseEvent) -> None:
+        self.messages.append(event.message)
+        usage = event.usage
+        if usage.requests or usage.input_tokens or usage.output_tokens:
+            self.usage = self.usage + usage
+        self.pending_calls = {c.id: c for c in event.message.tool_calls}
+        # What a model answer resets is replaced only when it holds something:
+        # a new empty set per answer is one more object for the collector.
+        if self.call_attempts:
+            self.call_attempts = {}
+        if self.requirements:
+            self.requirements = {}
+        if self.decisions:
+            self.decisions = {}
+        if self.failed_calls:
+            self.failed_calls = set()
+        if self.call_intents:
+            self.call_intents = {}
+        if self.reconciled:
+            self.reconciled = {}
+        self.calls_seq = event.seq
+        self.failed_state = None
+        self.error = None
+        if event.state is RunState.DONE:
+            self.output = event.message.content or ""
+
+    def _apply_other(self, event: Event) -> None:
         match event:
             case CreatedEvent():
                 self.messages.extend(event.messages)
                 self.output_format = event.output_format
-            case ModelResponseEvent():
-                self.messages.append(event.message)
-                self.usage = self.usage + event.usage
-                self.pending_calls = {c.id: c for c in event.message.tool_calls}
-                self.call_attempts = {}
-                self.requirements = {}
-                self.decisions = {}
-                self.failed_calls = set()
-                self.call_intents = {}
-                self.reconciled = {}
-                self.calls_seq = event.seq
-                self.failed_state = None
-                self.error = None
-                if event.state is RunState.DONE:
-                    self.output = event.message.content or ""
+            case ModelResponseEvent():  # a subclass; the exact classes are `apply`'s
+                self._answered(event)
             case ToolStartedEvent():
                 self.call_attempts[event.call_id] = event.attempt
                 self.call_intents[event.call_id] = event

@@ -246,7 +246,9 @@ class Tool:
             raise ToolArgumentsError(
                 f"invalid arguments for tool {self.name!r}: {problems}"
             ) from exc
-        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        # The model forbids extra fields, so its ``__dict__`` holds exactly the
+        # arguments (cheaper than a lookup per field, once per tool call).
+        return dict(parsed.__dict__)
 
     async def call(self, arguments: Mapping[str, JSONValue], ctx: ToolContext) -> str:
         """Validate, run the function and return its result as text for the model.
@@ -258,7 +260,8 @@ class Tool:
         if self._ctx_param is not None:
             kwargs[self._ctx_param] = ctx
         if self.is_async:
-            result = await cast(Callable[..., Awaitable[Any]], self.function)(**kwargs)
+            # A quoted type: ``Callable[...]`` would build a generic alias per call.
+            result = await cast("Callable[..., Awaitable[Any]]", self.function)(**kwargs)
         else:
             result = await asyncio.to_thread(self.function, **kwargs)
         if isinstance(result, str):
