@@ -103,6 +103,7 @@ def test_runs_list_imports_its_own_module_and_not_the_agent_or_the_engine(
     }
     assert "durable_agent.engine" not in modules
     assert "durable_agent.agent" not in modules
+    assert "durable_agent.tools" not in modules
 
 
 def test_help_read_from_the_tables_is_the_help_of_the_loaded_commands() -> None:
