@@ -39,9 +39,8 @@ def cpu_seconds(argv: list[str], cwd: Path) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def make_store(executable: str, folder: Path) -> None:
+def make_store(folder: Path) -> None:
     """An empty SQLite store at ``folder/x.db`` (``runs list`` refuses a missing one)."""
-    python = Path(executable).with_name("python")
     code = (
         "import asyncio\n"
         "from durable_agent.backends.sqlite import SqliteBackend\n"
@@ -50,7 +49,7 @@ def make_store(executable: str, folder: Path) -> None:
         "        await store.list_runs()\n"
         "asyncio.run(main())\n"
     )
-    subprocess.run([str(python), "-c", code], cwd=folder, check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=folder, check=True)
 
 
 def _install(spec: str) -> tuple[str, str]:
@@ -74,7 +73,7 @@ def main() -> None:
     samples: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        make_store(installs[0][1], folder)
+        make_store(folder)
         for _, path in installs:  # untimed: writes .pyc files, warms the page cache
             for command in COMMANDS:
                 cpu_seconds([path, *command], folder)
@@ -89,7 +88,7 @@ def main() -> None:
         for label, _ in installs:
             value = statistics.median(samples[(label, text)])
             print(
-                f"durable-agent {text:<32} {label:<8} CPU median {value * 1000:7.1f} ms"
+                f"durable-agent {text:<32} {label:<16} CPU median {value * 1000:7.1f} ms"
                 f"  ({value / first:.2f}x {installs[0][0]})"
             )
     print(f"load after: {os.getloadavg()}")
