@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -132,7 +132,7 @@ class Link:
         """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
 
     @classmethod
-    async def open(cls, settings: Settings, stats: Stats, merge: Merge) -> Link:
+    async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
         """Connect, create or migrate the tables, open the pool, start the writer."""
         link = cls(asyncio.get_running_loop(), settings)
         first = await link.connect()
@@ -165,7 +165,7 @@ class Link:
                 f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
             ) from exc
         link.writer = Writer(
-            link.loop, link.connect, settings.where, settings.max_batch, stats, merge,
+            link.loop, link.connect, settings.where, settings.max_batch, stats, merges,
             notify=wakeup.statement(settings.channel),
         )
         link.writer.on_queue_usage = wakeup.QueueWatch(settings.where)

@@ -19,7 +19,8 @@ from typing import Final, cast
 
 from psycopg import sql
 
-from durable_agent.backends._sqlite_ops import header_from_row, header_row, timestamp
+from durable_agent.backends._postgres_writer import Merge
+from durable_agent.backends._sqlite_ops import header_from_row, header_row, renewed, timestamp
 from durable_agent.fsm import RunState
 from durable_agent.records import SCHEMA_VERSION, Event, RunHeader, encode_event
 
@@ -29,6 +30,8 @@ __all__ = [
     "event_arrays",
     "header_from_row",
     "header_row",
+    "merges",
+    "renewed",
     "timestamp",
 ]
 
@@ -79,6 +82,13 @@ ins AS (
 SELECT cancel_requested, expires FROM upd
 """
 
+# The append of one event (the most common), without the arrays: unnesting
+# two one-element arrays cost ~40 us more per append, measured by hand.
+_APPEND_ONE: Final = _APPEND.replace(
+    "FROM unnest(%(seqs)b::int[], %(bodies)b::text[]) AS e(seq, body)",
+    "FROM (SELECT %(seq)s::int AS seq, %(body)s::text AS body) AS e",
+)
+
 # Several runs' appends in one statement (group commit): the same checks and
 # writes as _APPEND, one row of `input` per append; a refused one matches no
 # row of runs and has no row in the result. A run appears once per statement.
@@ -116,19 +126,52 @@ ins AS (
 SELECT ord::int, cancel_requested, expires FROM upd
 """
 
+_NAMES: Final = tuple(c.strip() for c in HEADER_COLUMNS.split(","))
+
+_TYPES: Final = (
+    "text", "text", "text", "text", "text", "int", "float8", "float8", "text", "text", "int",
+    "int", "float8", "float8", "int", "text", "text", "int", "float8",
+)  # fmt: skip
+"""The SQL type of each header column, in `HEADER_COLUMNS`' order (the merged create's arrays)."""
+
+_ARRAYS: Final = ", ".join(f"%({n})s::{t}[]" for n, t in zip(_NAMES, _TYPES, strict=True))
+
 _CREATE: Final = f"""
 WITH ins AS (
     INSERT INTO {{runs}} ({HEADER_COLUMNS})
-    VALUES ({", ".join(["%s"] * 19)})
+    VALUES ({", ".join(f"%({n})s" for n in _NAMES)})
     ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
 ),
 ev AS (
     INSERT INTO {{events}} (run_id, seq, body)
     SELECT ins.run_id, e.seq, e.body
-    FROM ins, unnest(%b::int[], %b::text[]) AS e(seq, body)
+    FROM ins, unnest(%(seqs)b::int[], %(bodies)b::text[]) AS e(seq, body)
 )
 SELECT run_id FROM ins
+"""
+
+# Several runs' creates in one statement: a run already there is skipped, as in
+# _CREATE, and has no row in the result.
+_CREATE_MANY: Final = f"""
+WITH input AS (
+    SELECT * FROM unnest({_ARRAYS})
+        WITH ORDINALITY AS i({HEADER_COLUMNS}, ord)
+),
+ins AS (
+    INSERT INTO {{runs}} ({HEADER_COLUMNS})
+    SELECT {HEADER_COLUMNS} FROM input
+    ON CONFLICT (run_id) DO NOTHING
+    RETURNING run_id
+),
+ev AS (
+    INSERT INTO {{events}} (run_id, seq, body)
+    SELECT e.run_id, e.seq, e.body
+    FROM unnest(%(event_runs)b::text[], %(seqs)b::int[], %(bodies)b::text[])
+        AS e(run_id, seq, body)
+    WHERE e.run_id IN (SELECT run_id FROM ins)
+)
+SELECT i.ord::int, ins.run_id FROM ins JOIN input i USING (run_id)
 """
 
 _ACQUIRE: Final = f"""
@@ -153,10 +196,51 @@ WHERE r.run_id = %(run_id)s AND r.lease_generation = %(generation)s
 RETURNING r.lease_expires, r.cancel_requested
 """
 
+# Several runs' acquisitions in one statement: each keeps _ACQUIRE's check.
+_ACQUIRE_MANY: Final = f"""
+WITH now AS (SELECT {NOW} AS t),
+input AS (
+    SELECT * FROM unnest(
+        %(run_ids)s::text[], %(owners)s::text[], %(hosts)s::text[], %(pids)s::int[],
+        %(ttls)s::float8[], %(takeovers)s::int[]
+    ) WITH ORDINALITY AS i(run_id, owner, host, pid, ttl, takeover, ord)
+)
+UPDATE {{runs}} r SET
+    lease_owner = i.owner, lease_host = i.host, lease_pid = i.pid,
+    lease_generation = r.lease_generation + 1,
+    lease_expires = now.t + i.ttl, lease_ttl = i.ttl
+FROM input i, now
+WHERE r.run_id = i.run_id AND {_READABLE}
+    AND (r.lease_owner IS NULL OR r.lease_expires <= now.t
+         OR r.lease_generation = i.takeover OR r.lease_owner = i.owner)
+RETURNING i.ord::int, r.lease_generation, r.lease_expires, r.cancel_requested
+"""
+
+# Several runs' renewals in one statement: each keeps _RENEW's check.
+_RENEW_MANY: Final = f"""
+WITH now AS (SELECT {NOW} AS t),
+input AS (
+    SELECT * FROM unnest(%(run_ids)s::text[], %(generations)s::int[], %(ttls)s::float8[])
+        WITH ORDINALITY AS i(run_id, generation, ttl, ord)
+)
+UPDATE {{runs}} r SET lease_expires = now.t + i.ttl, lease_ttl = i.ttl
+FROM input i, now
+WHERE r.run_id = i.run_id AND r.lease_generation = i.generation
+    AND r.lease_owner IS NOT NULL AND {_READABLE}
+RETURNING i.ord::int, r.lease_expires, r.cancel_requested
+"""
+
 _RELEASE: Final = """
 UPDATE {runs} SET lease_owner = NULL, lease_host = NULL, lease_pid = NULL,
     lease_expires = NULL, lease_ttl = NULL
 WHERE run_id = %(run_id)s AND lease_generation = %(generation)s AND lease_owner IS NOT NULL
+"""
+
+_RELEASE_MANY: Final = """
+UPDATE {runs} r SET lease_owner = NULL, lease_host = NULL, lease_pid = NULL,
+    lease_expires = NULL, lease_ttl = NULL
+FROM unnest(%(run_ids)s::text[], %(generations)s::int[]) AS i(run_id, generation)
+WHERE r.run_id = i.run_id AND r.lease_generation = i.generation AND r.lease_owner IS NOT NULL
 """
 
 _CANCEL: Final = f"""
@@ -215,11 +299,16 @@ class Statements:
 
         self.q = q
         self.append = q(_APPEND)
+        self.append_one = q(_APPEND_ONE)
         self.append_many = q(_APPEND_MANY)
         self.create = q(_CREATE)
+        self.create_many = q(_CREATE_MANY)
         self.acquire = q(_ACQUIRE)
+        self.acquire_many = q(_ACQUIRE_MANY)
         self.renew = q(_RENEW)
+        self.renew_many = q(_RENEW_MANY)
         self.release = q(_RELEASE)
+        self.release_many = q(_RELEASE_MANY)
         self.cancel = q(_CANCEL)
         self.delete = q(_DELETE)
         self.header = q(_HEADER)
@@ -228,28 +317,80 @@ class Statements:
         self.prune_delete = q(_PRUNE_DELETE)
 
 
-def merge_appends(
+def merges(statements: Statements) -> dict[str, Merge]:
+    """How the writer merges each kind of write, by the single write's statement."""
+
+    def appends(params: list[dict[str, object]]) -> tuple[str, dict[str, object]]:
+        return _merge_appends(statements, params)
+
+    return {
+        statements.append: appends,
+        statements.append_one: appends,  # its parameters have the arrays too
+        statements.create: lambda creates: _merge_creates(statements, creates),
+        statements.acquire: lambda acquisitions: (
+            statements.acquire_many,
+            _columns(acquisitions, _ACQUIRE_COLUMNS),
+        ),
+        statements.renew: lambda renewals: (
+            statements.renew_many,
+            _columns(renewals, _RENEW_COLUMNS),
+        ),
+        statements.release: lambda releases: (
+            statements.release_many,
+            _columns(releases, _RELEASE_COLUMNS),
+        ),
+    }
+
+
+_APPEND_COLUMNS: Final = (
+    ("run_ids", "run_id"), ("expected", "expected"), ("generations", "generation"),
+    ("owners", "owner"), ("ttls", "ttl"), ("releases", "release"),
+    ("new_seqs", "new_seq"), ("states", "state"),
+)  # fmt: skip
+_ACQUIRE_COLUMNS: Final = (
+    ("run_ids", "run_id"), ("owners", "owner"), ("hosts", "host"), ("pids", "pid"),
+    ("ttls", "ttl"), ("takeovers", "takeover"),
+)  # fmt: skip
+_RENEW_COLUMNS: Final = (("run_ids", "run_id"), ("generations", "generation"), ("ttls", "ttl"))
+_RELEASE_COLUMNS: Final = (("run_ids", "run_id"), ("generations", "generation"))
+
+
+def _columns(
+    writes: list[dict[str, object]], columns: Sequence[tuple[str, str]]
+) -> dict[str, object]:
+    """The writes' parameters as one array per column (array name, parameter name)."""
+    return {name: [w[key] for w in writes] for name, key in columns}
+
+
+def _merge_appends(
     statements: Statements, appends: list[dict[str, object]]
 ) -> tuple[str, dict[str, object]]:
     """`Statements.append_many` and its parameters for the appends of distinct runs."""
-    params: dict[str, object] = {
-        name: [a[key] for a in appends]
-        for name, key in (
-            ("run_ids", "run_id"), ("expected", "expected"), ("generations", "generation"),
-            ("owners", "owner"), ("ttls", "ttl"), ("releases", "release"),
-            ("new_seqs", "new_seq"), ("states", "state"),
-        )
-    }
+    params = _columns(appends, _APPEND_COLUMNS)
+    params.update(_events(appends))
+    return statements.append_many, params
+
+
+def _merge_creates(
+    statements: Statements, creates: list[dict[str, object]]
+) -> tuple[str, dict[str, object]]:
+    """`Statements.create_many` and its parameters for the creates of distinct runs."""
+    params = _columns(creates, [(name, name) for name in _NAMES])
+    params.update(_events(creates))
+    return statements.create_many, params
+
+
+def _events(writes: list[dict[str, object]]) -> dict[str, object]:
+    """The writes' events as three arrays: the run of each, its seq, its body."""
     event_runs: list[object] = []
     seqs: list[object] = []
     bodies: list[object] = []
-    for a in appends:
-        more = cast(list[object], a["seqs"])
-        event_runs += [a["run_id"]] * len(more)
+    for w in writes:
+        more = cast(list[object], w["seqs"])
+        event_runs += [w["run_id"]] * len(more)
         seqs += more
-        bodies += cast(list[object], a["bodies"])
-    params.update(event_runs=event_runs, seqs=seqs, bodies=bodies)
-    return statements.append_many, params
+        bodies += cast(list[object], w["bodies"])
+    return {"event_runs": event_runs, "seqs": seqs, "bodies": bodies}
 
 
 def event_arrays(events: Sequence[Event]) -> tuple[list[int], list[str]]:
@@ -257,7 +398,8 @@ def event_arrays(events: Sequence[Event]) -> tuple[list[int], list[str]]:
     return [e.seq for e in events], [encode_event(e) for e in events]
 
 
-def create_params(header: RunHeader, events: Sequence[Event]) -> tuple[object, ...]:
+def create_params(header: RunHeader, events: Sequence[Event]) -> dict[str, object]:
     """The parameters of `Statements.create` for a new run."""
-    seqs, bodies = event_arrays(events)
-    return (*header_row(header), seqs, bodies)
+    params: dict[str, object] = dict(zip(_NAMES, header_row(header), strict=True))
+    params["seqs"], params["bodies"] = event_arrays(events)
+    return params

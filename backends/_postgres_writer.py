@@ -9,13 +9,23 @@ one network round trip and one WAL flush for the whole batch, and never a
 transaction left open on the server while the client is frozen or cut off
 halfway through sending it. A lone write is sent on its own, in autocommit.
 
+Writes of one kind (appends, renewals, releases, acquisitions, creates) of distinct
+runs are merged into one statement that takes them as arrays: a batch of one
+kind is then one prepared statement in autocommit, whatever its size, where
+several statements would go as a simple query, parsed and planned each time
+(128 runs renewing at once, a statement each, ran at half the throughput of
+the pipeline this one message replaced; merged, at several times it, see
+``benchmarks/bench_postgres_writer.py``).
+
 Each write keeps its own check. A refusal (stale seq, lost lease) is not an
 error in SQL: the statement's ``WHERE`` matches no row and returns none, and
 the rest of the batch commits. A statement PostgreSQL rejects (a key that is
 already there, a deadlock) aborts the whole transaction; the writer then
 sends the batch's writes again one by one, so only the guilty one fails.
-Statements are sent sorted by run id, so two processes' batches lock rows in
-one order and never deadlock each other.
+Each statement takes its rows in run-id order, so two processes' batches of
+one kind lock them in one order; two that deadlock anyway (batches of several
+kinds) are the rejected case above: the server aborts one, whose writes then
+go again one by one.
 
 When its event loop shuts down (``asyncio.run`` cancels leftover tasks), the
 writer commits what callers still wait for, then closes its connection.
@@ -24,16 +34,19 @@ writer commits what callers still wait for, then closes its connection.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import psycopg
 
 from durable_agent.backends._postgres_wakeup import is_queue_full
 from durable_agent.errors import StoreUnavailableError
+
+_TUPLES_OK: Final = psycopg.pq.ExecStatus.TUPLES_OK
 
 __all__ = ["Rows", "Stats", "Writer"]
 
@@ -51,12 +64,14 @@ class Stats:
     writes: int = 0
     largest: int = 0
     retried_alone: int = 0
+    statements: int = 0
+    """Statements the batches were sent as (a merged one counts once; retries not counted)."""
 
 
 Merge = Callable[[list[dict[str, object]]], tuple[str, Params]]
-"""Builds one statement doing several runs' appends: their parameters -> (query, params).
+"""Builds one statement doing several runs' writes of one kind: their parameters -> (query, params).
 
-Its rows are ``(ordinality, *the single append's row)``; a refused append has none.
+Its rows are ``(ordinality, *the single write's row)``; a refused write has none.
 """
 
 
@@ -66,7 +81,6 @@ class _Write:
     query: str
     params: Params
     future: asyncio.Future[Rows]
-    mergeable: bool = False
     notify: bool = False
     result: Rows | None = None
     error: BaseException | None = field(default=None)
@@ -82,18 +96,22 @@ class Writer:
         where: str,
         max_batch: int,
         stats: Stats,
-        merge: Merge,
+        merges: Mapping[str, Merge],
         *,
         notify: str,
     ) -> None:
         self.loop = loop
-        self.merge = merge
+        self.merges = merges
+        """How writes merge, by the text of the single write's statement; the
+        statements whose writes share one merge are one kind."""
         self.notify = notify
         self._connect = connect
         self.where = where
         self.max_batch = max_batch
         self.stats = stats
         self.conn: psycopg.AsyncConnection[Any] | None = None
+        self._cursor: psycopg.AsyncCursor[Any] | None = None
+        self._binder: psycopg.AsyncClientCursor[Any] | None = None
         self.pending: deque[_Write] = deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -116,18 +134,17 @@ class Writer:
         query: str,
         params: Params,
         *,
-        mergeable: bool = False,
         notify: bool = False,
     ) -> asyncio.Future[Rows]:
         """Queue one statement; the future gets its rows once its batch committed.
 
-        A ``mergeable`` write is an append whose ``params`` `merge` accepts: in a
-        batch, the appends of different runs become one statement. A ``notify``
-        write wakes the store's waiters: its batch's transaction sends one
-        notification, however many such writes it holds.
+        A write whose ``query`` is a key of `merges` (its ``params`` a dict that
+        merge accepts) shares one statement with the batch's other writes of
+        that kind. A ``notify`` write wakes the store's waiters: its batch's
+        transaction sends one notification, however many such writes it holds.
         """
         future: asyncio.Future[Rows] = self.loop.create_future()
-        self.pending.append(_Write(run_id, query, params, future, mergeable, notify))
+        self.pending.append(_Write(run_id, query, params, future, notify))
         self.wakeup.set()
         return future
 
@@ -178,6 +195,7 @@ class Writer:
         try:
             conn = await self._connection()
             if len(writes) == 1:
+                self.stats.statements += 1
                 await self._alone(conn, writes[0])
             else:
                 try:
@@ -216,38 +234,46 @@ class Writer:
                     # A full NOTIFY queue rolled it all back: store it without the wake-up.
                     if not is_queue_full(exc) or conn.broken or conn.closed:
                         raise
-            cur = await conn.execute(write.query, write.params)
-            write.result = await cur.fetchall() if cur.description else []
+            write.result = await self._execute(conn, write.query, write.params)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 raise
             write.error = exc
 
     def _statements(self, writes: list[_Write]) -> list[tuple[str, Params, list[_Write]]]:
-        """The batch as statements: consecutive appends of distinct runs merged into one.
+        """The batch as statements: the writes of one kind of distinct runs merged into one.
 
-        ``writes`` is sorted by run id, so one run's writes are adjacent and keep
-        their order: a second write of a run in a group starts the next statement.
+        One run's writes keep their order: each goes into the first statement
+        of its kind after the one holding that run's previous write, or starts
+        a new statement at the end. ``writes`` is sorted by run id, so a merged
+        statement takes its runs' rows in that order.
         """
-        statements: list[tuple[str, Params, list[_Write]]] = []
-        group: list[_Write] = []
-
-        def flush() -> None:
-            if len(group) == 1:
-                statements.append((group[0].query, group[0].params, [group[0]]))
-            elif group:
-                query, params = self.merge([cast(dict[str, object], w.params) for w in group])
-                statements.append((query, params, list(group)))
-            group.clear()
-
+        groups: list[tuple[Merge | None, list[_Write]]] = []
+        of_kind: dict[int, list[int]] = {}  # a kind's statements, by position in groups
+        last: dict[str, int] = {}  # where each run's latest write is
         for write in writes:
-            if group and group[-1].run_id == write.run_id:
-                flush()
-            if write.mergeable:
-                group.append(write)
+            after = last.get(write.run_id, -1)
+            place = -1
+            merge = self.merges.get(write.query)
+            if merge is not None:  # a kind is a merge: two statements may share one
+                kind = of_kind.setdefault(id(merge), [])
+                at = bisect_right(kind, after)
+                if at < len(kind):
+                    place = kind[at]
+                    groups[place][1].append(write)
+                else:
+                    kind.append(len(groups))
+            if place < 0:
+                place = len(groups)
+                groups.append((merge, [write]))
+            last[write.run_id] = place
+        statements: list[tuple[str, Params, list[_Write]]] = []
+        for merge, group in groups:
+            if merge is None or len(group) == 1:
+                statements.append((group[0].query, group[0].params, group))
             else:
-                statements.append((write.query, write.params, [write]))
-        flush()
+                merged, params = merge([cast(dict[str, object], w.params) for w in group])
+                statements.append((merged, params, group))
         return statements
 
     async def _together(self, conn: psycopg.AsyncConnection[Any], writes: list[_Write]) -> None:
@@ -262,13 +288,15 @@ class Writer:
         query, bound here, which the server runs as one implicit transaction.
         """
         statements = self._statements(writes)
+        self.stats.statements += len(statements)
         notify = any(w.notify for w in writes)
         if len(statements) == 1 and not notify:
             query, params, _ = statements[0]
-            cur = await conn.execute(query, params)
-            results = [await cur.fetchall() if cur.description else []]
+            results = [await self._execute(conn, query, params)]
         else:
-            bind = psycopg.AsyncClientCursor(conn)
+            bind = self._binder
+            if bind is None or bind.connection is not conn:
+                bind = self._binder = psycopg.AsyncClientCursor(conn)
             parts = [bind.mogrify(query, params) for query, params, _ in statements]
             if notify:
                 parts.append(self.notify)
@@ -289,6 +317,24 @@ class Writer:
                 write.result = []
             for ordinality, *row in rows:
                 answered[ordinality - 1].result = [tuple(row)]
+
+    async def _execute(
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: Params
+    ) -> Rows:
+        """One statement in autocommit, on the connection's one cursor, and its rows.
+
+        One cursor for every statement: a new one per statement (what
+        ``conn.execute`` makes) builds its adapters afresh and looks every
+        parameter's dumper up again, ~20 us of the client's CPU per append.
+        """
+        cur = self._cursor
+        if cur is None or cur.connection is not conn:
+            cur = self._cursor = conn.cursor()
+        await cur.execute(query, params)
+        result = cur.pgresult
+        if result is None or result.status != _TUPLES_OK:  # no RETURNING, no rows
+            return []
+        return await cur.fetchall()
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:

@@ -9,9 +9,10 @@ are created on first use (`durable_agent.backends._postgres_schema`).
   generation, the events, the header's new state and the lease renewal are
   one statement (`durable_agent.backends._postgres_sql`).
 * **Group commit.** Every write goes through one writer connection per event
-  loop, which sends all the writes queued during the previous commit in one
-  pipelined transaction; each keeps its own check, so one refused append fails
-  alone (`durable_agent.backends._postgres_writer`).
+  loop, which sends all the writes queued during the previous commit as one
+  transaction in one message, the writes of each kind merged into one
+  statement; each keeps its own check, so one refused write fails alone
+  (`durable_agent.backends._postgres_writer`).
 * **The server's clock.** Lease expiry is judged and set by
   ``clock_timestamp()`` on the database server, never by the client's clock,
   so hosts whose clocks disagree still agree on who holds a run.
@@ -108,7 +109,7 @@ class PostgresBackend(relay.Relaying, Backend):
 
     The constructor does no I/O. Close it with ``await backend.close()`` or
     ``async with``. Behind PgBouncer use session pooling: the writer's
-    pipeline and the workers' advisory locks need a session of their own.
+    session settings and the workers' advisory locks need a session of their own.
     """
 
     capabilities = frozenset(
@@ -197,9 +198,7 @@ class PostgresBackend(relay.Relaying, Backend):
             self._link = None
             if link is not None:
                 await self._drop(link)
-            link = await Link.open(
-                self._settings, self.stats, lambda appends: q.merge_appends(self._sql, appends)
-            )
+            link = await Link.open(self._settings, self.stats, q.merges(self._sql))
             if self._closed:  # close() ran while this connected
                 await link.shutdown()
                 raise StoreUnavailableError(f"{self!r} is closed")
@@ -219,14 +218,11 @@ class PostgresBackend(relay.Relaying, Backend):
         query: str,
         params: Params,
         *,
-        mergeable: bool = False,
         notify: bool = False,
     ) -> Rows:
         link = await self._connected()
         try:
-            rows: Rows = await link.writer.submit(
-                run_id, query, params, mergeable=mergeable, notify=notify
-            )
+            rows: Rows = await link.writer.submit(run_id, query, params, notify=notify)
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
@@ -287,17 +283,17 @@ class PostgresBackend(relay.Relaying, Backend):
         }
         # A run coming to rest or given up wakes the waiters; a step in between does not.
         rests = release or (bool(events) and events[-1].state in _AT_REST)
-        rows = await self._write(
-            run_id, self._sql.append, params, mergeable=True, notify=rests
-        )
+        query = self._sql.append
+        if len(events) == 1:
+            query = self._sql.append_one
+            params["seq"], params["body"] = seqs[0], bodies[0]
+        rows = await self._write(run_id, query, params, notify=rests)
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused; reload the run")
         cancel_requested, expires = rows[0]
-        return lease.model_copy(
-            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
-        )
+        return q.renewed(lease, float(expires), cancel_requested)
 
     async def load_run(self, run_id: str) -> StoredRun:
         rows = await self._read(self._sql.load, (run_id,))
@@ -402,9 +398,7 @@ class PostgresBackend(relay.Relaying, Backend):
             await self._header(run_id)  # RunNotFoundError / CorruptRunError first
             raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
         expires, cancel_requested = rows[0]
-        return lease.model_copy(
-            update={"expires_at": float(expires), "cancel_requested": cancel_requested}
-        )
+        return q.renewed(lease, float(expires), cancel_requested)
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         params = {"run_id": run_id, "generation": lease.generation}

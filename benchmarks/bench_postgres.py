@@ -128,17 +128,17 @@ def _insert(conn: Any, schema: str, *, explicit: bool) -> Any:
 
 
 def _raw_append(conn: Any, store: Any, run_id: str, lease: Lease) -> Any:
-    """The backend's own append statement and parameters, sent by hand on ``conn``."""
+    """The backend's own statement for a one-event append, sent by hand on ``conn``."""
     body = encode_event(_result(2))
     seqs = iter(range(1, 10**9))
 
     async def one() -> None:
         seq = next(seqs)
         await conn.execute(
-            store._sql.append,
+            store._sql.append_one,
             {"run_id": run_id, "expected": seq, "generation": lease.generation,
              "owner": lease.owner, "ttl": lease.ttl, "release": False, "new_seq": seq + 1,
-             "state": None, "seqs": [seq + 1], "bodies": [body]},
+             "state": None, "seq": seq + 1, "body": body},
         )
 
     return one

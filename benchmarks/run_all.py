@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "i": "bench_postgres",
     "j": "bench_streaming",
     "k": "bench_redis_claims",
+    "l": "bench_postgres_writer",
 }
 """Letter -> module. Each is imported only when chosen, so a benchmark whose optional
 dependencies (the vendor SDKs for f) are missing is reported as skipped, not fatal."""
@@ -44,6 +45,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "f": ("openai", "anthropic"),
     "i": ("psycopg", "psycopg_pool"),
     "j": ("openai", "anthropic"),
+    "l": ("psycopg", "psycopg_pool"),
 }
 """Optional packages a benchmark needs; without them it is skipped."""
 

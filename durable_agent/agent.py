@@ -201,14 +201,25 @@ class Agent(AgentRunMethods):
                 f"do_async() takes a Task or a str, got {type(task).__name__}"
             )
         existing = task.run_id is not None
-        run_id = task.run_id or uuid.uuid4().hex
         # The id is on the task and on `last_run` before the first write: a
         # caller whose do_async is cancelled or fails can always find the run
         # (doing the task again continues it, or starts it if it never landed).
-        task.run_id = run_id
-        self.last_run = RunOutput.from_context(
-            RunContext(run_id=run_id, session_id=self.db.session_id, user_id=self.db.user_id)
+        task.run_id = task.run_id or uuid.uuid4().hex
+        return await self._do_task(
+            task, existing=existing, return_output=return_output, timeout=timeout
         )
+
+    async def _do_task(
+        self, task: Task, *, existing: bool, return_output: bool, timeout: float | None
+    ) -> Any:
+        """`do_async` of ``task``, whose ``run_id`` is set; ``existing``: the caller chose it.
+
+        Only a chosen id can name a stored run, so only then is the store asked
+        for one first (a fresh id is created straight away: one write, no read).
+        """
+        run_id = task.run_id
+        assert run_id is not None
+        self.last_run = RunOutput.pending(run_id, self.db.session_id, self.db.user_id)
         messages: list[Message] = []
         if self.system_prompt:
             messages.append(SystemMessage(content=self.system_prompt))

@@ -43,6 +43,9 @@ from durable_agent.records import (
 
 __all__ = ["RunContext", "RunOutput"]
 
+_NO_USAGE = Usage()
+"""Nothing spent yet (`Usage` is frozen, so one instance serves every pending run)."""
+
 
 @dataclass
 class RunContext:
@@ -205,6 +208,26 @@ class RunOutput:
         A notebook shows the returned `Diagram` as a picture.
         """
         return run_diagram(RunPath(self.steps, self.state, self.run_id), format=format)
+
+    @classmethod
+    def pending(cls, run_id: str, session_id: str | None, user_id: str | None) -> RunOutput:
+        """A run about to be created: what ``from_context`` of its empty context gives.
+
+        Built directly: it is set before a run's first write, on the way to its
+        first model call, where an empty `RunContext` would be built only to be read.
+        """
+        return cls(
+            run_id=run_id,
+            state=RunState.PENDING,
+            output=None,
+            messages=(),
+            usage=_NO_USAGE,
+            error=None,
+            failed_state=None,
+            history_length=0,
+            session_id=session_id,
+            user_id=user_id,
+        )
 
     @classmethod
     def from_context(cls, ctx: RunContext) -> RunOutput:
