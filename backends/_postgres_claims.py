@@ -31,7 +31,10 @@ holds, and PostgreSQL folds the duplicates of a transaction into one. A
 listener connection per event loop counts the notifications;
 `wait_for_change` waits for the count to move. Notifications sent while the
 listener was reconnecting are lost, so a reconnect counts as a change, and
-every wait ends by its (jittered) timeout anyway: callers poll behind it.
+every wait ends by its (jittered) timeout anyway: callers poll behind it. The
+notification is best effort on the writing side too: skipped when the
+server's NOTIFY queue is nearly full, never the reason a write fails
+(`durable_agent.backends._postgres_wakeup`).
 """
 
 from __future__ import annotations

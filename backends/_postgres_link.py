@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from durable_agent.backend import mark_secret
 from durable_agent.backends import _postgres_schema as schema
+from durable_agent.backends import _postgres_wakeup as wakeup
 from durable_agent.backends._postgres_claims import Listener, Liveness
 from durable_agent.backends._postgres_relay import Publisher
 from durable_agent.backends._postgres_writer import Merge, Params, Rows, Stats, Writer
@@ -165,8 +166,9 @@ class Link:
             ) from exc
         link.writer = Writer(
             link.loop, link.connect, settings.where, settings.max_batch, stats, merges,
-            notify=sql.SQL("SELECT pg_notify({}, '')").format(settings.channel).as_string(None),
+            notify=wakeup.statement(settings.channel),
         )
+        link.writer.on_queue_usage = wakeup.QueueWatch(settings.where)
         link.writer.conn = first
         link.writer.also_close = link._close_others
         link.writer.start()

@@ -43,6 +43,7 @@ from typing import Any, Final, cast
 
 import psycopg
 
+from durable_agent.backends._postgres_wakeup import is_queue_full
 from durable_agent.errors import StoreUnavailableError
 
 _TUPLES_OK: Final = psycopg.pq.ExecStatus.TUPLES_OK
@@ -117,6 +118,8 @@ class Writer:
         self.closing = False
         self.also_close: Callable[[], Awaitable[None]] | None = None
         """Closed with the writer's connection (the readers' pool of the same loop)."""
+        self.on_queue_usage: Callable[[float], None] | None = None
+        """Told the NOTIFY queue's usage that a notifying commit read (`_postgres_wakeup`)."""
 
     @property
     def usable(self) -> bool:
@@ -224,8 +227,13 @@ class Writer:
     async def _alone(self, conn: psycopg.AsyncConnection[Any], write: _Write) -> None:
         try:
             if write.notify:  # the statement and its notification: one transaction
-                await self._together(conn, [write])
-                return
+                try:
+                    await self._together(conn, [write])
+                    return
+                except psycopg.Error as exc:
+                    # A full NOTIFY queue rolled it all back: store it without the wake-up.
+                    if not is_queue_full(exc) or conn.broken or conn.closed:
+                        raise
             write.result = await self._execute(conn, write.query, write.params)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
@@ -297,6 +305,10 @@ class Writer:
             for _ in statements:
                 results.append(await bind.fetchall() if bind.description else [])
                 bind.nextset()
+            if notify and self.on_queue_usage is not None:
+                usage = await bind.fetchone()
+                if usage is not None:
+                    self.on_queue_usage(float(usage[0]))
         for (_, _, answered), rows in zip(statements, results, strict=True):
             if len(answered) == 1:
                 answered[0].result = rows

@@ -23,7 +23,6 @@ import uuid
 from durable_agent.backend import Backend
 from durable_agent.errors import ConfigurationError, RunExistsError
 from durable_agent.records import CancelledEvent, CreatedEvent, Event, ForkOrigin, RunHeader
-from durable_agent.task import check_run_id
 
 __all__ = ["create_fork", "fork_origin"]
 
@@ -55,6 +54,9 @@ async def create_fork(
             f"fork of run {run_id!r}: at_seq must be an int (an event's seq), got {at_seq!r}"
         )
     fork_id = new_run_id if new_run_id is not None else uuid.uuid4().hex
+    # Here, not at the top: `fork_origin` serves `runs show`, which needs no task or tools.
+    from durable_agent.task import check_run_id
+
     check_run_id(fork_id, "fork(new_run_id=...)")
     stored = await backend.load_run(run_id)
     last = stored.header.seq

@@ -36,6 +36,25 @@ ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = [
     "durable_agent",
     "durable_agent.cli",
+    # The CLI imports a command's module when it runs (durable_agent.cli._app.Group):
+    # loaded here, a child starts with every command as before.
+    *(
+        f"durable_agent.cli.{name}"
+        for name in (
+            "runs",
+            "runs_read",
+            "runs_follow",
+            "runs_write",
+            "decide",
+            "fork",
+            "worker",
+            "diagram",
+            "demo",
+            "crashtest",
+            "ui",
+            "migrate",
+        )
+    ),
     "durable_agent.backends.sqlite",
     # The facade and every record validator, built once (records defer them).
     "tests._warm_records",

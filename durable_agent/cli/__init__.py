@@ -50,21 +50,17 @@ A new command group (``worker``, ``ui``) is a module here that defines it
 with ``@cli.group(cls=Group, context_settings=CONTEXT)`` (or a single
 ``@cli.command``), takes ``--db`` through `db_option` and `choose`, runs its
 coroutine with `run_command`, raises `durable_agent.cli._store.CliError` for a
-user's mistake, and is imported below: help lists groups and commands in the
-order they are imported and defined. Like the rest of the command line it sits
-on top of the library: nothing outside ``durable_agent.cli`` imports it
+user's mistake, and has an entry in `durable_agent.cli._app.COMMANDS` (a
+``runs`` command: `durable_agent.cli.runs.RUN_COMMANDS`): its module and its
+one-line help, in the order help lists them. A command's module is imported
+only when that command runs, so ``--help`` and ``runs list`` import neither
+the agent nor the engine. Like the rest of the command line it sits on top of
+the library: nothing outside ``durable_agent.cli`` imports it
 (tests/unit/test_layers.py checks).
 """
 
 from __future__ import annotations
 
 from durable_agent.cli._app import PROG, cli, main
-
-# Imported for the commands they add, in the order help lists them (not sorted).
-# isort: off
-from durable_agent.cli import runs, runs_read, runs_follow, runs_write  # noqa: F401
-from durable_agent.cli import decide, fork, worker, diagram, demo, crashtest  # noqa: F401
-from durable_agent.cli import ui, migrate  # noqa: F401
-# isort: on
 
 __all__ = ["PROG", "cli", "main"]

@@ -4,6 +4,10 @@ Kept apart from the click commands in `durable_agent.cli` so each piece reads
 on its own: which store URL applies, durations and dates on the command line,
 the export document, importing an ``Agent`` by ``module:attribute``, and
 recording a human decision without running anything.
+
+It knows nothing of click, and imports the library where a function needs it:
+the root group reads `DB_ENV` and `DEFAULT_DB` for ``--help``, which should
+not pay for the records, the registry, the agent and the engine.
 """
 
 from __future__ import annotations
@@ -17,24 +21,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote, urlsplit
 
-from durable_agent.agent import Agent
-from durable_agent.backend import Backend, UnreadableRun
-from durable_agent.engine import decide_run
 from durable_agent.errors import DurableAgentError
-from durable_agent.fsm import RunState
-from durable_agent.records import (
-    Event,
-    RunHeader,
-    StoredRun,
-    decode_event,
-    decode_header,
-    encode_event,
-    encode_header,
-)
-from durable_agent.registry import open_backend
+
+if TYPE_CHECKING:
+    from durable_agent.agent import Agent
+    from durable_agent.backend import Backend, UnreadableRun
+    from durable_agent.fsm import RunState
+    from durable_agent.records import Event, RunHeader, StoredRun
 
 __all__ = [
     "DB_ENV",
@@ -117,6 +113,8 @@ def open_store(choice: StoreChoice, *, create: bool = False) -> Backend:
             f"no store at {path} ({choice.url}, from {choice.origin}); pass --db URL or set "
             f"{DB_ENV} to the store your agents use"
         )
+    from durable_agent.registry import open_backend
+
     return open_backend(choice.url)
 
 
@@ -225,6 +223,8 @@ def export_document(run: StoredRun) -> dict[str, object]:
     `records.encode_event`, the one place of serialization, so an import
     validates them exactly as a store's load does.
     """
+    from durable_agent.records import encode_event, encode_header
+
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -239,6 +239,8 @@ def import_document(text: str, *, source: str, run_id: str | None = None) -> Sto
     The lease is cleared (the process that held it is not this store's), and
     ``run_id`` stores the run under a new id (a copy to experiment with).
     """
+    from durable_agent.records import StoredRun, decode_event, decode_header
+
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -282,6 +284,8 @@ def load_agent(spec: str) -> Agent:
     and returns the agent. The current directory is importable, as with
     ``python -m``.
     """
+    from durable_agent.agent import Agent
+
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise CliError(
@@ -326,6 +330,9 @@ async def record_decision(
     it, for ``runs resume`` (or any ``continue_run_async``) to pick up with the
     agent's tools. Returns the state afterwards.
     """
+    from durable_agent.engine import decide_run
+    from durable_agent.fsm import RunState
+
     header_state = header.state
     if header_state is not RunState.WAITING:
         raise CliError(

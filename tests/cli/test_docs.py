@@ -88,7 +88,9 @@ def test_the_committed_images_are_readable_at_page_width() -> None:
 
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
     names: list[str] = []
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
             names += _commands(command, f"{prefix}{name} ")
         else:
