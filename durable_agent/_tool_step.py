@@ -275,8 +275,10 @@ class ToolStep(ReconcileStep):
                 return exc
         if is_error:
             content = escape_surrogates(content)  # error text, like a stored ErrorInfo
-        result = ToolResultMessage(
-            call_id=call.id, name=call.name, content=content, is_error=is_error
+        # The record's validator itself, as `ExecutionCore._build` builds events
+        # (looked up here: the class builds it on first use, `defer_build`).
+        result = ToolResultMessage.__pydantic_validator__.validate_python(
+            {"call_id": call.id, "name": call.name, "content": content, "is_error": is_error}
         )
         finished: Spec = (
             ToolFinishedEvent,
