@@ -138,7 +138,14 @@ class ToolStep(ReconcileStep):
             call = next(iter(pending.values()))
             tool = self.tools.get(call.name)
             if call.id in self._live_intents and (tool is None or tool.requirement_kind is None):
-                await self._run_one(ctx, call)
+                # `_run_calls` for one call, inline: one coroutine fewer alive
+                # across the tool call and the commit wait.
+                self._check_cancel()
+                async with self._keepalive():
+                    outcome = await self._run_call(ctx, _Plan("run", call))
+                self._live_intents.clear()
+                if outcome is not None:
+                    await self._fail_call(ctx, call, outcome)
                 return
         await self._reconcile(ctx)
         calls = list(ctx.pending_calls.values())
@@ -182,15 +189,6 @@ class ToolStep(ReconcileStep):
                 failures.append((plan.call, outcome))
         if failures:
             await self._fail_call(ctx, *failures[0])
-
-    async def _run_one(self, ctx: RunContext, call: ToolCallPart) -> None:
-        """`_run_calls` for the steady loop's one call, its intent live: one frame fewer."""
-        self._check_cancel()
-        async with self._keepalive():
-            outcome = await self._run_call(ctx, _Plan("run", call))
-        self._live_intents.clear()
-        if outcome is not None:
-            await self._fail_call(ctx, call, outcome)
 
     async def _fail_call(self, ctx: RunContext, call: ToolCallPart, error: Exception) -> None:
         """Record ``error`` as the run's failure in ``call`` and raise `RunFailedError`."""
