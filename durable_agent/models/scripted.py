@@ -71,7 +71,10 @@ class ScriptedModel(ChatModel):
             (`ChatModel.stream`, used by ``Agent.stream_async``).
         chunk_delay: seconds to wait before each streamed delta after the first.
 
-    ``calls`` counts the requests this object answered or failed.
+    ``calls`` counts the requests this object answered or failed. Each turn's
+    answer is built once and the same (frozen) record is given to every
+    conversation, so many runs sharing one model cost it no more per call
+    than one run does.
     """
 
     def __init__(
