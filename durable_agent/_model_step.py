@@ -100,10 +100,29 @@ class ModelStep(ExecutionCore):
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
                 "repeated": repeated,
             }
-            refused = await self._record_answer(ctx, response.message, answer)
-            if refused is None:
-                return
-            problem, message, feedback = refused
+            # The append is awaited here, not in a helper coroutine: one frame
+            # fewer alive across each commit wait, and one fewer to resume.
+            message = response.message
+            try:
+                planned = self._answer_specs(ctx, message, answer)
+                if isinstance(planned, tuple):
+                    specs, now = planned
+                    await self._append(*specs)
+                    if now:
+                        self._live_intents.update(now)
+                    return
+                problem, feedback = planned, (
+                    f"Your answer does not match the required output format: {planned}. "
+                    "Answer again with only JSON that matches the schema."
+                )
+            except UnstorableValueError as unstorable:
+                # The answer itself cannot be kept: the log keeps its text (escaped)
+                # and the names of its calls, so the model sees what it sent.
+                problem, message = unstorable, _stand_in(message)
+                feedback = escape_surrogates(
+                    f"Your previous answer could not be stored: {unstorable}. Answer again "
+                    "without that value."
+                )
             info = ErrorInfo.from_exception(problem)
             if attempt < engine.retry.attempts:
                 # Within the retry budget the model sees why its answer was refused.
@@ -129,50 +148,35 @@ class ModelStep(ExecutionCore):
                 f"{what} after {attempt} attempt(s): {info.message}",
             ) from problem
 
-    async def _record_answer(
+    def _answer_specs(
         self, ctx: RunContext, message: AssistantMessage, answer: dict[str, Any]
-    ) -> tuple[Exception, AssistantMessage, str] | None:
-        """Append an acceptable answer and return None; else why not, with nothing appended.
+    ) -> tuple[list[Spec], list[str]] | Exception:
+        """The events that record an acceptable answer and the calls they start, or why not.
 
-        A refusal comes with the message to keep in the log in the answer's
-        place and the feedback for the model.
+        Raises `UnstorableValueError` for a final answer that cannot be stored;
+        for an answer with tool calls, `_append` checks it (`check_event`, which
+        is `check_answer`) and raises the same before anything is written.
         """
-        try:
-            if message.tool_calls:
-                # The intents of the calls that start at once ride in the same
-                # atomic append as the answer that asks for them: one write
-                # instead of two, and rule 1 holds because they start only after
-                # it returns. Calls that wait for a human get no intent yet.
-                # `_append` checks the answer first (`check_event`, which is
-                # `check_answer`): an unstorable one raises here, nothing written.
-                specs: list[Spec] = [(ModelResponseEvent, "tool_calls", answer)]
-                now: list[str] = []
-                version = self.engine.agent_version
-                for call in message.tool_calls:
-                    tool = self.tools.get(call.name)
-                    if tool is None or tool.requirement_kind is None:
-                        fields = intent_fields(tool, call, 1, version)
-                        specs.append((ToolStartedEvent, None, fields))
-                        now.append(call.id)
-                await self._append(*specs)
-                self._live_intents.update(now)
-                return None
-            check_answer(message)
-            problem = self._check_output(ctx, message.content)
-            if problem is None:
-                await self._append((ModelResponseEvent, "final_answer", answer))
-                return None
-        except UnstorableValueError as unstorable:
-            # The answer itself cannot be kept: the log keeps its text (escaped)
-            # and the names of its calls, so the model sees what it sent.
-            return unstorable, _stand_in(message), escape_surrogates(
-                f"Your previous answer could not be stored: {unstorable}. Answer again "
-                "without that value."
-            )
-        return problem, message, (
-            f"Your answer does not match the required output format: {problem}. "
-            "Answer again with only JSON that matches the schema."
-        )
+        if message.tool_calls:
+            # The intents of the calls that start at once ride in the same
+            # atomic append as the answer that asks for them: one write
+            # instead of two, and rule 1 holds because they start only after
+            # it returns. Calls that wait for a human get no intent yet.
+            specs: list[Spec] = [(ModelResponseEvent, "tool_calls", answer)]
+            now: list[str] = []
+            version = self.engine.agent_version
+            for call in message.tool_calls:
+                tool = self.tools.get(call.name)
+                if tool is None or tool.requirement_kind is None:
+                    fields = intent_fields(tool, call, 1, version)
+                    specs.append((ToolStartedEvent, None, fields))
+                    now.append(call.id)
+            return specs, now
+        check_answer(message)
+        problem = self._check_output(ctx, message.content)
+        if problem is None:
+            return [(ModelResponseEvent, "final_answer", answer)], []
+        return problem
 
     def _check_output(self, ctx: RunContext, content: str | None) -> Exception | None:
         """Return why ``content`` is not an acceptable final answer, or None."""

@@ -138,7 +138,14 @@ class ToolStep(ReconcileStep):
             call = next(iter(pending.values()))
             tool = self.tools.get(call.name)
             if call.id in self._live_intents and (tool is None or tool.requirement_kind is None):
-                await self._run_one(ctx, call)
+                # `_run_calls` for one call, inline: one coroutine fewer alive
+                # across the tool call and the commit wait.
+                self._check_cancel()
+                async with self._keepalive():
+                    outcome = await self._run_call(ctx, call)
+                self._live_intents.clear()
+                if outcome is not None:
+                    await self._fail_call(ctx, call, outcome)
                 return
         await self._reconcile(ctx)
         calls = list(ctx.pending_calls.values())
@@ -172,7 +179,7 @@ class ToolStep(ReconcileStep):
         outcomes: list[Exception | None]
         if len(runs) == 1:  # the common case needs no task group
             async with self._keepalive():
-                outcomes = [await self._run_call(ctx, runs[0])]
+                outcomes = [await self._run_call(ctx, runs[0].call, runs[0].arguments)]
         else:
             outcomes = await self._run_parallel(ctx, runs)
         self._live_intents.clear()
@@ -182,15 +189,6 @@ class ToolStep(ReconcileStep):
                 failures.append((plan.call, outcome))
         if failures:
             await self._fail_call(ctx, *failures[0])
-
-    async def _run_one(self, ctx: RunContext, call: ToolCallPart) -> None:
-        """`_run_calls` for the steady loop's one call, its intent live: one frame fewer."""
-        self._check_cancel()
-        async with self._keepalive():
-            outcome = await self._run_call(ctx, _Plan("run", call))
-        self._live_intents.clear()
-        if outcome is not None:
-            await self._fail_call(ctx, call, outcome)
 
     async def _fail_call(self, ctx: RunContext, call: ToolCallPart, error: Exception) -> None:
         """Record ``error`` as the run's failure in ``call`` and raise `RunFailedError`."""
@@ -219,7 +217,9 @@ class ToolStep(ReconcileStep):
         self.parallel = True  # their appends take the execution's lock
         try:
             async with self._keepalive(), asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._run_call(ctx, p)) for p in runs]
+                tasks = [
+                    group.create_task(self._run_call(ctx, p.call, p.arguments)) for p in runs
+                ]
         except BaseExceptionGroup as grouped:
             raise grouped.exceptions[0] from None
         finally:
@@ -243,12 +243,13 @@ class ToolStep(ReconcileStep):
         )
         self._live_intents.update(c.id for c in again)
 
-    async def _run_call(self, ctx: RunContext, plan: _Plan) -> Exception | None:
+    async def _run_call(
+        self, ctx: RunContext, call: ToolCallPart, arguments: Mapping[str, JSONValue] | None = None
+    ) -> Exception | None:
         """Run one call and append its result; return the tool's exception instead of raising.
 
         Store errors propagate: without a durable result nothing else may start.
         """
-        call = plan.call
         started = time.perf_counter()
         tool = self.tools.get(call.name)
         is_error = True
@@ -264,7 +265,7 @@ class ToolStep(ReconcileStep):
             )
             try:
                 with self._tel.tool(ctx, call, tool_ctx.attempt) as traced:
-                    content = await tool.call(plan.arguments or call.arguments, tool_ctx)
+                    content = await tool.call(arguments or call.arguments, tool_ctx)
                     traced.returned(content)
                 is_error = False
             except ToolRetry as retry:
@@ -275,8 +276,10 @@ class ToolStep(ReconcileStep):
                 return exc
         if is_error:
             content = escape_surrogates(content)  # error text, like a stored ErrorInfo
-        result = ToolResultMessage(
-            call_id=call.id, name=call.name, content=content, is_error=is_error
+        # The record's validator itself, as `ExecutionCore._build` builds events
+        # (looked up here: the class builds it on first use, `defer_build`).
+        result = ToolResultMessage.__pydantic_validator__.validate_python(
+            {"call_id": call.id, "name": call.name, "content": content, "is_error": is_error}
         )
         finished: Spec = (
             ToolFinishedEvent,

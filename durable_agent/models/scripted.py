@@ -31,6 +31,9 @@ from durable_agent.records import (
 
 __all__ = ["ScriptedFailure", "ScriptedModel", "ToolCall"]
 
+_HISTORIES = 4096
+"""Histories a model keeps a count for: more concurrent runs than that only recount."""
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -68,7 +71,10 @@ class ScriptedModel(ChatModel):
             (`ChatModel.stream`, used by ``Agent.stream_async``).
         chunk_delay: seconds to wait before each streamed delta after the first.
 
-    ``calls`` counts the requests this object answered or failed.
+    ``calls`` counts the requests this object answered or failed. Each turn's
+    answer is built once and the same (frozen) record is given to every
+    conversation, so many runs sharing one model cost it no more per call
+    than one run does.
     """
 
     def __init__(
@@ -101,7 +107,11 @@ class ScriptedModel(ChatModel):
             raise ConfigurationError(f"ScriptedModel(chunk_delay={chunk_delay!r}) must be >= 0")
         self.chunk_size = chunk_size
         self.chunk_delay = float(chunk_delay)
-        self._counted: tuple[Sequence[Message], int, int] | None = None
+        self._counted: dict[int, tuple[Sequence[Message], int, int]] = {}
+        """Per history (by identity, the history held): its length and assistant count."""
+        self._answers: dict[int, AssistantMessage] = {}
+        """The (immutable) answer of each turn, built once: every conversation gets the same."""
+        self._usages: dict[int, Usage] = {}
         self.calls = 0
 
     @staticmethod
@@ -124,18 +134,53 @@ class ScriptedModel(ChatModel):
     def _turn(self, messages: Sequence[Message]) -> int:
         """How many assistant messages the history holds: the turn to answer.
 
-        Counted incrementally when the same history grows between calls, as
-        the engine's live history does, so a long run is not quadratic.
+        Counted incrementally when a history grows between calls, as the
+        engine's live history does, so a long run is not quadratic; one count
+        per history, so neither are many runs that share this model (each call
+        looks at the messages added since that history's last call).
         """
         start, count = 0, 0
-        if self._counted is not None:
-            history, length, counted = self._counted
+        counted = self._counted
+        known = counted.pop(id(messages), None)
+        if known is not None:
+            history, length, seen = known
             if history is messages and length <= len(messages):
-                start, count = length, counted
-        count += sum(1 for m in messages[start:] if m.role == "assistant")
-        # Holding the list itself (not its id) means a new list never matches.
-        self._counted = (messages, len(messages), count)
+                start, count = length, seen
+        for index in range(start, len(messages)):
+            if messages[index].role == "assistant":
+                count += 1
+        # Holding the history itself (not only its id) means a new list never
+        # matches; the oldest are dropped past a bound (a miss only recounts).
+        counted[id(messages)] = (messages, len(messages), count)
+        if len(counted) > _HISTORIES:
+            del counted[next(iter(counted))]
         return count
+
+    def _answer(self, turn: int) -> AssistantMessage:
+        """The answer of ``turn``, the same (frozen) record for every conversation."""
+        message = self._answers.get(turn)
+        if message is None:
+            item = self._script[turn]
+            if isinstance(item, str):
+                message = AssistantMessage(content=item)
+            else:
+                message = AssistantMessage(
+                    tool_calls=tuple(
+                        ToolCallPart(id=f"call_{turn}_{i}", name=c.name, arguments=dict(c.args))
+                        for i, c in enumerate(item)
+                    )
+                )
+            self._answers[turn] = message
+        return message
+
+    def _usage(self, length: int) -> Usage:
+        # Made-up but deterministic token counts, cheap to compute on long histories.
+        usage = self._usages.get(length)
+        if usage is None:
+            usage = Usage(input_tokens=10 * length, output_tokens=10, requests=1)
+            if len(self._usages) < _HISTORIES:
+                self._usages[length] = usage
+        return usage
 
     async def request(
         self,
@@ -160,19 +205,9 @@ class ScriptedModel(ChatModel):
                 raise failure.error
         if self._delays[turn]:
             await asyncio.sleep(self._delays[turn])
-        item = self._script[turn]
-        if isinstance(item, str):
-            message = AssistantMessage(content=item)
-        else:
-            message = AssistantMessage(
-                tool_calls=tuple(
-                    ToolCallPart(id=f"call_{turn}_{i}", name=c.name, arguments=dict(c.args))
-                    for i, c in enumerate(item)
-                )
-            )
-        # Made-up but deterministic token counts, cheap to compute on long histories.
-        usage = Usage(input_tokens=10 * len(messages), output_tokens=10, requests=1)
-        return ModelResponse(message=message, model=self._name, usage=usage)
+        return ModelResponse(
+            message=self._answer(turn), model=self._name, usage=self._usage(len(messages))
+        )
 
     async def stream(
         self,
