@@ -105,6 +105,7 @@ async def _follow(
 ) -> AsyncIterator[StreamEvent]:
     delay = poll
     known = -1  # the header seq last seen; -1 forces the first load
+    noted = False  # a note that something was stored came while catching up
     while True:
         header = await backend.get_run(run_id)
         rest = header.state in _AT_REST and header.lease is None
@@ -121,8 +122,9 @@ async def _follow(
             fresh = events[seq:]
             if relayed and any(isinstance(r, ModelResponseEvent) for r in fresh):
                 # Deltas of the answer about to be yielded may still be on their way.
-                for caught in await _catch_up(backend, run_id, wakeups):
-                    yield caught
+                caught, noted = await _catch_up(backend, run_id, wakeups)
+                for relayed_event in caught:
+                    yield relayed_event
             for record in fresh:
                 yield stored_event(record, previous)
                 previous, seq = record.state, record.seq
@@ -131,6 +133,9 @@ async def _follow(
                 output = RunOutput.from_context(RunContext.from_stored(stored))
                 yield Paused(output) if header.state is RunState.WAITING else Finished(output)
                 return
+        if noted:  # read the log again now: the note it held was taken by `_catch_up`
+            noted = False
+            continue
         # Wait for a relayed message (a delta, or a note that something was stored)
         # or the next poll, whichever comes first.
         try:
@@ -149,27 +154,31 @@ async def _follow(
 
 async def _catch_up(
     backend: Backend, run_id: str, wakeups: asyncio.Queue[dict[str, object]]
-) -> list[StreamEvent]:
-    """The relayed events published before now: a mark of our own is sent, and awaited.
+) -> tuple[list[StreamEvent], bool]:
+    """The relayed events published before now, and whether a stored note was among them.
+
+    A mark of our own is sent, and awaited.
 
     The streaming process publishes a call's last deltas before it appends the
     answer, and this runs after the answer was read: where the store relays in
     the order it executes (one Redis server; PostgreSQL delivers in commit
     order), the mark arrives after every delta of that answer. A mark that never
-    comes (the relay failed, Redis Cluster) costs at most `_MARK_WAIT` seconds.
+    comes (the relay failed or dropped it) costs at most `_MARK_WAIT` seconds.
     """
     token = uuid.uuid4().hex
     try:
         await backend.publish_ephemeral(run_id, json.dumps({"kind": "mark", "token": token}))
     except Exception:
-        return []
+        return [], False
     events: list[StreamEvent] = []
+    noted = False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_MARK_WAIT):
             while (message := await wakeups.get()).get("token") != token:
                 if (event := _ephemeral(message)) is not None:
                     events.append(event)
-    return events
+                noted = noted or message.get("kind") == "stored"
+    return events, noted
 
 
 def _ephemeral(message: dict[str, object]) -> StreamEvent | None:
