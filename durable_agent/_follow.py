@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 from durable_agent.backend import Backend, Capability
 from durable_agent.errors import ConfigurationError
 from durable_agent.fsm import RunState
+from durable_agent.records import ModelResponseEvent
 from durable_agent.run import RunContext, RunOutput
 from durable_agent.streaming import (
     Finished,
@@ -42,6 +44,9 @@ from durable_agent.streaming import (
 )
 
 __all__ = ["follow"]
+
+# How long a follower waits for its own mark on the relay (see `_catch_up`).
+_MARK_WAIT = 2.0
 
 _AT_REST = frozenset({RunState.DONE, RunState.CANCELLED, RunState.ERROR, RunState.WAITING})
 
@@ -78,7 +83,9 @@ async def follow(
             else None
         )
         try:
-            async for event in _follow(backend, run_id, after_seq, poll, max_poll, wakeups):
+            async for event in _follow(
+                backend, run_id, after_seq, poll, max_poll, wakeups, reader is not None
+            ):
                 yield event
         finally:
             if reader is not None:
@@ -94,9 +101,11 @@ async def _follow(
     poll: float,
     max_poll: float,
     wakeups: asyncio.Queue[dict[str, object]],
+    relayed: bool,
 ) -> AsyncIterator[StreamEvent]:
     delay = poll
     known = -1  # the header seq last seen; -1 forces the first load
+    noted = False  # a note that something was stored came while catching up
     while True:
         header = await backend.get_run(run_id)
         rest = header.state in _AT_REST and header.lease is None
@@ -110,7 +119,13 @@ async def _follow(
                     "the seq of an event it has (0 for all)"
                 )
             previous = events[seq - 1].state if 0 < seq <= len(events) else RunState.PENDING
-            for record in events[seq:]:
+            fresh = events[seq:]
+            if relayed and any(isinstance(r, ModelResponseEvent) for r in fresh):
+                # Deltas of the answer about to be yielded may still be on their way.
+                caught, noted = await _catch_up(backend, run_id, wakeups)
+                for relayed_event in caught:
+                    yield relayed_event
+            for record in fresh:
                 yield stored_event(record, previous)
                 previous, seq = record.state, record.seq
                 delay = poll
@@ -118,6 +133,9 @@ async def _follow(
                 output = RunOutput.from_context(RunContext.from_stored(stored))
                 yield Paused(output) if header.state is RunState.WAITING else Finished(output)
                 return
+        if noted:  # read the log again now: the note it held was taken by `_catch_up`
+            noted = False
+            continue
         # Wait for a relayed message (a delta, or a note that something was stored)
         # or the next poll, whichever comes first.
         try:
@@ -132,6 +150,35 @@ async def _follow(
             if message.get("kind") == "stored" or wakeups.empty():
                 break
             message = wakeups.get_nowait()
+
+
+async def _catch_up(
+    backend: Backend, run_id: str, wakeups: asyncio.Queue[dict[str, object]]
+) -> tuple[list[StreamEvent], bool]:
+    """The relayed events published before now, and whether a stored note was among them.
+
+    A mark of our own is sent, and awaited.
+
+    The streaming process publishes a call's last deltas before it appends the
+    answer, and this runs after the answer was read: where the store relays in
+    the order it executes (one Redis server; PostgreSQL delivers in commit
+    order), the mark arrives after every delta of that answer. A mark that never
+    comes (the relay failed or dropped it) costs at most `_MARK_WAIT` seconds.
+    """
+    token = uuid.uuid4().hex
+    try:
+        await backend.publish_ephemeral(run_id, json.dumps({"kind": "mark", "token": token}))
+    except Exception:
+        return [], False
+    events: list[StreamEvent] = []
+    noted = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_MARK_WAIT):
+            while (message := await wakeups.get()).get("token") != token:
+                if (event := _ephemeral(message)) is not None:
+                    events.append(event)
+                noted = noted or message.get("kind") == "stored"
+    return events, noted
 
 
 def _ephemeral(message: dict[str, object]) -> StreamEvent | None:

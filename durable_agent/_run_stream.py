@@ -67,8 +67,13 @@ class _End:
 class _Sink:
     """What the engine calls for the streamed run (see `durable_agent._stream_hooks`)."""
 
-    def __init__(self, run_id: str, queue: asyncio.Queue[StreamEvent | _End],
-                 backend: Backend, state: RunState | None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        queue: asyncio.Queue[StreamEvent | _End],
+        backend: Backend,
+        state: RunState | None,
+    ) -> None:
         self.run_id = run_id
         self._put = queue.put_nowait
         self._state = state or RunState.PENDING
@@ -129,18 +134,25 @@ class _Sink:
                     await close()
         except BaseException as exc:
             if shown:
-                self._ephemeral(TextDiscarded(
-                    "".join(shown),
-                    f"attempt {attempt} failed mid-stream ({type(exc).__name__}); "
-                    "nothing of it is recorded",
-                    attempt,
-                ))
+                self._ephemeral(
+                    TextDiscarded(
+                        "".join(shown),
+                        f"attempt {attempt} failed mid-stream ({type(exc).__name__}); "
+                        "nothing of it is recorded",
+                        attempt,
+                    )
+                )
             raise
         if response is None:
             raise ModelResponseError(
                 f"model {model.name!r} ended its stream without an answer; retryable",
                 retryable=True,
             )
+        if relay is not None:
+            # The answer is appended once this returns: every delta is published
+            # first, so a store that orders the two (one Redis server, PostgreSQL's
+            # commit order) hands a subscribed follower each delta before the answer.
+            await relay.drain()
         return response
 
     def _ephemeral(self, event: ModelCallStarted | TextDiscarded) -> None:
@@ -180,7 +192,7 @@ class _Relay:
                 await self._backend.publish_ephemeral(self._run_id, "\n".join(batch))
 
     async def drain(self) -> None:
-        """Wait for what is queued to be published (at the end of the run)."""
+        """Wait for what is queued to be published (before an answer is stored; at the end)."""
         task = self._task
         if task is not None and not task.done():
             with contextlib.suppress(Exception):
@@ -306,7 +318,6 @@ class RunStream:
 
     def __repr__(self) -> str:
         return f"<RunStream {self.run_id}>"
-
 
 
 def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStream:

@@ -130,7 +130,10 @@ class HTTPFakeServer(ABC):
         if self._server is not None:
             raise RuntimeError(f"{type(self).__name__} is already running")
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        # A plain callback, not a coroutine: the connection is known from the moment it is
+        # accepted, so `stop` closes it even if its handler is cancelled before its first step
+        # (whose ``finally`` then never runs: an unclosed socket, a ResourceWarning at GC).
+        self._server = await asyncio.start_server(self._accept, self._host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -139,10 +142,15 @@ class HTTPFakeServer(ABC):
         if server is None:
             return
         server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Until none is left: a connection accepted just before the close may still arrive.
+        while self._connections:
+            open_now = list(self._connections.items())
+            for task, _ in open_now:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in open_now), return_exceptions=True)
+            for task, writer in open_now:
+                self._connections.pop(task, None)
+                writer.close()
         await server.wait_closed()
 
     async def __aenter__(self) -> Self:
@@ -231,10 +239,13 @@ class HTTPFakeServer(ABC):
 
     # -- the wire -------------------------------------------------------------
 
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._connections[task] = writer
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
         try:
             while True:
                 incoming = await _read_request(reader)
@@ -248,9 +259,7 @@ class HTTPFakeServer(ABC):
         except (ConnectionError, asyncio.IncompleteReadError, _BadRequest):
             pass
         except asyncio.CancelledError:
-            # Only `stop()` or the loop's shutdown cancels a handler. Ending
-            # quietly matters on Python 3.11, whose stream callback calls
-            # `task.exception()`, which raises for a cancelled task.
+            # Only `stop()` or the loop's shutdown cancels a handler: it ends quietly.
             pass
         finally:
             self._connections.pop(task, None)
