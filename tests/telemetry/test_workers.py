@@ -50,6 +50,22 @@ async def _running(worker: Worker) -> asyncio.Task[None]:
     return asyncio.create_task(worker.run(handle_signals=False))
 
 
+def _holding(name: str) -> tuple[Agent, MemoryBackend, asyncio.Event, asyncio.Event]:
+    """An agent whose one tool call waits inside the tool: `started` once in, `release` to end."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Wait until the test lets go."""
+        started.set()
+        await release.wait()
+        return "held"
+
+    db = MemoryBackend()
+    agent = Agent(ScriptedModel([ToolCall("hold", {}), "done"]), db=db, tools=[hold], name=name)
+    return agent, db, started, release
+
+
 def test_a_worker_driven_segment_names_the_worker_queue_and_claim(recorded: Recorded) -> None:
     async def main() -> Worker:
         db = MemoryBackend()
@@ -116,18 +132,7 @@ def test_a_stopping_worker_hands_its_run_back_and_the_next_claim_is_no_takeover(
     recorded: Recorded, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> tuple[Worker, Worker]:
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @tool
-        async def hold() -> str:
-            """Wait until the test lets go."""
-            started.set()
-            await release.wait()
-            return "held"
-
-        db = MemoryBackend()
-        agent = Agent(ScriptedModel([ToolCall("hold", {}), "done"]), db=db, tools=[hold],
-                      name="holder")
+        agent, db, started, release = _holding("holder")
         handle = await agent.submit_async("hold")
         first = Worker([agent], concurrency=1)
         running = await _running(first)
@@ -327,18 +332,7 @@ def test_a_run_lost_with_the_store_connection_is_counted_unreachable_not_failed(
 
 def test_a_run_taken_by_another_owner_mid_effect_is_counted_lost(recorded: Recorded) -> None:
     async def main() -> Worker:
-        started, release = asyncio.Event(), asyncio.Event()
-
-        @tool
-        async def hold() -> str:
-            """Wait until the test lets go."""
-            started.set()
-            await release.wait()
-            return "held"
-
-        db = MemoryBackend()
-        agent = Agent(ScriptedModel([ToolCall("hold", {}), "done"]), db=db, tools=[hold],
-                      name="taken")
+        agent, db, started, release = _holding("taken")
         handle = await agent.submit_async("hold")
         worker = Worker([agent], concurrency=1)
         running = await _running(worker)
