@@ -59,16 +59,24 @@ end
 CREATE: Final = _script(
     "cluster_create",
     """
--- KEYS: header, events. ARGV: retention_ms, incarnation, #fieldargs, field, value, ...,
--- events...
+-- KEYS: header, events. ARGV: retention_ms, incarnation, place_until ('' = the run is
+-- created without a lease), #fieldargs, field, value, ..., events...
 local h, ev = KEYS[1], KEYS[2]
 if redis.call('EXISTS', h) == 1 then return {'exists'} end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local state
-for i = 4, 3 + n, 2 do if ARGV[i] == 'state' then state = ARGV[i + 1] end end
+for i = 5, 4 + n, 2 do if ARGV[i] == 'state' then state = ARGV[i + 1] end end
 redis.call('DEL', ev)  -- a log without a header is nobody's
-redis.call('HSET', h, 'incarnation', ARGV[2], unpack(ARGV, 4, 3 + n))
-push(ev, 4 + n)
+redis.call('HSET', h, 'incarnation', ARGV[2], unpack(ARGV, 5, 4 + n))
+local pu = tonumber(ARGV[3])
+if pu then
+  -- The lease never outlives its queue place (`_redis_cluster_places`).
+  redis.call('HSET', h, 'place_until', ARGV[3])
+  if (tonumber(redis.call('HGET', h, 'lease_expires') or '') or 0) > pu then
+    redis.call('HSET', h, 'lease_expires', ARGV[3])
+  end
+end
+push(ev, 5 + n)
 local keep = tonumber(ARGV[1])
 if keep > 0 and final(state) then
   redis.call('PEXPIRE', h, keep)
@@ -84,14 +92,17 @@ APPEND: Final = _script(
     + """
 -- KEYS: header, events. ARGV[1]: the packed control of the single-node append
 -- (retention_ms, generation, owner, ttl, expected_seq, new_seq, new_state, release)
--- plus a ninth part: '1' when the caller recorded an index intent for this write.
--- ARGV[2..]: events. A move to another bucket without an intent is refused with
--- {'intent'}, before anything is written.
+-- plus: '1' when the caller recorded an index intent for this write; the seconds of
+-- place left below which the reply asks for the place to be extended; an extended
+-- place_until to record ('' = none). ARGV[2..]: events. A move to another bucket
+-- without an intent is refused with {'intent'}, and a write (other than a release)
+-- of a lease whose queue place lapsed with {'lapsed', queue}, before anything is
+-- written. The lease is renewed to now + ttl, never past its place.
 local h, ev = KEYS[1], KEYS[2]
 local a = {}
 for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
 local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
-                    'cancel_requested', 'created_at', 'run_id')
+                    'cancel_requested', 'created_at', 'run_id', 'place_until', 'queue')
 if not ok then return {'wrongtype', 'header', kind(h)} end
 if not f[7] then return {'missing'} end
 if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
@@ -105,14 +116,25 @@ local to = a[7]
 if to == '' then to = state end
 if bucket(to) ~= bucket(state) and a[9] ~= '1' then return {'intent'} end
 local now_s, now_n = now()
+local q = f[9] or 'default'
+local pu = tonumber(f[8] or '')
+local given = tonumber(a[11] or '')
+if given and pu and given <= pu then given = nil end
+if given then pu = given end
+if pu and a[8] ~= '1' and pu <= now_n then return {'lapsed', q} end
 push(ev, 2)
-local expires = string.format('%.6f', now_n + tonumber(a[4]))
+local expires = now_n + tonumber(a[4])
+if pu and pu < expires then expires = pu end
+expires = string.format('%.6f', expires)
+local placed = false
 if a[8] == '1' then
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s)
-  redis.call('HDEL', h, unpack(LEASE))
+  redis.call('HDEL', h, 'place_until', unpack(LEASE))
+  if pu then placed = q end
 else
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s,
              'lease_expires', expires, 'lease_ttl', a[4])
+  if given then redis.call('HSET', h, 'place_until', a[11]) end
 end
 if to ~= state then
   local keep = tonumber(a[1])
@@ -125,7 +147,11 @@ if a[9] == '1' then
   -- What the caller's index update needs, read in the same atomic step.
   local g = redis.call('HMGET', h, 'incarnation', 'session_id', 'user_id')
   return {'indexed', expires, f[5] or false, g[1] or '0', a[6], to, f[6], g[2] or false,
-          g[3] or false}
+          g[3] or false, placed}
+end
+if placed then return {'released', expires, f[5] or false, placed} end
+if pu and a[8] ~= '1' and pu - now_n < tonumber(a[10]) then
+  return {'ox', expires, f[5] or false, q}
 end
 if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
 return 'ok\\31' .. expires
@@ -136,11 +162,16 @@ DELETE: Final = _script(
     "cluster_delete",
     """
 -- KEYS: header, events. Deletes the run's keys; UNINDEX removes its entries after.
--- Returns {keys deleted, incarnation or false}.
+-- Returns {keys deleted, incarnation or false, queue of a placed lease or false, its
+-- generation or false}.
 local h, ev = KEYS[1], KEYS[2]
-local inc = false
-if kind(h) == 'hash' then inc = redis.call('HGET', h, 'incarnation') or false end
-return {redis.call('DEL', h, ev), inc}
+local f = {false, false, false, false}
+if kind(h) == 'hash' then
+  f = redis.call('HMGET', h, 'incarnation', 'place_until', 'queue', 'lease_generation')
+end
+local q = false
+if f[2] then q = f[3] or 'default' end
+return {redis.call('DEL', h, ev), f[1] or false, q, f[2] and f[4] or false}
 """,
 )
 
