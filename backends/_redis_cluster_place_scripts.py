@@ -21,11 +21,54 @@ from __future__ import annotations
 
 from typing import Final
 
+from durable_agent.backends import _redis_cluster_scripts as cl
 from durable_agent.backends._redis_scripts import _script
+
+_LIB: Final = """
+local function place_keys(base, q) return base .. 'place:' .. q, base .. 'placed:' .. q end
+local function place_parse(e)
+  local g, tok, at, rest = string.match(e, '^([^|]*)|([^|]*)|([^|]*)|?(.*)$')
+  return tonumber(g) or 0, tok or '', tonumber(at) or 0, rest or ''
+end
+local function place_take(base, kind, q, id, gen, token, horizon, cap, fresh)
+  -- kind 'c': a claim (refused when `cap` live places are held, or when another
+  -- claim of this very lease is in flight); 't': a take without a cap.
+  local now_s, now_n = now()
+  local nows = string.format('%.6f', now_n)
+  local z, h = place_keys(base, q)
+  local score = tonumber(redis.call('ZSCORE', z, id) or '')
+  local entry = score ~= nil and score > now_n and redis.call('HGET', h, id)
+  local expiry = now_n + horizon
+  if entry then
+    local g, tok, at = place_parse(entry)
+    if g > gen then return {'stale'} end  -- a newer generation holds it: never lower it
+    if kind == 'c' and g == gen and at > now_n - fresh then return {'taken'} end
+    if score > expiry then expiry = score end
+    redis.call('ZADD', z, expiry, id)
+    redis.call('HSET', h, id, string.format('%d|%s|%s|%d|%s|%.6f', gen, token, nows, g, tok, at))
+    return {'ok', string.format('%.6f', expiry)}
+  end
+  if kind == 'c' and cap and redis.call('ZCOUNT', z, '(' .. nows, '+inf') >= cap then
+    return {'full'}
+  end
+  redis.call('ZADD', z, expiry, id)
+  redis.call('HSET', h, id, string.format('%d|%s|%s', gen, token, nows))
+  return {'ok', string.format('%.6f', expiry)}
+end
+local function place_drop(base, q, id, gen)
+  local z, h = place_keys(base, q)
+  local entry = redis.call('HGET', h, id)
+  if entry and place_parse(entry) == gen then
+    redis.call('ZREM', z, id)
+    redis.call('HDEL', h, id)
+  end
+end
+"""
 
 PLACES: Final = _script(
     "cluster_places",
-    """
+    _LIB
+    + """
 -- KEYS: any key of the index slot (routing only). ARGV: base, limit of places taken
 -- by 'c' operations (-1: none), seconds a claim's place counts as in flight, then
 -- operations of 7 arguments: kind, queue, run_id, generation, token, horizon, cap.
@@ -40,17 +83,12 @@ PLACES: Final = _script(
 local base, limit, fresh = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_s, now_n = now()
 local nows = string.format('%.6f', now_n)
-local function keys(q) return base .. 'place:' .. q, base .. 'placed:' .. q end
-local function parse(e)
-  local g, tok, at, rest = string.match(e, '^([^|]*)|([^|]*)|([^|]*)|?(.*)$')
-  return tonumber(g) or 0, tok or '', tonumber(at) or 0, rest or ''
-end
 local swept = {}
 local function sweep(q)
   -- Expired places go (a bounded batch per call; counts use ZCOUNT above now anyway).
   if swept[q] then return end
   swept[q] = true
-  local z, h = keys(q)
+  local z, h = place_keys(base, q)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', nows, 'LIMIT', 0, 100)
   if #old > 0 then
     redis.call('ZREM', z, unpack(old))
@@ -62,42 +100,19 @@ for i = 4, #ARGV, 7 do
   local kind, q, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local gen, token = tonumber(ARGV[i + 3]) or 0, ARGV[i + 4]
   local horizon, cap = tonumber(ARGV[i + 5]) or 0, tonumber(ARGV[i + 6])
-  local z, h = keys(q)
+  local z, h = place_keys(base, q)
   sweep(q)
-  local score = tonumber(redis.call('ZSCORE', z, id) or '')
-  local live = score ~= nil and score > now_n
   if kind == 'c' or kind == 't' then
     if kind == 'c' and limit >= 0 and taken >= limit then
       out[#out + 1] = {'skip'}
     else
-      local entry = live and redis.call('HGET', h, id)
-      local expiry = now_n + horizon
-      local reply
-      if entry then
-        local g, tok, at = parse(entry)
-        if g > gen then
-          reply = {'stale'}  -- a newer generation holds it: never lower it
-        elseif kind == 'c' and g == gen and at > now_n - fresh then
-          reply = {'taken'}  -- another claim of this very lease is in flight
-        else
-          if score > expiry then expiry = score end
-          redis.call('ZADD', z, expiry, id)
-          redis.call('HSET', h, id, string.format('%d|%s|%s|%d|%s|%.6f', gen, token, nows, g,
-                                                  tok, at))
-          reply = {'ok', string.format('%.6f', expiry)}
-        end
-      elseif kind == 'c' and cap and redis.call('ZCOUNT', z, '(' .. nows, '+inf') >= cap then
-        reply = {'full'}
-      else
-        redis.call('ZADD', z, expiry, id)
-        redis.call('HSET', h, id, string.format('%d|%s|%s', gen, token, nows))
-        reply = {'ok', string.format('%.6f', expiry)}
-      end
+      local reply = place_take(base, kind, q, id, gen, token, horizon, cap, fresh)
       if reply[1] == 'ok' and kind == 'c' then taken = taken + 1 end
       out[#out + 1] = reply
     end
   elseif kind == 'x' then
-    if live then
+    local score = tonumber(redis.call('ZSCORE', z, id) or '')
+    if score ~= nil and score > now_n then
       local expiry = now_n + horizon
       if score > expiry then expiry = score end
       redis.call('ZADD', z, expiry, id)
@@ -105,20 +120,20 @@ for i = 4, #ARGV, 7 do
     else
       out[#out + 1] = {'lost'}
     end
+  elseif kind == 'd' then
+    place_drop(base, q, id, gen)
+    out[#out + 1] = {'done'}
   else
     local entry = redis.call('HGET', h, id)
     if entry then
-      local g, tok, _, rest = parse(entry)
-      if kind == 'r' and tok == token then
+      local _, tok, _, rest = place_parse(entry)
+      if tok == token then
         if rest ~= '' then
           redis.call('HSET', h, id, rest)  -- the expiry stays: never shortened
         else
           redis.call('ZREM', z, id)
           redis.call('HDEL', h, id)
         end
-      elseif kind == 'd' and g == gen then
-        redis.call('ZREM', z, id)
-        redis.call('HDEL', h, id)
       end
     end
     out[#out + 1] = {'done'}
@@ -126,6 +141,32 @@ for i = 4, #ARGV, 7 do
 end
 return out
 """,
+)
+
+INTENT_TAKE: Final = _script(
+    "cluster_intent_take",
+    _LIB
+    + cl._INTENT_BODY
+    + """
+-- And ARGV[4..8]: base, queue, generation, token, horizon: the place of a run created
+-- with its lease, taken in the same step. Returns {incarnation, place reply...}.
+local placed = place_take(ARGV[4], 't', ARGV[5], id, tonumber(ARGV[6]), ARGV[7],
+                          tonumber(ARGV[8]), nil, 0)
+return {inc, placed[1], placed[2] or false}
+""",
+)
+
+INDEX_DROP: Final = _script(
+    "cluster_index_drop",
+    cl._BUCKET
+    + _LIB
+    + """
+-- INDEX of `_redis_cluster_scripts` after dropping a released lease's place: ARGV[2..4]
+-- are its queue, run id and generation, the truths follow.
+place_drop(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+local FIRST = 5
+"""
+    + cl._INDEX_BODY,
 )
 
 # -- the run's slot -------------------------------------------------------------------
@@ -262,4 +303,13 @@ return 1
 """,
 )
 
-__all__ = ["ACQUIRE", "CLAIM_ONE", "PLACES", "RELEASE", "RENEW", "SET_PLACE"]
+__all__ = [
+    "ACQUIRE",
+    "CLAIM_ONE",
+    "INDEX_DROP",
+    "INTENT_TAKE",
+    "PLACES",
+    "RELEASE",
+    "RENEW",
+    "SET_PLACE",
+]

@@ -35,6 +35,11 @@ The protocol, for every lease on a cluster (claimed by a worker, acquired by
    lease of generation G drops the place if it was taken for G, so a newer
    take is never dropped by an older holder.
 
+A run created with its lease takes its place in the script that announces the
+create (`INTENT_TAKE`), and a write that releases as it comes to rest drops it
+in the script of its index update (`INDEX_DROP`): the life of a ``do_async``
+run costs no round trip more than before places.
+
 **Invariant.** A lease granted in step 2 expires no later than ``place_until``,
 and renewals never move it past ``place_until``, which is only raised after the
 place itself was extended. So while a run holds a live lease its place is live
@@ -51,6 +56,14 @@ takeover re-takes the same place, so it needs no room; and since a capped
 queue is full until then, expired runs are what a full queue's claims take).
 Leases granted by processes of an older version hold no place and are not
 counted until their run is next acquired.
+
+**Why one slot for every queue.** A claim takes its candidates' places, across
+queues and in claim order, in one script, and gives back the refused ones in
+one more; a slot per queue would mean a script per queue per claim, and a
+capped claim checking several queues could not do it in one step. The
+``{idx}`` slot already takes a few writes per run's life (create, rest); places
+add one per lease change and one per extension. A fleet whose lease changes
+outgrow one master would shard places by queue hash tag, at that price.
 """
 
 from __future__ import annotations
@@ -254,17 +267,24 @@ async def release(backend: RedisBackend, run_id: str, lease: Lease) -> None:
         await drop(backend, rec.text(reply[1]), run_id, lease.generation)
 
 
-async def placed_create(
-    backend: RedisBackend, header: RunHeader
-) -> tuple[str, str] | None:
-    """The place a run created with a lease takes first: (place_until, token)."""
-    lease = header.lease
-    if lease is None:
-        return None
-    placed = await take(backend, header.queue, header.run_id, header.lease_generation, lease.ttl)
-    if placed is None:  # a run of this id held a newer lease: the create will say it exists
-        return ("0", "")
-    return placed
+async def intent_and_take(
+    backend: RedisBackend, header: RunHeader, lease: Lease
+) -> tuple[str, tuple[str, str]]:
+    """The create's intent and its lease's place, in one script: (incarnation, (until, token)).
+
+    A place held for a newer generation (a run of this id deleted while leased)
+    gives ``("0", "")``: the lease is created expired, and its first write
+    extends that place or is refused.
+    """
+    ix = backend._indexes
+    assert ix is not None
+    token = secrets.token_hex(8)
+    args = [header.run_id, str(header.seq), "1", ix.base, header.queue,
+            str(header.lease_generation), token, repr(horizon(lease.ttl))]
+    reply = await backend._eval(pl.INTENT_TAKE, [ix.pending, ix.counter], args)
+    if rec.text(reply[1]) != "ok":
+        return rec.text(reply[0]), ("0", "")
+    return rec.text(reply[0]), (_place_until(reply[2]), token)
 
 
 # -- claims ----------------------------------------------------------------------------------

@@ -198,9 +198,7 @@ return {1, f[5] or false}
 
 # -- the index slot ---------------------------------------------------------------------
 
-INTENT: Final = _script(
-    "cluster_intent",
-    """
+_INTENT_BODY: Final = """
 -- KEYS: pending, incarnation counter. ARGV: run_id, seq, '1' to take a new incarnation.
 -- Announces that a write bringing the run to `seq` changes its index entries: a
 -- token {seq, server time} in the run's field of `pending` (announcing a seq again
@@ -221,17 +219,15 @@ if not found then tokens[#tokens + 1] = {seq, now_n} end
 local inc = ''
 if ARGV[3] == '1' then inc = tostring(redis.call('INCR', KEYS[2])) end
 redis.call('HSET', pending, id, cjson.encode(tokens))
-return inc
-""",
-)
+"""
 
-INDEX: Final = _script(
-    "cluster_index",
-    _BUCKET
-    + """
--- KEYS: runs, pending. ARGV[1]: the base of the index keys; ARGV[2..]: one JSON
--- array per run, as its header was read: [run_id, incarnation, seq, state,
--- created_at, session_id or null, user_id or null, index key it was found in or null].
+INTENT: Final = _script("cluster_intent", _INTENT_BODY + "return inc\n")
+
+_INDEX_BODY: Final = """
+-- KEYS: runs, pending. ARGV[1]: the base of the index keys; ARGV[FIRST..] (FIRST
+-- is 2, but 5 in INDEX_DROP of `_redis_cluster_place_scripts`): one JSON array per
+-- run, as its header was read: [run_id, incarnation, seq, state, created_at,
+-- session_id or null, user_id or null, index key it was found in or null].
 -- Puts each run in the indexes its header calls for (and takes it out of those it
 -- left), unless `runs` holds a newer version of it; then drops its intents up to
 -- that seq. An entry found where the run's record does not put it is removed.
@@ -242,7 +238,7 @@ local function opt(v)
   return v
 end
 local applied = 0
-for i = 2, #ARGV do
+for i = FIRST, #ARGV do
   local t = cjson.decode(ARGV[i])
   local id, inc, seq, b, score = t[1], t[2], t[3], bucket(t[4]), t[5]
   local session, user = opt(t[6]), opt(t[7])
@@ -293,8 +289,9 @@ for i = 2, #ARGV do
   end
 end
 return applied
-""",
-)
+"""
+
+INDEX: Final = _script("cluster_index", _BUCKET + "local FIRST = 2\n" + _INDEX_BODY)
 
 UNINDEX: Final = _script(
     "cluster_unindex",

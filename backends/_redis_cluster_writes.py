@@ -46,8 +46,11 @@ async def create(
     """`RedisBackend.create_run` on a cluster: the intent, the script, then the indexes."""
     ix = _indexes(backend)
     fields = rec.header_fields(header)
-    incarnation = await ix.intent(header.run_id, header.seq, new=True)
-    placed = await places.placed_create(backend, header)  # a lease takes its place first
+    placed: tuple[str, str] | None = None
+    if header.lease is None:
+        incarnation = await ix.intent(header.run_id, header.seq, new=True)
+    else:  # a lease takes its queue place first, in the intent's script
+        incarnation, placed = await places.intent_and_take(backend, header, header.lease)
     until = "" if placed is None else placed[0]
     args = [backend._retention_ms, incarnation, until, len(fields), *fields]
     args.extend(encode_event(event) for event in events)
@@ -96,9 +99,9 @@ async def append(
             until = await places.lapsed(backend, run_id, lease, rec.text(reply[1]))
             continue
         if status == "indexed":
-            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True)
-            if reply[9]:
-                await places.drop(backend, rec.text(reply[9]), run_id, lease.generation)
+            # A released lease's queue place is dropped in the same call.
+            drop = (rec.text(reply[9]), run_id, lease.generation) if reply[9] else None
+            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True, drop=drop)
             return rec.extended(lease, reply)
         if status == "released":
             await places.drop(backend, rec.text(reply[3]), run_id, lease.generation)

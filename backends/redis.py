@@ -23,7 +23,8 @@ On Redis Cluster (``redis+cluster://`` or ``cluster=True``) a run's keys share
 the hash tag ``{run_id}``, so every write to a run is still one atomic
 single-slot script; the listing indexes live in another slot and are updated
 right after, with an intent recorded first, so a listing finishes any update a
-dead writer left (see `durable_agent.backends._redis_cluster`).
+dead writer left (see `durable_agent.backends._redis_cluster`); queue places
+keep ``max_running`` atomic there (`durable_agent.backends._redis_cluster_places`).
 
 This module is `RedisBackend` and its writes; beside it are the connection
 (`durable_agent.backends._redis_link`: one client per event loop, redis-py's
@@ -124,7 +125,8 @@ class RedisBackend(Backend):
             reads every run's header and checks its filters there, finishes
             index updates a dead writer left, and may miss or include (in its
             new state) a run that changes bucket while it runs; see
-            docs/backends.md. Run ids may not start with ``}`` there.
+            docs/backends.md. Every lease holds a queue place there, so
+            ``max_running`` holds atomically. Run ids may not start with ``}``.
         session_id: tags the runs an agent creates through this backend.
         user_id: tags the runs an agent creates through this backend.
         retention: seconds a run is kept once it is DONE or CANCELLED (a TTL
@@ -190,8 +192,7 @@ class RedisBackend(Backend):
         )
         self._indexes = clx.ClusterIndexes(self) if cluster else None
         if cluster:
-            # The claim indexes span runs, so slots: a cluster lists, then takes queue
-            # places and leases (`_redis_cluster_places`); max_running still holds.
+            # The claim indexes span slots: a cluster lists, then takes queue places.
             # Set on the instance, which the class attribute's readers all look at.
             vars(self)["capabilities"] = type(self).capabilities - {Capability.CLAIM}
         self._index_flag = "" if cluster else "1"
@@ -421,11 +422,9 @@ class RedisBackend(Backend):
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         if self._indexes is not None:
             await places.release(self, run_id, lease)
-            await self._announce(True, "released")
-            return
-        args = [str(lease.generation), self._index_flag]
-        reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], args)
-        rec.status(run_id, reply)
+        else:
+            args = [str(lease.generation), self._index_flag]
+            rec.status(run_id, await self._eval(lua.RELEASE, self._keys(run_id)[:1], args))
         await self._announce(True, "released")
 
     # -- workers -----------------------------------------------------------------------------------
@@ -445,11 +444,9 @@ class RedisBackend(Backend):
         On one Redis (`durable_agent.backends._redis_claims`) the script takes
         lapsed workers' and expired leases from the expiry index, checks
         ``max_running`` and grants the leases with the generation bump, all in
-        one atomic step. On Redis Cluster the indexes would span slots, so
-        claims list the runs not at rest, take *queue places* for the best ones
-        in one script of the index slot (where ``max_running`` is checked
-        atomically), then acquire each placed run in its own slot with the
-        generation as compare-and-set (`durable_agent.backends._redis_cluster_places`).
+        one atomic step. On Redis Cluster (`durable_agent.backends._redis_cluster_places`)
+        claims list the runs not at rest, take queue places in one script
+        (``max_running`` checked there), then acquire each in its own slot.
         """
         check_claim_args(agents, limit, ttl, max_running)
         if limit == 0 or not agents:

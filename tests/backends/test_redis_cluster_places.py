@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -203,5 +204,39 @@ def test_a_takeover_keeps_the_one_place_and_the_old_release_does_not_drop_it(
         await store.release_lease("a", first.lease)  # a stale holder: refused, drops nothing
         assert await _live_places(store) == ["a"]
         assert await _claim(store) == []
+
+    run(main())
+
+
+def test_a_run_created_leased_and_brought_to_rest_pays_no_round_trip_for_its_place(
+    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = store._eval
+
+    async def counted(script: Any, keys: Any, args: Any) -> Any:
+        calls.append(script.name)
+        return await real(script, keys, args)
+
+    monkeypatch.setattr(store, "_eval", counted)
+
+    async def main() -> None:
+        owner = LeaseOwner.current()
+        lease = Lease(owner=owner.id, host=owner.host, pid=owner.pid, generation=1,
+                      expires_at=time.time() + 30, ttl=30)
+        leased = header("a", queue="q", state=RunState.MODEL_CALL, lease=lease,
+                        lease_generation=1)
+        await store.create_run(leased, [created()])
+        assert calls == ["cluster_intent_take", "cluster_create", "cluster_index"]
+        assert await _live_places(store) == ["a"]
+        calls.clear()
+        lease = await store.append("a", [step(2, RunState.TOOL_EXEC)], expected_seq=1,
+                                   lease=lease)
+        assert calls == ["cluster_append"]
+        calls.clear()
+        done = step(3, RunState.DONE)
+        await store.append("a", [done], expected_seq=2, lease=lease, release=True)
+        assert calls == ["cluster_intent", "cluster_append", "cluster_index_drop"]
+        assert await _live_places(store) == []
 
     run(main())
