@@ -43,6 +43,11 @@ local function place_take(base, kind, q, id, gen, token, horizon, cap, fresh)
     local g, tok, at = place_parse(entry)
     if g > gen then return {'stale'} end  -- a newer generation holds it: never lower it
     if kind == 'c' and g == gen and at > now_n - fresh then return {'taken'} end
+    -- A takeover keeps the run's one place, but a queue already past its cap (the cap
+    -- was lowered, or leases came from outside claims) gets no takeover either.
+    if kind == 'c' and cap and redis.call('ZCOUNT', z, '(' .. nows, '+inf') - 1 >= cap then
+      return {'full'}
+    end
     if score > expiry then expiry = score end
     redis.call('ZADD', z, expiry, id)
     redis.call('HSET', h, id, string.format('%d|%s|%s|%d|%s|%.6f', gen, token, nows, g, tok, at))
@@ -73,7 +78,8 @@ PLACES: Final = _script(
 -- by 'c' operations (-1: none), seconds a claim's place counts as in flight, then
 -- operations of 7 arguments: kind, queue, run_id, generation, token, horizon, cap.
 --   c  claim: take a place for generation G unless the queue holds `cap` live places
---      ('' = no cap); a run already placed keeps its one place (no second count)
+--      ('' = no cap) besides the run's own; a run already placed keeps its one place
+--      (no second count)
 --   t  take: the same without a cap (a lease acquired outside claims)
 --   x  extend the run's live place to now + horizon (never shortens it)
 --   r  restore: undo this token's take (the entry it replaced comes back)

@@ -240,3 +240,21 @@ def test_a_run_created_leased_and_brought_to_rest_pays_no_round_trip_for_its_pla
         assert await _live_places(store) == []
 
     run(main())
+
+
+def test_a_queue_past_a_lowered_cap_gets_no_takeover_either(store: RedisBackend) -> None:
+    async def main() -> None:
+        await _submit(store, "a", "b")
+        owner = LeaseOwner.current()
+        held = await store.claim_runs(owner, agents=["agent"], limit=2, max_running={"q": 2})
+        for claim in held:  # both holders go quiet: their leases lapse, their places stay
+            await store.renew_lease(claim.run_id, claim.lease.model_copy(update={"ttl": 0.05}))
+        end = time.monotonic() + DEADLINE
+        while (await store.get_run("b")).lease.expires_at > time.time():  # type: ignore[union-attr]
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        assert await _claim(store) == []  # two live places, cap now 1: nothing taken over
+        got = await store.claim_runs(owner, agents=["agent"], limit=5, max_running={"q": 2})
+        assert sorted(c.run_id for c in got) == ["a", "b"]  # each keeps its own place
+
+    run(main())
