@@ -349,8 +349,9 @@ async def claim(
             return_exceptions=True,
         )
         refused = [h for (h, _), got in zip(placed, results, strict=True) if got is None]
-        if refused:
-            await _places(backend, [_op("r", h.queue, h.run_id, token=token) for h in refused])
+        if refused:  # best effort, as `undo`: the grants below must reach the caller
+            with contextlib.suppress(StoreUnavailableError):
+                await _places(backend, [_op("r", h.queue, h.run_id, token=token) for h in refused])
         failures = [got for got in results if isinstance(got, BaseException)]
         granted.extend(got for got in results if isinstance(got, ClaimedRun))
         if failures and not granted:
