@@ -2,10 +2,11 @@
 
 A run's two keys share the hash tag ``{run_id}``, so every script of one run
 (create, append, leases, cancel, load, delete, prune) is single-slot and as
-atomic as on a single Redis. The leases, cancel and load scripts of
+atomic as on a single Redis. The cancel and load scripts of
 `durable_agent.backends._redis_scripts` are used unchanged; the four below are
 their single-node twins without the index updates, which cannot share a script
-with a run's keys there.
+with a run's keys there (and which keep a lease within its queue place); the
+lease scripts' twins are in `durable_agent.backends._redis_cluster_place_scripts`.
 
 The listing indexes live in one other slot, under the hash tag ``{idx}``
 (``b`` is ``<prefix>{idx}:``)::
