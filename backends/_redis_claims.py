@@ -28,23 +28,17 @@ lease (generation + 1). Nothing can interleave, so ``max_running`` holds
 fleet-wide and two claimers never share a run.
 
 Redis Cluster keeps a run's keys in the slot of its own hash tag, and these
-indexes span runs, so there the claim stays the portable one (list, then
-acquire by generation): exclusive, but ``max_running`` is best effort.
+indexes span runs, so there claims list the runs not at rest and take *queue
+places* before leases (`durable_agent.backends._redis_cluster_places`):
+``max_running`` is checked atomically in the one slot that holds every
+queue's places, and each lease is then acquired in its run's own slot.
 
 A hash tag per queue (``{q:<queue>}``) would put one queue's indexes and
 counts in one slot, but not make this script atomic per queue: the script
 also checks each candidate's header and takes its lease, and those keys are
 in the run's own slot, where every write to the run is one script. Putting
 the runs in their queue's slot instead would pin a busy queue to one node
-and make every read by run id look the queue up first. With two slots, a
-count of live leases kept in the queue's slot by a second call after each
-acquire, renewal and release drifts below the truth when a worker dies
-between the two calls: an overshoot. What would hold is a reservation taken
-in the queue's slot *before* acquiring (a member per run, scored by its
-expiry), extended before each renewal, dropped after the release: a crash
-then leaves a reservation until it expires (a cap under-used for a TTL, never
-overshot), for one more round trip on every lease change. That is a protocol
-of its own, with its crash tests, not a change of key layout.
+and make every read by run id look the queue up first.
 
 Stores written before these indexes existed are indexed once, on the first
 claim (`backfill`, idempotent and safe beside other writers); processes of an

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from durable_agent.backends import _redis_cluster_place_scripts as pl
 from durable_agent.backends import _redis_cluster_scripts as cl
 from durable_agent.backends import _redis_records as rec
 from durable_agent.errors import CorruptRunError, StoreUnavailableError
@@ -154,13 +155,26 @@ class ClusterIndexes:
         )
         return rec.text(reply)
 
-    async def index(self, truths: Sequence[str], *, after_write: bool = False) -> None:
+    async def index(
+        self,
+        truths: Sequence[str],
+        *,
+        after_write: bool = False,
+        drop: tuple[str, str, int] | None = None,
+    ) -> None:
         """Put runs in the indexes their headers (``truths``) call for.
 
         ``after_write``: the run's own write has happened, so failing here must not
         report that write as failed; the intent stays and a listing finishes the job.
+        ``drop``: (queue, run id, generation) of a lease that write released, whose
+        queue place goes in the same call (`durable_agent.backends._redis_cluster_places`).
         """
         try:
+            if drop is not None:
+                queue, run_id, generation = drop
+                args = [self.base, queue, run_id, str(generation), *truths[:1]]
+                await self.backend._eval(pl.INDEX_DROP, [self.runs, self.pending], args)
+                truths = truths[1:]
             for start in range(0, len(truths), _CHUNK):
                 await self.backend._eval(
                     cl.INDEX,

@@ -2,10 +2,11 @@
 
 A run's two keys share the hash tag ``{run_id}``, so every script of one run
 (create, append, leases, cancel, load, delete, prune) is single-slot and as
-atomic as on a single Redis. The leases, cancel and load scripts of
+atomic as on a single Redis. The cancel and load scripts of
 `durable_agent.backends._redis_scripts` are used unchanged; the four below are
 their single-node twins without the index updates, which cannot share a script
-with a run's keys there.
+with a run's keys there (and which keep a lease within its queue place); the
+lease scripts' twins are in `durable_agent.backends._redis_cluster_place_scripts`.
 
 The listing indexes live in one other slot, under the hash tag ``{idx}``
 (``b`` is ``<prefix>{idx}:``)::
@@ -59,16 +60,24 @@ end
 CREATE: Final = _script(
     "cluster_create",
     """
--- KEYS: header, events. ARGV: retention_ms, incarnation, #fieldargs, field, value, ...,
--- events...
+-- KEYS: header, events. ARGV: retention_ms, incarnation, place_until ('' = the run is
+-- created without a lease), #fieldargs, field, value, ..., events...
 local h, ev = KEYS[1], KEYS[2]
 if redis.call('EXISTS', h) == 1 then return {'exists'} end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local state
-for i = 4, 3 + n, 2 do if ARGV[i] == 'state' then state = ARGV[i + 1] end end
+for i = 5, 4 + n, 2 do if ARGV[i] == 'state' then state = ARGV[i + 1] end end
 redis.call('DEL', ev)  -- a log without a header is nobody's
-redis.call('HSET', h, 'incarnation', ARGV[2], unpack(ARGV, 4, 3 + n))
-push(ev, 4 + n)
+redis.call('HSET', h, 'incarnation', ARGV[2], unpack(ARGV, 5, 4 + n))
+local pu = tonumber(ARGV[3])
+if pu then
+  -- The lease never outlives its queue place (`_redis_cluster_places`).
+  redis.call('HSET', h, 'place_until', ARGV[3])
+  if (tonumber(redis.call('HGET', h, 'lease_expires') or '') or 0) > pu then
+    redis.call('HSET', h, 'lease_expires', ARGV[3])
+  end
+end
+push(ev, 5 + n)
 local keep = tonumber(ARGV[1])
 if keep > 0 and final(state) then
   redis.call('PEXPIRE', h, keep)
@@ -84,14 +93,17 @@ APPEND: Final = _script(
     + """
 -- KEYS: header, events. ARGV[1]: the packed control of the single-node append
 -- (retention_ms, generation, owner, ttl, expected_seq, new_seq, new_state, release)
--- plus a ninth part: '1' when the caller recorded an index intent for this write.
--- ARGV[2..]: events. A move to another bucket without an intent is refused with
--- {'intent'}, before anything is written.
+-- plus: '1' when the caller recorded an index intent for this write; the seconds of
+-- place left below which the reply asks for the place to be extended; an extended
+-- place_until to record ('' = none). ARGV[2..]: events. A move to another bucket
+-- without an intent is refused with {'intent'}, and a write (other than a release)
+-- of a lease whose queue place lapsed with {'lapsed', queue}, before anything is
+-- written. The lease is renewed to now + ttl, never past its place.
 local h, ev = KEYS[1], KEYS[2]
 local a = {}
 for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
 local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
-                    'cancel_requested', 'created_at', 'run_id')
+                    'cancel_requested', 'created_at', 'run_id', 'place_until', 'queue')
 if not ok then return {'wrongtype', 'header', kind(h)} end
 if not f[7] then return {'missing'} end
 if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
@@ -105,14 +117,25 @@ local to = a[7]
 if to == '' then to = state end
 if bucket(to) ~= bucket(state) and a[9] ~= '1' then return {'intent'} end
 local now_s, now_n = now()
+local q = f[9] or 'default'
+local pu = tonumber(f[8] or '')
+local given = tonumber(a[11] or '')
+if given and pu and given <= pu then given = nil end
+if given then pu = given end
+if pu and a[8] ~= '1' and pu <= now_n then return {'lapsed', q} end
 push(ev, 2)
-local expires = string.format('%.6f', now_n + tonumber(a[4]))
+local expires = now_n + tonumber(a[4])
+if pu and pu < expires then expires = pu end
+expires = string.format('%.6f', expires)
+local placed = false
 if a[8] == '1' then
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s)
-  redis.call('HDEL', h, unpack(LEASE))
+  redis.call('HDEL', h, 'place_until', unpack(LEASE))
+  if pu then placed = q end
 else
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s,
              'lease_expires', expires, 'lease_ttl', a[4])
+  if given then redis.call('HSET', h, 'place_until', a[11]) end
 end
 if to ~= state then
   local keep = tonumber(a[1])
@@ -125,7 +148,11 @@ if a[9] == '1' then
   -- What the caller's index update needs, read in the same atomic step.
   local g = redis.call('HMGET', h, 'incarnation', 'session_id', 'user_id')
   return {'indexed', expires, f[5] or false, g[1] or '0', a[6], to, f[6], g[2] or false,
-          g[3] or false}
+          g[3] or false, placed}
+end
+if placed then return {'released', expires, f[5] or false, placed} end
+if pu and a[8] ~= '1' and pu - now_n < tonumber(a[10]) then
+  return {'ox', expires, f[5] or false, q}
 end
 if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
 return 'ok\\31' .. expires
@@ -136,11 +163,16 @@ DELETE: Final = _script(
     "cluster_delete",
     """
 -- KEYS: header, events. Deletes the run's keys; UNINDEX removes its entries after.
--- Returns {keys deleted, incarnation or false}.
+-- Returns {keys deleted, incarnation or false, queue of a placed lease or false, its
+-- generation or false}.
 local h, ev = KEYS[1], KEYS[2]
-local inc = false
-if kind(h) == 'hash' then inc = redis.call('HGET', h, 'incarnation') or false end
-return {redis.call('DEL', h, ev), inc}
+local f = {false, false, false, false}
+if kind(h) == 'hash' then
+  f = redis.call('HMGET', h, 'incarnation', 'place_until', 'queue', 'lease_generation')
+end
+local q = false
+if f[2] then q = f[3] or 'default' end
+return {redis.call('DEL', h, ev), f[1] or false, q, f[2] and f[4] or false}
 """,
 )
 
@@ -167,9 +199,7 @@ return {1, f[5] or false}
 
 # -- the index slot ---------------------------------------------------------------------
 
-INTENT: Final = _script(
-    "cluster_intent",
-    """
+_INTENT_BODY: Final = """
 -- KEYS: pending, incarnation counter. ARGV: run_id, seq, '1' to take a new incarnation.
 -- Announces that a write bringing the run to `seq` changes its index entries: a
 -- token {seq, server time} in the run's field of `pending` (announcing a seq again
@@ -190,17 +220,15 @@ if not found then tokens[#tokens + 1] = {seq, now_n} end
 local inc = ''
 if ARGV[3] == '1' then inc = tostring(redis.call('INCR', KEYS[2])) end
 redis.call('HSET', pending, id, cjson.encode(tokens))
-return inc
-""",
-)
+"""
 
-INDEX: Final = _script(
-    "cluster_index",
-    _BUCKET
-    + """
--- KEYS: runs, pending. ARGV[1]: the base of the index keys; ARGV[2..]: one JSON
--- array per run, as its header was read: [run_id, incarnation, seq, state,
--- created_at, session_id or null, user_id or null, index key it was found in or null].
+INTENT: Final = _script("cluster_intent", _INTENT_BODY + "return inc\n")
+
+_INDEX_BODY: Final = """
+-- KEYS: runs, pending. ARGV[1]: the base of the index keys; ARGV[FIRST..] (FIRST
+-- is 2, but 5 in INDEX_DROP of `_redis_cluster_place_scripts`): one JSON array per
+-- run, as its header was read: [run_id, incarnation, seq, state, created_at,
+-- session_id or null, user_id or null, index key it was found in or null].
 -- Puts each run in the indexes its header calls for (and takes it out of those it
 -- left), unless `runs` holds a newer version of it; then drops its intents up to
 -- that seq. An entry found where the run's record does not put it is removed.
@@ -211,7 +239,7 @@ local function opt(v)
   return v
 end
 local applied = 0
-for i = 2, #ARGV do
+for i = FIRST, #ARGV do
   local t = cjson.decode(ARGV[i])
   local id, inc, seq, b, score = t[1], t[2], t[3], bucket(t[4]), t[5]
   local session, user = opt(t[6]), opt(t[7])
@@ -262,8 +290,9 @@ for i = 2, #ARGV do
   end
 end
 return applied
-""",
-)
+"""
+
+INDEX: Final = _script("cluster_index", _BUCKET + "local FIRST = 2\n" + _INDEX_BODY)
 
 UNINDEX: Final = _script(
     "cluster_unindex",

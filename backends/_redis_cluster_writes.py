@@ -15,10 +15,16 @@ from typing import TYPE_CHECKING
 
 from durable_agent.backend import check_append
 from durable_agent.backends import _redis_cluster as clx
+from durable_agent.backends import _redis_cluster_places as places
 from durable_agent.backends import _redis_cluster_scripts as cl
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends._redis_listing import BATCH
-from durable_agent.errors import ConcurrentUpdateError, RunExistsError, StoreUnavailableError
+from durable_agent.errors import (
+    ConcurrentUpdateError,
+    LeaseLostError,
+    RunExistsError,
+    StoreUnavailableError,
+)
 from durable_agent.records import Event, Lease, RunHeader, encode_event
 
 if TYPE_CHECKING:
@@ -40,11 +46,18 @@ async def create(
     """`RedisBackend.create_run` on a cluster: the intent, the script, then the indexes."""
     ix = _indexes(backend)
     fields = rec.header_fields(header)
-    incarnation = await ix.intent(header.run_id, header.seq, new=True)
-    args = [backend._retention_ms, incarnation, len(fields), *fields]
+    placed: tuple[str, str] | None = None
+    if header.lease is None:
+        incarnation = await ix.intent(header.run_id, header.seq, new=True)
+    else:  # a lease takes its queue place first, in the intent's script
+        incarnation, placed = await places.intent_and_take(backend, header, header.lease)
+    until = "" if placed is None else placed[0]
+    args = [backend._retention_ms, incarnation, until, len(fields), *fields]
     args.extend(encode_event(event) for event in events)
     reply = await backend._eval(cl.CREATE, keys, args)
     if rec.text(reply[0]) == "exists":
+        if placed is not None and placed[1]:
+            await places.undo(backend, header.queue, header.run_id, placed[1])
         raise RunExistsError(header.run_id)
     await ix.index([ix.truth(header, incarnation)], after_write=True)
 
@@ -69,8 +82,11 @@ async def append(
     if announced:
         await ix.intent(run_id, int(control[5]))
     encoded = [encode_event(event) for event in events]
+    below = repr(places.extend_below(lease.ttl))
+    until = ""
     while True:
-        packed = "".join(f"{part}\x1f" for part in (*control, "1" if announced else "0"))
+        flags = ("1" if announced else "0", below, until)
+        packed = "".join(f"{part}\x1f" for part in (*control, *flags))
         reply = await backend._eval(cl.APPEND, keys, [packed, *encoded])
         if isinstance(reply, bytes):
             return rec.renewed(lease, reply)
@@ -79,8 +95,21 @@ async def append(
             await ix.intent(run_id, int(control[5]))
             announced = True
             continue
+        if status == "lapsed" and not until:
+            until = await places.lapsed(backend, run_id, lease, rec.text(reply[1]))
+            continue
         if status == "indexed":
-            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True)
+            # A released lease's queue place is dropped in the same call.
+            drop = (rec.text(reply[9]), run_id, lease.generation) if reply[9] else None
+            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True, drop=drop)
+            return rec.extended(lease, reply)
+        if status == "released":
+            await places.drop(backend, rec.text(reply[3]), run_id, lease.generation)
+            return rec.extended(lease, reply)
+        if status == "lapsed":
+            raise LeaseLostError(run_id, f"lease generation {lease.generation} lost its place")
+        if status == "ox":
+            await places.extend_soon(backend, run_id, lease, rec.text(reply[3]))
             return rec.extended(lease, reply)
         if status != "refused":
             raise StoreUnavailableError(f"the append script of {run_id!r} answered {status!r}")
@@ -91,9 +120,11 @@ async def append(
 
 async def delete(backend: RedisBackend, run_id: str, keys: list[str]) -> bool:
     """`RedisBackend.delete_run` on a cluster: the script, then its index entries."""
-    deleted, incarnation = await backend._eval(cl.DELETE, keys, [])
+    deleted, incarnation, queue, generation = await backend._eval(cl.DELETE, keys, [])
     if deleted:
         await forget(backend, [(run_id, rec.optional(incarnation))])
+        if queue:  # a run deleted while leased gives its place back
+            await places.drop(backend, rec.text(queue), run_id, int(rec.text(generation)))
     return bool(deleted)
 
 

@@ -18,7 +18,9 @@ would leave that write in place).
 On Redis Cluster the indexes cannot share a script with a run's keys (other
 slots): `durable_agent.backends._redis_cluster_scripts` has the twins of
 CREATE, APPEND, DELETE and PRUNE_ONE without them, and the scripts that keep
-the indexes there; ACQUIRE, RENEW, RELEASE, CANCEL and LOAD serve both.
+the indexes there; `durable_agent.backends._redis_cluster_place_scripts` has
+the lease scripts' twins (a lease there holds a queue place); CANCEL and LOAD
+serve both.
 
 Replies: a table whose first element is a status string. ``refused`` and
 ``busy`` carry the run's whole header hash, read in the same atomic step, so

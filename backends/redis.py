@@ -23,7 +23,8 @@ On Redis Cluster (``redis+cluster://`` or ``cluster=True``) a run's keys share
 the hash tag ``{run_id}``, so every write to a run is still one atomic
 single-slot script; the listing indexes live in another slot and are updated
 right after, with an intent recorded first, so a listing finishes any update a
-dead writer left (see `durable_agent.backends._redis_cluster`).
+dead writer left (see `durable_agent.backends._redis_cluster`); queue places
+keep ``max_running`` atomic there (`durable_agent.backends._redis_cluster_places`).
 
 This module is `RedisBackend` and its writes; beside it are the connection
 (`durable_agent.backends._redis_link`: one client per event loop, redis-py's
@@ -52,7 +53,6 @@ from durable_agent.backend import (
     check_append,
     check_claim_args,
     check_lease_acquire,
-    portable_claim,
 )
 from durable_agent.backends import _redis_migrate as migration
 from durable_agent.backends import _redis_records as rec
@@ -83,6 +83,7 @@ try:
 
     from durable_agent.backends import _redis_claims as claims
     from durable_agent.backends import _redis_cluster as clx
+    from durable_agent.backends import _redis_cluster_places as places
     from durable_agent.backends import _redis_cluster_writes as cluster_writes
     from durable_agent.backends import _redis_workers as workers
     from durable_agent.backends._redis_link import (
@@ -124,7 +125,8 @@ class RedisBackend(Backend):
             reads every run's header and checks its filters there, finishes
             index updates a dead writer left, and may miss or include (in its
             new state) a run that changes bucket while it runs; see
-            docs/backends.md. Run ids may not start with ``}`` there.
+            docs/backends.md. Every lease holds a queue place there, so
+            ``max_running`` holds atomically. Run ids may not start with ``}``.
         session_id: tags the runs an agent creates through this backend.
         user_id: tags the runs an agent creates through this backend.
         retention: seconds a run is kept once it is DONE or CANCELLED (a TTL
@@ -151,7 +153,7 @@ class RedisBackend(Backend):
             Capability.MIGRATE,
         }
     )
-    """On Redis Cluster an instance lacks CLAIM and QUEUE_LIMIT (see `claim_runs`)."""
+    """On Redis Cluster an instance lacks CLAIM (see `claim_runs`)."""
 
     def __init__(
         self,
@@ -190,11 +192,9 @@ class RedisBackend(Backend):
         )
         self._indexes = clx.ClusterIndexes(self) if cluster else None
         if cluster:
-            # The claim indexes span runs, so slots: a cluster claims the portable way.
+            # The claim indexes span slots: a cluster lists, then takes queue places.
             # Set on the instance, which the class attribute's readers all look at.
-            vars(self)["capabilities"] = type(self).capabilities - {
-                Capability.CLAIM, Capability.QUEUE_LIMIT,
-            }
+            vars(self)["capabilities"] = type(self).capabilities - {Capability.CLAIM}
         self._index_flag = "" if cluster else "1"
         """Passed to the lease scripts: '1' keeps the claim indexes (single Redis)."""
         self._claims_indexed = False
@@ -389,6 +389,8 @@ class RedisBackend(Backend):
     async def acquire_lease(
         self, run_id: str, owner: LeaseOwner, *, ttl: float, takeover: int | None = None
     ) -> Lease:
+        if self._indexes is not None:
+            return await places.acquire(self, run_id, owner, ttl=ttl, takeover=takeover)
         chosen = "" if takeover is None else str(takeover)
         args = [owner.id, owner.host, str(owner.pid), repr(float(ttl)), chosen, self._index_flag]
         reply = await self._eval(lua.ACQUIRE, self._keys(run_id)[:1], args)
@@ -409,6 +411,8 @@ class RedisBackend(Backend):
         )
 
     async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
+        if self._indexes is not None:
+            return await places.renew(self, run_id, lease)
         args = [str(lease.generation), *rec.lease_args(lease), self._index_flag]
         reply = await self._eval(lua.RENEW, self._keys(run_id)[:1], args)
         if rec.status(run_id, reply) == "lost":
@@ -416,9 +420,11 @@ class RedisBackend(Backend):
         return rec.extended(lease, reply)
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
-        args = [str(lease.generation), self._index_flag]
-        reply = await self._eval(lua.RELEASE, self._keys(run_id)[:1], args)
-        rec.status(run_id, reply)
+        if self._indexes is not None:
+            await places.release(self, run_id, lease)
+        else:
+            args = [str(lease.generation), self._index_flag]
+            rec.status(run_id, await self._eval(lua.RELEASE, self._keys(run_id)[:1], args))
         await self._announce(True, "released")
 
     # -- workers -----------------------------------------------------------------------------------
@@ -433,16 +439,14 @@ class RedisBackend(Backend):
         ttl: float = 30.0,
         max_running: Mapping[str, int] | None = None,
     ) -> list[ClaimedRun]:
-        """Claim in one atomic script over the claim indexes; on a cluster, run by run.
+        """Claim in one atomic script over the claim indexes; on a cluster, place by place.
 
         On one Redis (`durable_agent.backends._redis_claims`) the script takes
         lapsed workers' and expired leases from the expiry index, checks
         ``max_running`` and grants the leases with the generation bump, all in
-        one atomic step. On Redis Cluster the indexes would span slots, so
-        claims list the runs not at rest and take each with the ACQUIRE script
-        (one slot, the server's clock, the generation as compare-and-set):
-        exclusive all the same, but ``max_running`` is checked before
-        acquiring, not atomically, and may be overshot by racing workers.
+        one atomic step. On Redis Cluster (`durable_agent.backends._redis_cluster_places`)
+        claims list the runs not at rest, take queue places in one script
+        (``max_running`` checked there), then acquire each in its own slot.
         """
         check_claim_args(agents, limit, ttl, max_running)
         if limit == 0 or not agents:
@@ -454,7 +458,7 @@ class RedisBackend(Backend):
             )
             return granted
         dead = await workers.dead_workers(self)
-        return await portable_claim(
+        return await places.claim(
             self, owner, agents=agents, queues=queues, limit=limit, ttl=ttl,
             max_running=max_running, dead_owners=dead,
         )

@@ -117,7 +117,9 @@ class Capability(StrEnum):
     """`Backend.claim_runs` is native: one atomic step per claim, over an index of
     the claimable runs only (its cost does not grow with finished runs)."""
     QUEUE_LIMIT = "queue_limit"
-    """`Backend.claim_runs` enforces ``max_running`` in the same atomic step as the claim."""
+    """`Backend.claim_runs` enforces ``max_running`` atomically: racing claims never pass it
+    together (checked in the claim's own atomic step, or in one that every lease passes
+    before it is granted, as Redis Cluster's queue places)."""
     WORKER_LIVENESS = "worker_liveness"
     """`Backend.register_worker` is kept: a lapsed worker's leases are claimable at once."""
     WAKE_UP = "wake_up"

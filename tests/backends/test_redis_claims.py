@@ -45,11 +45,11 @@ def _ready(backend: RedisBackend, queue: str = "default", agent: str = "agent") 
     return f"{backend.prefix}claim:ready:{queue}\x1f{agent}"
 
 
-def test_a_single_redis_claims_natively_and_a_cluster_does_not_say_so() -> None:
+def test_a_single_redis_claims_natively_and_a_cluster_caps_queues_without_saying_claim() -> None:
     assert {Capability.CLAIM, Capability.QUEUE_LIMIT} <= RedisBackend.capabilities
     cluster = RedisBackend("redis+cluster://127.0.0.1:7000")
     assert Capability.CLAIM not in cluster.capabilities
-    assert Capability.QUEUE_LIMIT not in cluster.capabilities
+    assert Capability.QUEUE_LIMIT in cluster.capabilities  # queue places (_redis_cluster_places)
     assert Capability.WORKER_LIVENESS in cluster.capabilities
 
 

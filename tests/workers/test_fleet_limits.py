@@ -1,5 +1,7 @@
 """``max_running`` across worker processes, on the stores that enforce it in the claim itself.
 
+On Redis Cluster that is the queue places of `durable_agent.backends._redis_cluster_places`.
+
 Three ``durable-agent worker`` processes with three slots each serve one queue
 capped at two running runs. The tool of `tests.workers.fleet_app` records,
 under one lock, every call entering and leaving it with the worker's name,
@@ -24,10 +26,11 @@ from tests.workers.fleet_harness import Fleet
 CAP = 2
 
 
-@pytest.fixture(params=["redis", "jsonfile"])
+@pytest.fixture(params=["redis", "redis_cluster", "jsonfile"])
 def capped_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
-    if request.param == "redis":
-        url = f"{request.getfixturevalue('redis_url')}?prefix=cap-{uuid.uuid4().hex[:10]}:"
+    if request.param in ("redis", "redis_cluster"):
+        server = request.getfixturevalue(f"{request.param}_url")
+        url = f"{server}?prefix=cap-{uuid.uuid4().hex[:10]}:"
     else:
         url = f"file://{tmp_path / 'runs'}"
     fleet = Fleet(tmp_path, url)
