@@ -222,7 +222,7 @@ class PostgresBackend(relay.Relaying, Backend):
     ) -> Rows:
         link = await self._connected()
         try:
-            rows: Rows = await link.writer.submit(run_id, query, params, notify=notify)
+            rows: Rows = await link.writer.write(run_id, query, params, notify=notify)
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
