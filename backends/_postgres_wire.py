@@ -106,27 +106,29 @@ class Wire:
         """The parameters as libpq takes them, and their types; None when one is not a scalar."""
         values: list[bytes | None] = []
         types: list[int] = []
+        add, typed = values.append, types.append
+        utf8 = self._encoding == "utf-8"
         for name in plan.names:
             value = params.get(name, _MISSING)  # a missing one: psycopg says so
             kind = type(value)
-            if value is None:
-                values.append(None)
-                types.append(_UNKNOWN)
-            elif kind is str:
+            if kind is str:
                 if "\x00" in value:  # type: ignore[operator]
                     return None  # psycopg refuses it, with its own error
-                values.append(value.encode(self._encoding))  # type: ignore[attr-defined]
-                types.append(_UNKNOWN)
-            elif kind is bool:
-                values.append(b"t" if value else b"f")
-                types.append(16)
+                add(value.encode() if utf8 else value.encode(self._encoding))  # type: ignore[attr-defined]
+                typed(_UNKNOWN)
+            elif value is None:
+                add(None)
+                typed(_UNKNOWN)
             elif kind is int or kind is float:
-                values.append(repr(value).encode())
-                types.append(_TYPES[kind])
+                add(repr(value).encode())
+                typed(_TYPES[kind])
+            elif kind is bool:
+                add(b"t" if value else b"f")
+                typed(16)
             else:
                 return None
-        typed = tuple(types)
-        return None if (plan.text, typed) in self._refused else (values, typed)
+        key = tuple(types)
+        return None if (plan.text, key) in self._refused else (values, key)
 
     async def run(
         self, plan: Plan, values: list[bytes | None], types: tuple[int, ...]

@@ -216,3 +216,19 @@ def test_a_run_id_psycopg_refuses_fails_the_write_as_it_did(
             await store.renew_lease("fine", lease)  # the connection goes on
 
     run(main())
+
+
+def test_the_writer_sees_whether_a_callback_waits_to_run_before_it() -> None:
+    """A lone write skips its pass of the loop only when nothing could join its batch."""
+    from durable_agent.backends._postgres_writer import _callbacks_waiting
+
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        seen = [_callbacks_waiting(loop)]
+        handle = loop.call_soon(lambda: None)
+        seen.append(_callbacks_waiting(loop))
+        handle.cancel()  # a cancelled handle never runs: nothing waits
+        seen.append(_callbacks_waiting(loop))
+        return seen
+
+    assert asyncio.run(main()) == [False, True, False]
