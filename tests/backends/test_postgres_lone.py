@@ -232,3 +232,33 @@ def test_the_writer_sees_whether_a_callback_waits_to_run_before_it() -> None:
         return seen
 
     assert asyncio.run(main()) == [False, True, False]
+
+
+def test_a_writer_connection_the_server_ended_fails_one_write_and_the_next_reconnects(
+    postgres_url: str, pg_schema: str
+) -> None:
+    async def main() -> None:
+        async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+            lease = await _appended(store, "ended", await new_run(store, "ended"), 1)
+            link = await store._connected()
+            assert link.writer.conn is not None
+            pid = link.writer.conn.info.backend_pid
+            admin = await psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+            try:
+                await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                deadline = time.monotonic() + DEADLINE
+                while (await (await admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+                )).fetchone()) != (0,):
+                    assert time.monotonic() < deadline, "the server never ended the session"
+            finally:
+                await admin.close()
+            with pytest.raises(StoreUnavailableError, match="may or may not be stored"):
+                await _appended(store, "ended", lease, 2)
+            header = await store.get_run("ended")
+            assert header.seq == 2  # it was not: the session was gone before it was sent
+            assert header.lease is not None
+            await _appended(store, "ended", header.lease, 2)  # on a new connection
+            assert (await store.get_run("ended")).seq == 3
+
+    run(main())
