@@ -14,8 +14,8 @@ way when it can, and through psycopg otherwise:
   None. Anything else (arrays, a merged batch, a simple query with a
   notification) goes through psycopg, as does a statement the server refuses
   to prepare.
-* The parameters go as text with the types psycopg would give them (``int8``,
-  ``float8``, ``bool``; a ``str`` or None as ``unknown``, which the server
+* The parameters go as text with their types (``int8``, ``float8``, ``bool``;
+  a ``str`` or None as ``unknown``, as psycopg sends them, which the server
   infers from the statement), into a statement prepared once per connection
   and per parameter types, under a name psycopg's own cache never uses. The
   rows come back through psycopg's own loaders (`psycopg.adapt.Transformer`),
@@ -51,7 +51,9 @@ __all__ = ["Plan", "Wire", "plan"]
 
 _OK: Final = frozenset({pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK})
 _UNKNOWN: Final = 0
-_TYPES: Final = {int: 20, float: 701, bool: 16}  # int8, float8, bool: psycopg's own choices
+_TYPES: Final = {int: 20, float: 701, bool: 16}  # int8, float8, bool
+_INT8: Final = (-(2**63), 2**63 - 1)
+"""The ints sent as int8; psycopg sends a larger one as numeric, so it takes those."""
 _PLACEHOLDER: Final = re.compile(r"%\((\w+)\)s")
 _OTHER_PERCENT: Final = re.compile(r"%(?!\(\w+\)s)")
 _NAMES: Final = count()
@@ -114,12 +116,15 @@ class Wire:
             if kind is str:
                 if "\x00" in value:  # type: ignore[operator]
                     return None  # psycopg refuses it, with its own error
-                add(value.encode() if utf8 else value.encode(self._encoding))  # type: ignore[attr-defined]
+                try:
+                    add(value.encode() if utf8 else value.encode(self._encoding))  # type: ignore[attr-defined]
+                except UnicodeEncodeError:
+                    return None  # a lone surrogate: psycopg raises its own error
                 typed(_UNKNOWN)
             elif value is None:
                 add(None)
                 typed(_UNKNOWN)
-            elif kind is int or kind is float:
+            elif kind is float or (kind is int and _INT8[0] <= value <= _INT8[1]):  # type: ignore[operator]
                 add(repr(value).encode())
                 typed(_TYPES[kind])
             elif kind is bool:

@@ -199,6 +199,9 @@ def test_only_statements_of_scalars_go_on_the_wire(postgres_url: str) -> None:
             assert line.encode(plan, {"a": 3}) == ([b"3"], (20,))
             assert line.encode(plan, {"a": False}) == ([b"f"], (16,))
             assert line.encode(plan, {"a": None}) == ([None], (0,))
+            assert line.encode(plan, {"a": 2**63}) is None  # numeric for psycopg
+            assert line.encode(plan, {"a": "\udcff"}) is None  # psycopg raises its own error
+            assert line.encode(plan, {"a": float("inf")}) == ([b"inf"], (701,))
         finally:
             await conn.close()
 
