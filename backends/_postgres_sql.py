@@ -325,7 +325,7 @@ def merges(statements: Statements) -> dict[str, Merge]:
 
     return {
         statements.append: appends,
-        statements.append_one: appends,  # its parameters have the arrays too
+        statements.append_one: appends,  # its one event becomes one row of the arrays
         statements.create: lambda creates: _merge_creates(statements, creates),
         statements.acquire: lambda acquisitions: (
             statements.acquire_many,
@@ -386,6 +386,11 @@ def _events(writes: list[dict[str, object]]) -> dict[str, object]:
     seqs: list[object] = []
     bodies: list[object] = []
     for w in writes:
+        if "seqs" not in w:  # an append of one event (`Statements.append_one`)
+            event_runs.append(w["run_id"])
+            seqs.append(w["seq"])
+            bodies.append(w["body"])
+            continue
         more = cast(list[object], w["seqs"])
         event_runs += [w["run_id"]] * len(more)
         seqs += more

@@ -76,7 +76,7 @@ from durable_agent.errors import (
     StoreUnavailableError,
 )
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event
+from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
 
 __all__ = ["PostgresBackend"]
 
@@ -220,9 +220,11 @@ class PostgresBackend(relay.Relaying, Backend):
         *,
         notify: bool = False,
     ) -> Rows:
-        link = await self._connected()
+        link = self._link
+        if link is None or not link.usable or link.loop is not asyncio.get_running_loop():
+            link = await self._reconnect()
         try:
-            rows: Rows = await link.writer.submit(run_id, query, params, notify=notify)
+            rows: Rows = await link.writer.write(run_id, query, params, notify=notify)
             return rows
         except psycopg.IntegrityError as exc:
             raise CorruptRunError(
@@ -264,11 +266,6 @@ class PostgresBackend(relay.Relaying, Backend):
         release: bool = False,
     ) -> Lease:
         events = tuple(events)
-        if any(e.seq != expected_seq + i for i, e in enumerate(events, start=1)):
-            check_append((await self._header(run_id))[0], events, expected_seq=expected_seq,
-                         lease=lease)
-        seqs, bodies = q.event_arrays(events)
-        moved = any(e.trigger is not None for e in events)
         params: dict[str, object] = {
             "run_id": run_id,
             "expected": expected_seq,
@@ -276,24 +273,37 @@ class PostgresBackend(relay.Relaying, Backend):
             "owner": lease.owner,
             "ttl": lease.ttl,
             "release": release,
-            "new_seq": events[-1].seq if events else expected_seq,
-            "state": events[-1].state.value if events and moved else None,
-            "seqs": seqs,
-            "bodies": bodies,
         }
-        # A run coming to rest or given up wakes the waiters; a step in between does not.
-        rests = release or (bool(events) and events[-1].state in _AT_REST)
-        query = self._sql.append
-        if len(events) == 1:
+        if len(events) == 1:  # the common case, without the arrays and the loops
+            event = events[0]
+            if event.seq != expected_seq + 1:
+                check_append((await self._header(run_id))[0], events,
+                             expected_seq=expected_seq, lease=lease)
+            params["new_seq"] = params["seq"] = event.seq
+            params["state"] = None if event.trigger is None else event.state.value
+            params["body"] = encode_event(event)
             query = self._sql.append_one
-            params["seq"], params["body"] = seqs[0], bodies[0]
+            last: Event | None = event
+        else:
+            if any(e.seq != expected_seq + i for i, e in enumerate(events, start=1)):
+                check_append((await self._header(run_id))[0], events,
+                             expected_seq=expected_seq, lease=lease)
+            seqs, bodies = q.event_arrays(events)
+            moved = any(e.trigger is not None for e in events)
+            last = events[-1] if events else None
+            params["new_seq"] = last.seq if last else expected_seq
+            params["state"] = last.state.value if last and moved else None
+            params["seqs"], params["bodies"] = seqs, bodies
+            query = self._sql.append
+        # A run coming to rest or given up wakes the waiters; a step in between does not.
+        rests = release or (last is not None and last.state in _AT_REST)
         rows = await self._write(run_id, query, params, notify=rests)
         if not rows:
             header, _ = await self._header(run_id)
             check_append(header, events, expected_seq=expected_seq, lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused; reload the run")
         cancel_requested, expires = rows[0]
-        return q.renewed(lease, float(expires), cancel_requested)
+        return lease.renewed(float(expires), cancel_requested)
 
     async def load_run(self, run_id: str) -> StoredRun:
         rows = await self._read(self._sql.load, (run_id,))
