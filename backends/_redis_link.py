@@ -100,12 +100,15 @@ class Link:
         self.size = size
         self.gate = asyncio.Semaphore(size)
         self.pool_timeout = pool_timeout
+        self.plain = pool_timeout is None and not isinstance(client, RedisCluster)
         self.layout = asyncio.Lock()
         self.closed = False
         self.keeper = loop.create_task(self._keep(), name="RedisBackend pool keeper")
 
     def turn(self) -> AbstractAsyncContextManager[object]:
         """Wait for this call's turn: a free connection, in arrival order."""
+        if self.plain:
+            return self.gate  # the hot path: no deadline, no layout to wait for
         return _Turn(self)
 
     async def _keep(self) -> None:
