@@ -1,8 +1,15 @@
 """How `RedisBackend` reaches Redis: one client per event loop, and what redis-py's errors mean.
 
-Connections come from a blocking pool: when all ``max_connections`` are busy,
-a caller waits (up to ``pool_timeout`` seconds) for one instead of failing, so
-a thousand runs on one event loop share a few dozen connections. A Redis that
+Calls queue for a connection: at most ``max_connections`` run at once, the
+others wait their turn first come, first served (an `asyncio.Semaphore`, the
+``gate``), so a thousand runs on one event loop share a few dozen connections.
+A busy pool is back-pressure from this process's own runs, not an outage: by
+default the wait has no deadline (each call ahead of it is bounded by
+``socket_timeout``), and ``pool_timeout`` sets one for those who prefer to
+fail. The gate, not redis-py's blocking pool, decides the order: the pool
+lets a newcomer take a connection released to a woken waiter, which then
+queues again at the back, so under load some calls starved past the pool's
+20 s timeout while the pool turned over every millisecond. A Redis that
 cannot be reached, or goes away mid-call, raises `StoreUnavailableError` (the
 redis-py error chained); the scripts are atomic, so nothing is half-written,
 and the run continues once Redis is back. Calls are not retried by redis-py:
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from types import TracebackType
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -72,10 +79,11 @@ Client = aioredis.Redis | RedisCluster
 class Link:
     """One event loop's client and pool, closed when that loop shuts down.
 
-    On Redis Cluster redis-py's per-node pools fail a call when they are full
-    instead of waiting, so ``gate`` (a semaphore as large as a node's pool)
-    makes calls wait for their turn: a call holds at most one connection per
-    node, so no node's pool is ever exhausted. Each call also waits until the
+    ``gate`` (a semaphore as large as the pool, or as a node's pool on a
+    cluster) makes calls wait for their turn in arrival order; a call holds at
+    most one connection (per node), so a gated call finds one free. On Redis
+    Cluster it is also what makes calls wait at all: redis-py's per-node pools
+    fail a call when they are full. Each cluster call also waits until the
     client knows the cluster's layout: redis-py 8 drops connections in use when
     several calls discover it at once.
     """
@@ -84,21 +92,23 @@ class Link:
         self,
         loop: asyncio.AbstractEventLoop,
         client: Client,
-        gate: asyncio.Semaphore | None = None,
-        pool_timeout: float = 0.0,
+        size: int,
+        pool_timeout: float | None = None,
     ) -> None:
         self.loop = loop
         self.client = client
-        self.gate = gate
+        self.size = size
+        self.gate = asyncio.Semaphore(size)
         self.pool_timeout = pool_timeout
+        self.plain = pool_timeout is None and not isinstance(client, RedisCluster)
         self.layout = asyncio.Lock()
         self.closed = False
         self.keeper = loop.create_task(self._keep(), name="RedisBackend pool keeper")
 
     def turn(self) -> AbstractAsyncContextManager[object]:
-        """Wait for a free connection (cluster mode; a no-op on a single Redis)."""
-        if self.gate is None:
-            return nullcontext()
+        """Wait for this call's turn: a free connection, in arrival order."""
+        if self.plain:
+            return self.gate  # the hot path: no deadline, no layout to wait for
         return _Turn(self)
 
     async def _keep(self) -> None:
@@ -124,24 +134,27 @@ class _Turn:
     """One call's permit of a `Link` gate, taken once the cluster's layout is known."""
 
     def __init__(self, link: Link) -> None:
-        assert link.gate is not None
-        assert isinstance(link.client, RedisCluster)
         self.gate = link.gate
         self.link = link
         self.client = link.client
 
     async def __aenter__(self) -> None:
-        if self.gate.locked():
+        limit = self.link.pool_timeout
+        if limit is not None and self.gate.locked():
             try:
-                async with asyncio.timeout(self.link.pool_timeout):
+                async with asyncio.timeout(limit):
                     await self.gate.acquire()
             except TimeoutError:
                 raise StoreUnavailableError(
-                    f"no Redis connection became free within pool_timeout="
-                    f"{self.link.pool_timeout} s"
+                    f"no Redis connection became free within pool_timeout={limit} s: all "
+                    f"{self.link.size} connections of this process's pool stayed busy (Redis "
+                    "itself answered); raise max_connections, or pass pool_timeout=None to "
+                    "wait for a turn however long"
                 ) from None
         else:
             await self.gate.acquire()
+        if not isinstance(self.client, RedisCluster):
+            return
         try:
             async with self.link.layout:
                 await self.client.initialize()  # a no-op once the layout is known
@@ -166,9 +179,10 @@ class Connection:
         node_url: the URL redis-py opens on a cluster (see `cluster_url`).
         cluster: whether it is a Redis Cluster.
         label: names the backend in the error raised once it is closed.
-        max_connections: the pool size (on a cluster: of each node's pool, and
-            the number of calls at once).
-        pool_timeout: seconds a call waits for a free connection.
+        max_connections: the pool size and the number of calls at once (on a
+            cluster: of each node's pool).
+        pool_timeout: seconds a call waits for a free connection; None waits
+            for its turn however long.
         socket_timeout: seconds a call waits for Redis's answer.
         connect_timeout: seconds to open a connection.
     """
@@ -181,7 +195,7 @@ class Connection:
         cluster: bool,
         label: str,
         max_connections: int,
-        pool_timeout: float,
+        pool_timeout: float | None,
         socket_timeout: float,
         connect_timeout: float,
     ) -> None:
@@ -189,7 +203,7 @@ class Connection:
         self.node_url = node_url
         self.cluster = cluster
         self.label = label
-        self.pool_timeout = float(pool_timeout)
+        self.pool_timeout = None if pool_timeout is None else float(pool_timeout)
         self.max_connections = max_connections
         self.pool_options: dict[str, Any] = {
             "max_connections": max_connections,
@@ -198,28 +212,32 @@ class Connection:
             "retry": Retry(NoBackoff(), 0),
         }
         if not cluster:
-            self.pool_options["timeout"] = pool_timeout
+            # Gated calls find a free connection; the rest (pub/sub, pipelines of
+            # listings) wait in the pool, no longer than a gated call would.
+            self.pool_options["timeout"] = self.pool_timeout
         self.current: Link | None = None
         self.closed = False
 
     def link(self) -> Link:
-        """This event loop's client (and, on a cluster, its gate); opened on first use."""
+        """This event loop's client and gate; opened on first use."""
         if self.closed:
             raise StoreUnavailableError(f"{self.label} is closed")
         loop = asyncio.get_running_loop()
         link = self.current
         if link is None or link.loop is not loop or link.closed:
+            client: Client
             if self.cluster:
                 client = RedisCluster.from_url(self.node_url, **self.pool_options)
-                gate = asyncio.Semaphore(self.max_connections)
-                link = self.current = Link(loop, client, gate, self.pool_timeout)
             else:
                 pool = aioredis.BlockingConnectionPool.from_url(self.url, **self.pool_options)
-                link = self.current = Link(loop, aioredis.Redis(connection_pool=pool))
+                client = aioredis.Redis(connection_pool=pool)
+            link = self.current = Link(loop, client, self.max_connections, self.pool_timeout)
         return link
 
     def unavailable(self, exc: BaseException) -> NoReturn:
         """Raise `StoreUnavailableError` for a Redis that could not serve the call."""
+        if isinstance(exc, StoreUnavailableError):  # already says why (pool_timeout)
+            raise exc
         raise StoreUnavailableError(
             f"Redis store {hide(self.url)} is unavailable ({type(exc).__name__}: {exc}); "
             "nothing was half-written: an append either happened whole or not at all, so "
@@ -247,8 +265,6 @@ class Connection:
         """HGETALL of one run's header key (empty when the run is unknown)."""
         link = self.link()
         try:
-            if link.gate is None:
-                return await link.client.hgetall(key)
             async with link.turn():
                 return await link.client.hgetall(key)
         except UNAVAILABLE as exc:
@@ -263,13 +279,11 @@ class Connection:
     async def eval(self, script: lua.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script (loading it if Redis forgot it) and return its reply."""
         link = self.link()
-        if link.gate is not None:
-            try:
-                async with link.turn():
-                    return await self._evalsha(link.client, script, keys, args)
-            except UNAVAILABLE as exc:  # finding the cluster's layout failed
-                self.unavailable(exc)
-        return await self._evalsha(link.client, script, keys, args)
+        try:
+            async with link.turn():
+                return await self._evalsha(link.client, script, keys, args)
+        except UNAVAILABLE as exc:  # finding the cluster's layout failed
+            self.unavailable(exc)
 
     async def _evalsha(
         self, client: Client, script: lua.Script, keys: Sequence[str], args: Sequence[Any]
@@ -329,7 +343,7 @@ def check_options(
     prefix: str,
     retention: float | None,
     max_connections: int,
-    timeouts: dict[str, float],
+    timeouts: dict[str, float | None],
 ) -> tuple[str, bool]:
     """Refuse `RedisBackend`'s bad options; return the URL redis-py opens and the cluster flag.
 
@@ -360,8 +374,11 @@ def check_options(
             f"RedisBackend(max_connections={max_connections!r}) must be an int >= 1"
         )
     for name, value in timeouts.items():
+        if value is None and name == "pool_timeout":
+            continue
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigurationError(f"RedisBackend({name}={value!r}) must be seconds > 0")
+            also = ", or None" if name == "pool_timeout" else ""
+            raise ConfigurationError(f"RedisBackend({name}={value!r}) must be seconds > 0{also}")
     return node_url, cluster
 
 

@@ -142,8 +142,6 @@ async def _call(backend: RedisBackend, name: str, *args: Any, **options: Any) ->
     link = backend._connect()
     method = getattr(link.client, name)
     try:
-        if link.gate is None:
-            return await method(*args, **options)
         async with link.turn():
             return await method(*args, **options)
     except (*UNAVAILABLE, ResponseError) as exc:

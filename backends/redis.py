@@ -14,10 +14,11 @@ snapshots (``save``), everything since the last snapshot is lost when Redis
 restarts. A script is written to the AOF as one MULTI/EXEC, so a restart
 never replays half an append. See docs/backends.md.
 
-Connections come from a blocking pool that callers wait on, one pool per
-event loop; a Redis that cannot be reached, or goes away mid-call, raises
-`StoreUnavailableError` with nothing half-written, and calls are never
-retried behind the caller's back (see `durable_agent.backends._redis_link`).
+Calls queue for the connections of a pool, one pool per event loop, in
+arrival order and by default without a deadline; a Redis that cannot be
+reached, or goes away mid-call, raises `StoreUnavailableError` with nothing
+half-written, and calls are never retried behind the caller's back (see
+`durable_agent.backends._redis_link`).
 
 On Redis Cluster (``redis+cluster://`` or ``cluster=True``) a run's keys share
 the hash tag ``{run_id}``, so every write to a run is still one atomic
@@ -131,10 +132,14 @@ class RedisBackend(Backend):
         user_id: tags the runs an agent creates through this backend.
         retention: seconds a run is kept once it is DONE or CANCELLED (a TTL
             on its keys); None keeps it until deleted or pruned.
-        max_connections: size of the connection pool of each event loop (on a
-            cluster: of each node's pool, and the number of calls at once).
-        pool_timeout: seconds a call waits for a free connection before
-            raising `StoreUnavailableError`.
+        max_connections: size of the connection pool of each event loop, and
+            the number of calls at once (on a cluster: of each node's pool).
+            More runs than connections is fine: calls wait their turn, first
+            come, first served.
+        pool_timeout: seconds a call may wait for its turn before raising
+            `StoreUnavailableError`; None (the default) waits however long,
+            since a busy pool is this process's own back-pressure, not an
+            outage (each call ahead is bounded by ``socket_timeout``).
         socket_timeout: seconds a call waits for Redis's answer.
         connect_timeout: seconds to open a connection.
 
@@ -164,7 +169,7 @@ class RedisBackend(Backend):
         user_id: str | None = None,
         retention: float | None = None,
         max_connections: int = 50,
-        pool_timeout: float = 20.0,
+        pool_timeout: float | None = None,
         socket_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         cluster: bool | None = None,
@@ -221,7 +226,7 @@ class RedisBackend(Backend):
     # so there is one place where scripts run and redis-py's errors are translated.
 
     def _connect(self) -> Link:
-        """This event loop's client (and, on a cluster, its gate); opened on first use."""
+        """This event loop's client and gate; opened on first use."""
         return self._conn.link()
 
     def _client(self) -> Client:

@@ -72,6 +72,7 @@ from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.backends.jsonfile import JsonFileBackend
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.backends.sqlite import SqliteBackend
+from durable_agent.errors import RunNotFoundError
 from durable_agent.fsm import RunState
 from durable_agent.records import (
     CreatedEvent,
@@ -345,12 +346,16 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
         pool = client.connection_pool  # type: ignore[union-attr]
         opened = len(pool._available_connections) + len(pool._in_use_connections)
         where = "pool max 50"
-    done = sum(
-        h.state is RunState.DONE
-        for h in await asyncio.gather(*(store.get_run(f"run-{i}") for i in range(runs)))
+    # A failed run may never have been created: count it as not DONE, and go on
+    # to the other rows, so a failure is a MISS in the table rather than a crash.
+    found = await asyncio.gather(
+        *(store.get_run(f"run-{i}") for i in range(runs)), return_exceptions=True
     )
-    sample = [await store.get_run(f"run-{i}") for i in range(min(runs, 20))]
-    transitions = sum(h.seq for h in sample) / len(sample)
+    finished = [h for h in found if isinstance(h, RunHeader) and h.state is RunState.DONE]
+    done = len(finished)
+    missing = sum(isinstance(h, RunNotFoundError) for h in found)
+    sample = finished[:20]
+    transitions = sum(h.seq for h in sample) / len(sample) if sample else 0.0
     listed, cursor, started_listing = 0, None, time.perf_counter()
     while True:
         page = await store.list_runs(states=[RunState.DONE], limit=100, cursor=cursor)
@@ -360,12 +365,11 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
     listing = time.perf_counter() - started_listing
     await store.close()
     label = f"{kind}{runs} concurrent runs x {turns} tool turns (engine, 50-connection pool)"
-    kinds = sorted({type(e).__name__ for e in errors})
     return [
         Row(
             NAME, f"{label}: finished DONE", f"{done} of {runs}", f"{runs} of {runs}", done == runs
         ),
-        Row(NAME, f"{label}: errors", f"{len(errors)} {kinds or ''}".strip(), "0", not errors),
+        Row(NAME, f"{label}: errors", _failures(errors, missing), "0", not errors),
         info(
             NAME,
             f"{label}: wall time",
@@ -380,6 +384,16 @@ async def _many_runs(url: str, runs: int, turns: int) -> list[Row]:
             listed == runs,
         ),
     ]
+
+
+def _failures(errors: list[BaseException], missing: int) -> str:
+    """How many runs failed, of which kinds, the first error's message, and runs never created."""
+    if not errors:
+        return "0"
+    kinds = sorted({type(e).__name__ for e in errors})
+    first = str(errors[0]).splitlines()[0] if str(errors[0]) else ""
+    never = f"; {missing} never created" if missing else ""
+    return f"{len(errors)} {kinds}{never}; first: {type(errors[0]).__name__}: {first[:120]}"
 
 
 # -- stored bytes -------------------------------------------------------------------------
