@@ -45,12 +45,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
 
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.errors import CorruptRunError, StoreUnavailableError
-from durable_agent.records import Event, Lease
+from durable_agent.records import Event, Lease, encode_event
 
 __all__ = ["Append", "Batch", "Write", "apply_batch", "noop"]
 
@@ -106,9 +106,11 @@ _FITS: Final = (
 def _check_sql(rows: int) -> str:
     # Only the exceptions come back (usually none: one step): the appends that
     # the compare-and-set would refuse, and the runs with a cancellation request.
+    # It reads the compare-and-set's own rows (``_cas_sql``'s columns), so the
+    # two statements share one parameter list.
     return (
-        "WITH v(run_id, expected, generation, holder) AS "
-        f"(VALUES {', '.join(['(?, ?, ?, ?)'] * rows)}) "
+        "WITH v(run_id, expected, generation, holder, new_seq, new_state, owner, host, pid, "
+        f"ttl) AS (VALUES {', '.join([_ROW] * rows)}) "
         f"SELECT v.run_id, {_FITS}, runs.cancel_requested "
         "FROM v LEFT JOIN runs ON runs.run_id = v.run_id "
         f"WHERE v.run_id IS NOT NULL AND (runs.cancel_requested IS NOT NULL OR NOT ({_FITS}))"
@@ -140,34 +142,71 @@ class Write(Generic[T]):
     error: BaseException | None = None
 
 
-@dataclass(eq=False, slots=True)
 class Append:
-    """One queued `SqliteBackend.append`, its events already encoded."""
+    """One queued `SqliteBackend.append`: its events encoded, its statement parameters built.
 
-    run_id: str
-    events: Sequence[Event]
-    rows: list[tuple[str, int, str]]
-    expected_seq: int
-    lease: Lease
-    release: bool
-    future: asyncio.Future[Lease]
-    result: Lease | None = None
-    error: BaseException | None = None
+    Built once, in the event loop, when the append is queued: the flat ``rows``
+    of the event INSERT and the ``cas`` row of the compare-and-set, so a group
+    only concatenates them and the writer thread makes no object per append.
+    """
+
+    __slots__ = (
+        "cas", "error", "events", "expected_seq", "future", "in_order", "lease", "moves",
+        "release", "result", "rows", "run_id",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+        lease: Lease,
+        release: bool,
+        future: asyncio.Future[Lease],
+    ) -> None:
+        rows: list[object] = []
+        seq = expected_seq
+        in_order = True
+        moves = False
+        for event in events:
+            seq += 1
+            if event.seq != seq:
+                in_order = False
+            if event.trigger is not None:
+                moves = True
+            rows += (run_id, event.seq, encode_event(event))
+        self.run_id = run_id
+        self.events = events
+        self.rows = rows
+        """The event INSERT's parameters, three per event (run_id, seq, body)."""
+        self.expected_seq = expected_seq
+        self.lease = lease
+        self.release = release
+        self.future = future
+        self.result: Lease | None = None
+        self.error: BaseException | None = None
+        self.in_order = in_order
+        """Its events' seqs follow ``expected_seq`` (else the slow path explains the refusal)."""
+        self.moves = moves
+        """A trigger among its events: the state may change (else a renewal's statement)."""
+        owner = lease.owner
+        # ``_value_``: the enum's ``value`` is a Python-level property.
+        state = events[-1].state._value_ if events else None
+        self.cas: tuple[object, ...] = (
+            (run_id, expected_seq, lease.generation, owner, seq, state, None, None, None, None)
+            if release
+            else (run_id, expected_seq, lease.generation, owner, seq, state, owner, lease.host,
+                  lease.pid, lease.ttl)
+        )
+        """Its row of the compare-and-set's VALUES (``_cas_sql``'s columns)."""
 
     def apply(self, db: sqlite3.Connection) -> Lease:
         """The same append alone (the savepoint fallback)."""
+        flat = self.rows
+        rows = cast("list[tuple[str, int, str]]", list(zip(*[iter(flat)] * 3, strict=True)))
         return ops.append(
-            db, self.run_id, self.events, self.rows, self.expected_seq, self.lease, self.release
+            db, self.run_id, self.events, rows, self.expected_seq, self.lease, self.release
         )
-
-    def in_order(self) -> bool:
-        """Its events' seqs follow ``expected_seq`` (else the slow path explains the refusal)."""
-        seq = self.expected_seq
-        for event in self.events:
-            seq += 1
-            if event.seq != seq:
-                return False
-        return True
 
 
 @dataclass(eq=False, slots=True)
@@ -185,10 +224,12 @@ class _Group:
     cas: list[tuple[str, list[object]]]
     """One compare-and-set per kind (moves, renewals); ``now`` is appended when run."""
     check: tuple[str, list[object]]
+    """Over every append of the group; its parameters are the compare-and-set's when one
+    kind has them all (the usual case), padded alike."""
     inserts: list[tuple[str, list[object]]]
     now: float = 0.0
-    cancelled: dict[str, str] = field(default_factory=dict)
-    refused: set[str] = field(default_factory=set)
+    cancelled: dict[str, str] | None = None
+    refused: set[str] | None = None
 
 
 class _RolledBack(Exception):
@@ -244,56 +285,57 @@ def _plan(writes: list[Write[Any] | Append]) -> list[_Group | Write[Any] | Appen
     group: list[Append] = []
     runs: set[str] = set()
     for write in writes:
-        fast = type(write) is Append and write.in_order()
-        if group and (not fast or write.run_id in runs or len(group) >= _GROUP):
-            plan.append(_group(group))
-            group, runs = [], set()
-        if fast:
-            assert type(write) is Append
+        if type(write) is Append and write.in_order:
+            if write.run_id in runs or len(group) >= _GROUP:
+                plan.append(_group(group))
+                group, runs = [], set()
             group.append(write)
             runs.add(write.run_id)
-        else:
-            plan.append(write)
+            continue
+        if group:
+            plan.append(_group(group))
+            group, runs = [], set()
+        plan.append(write)
     if group:
         plan.append(_group(group))
     return plan
 
 
 def _group(appends: list[Append]) -> _Group:
-    cas: list[tuple[str, list[object]]] = []
-    for moves in (True, False):
-        params: list[object] = []
-        count = 0
-        for write in appends:
-            events = write.events
-            if any(e.trigger is not None for e in events) is not moves:
-                continue
-            lease = write.lease
-            last = events[-1] if events else None
-            params += (
-                write.run_id, write.expected_seq, lease.generation, lease.owner,
-                write.expected_seq if last is None else last.seq,
-                None if last is None else last.state.value,
-            )
-            if write.release:
-                params += (None, None, None, None)
-            else:
-                params += (lease.owner, lease.host, lease.pid, lease.ttl)
-            count += 1
-        if count:
-            size = _padded(count)
-            params += _NO_ROW * (size - count)
-            cas.append((_CAS_SQL(size, moves), params))
-    size = _padded(len(appends))
-    guards: list[object] = []
+    # One pass: each append's rows were built when it was queued.
+    moved: list[object] = []
+    kept: list[object] = []
+    rows: list[object] = []
     for write in appends:
-        guards += (write.run_id, write.expected_seq, write.lease.generation, write.lease.owner)
-    guards += (None,) * (4 * (size - len(appends)))
-    return _Group(appends, cas, (_CHECK_SQL(size), guards), _inserts(appends))
+        if write.moves:
+            moved += write.cas
+        else:
+            kept += write.cas
+        rows += write.rows
+    size = _padded(len(appends))
+    cas: list[tuple[str, list[object]]] = []
+    if moved and kept:
+        check = moved + kept
+        check += _NO_ROW * (size - len(check) // _WIDTH)
+        for params, moves in ((moved, True), (kept, False)):
+            padded = _padded(len(params) // _WIDTH)
+            params += _NO_ROW * (padded - len(params) // _WIDTH)
+            cas.append((_CAS_SQL(padded, moves), params))
+    else:
+        check = moved or kept
+        check += _NO_ROW * (size - len(check) // _WIDTH)
+        cas.append((_CAS_SQL(size, bool(moved)), check))
+    return _Group(appends, cas, (_CHECK_SQL(size), check), _inserts(rows))
 
 
-def _inserts(appends: list[Append]) -> list[tuple[str, list[object]]]:
-    rows: list[object] = [value for write in appends for row in write.rows for value in row]
+def _inserts(rows: list[object]) -> list[tuple[str, list[object]]]:
+    """The event INSERTs of flat ``rows`` (three values per event), padded; chunked if long."""
+    if not rows:
+        return []
+    if len(rows) <= _ROWS * 3:
+        padded = _padded(len(rows) // 3)
+        rows += (None,) * (3 * padded - len(rows))
+        return [(_INSERT_SQL(padded), rows)]
     inserts: list[tuple[str, list[object]]] = []
     for start in range(0, len(rows), _ROWS * 3):
         chunk = rows[start : start + _ROWS * 3]
@@ -338,30 +380,44 @@ def _append_group(db: sqlite3.Connection, group: _Group) -> None:
 
     Inside the transaction nothing else writes, so the check tells exactly which
     appends the compare-and-set refuses (they write nothing, and say why) and
-    which runs carry a cancellation request.
+    which runs carry a cancellation request. Only SQLite's work and a few
+    operations per statement run here, with the file's write lock held.
     """
-    sql, guards = group.check
+    sql, params = group.check
     inserts = group.inserts
-    for run_id, fits, cancel in db.execute(sql, guards).fetchall():
-        if cancel is not None:
-            group.cancelled[run_id] = cancel
-        if not fits:
-            group.refused.add(run_id)
-    if group.refused:
-        inserts = _inserts([w for w in group.appends if w.run_id not in group.refused])
+    exceptions = db.execute(sql, params).fetchall()
+    refused: set[str] | None = None
+    if exceptions:
+        cancelled: dict[str, str] = {}
+        refused = set()
+        for run_id, fits, cancel in exceptions:
+            if cancel is not None:
+                cancelled[run_id] = cancel
+            if not fits:
+                refused.add(run_id)
+        group.cancelled, group.refused = cancelled, refused
+        if refused:
+            rows: list[object] = []
+            for write in group.appends:
+                if write.run_id not in refused:
+                    rows += write.rows
+            inserts = _inserts(rows) if rows else []
     now = group.now = time.time()
     before = db.total_changes
     for sql, params in group.cas:
-        db.execute(sql, [*params, now])
-    if db.total_changes - before != len(group.appends) - len(group.refused):
+        params.append(now)  # ``?{now}``, the statement's last parameter (the check has run)
+        db.execute(sql, params)
+    if db.total_changes - before != len(group.appends) - len(refused or ()):
         raise _RolledBack  # the check and the compare-and-set disagree: decide one by one
     try:
         for sql, rows in inserts:
             db.execute(sql, rows)
     except sqlite3.IntegrityError as exc:  # rows disagree: find whose, one by one
         raise _RolledBack from exc
+    if not refused:
+        return
     for write in group.appends:
-        if write.run_id not in group.refused:
+        if write.run_id not in refused:
             continue
         try:  # nothing of it was written: say why
             write.error = ops.explain_refusal(
@@ -376,11 +432,16 @@ def _append_group(db: sqlite3.Connection, group: _Group) -> None:
 def _renewed(group: _Group) -> None:
     """Each append's renewed lease, once the commit is done (the write lock released)."""
     now, cancelled, refused = group.now, group.cancelled, group.refused
+    if cancelled is None:  # the usual case: nothing refused, no cancellation requested
+        for write in group.appends:
+            lease = write.lease
+            write.result = lease.renewed(now + lease.ttl, None)
+        return
     for write in group.appends:
-        if write.run_id in refused:
+        if refused and write.run_id in refused:
             continue
         lease = write.lease
-        write.result = ops.renewed(lease, now + lease.ttl, cancelled.get(write.run_id))
+        write.result = lease.renewed(now + lease.ttl, cancelled.get(write.run_id))
 
 
 def _apply_each(db: sqlite3.Connection, writes: list[Write[Any] | Append]) -> str:
