@@ -5,26 +5,31 @@ The writer (`durable_agent.backends._sqlite_writer`) hands a `Batch` to
 transaction with one commit (one fsync). Each write keeps its own check, so a
 refused write fails alone and the rest of the batch commits:
 
-* Appends (the hot path) are queued as `Append` records, not closures. Every
-  run of consecutive appends of distinct runs is a group with a handful of
-  statements, built before ``BEGIN IMMEDIATE``: one check that returns only
-  the exceptions (appends the compare-and-set would refuse, runs with a
-  cancellation request), one compare-and-set per kind
-  (``UPDATE runs ... FROM (VALUES ...)``: each row matches only its own run at
-  its expected seq, lease generation and owner) and one multi-row ``INSERT``
-  of the accepted appends' events. A refused append writes nothing and says
-  why. A second append of a run already in the group starts the next group,
-  so it sees the first one's header.
-* Why so few statements: the write lock is what two processes on one file
-  share, and every ``sqlite3_step`` lets go of the GIL; taking it back from a
-  busy event loop costs up to its 5 ms switch interval. One statement per row
-  (``executemany``, ``RETURNING``) meant ~1,200 hand-offs per batch of 512,
-  and a writer holding the lock ~3x longer than its CPU time. The renewed
-  leases are built after ``COMMIT``, outside the lock.
-* No savepoint per write: a refusal is decided before its write changes a row.
-  Only when a write fails *after* changing rows (a row SQLite rejects) is the
-  transaction rolled back and the batch applied again write by write, each in
-  its own savepoint, where that write fails alone.
+* Appends (the hot path) are queued as `Append` records, not closures, each
+  with its statement rows already built. Every run of consecutive appends of
+  distinct runs is a group with a handful of statements, built before the
+  transaction: one compare-and-set per kind (``UPDATE runs ... FROM (VALUES
+  ...)``: each row matches only its own run at its expected seq, lease
+  generation and owner) and one multi-row ``INSERT`` of the accepted appends'
+  events. When the compare-and-set changes fewer rows than the group has
+  appends, one read finds the refused ones: they write nothing and say why. A
+  second append of a run already in the group starts the next group, so it
+  sees the first one's header. The cancellation requests of the group's runs
+  are read after ``COMMIT``, so a request committed before the append's commit
+  reaches its renewed lease.
+* Why so few statements, and so little inside the transaction: the write lock
+  is what two processes on one file share, and every ``sqlite3_step`` lets go
+  of the GIL; taking it back from a busy event loop costs up to its 5 ms
+  switch interval. One statement per row (``executemany``, ``RETURNING``)
+  meant ~1,200 hand-offs per batch of 512, and a writer holding the lock ~3x
+  longer than its CPU time. So a batch that starts with a group takes the lock
+  at its compare-and-set (a deferred ``BEGIN``), and holds it across two
+  hand-offs (after the compare-and-set and after the INSERT) instead of four;
+  the reads and the renewed leases are outside it.
+* No savepoint per write: a refused append changes no row. Only when a write
+  fails *after* changing rows (a row SQLite rejects) is the transaction rolled
+  back and the batch applied again write by write, each in its own savepoint,
+  where that write fails alone.
 * A failure of the store itself (lock timeout, I/O error, failed commit) rolls
   the whole transaction back and fails every write of the batch.
 * No lock of our own between processes: an ``flock`` around each transaction
@@ -45,12 +50,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar, cast
 
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.errors import CorruptRunError, StoreUnavailableError
-from durable_agent.records import Event, Lease
+from durable_agent.records import Event, Lease, encode_event
 
 __all__ = ["Append", "Batch", "Write", "apply_batch", "noop"]
 
@@ -97,21 +102,32 @@ def _insert_sql(rows: int) -> str:
     )
 
 
-_FITS: Final = (
-    "runs.seq IS v.expected AND runs.lease_generation IS v.generation "
-    "AND runs.lease_owner IS v.holder"
-)
+_V: Final = "v(run_id, expected, generation, holder, new_seq, new_state, owner, host, pid, ttl)"
+"""The compare-and-set's rows as a table: the two reads below take its parameter list."""
 
 
-def _check_sql(rows: int) -> str:
-    # Only the exceptions come back (usually none: one step): the appends that
-    # the compare-and-set would refuse, and the runs with a cancellation request.
+def _cancels_sql(rows: int) -> str:
+    # After COMMIT, outside the write lock: the runs of the group with a
+    # cancellation request (usually none: one step), as of the commit or later.
     return (
-        "WITH v(run_id, expected, generation, holder) AS "
-        f"(VALUES {', '.join(['(?, ?, ?, ?)'] * rows)}) "
-        f"SELECT v.run_id, {_FITS}, runs.cancel_requested "
-        "FROM v LEFT JOIN runs ON runs.run_id = v.run_id "
-        f"WHERE v.run_id IS NOT NULL AND (runs.cancel_requested IS NOT NULL OR NOT ({_FITS}))"
+        f"WITH {_V} AS (VALUES {', '.join([_ROW] * rows)}) "
+        "SELECT v.run_id, runs.cancel_requested FROM v JOIN runs ON runs.run_id = v.run_id "
+        "WHERE runs.cancel_requested IS NOT NULL"
+    )
+
+
+def _refused_sql(rows: int) -> str:
+    # Only when the compare-and-set changed fewer rows than the group has
+    # appends: the appends whose run does not now hold exactly what their row
+    # wrote, at this ``now`` (nothing else writes inside the transaction, and
+    # no other writer holds this lease's owner id).
+    now = rows * _WIDTH + 1
+    return (
+        f"WITH {_V} AS (VALUES {', '.join([_ROW] * rows)}) "
+        "SELECT v.run_id FROM v LEFT JOIN runs ON runs.run_id = v.run_id "
+        "WHERE v.run_id IS NOT NULL AND NOT (runs.seq IS v.new_seq "
+        "AND runs.lease_generation IS v.generation AND runs.lease_owner IS v.owner "
+        f"AND runs.updated_at IS ?{now})"
     )
 
 
@@ -122,7 +138,8 @@ def _check_sql(rows: int) -> str:
 # interval, with the write lock held.
 _CAS_SQL: Final = functools.cache(_cas_sql)
 _INSERT_SQL: Final = functools.cache(_insert_sql)
-_CHECK_SQL: Final = functools.cache(_check_sql)
+_CANCELS_SQL: Final = functools.cache(_cancels_sql)
+_REFUSED_SQL: Final = functools.cache(_refused_sql)
 
 
 def _padded(count: int) -> int:
@@ -140,34 +157,71 @@ class Write(Generic[T]):
     error: BaseException | None = None
 
 
-@dataclass(eq=False, slots=True)
 class Append:
-    """One queued `SqliteBackend.append`, its events already encoded."""
+    """One queued `SqliteBackend.append`: its events encoded, its statement parameters built.
 
-    run_id: str
-    events: Sequence[Event]
-    rows: list[tuple[str, int, str]]
-    expected_seq: int
-    lease: Lease
-    release: bool
-    future: asyncio.Future[Lease]
-    result: Lease | None = None
-    error: BaseException | None = None
+    Built once, in the event loop, when the append is queued: the flat ``rows``
+    of the event INSERT and the ``cas`` row of the compare-and-set, so a group
+    only concatenates them and the writer thread makes no object per append.
+    """
+
+    __slots__ = (
+        "cas", "error", "events", "expected_seq", "future", "in_order", "lease", "moves",
+        "release", "result", "rows", "run_id",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+        lease: Lease,
+        release: bool,
+        future: asyncio.Future[Lease],
+    ) -> None:
+        rows: list[object] = []
+        seq = expected_seq
+        in_order = True
+        moves = False
+        for event in events:
+            seq += 1
+            if event.seq != seq:
+                in_order = False
+            if event.trigger is not None:
+                moves = True
+            rows += (run_id, event.seq, encode_event(event))
+        self.run_id = run_id
+        self.events = events
+        self.rows = rows
+        """The event INSERT's parameters, three per event (run_id, seq, body)."""
+        self.expected_seq = expected_seq
+        self.lease = lease
+        self.release = release
+        self.future = future
+        self.result: Lease | None = None
+        self.error: BaseException | None = None
+        self.in_order = in_order
+        """Its events' seqs follow ``expected_seq`` (else the slow path explains the refusal)."""
+        self.moves = moves
+        """A trigger among its events: the state may change (else a renewal's statement)."""
+        owner = lease.owner
+        # ``_value_``: the enum's ``value`` is a Python-level property.
+        state = events[-1].state._value_ if events else None
+        self.cas: tuple[object, ...] = (
+            (run_id, expected_seq, lease.generation, owner, seq, state, None, None, None, None)
+            if release
+            else (run_id, expected_seq, lease.generation, owner, seq, state, owner, lease.host,
+                  lease.pid, lease.ttl)
+        )
+        """Its row of the compare-and-set's VALUES (``_cas_sql``'s columns)."""
 
     def apply(self, db: sqlite3.Connection) -> Lease:
         """The same append alone (the savepoint fallback)."""
+        flat = self.rows
+        rows = cast("list[tuple[str, int, str]]", list(zip(*[iter(flat)] * 3, strict=True)))
         return ops.append(
-            db, self.run_id, self.events, self.rows, self.expected_seq, self.lease, self.release
+            db, self.run_id, self.events, rows, self.expected_seq, self.lease, self.release
         )
-
-    def in_order(self) -> bool:
-        """Its events' seqs follow ``expected_seq`` (else the slow path explains the refusal)."""
-        seq = self.expected_seq
-        for event in self.events:
-            seq += 1
-            if event.seq != seq:
-                return False
-        return True
 
 
 @dataclass(eq=False, slots=True)
@@ -184,11 +238,13 @@ class _Group:
     appends: list[Append]
     cas: list[tuple[str, list[object]]]
     """One compare-and-set per kind (moves, renewals); ``now`` is appended when run."""
-    check: tuple[str, list[object]]
+    rows: list[object]
+    """Every append's row of the compare-and-set, padded: the compare-and-set's own list
+    when one kind has them all (the usual case), for the two reads of the group."""
     inserts: list[tuple[str, list[object]]]
     now: float = 0.0
-    cancelled: dict[str, str] = field(default_factory=dict)
-    refused: set[str] = field(default_factory=set)
+    cancelled: dict[str, str] | None = None
+    refused: set[str] | None = None
 
 
 class _RolledBack(Exception):
@@ -198,14 +254,21 @@ class _RolledBack(Exception):
 def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
     """Apply every write of ``batch`` in one transaction with one commit (module docstring).
 
-    The statements are built before ``BEGIN IMMEDIATE`` and the leases after
-    ``COMMIT``, so the file's write lock is held only for SQLite's own work.
+    The statements are built before ``BEGIN``, the cancellation requests read
+    and the leases built after ``COMMIT``, so the file's write lock is held only
+    for SQLite's own work.
     """
     plan = _plan(batch.writes)
-    action = "BEGIN IMMEDIATE"
+    # A group's first statement is its compare-and-set, a write: a deferred
+    # BEGIN takes the write lock there (waiting in the busy handler like
+    # BEGIN IMMEDIATE), so the lock is not held across the hand-off of the GIL
+    # that follows BEGIN's own step. Any other write may read first, so it
+    # takes the lock at BEGIN.
+    begin = "BEGIN" if plan and type(plan[0]) is _Group else "BEGIN IMMEDIATE"
+    action = begin
     grouped = True
     try:
-        db.execute("BEGIN IMMEDIATE")
+        db.execute(begin)
         try:
             action = _apply_plan(db, plan)
         except _RolledBack:
@@ -235,6 +298,7 @@ def apply_batch(db: sqlite3.Connection, batch: Batch, path: str) -> None:
     if batch.committed and grouped:
         for step in plan:
             if type(step) is _Group:
+                _read_cancels(db, step)
                 _renewed(step)
 
 
@@ -244,56 +308,57 @@ def _plan(writes: list[Write[Any] | Append]) -> list[_Group | Write[Any] | Appen
     group: list[Append] = []
     runs: set[str] = set()
     for write in writes:
-        fast = type(write) is Append and write.in_order()
-        if group and (not fast or write.run_id in runs or len(group) >= _GROUP):
-            plan.append(_group(group))
-            group, runs = [], set()
-        if fast:
-            assert type(write) is Append
+        if type(write) is Append and write.in_order:
+            if write.run_id in runs or len(group) >= _GROUP:
+                plan.append(_group(group))
+                group, runs = [], set()
             group.append(write)
             runs.add(write.run_id)
-        else:
-            plan.append(write)
+            continue
+        if group:
+            plan.append(_group(group))
+            group, runs = [], set()
+        plan.append(write)
     if group:
         plan.append(_group(group))
     return plan
 
 
 def _group(appends: list[Append]) -> _Group:
-    cas: list[tuple[str, list[object]]] = []
-    for moves in (True, False):
-        params: list[object] = []
-        count = 0
-        for write in appends:
-            events = write.events
-            if any(e.trigger is not None for e in events) is not moves:
-                continue
-            lease = write.lease
-            last = events[-1] if events else None
-            params += (
-                write.run_id, write.expected_seq, lease.generation, lease.owner,
-                write.expected_seq if last is None else last.seq,
-                None if last is None else last.state.value,
-            )
-            if write.release:
-                params += (None, None, None, None)
-            else:
-                params += (lease.owner, lease.host, lease.pid, lease.ttl)
-            count += 1
-        if count:
-            size = _padded(count)
-            params += _NO_ROW * (size - count)
-            cas.append((_CAS_SQL(size, moves), params))
-    size = _padded(len(appends))
-    guards: list[object] = []
+    # One pass: each append's rows were built when it was queued.
+    moved: list[object] = []
+    kept: list[object] = []
+    rows: list[object] = []
     for write in appends:
-        guards += (write.run_id, write.expected_seq, write.lease.generation, write.lease.owner)
-    guards += (None,) * (4 * (size - len(appends)))
-    return _Group(appends, cas, (_CHECK_SQL(size), guards), _inserts(appends))
+        if write.moves:
+            moved += write.cas
+        else:
+            kept += write.cas
+        rows += write.rows
+    size = _padded(len(appends))
+    cas: list[tuple[str, list[object]]] = []
+    if moved and kept:
+        check = moved + kept
+        check += _NO_ROW * (size - len(check) // _WIDTH)
+        for params, moves in ((moved, True), (kept, False)):
+            padded = _padded(len(params) // _WIDTH)
+            params += _NO_ROW * (padded - len(params) // _WIDTH)
+            cas.append((_CAS_SQL(padded, moves), params))
+    else:
+        check = moved or kept
+        check += _NO_ROW * (size - len(check) // _WIDTH)
+        cas.append((_CAS_SQL(size, bool(moved)), check))
+    return _Group(appends, cas, check, _inserts(rows))
 
 
-def _inserts(appends: list[Append]) -> list[tuple[str, list[object]]]:
-    rows: list[object] = [value for write in appends for row in write.rows for value in row]
+def _inserts(rows: list[object]) -> list[tuple[str, list[object]]]:
+    """The event INSERTs of flat ``rows`` (three values per event), padded; chunked if long."""
+    if not rows:
+        return []
+    if len(rows) <= _ROWS * 3:
+        padded = _padded(len(rows) // 3)
+        rows += (None,) * (3 * padded - len(rows))
+        return [(_INSERT_SQL(padded), rows)]
     inserts: list[tuple[str, list[object]]] = []
     for start in range(0, len(rows), _ROWS * 3):
         chunk = rows[start : start + _ROWS * 3]
@@ -334,34 +399,49 @@ def _apply_one(db: sqlite3.Connection, write: Write[Any] | Append) -> None:
 
 
 def _append_group(db: sqlite3.Connection, group: _Group) -> None:
-    """One check, one compare-and-set per kind and one event INSERT for ``group`` (distinct runs).
+    """One compare-and-set per kind and one event INSERT for ``group`` (distinct runs).
 
-    Inside the transaction nothing else writes, so the check tells exactly which
-    appends the compare-and-set refuses (they write nothing, and say why) and
-    which runs carry a cancellation request.
+    The compare-and-set decides: each row matches only its own run at its
+    expected seq, lease generation and owner. When it changed fewer rows than
+    there are appends, one read finds the refused (they write nothing, and say
+    why). Only SQLite's work and a few operations per statement run here, with
+    the file's write lock held; the cancellation requests are read after COMMIT.
     """
-    sql, guards = group.check
     inserts = group.inserts
-    for run_id, fits, cancel in db.execute(sql, guards).fetchall():
-        if cancel is not None:
-            group.cancelled[run_id] = cancel
-        if not fits:
-            group.refused.add(run_id)
-    if group.refused:
-        inserts = _inserts([w for w in group.appends if w.run_id not in group.refused])
     now = group.now = time.time()
     before = db.total_changes
     for sql, params in group.cas:
-        db.execute(sql, [*params, now])
-    if db.total_changes - before != len(group.appends) - len(group.refused):
-        raise _RolledBack  # the check and the compare-and-set disagree: decide one by one
+        params.append(now)  # ``?{now}``, the statement's last parameter
+        try:
+            db.execute(sql, params)
+        finally:
+            params.pop()  # the list is the reads' too
+    changed = db.total_changes - before
+    refused: set[str] | None = None
+    if changed != len(group.appends):
+        rows = group.rows
+        rows.append(now)
+        try:
+            found = db.execute(_REFUSED_SQL(len(rows) // _WIDTH), rows).fetchall()
+        finally:
+            rows.pop()
+        refused = group.refused = {run_id for (run_id,) in found}
+        if changed != len(group.appends) - len(refused):
+            raise _RolledBack  # the read and the compare-and-set disagree: decide one by one
+        kept: list[object] = []
+        for write in group.appends:
+            if write.run_id not in refused:
+                kept += write.rows
+        inserts = _inserts(kept)
     try:
-        for sql, rows in inserts:
-            db.execute(sql, rows)
+        for sql, params in inserts:
+            db.execute(sql, params)
     except sqlite3.IntegrityError as exc:  # rows disagree: find whose, one by one
         raise _RolledBack from exc
+    if not refused:
+        return
     for write in group.appends:
-        if write.run_id not in group.refused:
+        if write.run_id not in refused:
             continue
         try:  # nothing of it was written: say why
             write.error = ops.explain_refusal(
@@ -373,14 +453,35 @@ def _append_group(db: sqlite3.Connection, group: _Group) -> None:
             write.error = exc
 
 
+def _read_cancels(db: sqlite3.Connection, group: _Group) -> None:
+    """The group's runs with a cancellation request, read after COMMIT (outside the lock).
+
+    As of the commit or later, so a request committed before it (by this batch
+    or another process) reaches the renewed lease. If the read fails, the
+    leases go out without it: the request reaches the holder with the next
+    lease the store hands out (the append or renewal after).
+    """
+    rows = group.rows
+    with suppress(sqlite3.Error):
+        found = db.execute(_CANCELS_SQL(len(rows) // _WIDTH), rows).fetchall()
+        if found:
+            group.cancelled = dict(found)
+
+
 def _renewed(group: _Group) -> None:
     """Each append's renewed lease, once the commit is done (the write lock released)."""
     now, cancelled, refused = group.now, group.cancelled, group.refused
+    if cancelled is None and refused is None:  # the usual case
+        for write in group.appends:
+            lease = write.lease
+            write.result = lease.renewed(now + lease.ttl, None)
+        return
+    cancels = cancelled or {}
     for write in group.appends:
-        if write.run_id in refused:
+        if refused and write.run_id in refused:
             continue
         lease = write.lease
-        write.result = ops.renewed(lease, now + lease.ttl, cancelled.get(write.run_id))
+        write.result = lease.renewed(now + lease.ttl, cancels.get(write.run_id))
 
 
 def _apply_each(db: sqlite3.Connection, writes: list[Write[Any] | Append]) -> str:

@@ -114,11 +114,14 @@ class Link:
                 self.closed = True
 
     async def _commit_next(self) -> None:
-        writes: list[batching.Write[Any] | batching.Append] = []
-        while self.pending and len(writes) < self.max_batch:
-            write = self.pending.popleft()
-            if not write.future.done():  # its caller was cancelled before it started
-                writes.append(write)
+        pending = self.pending
+        if len(pending) <= self.max_batch:  # the usual case: take the whole queue at once
+            taken = list(pending)
+            pending.clear()
+        else:
+            taken = [pending.popleft() for _ in range(self.max_batch)]
+        # A write whose caller was cancelled before it started is dropped.
+        writes = [write for write in taken if not write.future.done()]
         if not writes:
             return
         batch = batching.Batch(writes)
@@ -146,6 +149,16 @@ class Link:
             if observe is not None:
                 with suppress(Exception):  # telemetry never fails a write
                     observe("sqlite", [write.run_id for write in batch.writes])
+        if batch.error is None and batch.committed:  # the usual case
+            for write in batch.writes:
+                future = write.future
+                if future.done():
+                    continue
+                if write.error is None:
+                    cast("asyncio.Future[Any]", future).set_result(write.result)
+                else:
+                    future.set_exception(write.error)
+            return
         for write in batch.writes:
             if write.future.done():
                 continue

@@ -298,11 +298,9 @@ class SqliteBackend(Backend):
         link = self._link
         if link is None or not link.usable or link.loop is not asyncio.get_running_loop():
             link = await self._reconnect()
-        rows = [(run_id, event.seq, encode_event(event)) for event in events]
         future: asyncio.Future[Lease] = link.loop.create_future()
-        link.pending.append(
-            Append(run_id, events, rows, expected_seq, lease, release, future)
-        )
+        # Encodes the events and builds the append's statement rows, once.
+        link.pending.append(Append(run_id, events, expected_seq, lease, release, future))
         link.wakeup.set()
         return await future
 

@@ -17,6 +17,13 @@ from durable_agent.fsm import RunState
 
 __all__ = ["ErrorInfo", "Lease", "RunHeader", "Usage", "utcnow"]
 
+# `Lease.renewed`'s way of building an instance without validation: pydantic's
+# own slots, set through their descriptors.
+_new = object.__new__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
 
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime (what every record stores)."""
@@ -113,15 +120,17 @@ class Lease(BaseModel):
         this lease's set of fields given (nothing mutates it; a ``model_copy``
         copies it first).
         """
-        cls = type(self)
-        lease = cls.__new__(cls)
-        fields = dict(self.__dict__)
+        # The new instance's own __dict__ filled in place, and pydantic's slots set
+        # through their descriptors: ~6,500 instructions instead of ~11,300 for
+        # ``object.__setattr__`` of a whole __dict__ and of each slot.
+        lease = _new(type(self))
+        fields = lease.__dict__
+        fields.update(self.__dict__)
         fields["expires_at"] = expires_at
         fields["cancel_requested"] = cancel_requested
-        object.__setattr__(lease, "__dict__", fields)
-        object.__setattr__(lease, "__pydantic_fields_set__", self.__pydantic_fields_set__)
-        object.__setattr__(lease, "__pydantic_extra__", None)
-        object.__setattr__(lease, "__pydantic_private__", None)
+        _set_fields_set(lease, self.__pydantic_fields_set__)
+        _set_extra(lease, None)
+        _set_private(lease, None)
         return lease
 
 

@@ -17,7 +17,7 @@ import them from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Final, Literal, NoReturn, TypeAlias, TypeGuard
 
 from pydantic import (
@@ -102,6 +102,7 @@ __all__ = [
     "decode_event",
     "decode_header",
     "decode_header_fields",
+    "discard_checked",
     "encode_event",
     "encode_header",
     "encode_tool_result",
@@ -316,7 +317,20 @@ _HEADER: Final[TypeAdapter[RunHeader]] = TypeAdapter(RunHeader)
 
 _ENCODED: Final[dict[int, tuple[Event, str]]] = {}
 """Events `check_event` passed, with their JSON text, that `encode_event` has not
-asked for yet; by identity (the event is kept, so its id cannot be reused meanwhile)."""
+asked for yet. Keyed by ``id``, with the event itself kept in the entry: while the
+entry lives the event lives, so its id cannot be reused by another object, and
+`encode_event` checks identity too. Nothing is ever returned for an event that
+changed: events are frozen records.
+
+Why it exists: the engine checks every event before an append and the store
+encodes the same event right after; sharing one serialization saved ~50,000
+instructions per transition in benchmark (b)'s workload (~16% of the engine's,
+valgrind). The engine drops its entries when its append returns
+(`discard_checked`), so an event is never kept alive past its append, whatever
+the store does with it (a store that keeps objects never calls `encode_event`);
+the bound below only covers callers of `check_event` that never encode."""
+
+_CHECKED_BOUND: Final = 1024
 
 
 def check_event(event: Event) -> None:
@@ -329,9 +343,15 @@ def check_event(event: Event) -> None:
     serializes each event once.
     """
     text = _encode(event)
-    if len(_ENCODED) > 1024:  # events checked but never encoded (a store that keeps objects)
+    if len(_ENCODED) >= _CHECKED_BOUND:  # checked by a caller that never encodes nor discards
         _ENCODED.clear()
     _ENCODED[id(event)] = (event, text)
+
+
+def discard_checked(events: Sequence[Event]) -> None:
+    """Forget the text `check_event` kept for ``events`` (once their append is over)."""
+    for event in events:
+        _ENCODED.pop(id(event), None)
 
 
 def encode_event(event: Event) -> str:

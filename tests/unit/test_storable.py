@@ -299,3 +299,36 @@ def test_an_empty_or_non_str_run_id_is_a_configuration_error(bad: object) -> Non
     agent = Agent(ScriptedModel(["x"]), db=MemoryBackend())
     with pytest.raises(ConfigurationError, match="non-empty str"):
         asyncio.run(agent.continue_run_async(run_id=bad))  # type: ignore[arg-type]
+
+
+def test_the_text_a_check_keeps_is_the_encoding_and_is_dropped_once_the_append_is_over() -> None:
+    """`check_event`'s kept text is what `encode_event` would write; the engine lets it go.
+
+    A store that keeps event objects never asks for the text: the engine still
+    drops it when the append returns, so no event outlives its append in the cache.
+    """
+    import gc
+    import weakref
+
+    from durable_agent import records
+
+    event = answer({"x": [1, 2]}, "c1", content="hi")
+    fresh = encode_event(event)
+    check_event(event)
+    assert encode_event(event) == fresh  # served from the check, equal to a fresh encoding
+    assert id(event) not in records._ENCODED
+
+    appended: list[weakref.ref[Any]] = []
+
+    class KeepsObjects(MemoryBackend):
+        async def append(self, run_id: str, events: Any, **kwargs: Any) -> Any:
+            appended.extend(weakref.ref(e) for e in events)
+            lease = kwargs["lease"]
+            return lease.renewed(lease.expires_at, None)  # stores nothing, encodes nothing
+
+    agent = Agent(ScriptedModel(["done"]), db=KeepsObjects())
+    agent.do(Task("hi"))
+    assert appended
+    assert not records._ENCODED
+    gc.collect()
+    assert all(ref() is None for ref in appended)  # nothing kept them alive
