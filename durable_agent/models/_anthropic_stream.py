@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from anthropic.types import Message as AnthropicMessage
 from anthropic.types import RawMessageStreamEvent
 
+from durable_agent._redact import redact_exception
 from durable_agent.errors import ModelConnectionError
 from durable_agent.models import ModelDelta, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import describe_cause
@@ -37,54 +38,63 @@ async def stream_message(
     tools: Sequence[ToolDefinition],
     output_schema: OutputSchema | None,
 ) -> AsyncIterator[ModelDelta | ModelResponse]:
-    """Text deltas as they arrive, then the folded answer as a `ModelResponse`."""
-    from durable_agent.models.anthropic import _malformed
+    """Text deltas as they arrive, then the folded answer as a `ModelResponse`.
 
-    client = model._client()
-    options, output_tool = model._prepare(messages, tools, output_schema)
-    deadline = asyncio.get_running_loop().time() + model.timeout
+    A failure leaves it cleaned of secrets (`durable_agent.models._http.redacted`).
+    """
     try:
-        async with asyncio.timeout_at(deadline):
-            stream = await client.messages.create(stream=True, **options)
-    except Exception as exc:
-        mine = model._translated(exc, client)
-        if mine is None:
-            raise
-        raise mine from exc
-    fold = _Fold()
-    events = stream.__aiter__()
-    try:
-        while True:
-            try:
-                # The deadline covers each wait, never the consumer's time between deltas.
-                async with asyncio.timeout_at(deadline):
-                    event = await anext(events)
-            except StopAsyncIteration:
-                break
-            text = fold.add(event)
-            if text:
-                yield ModelDelta(text)
-    except Exception as exc:
-        mine = model._translated(exc, client)
-        if mine is None:
-            if not _broken(exc):
+        from durable_agent.models.anthropic import _malformed
+
+        client = model._client()
+        options, output_tool = model._prepare(messages, tools, output_schema)
+        deadline = asyncio.get_running_loop().time() + model.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await client.messages.create(stream=True, **options)
+        except Exception as exc:
+            mine = model._translated(exc, client)
+            if mine is None:
                 raise
-            mine = ModelConnectionError(
-                f"the connection to Anthropic broke mid-stream ({describe_cause(exc)}); retryable"
+            raise mine from exc
+        fold = _Fold()
+        events = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    # The deadline covers each wait, never the consumer's time between deltas.
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                text = fold.add(event)
+                if text:
+                    yield ModelDelta(text)
+        except Exception as exc:
+            mine = model._translated(exc, client)
+            if mine is None:
+                if not _broken(exc):
+                    raise
+                mine = ModelConnectionError(
+                    f"the connection to Anthropic broke mid-stream ({describe_cause(exc)}); "
+                    "retryable"
+                )
+            raise mine from exc
+        finally:
+            await stream.close()
+        if not fold.stopped:
+            raise ModelConnectionError(
+                f"Anthropic ended the stream of model {model.model!r} before message_stop; "
+                "retryable"
             )
-        raise mine from exc
-    finally:
-        await stream.close()
-    if not fold.stopped:
-        raise ModelConnectionError(
-            f"Anthropic ended the stream of model {model.model!r} before message_stop; retryable"
-        )
-    try:
-        answer = AnthropicMessage.model_validate(fold.message(model.model))
-        answer._request_id = stream.response.headers.get("request-id")
-    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-        raise _malformed(f"the stream did not make a message ({exc})") from exc
-    yield model._answer(answer, output_tool)
+        try:
+            answer = AnthropicMessage.model_validate(fold.message(model.model))
+            answer._request_id = stream.response.headers.get("request-id")
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            raise _malformed(f"the stream did not make a message ({exc})") from exc
+        yield model._answer(answer, output_tool)
+    except Exception as exc:
+        redact_exception(exc)
+        raise
 
 
 def _broken(exc: BaseException) -> bool:

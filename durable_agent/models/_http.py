@@ -19,7 +19,7 @@ import time
 import unicodedata
 import urllib.parse
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final, Generic, TypeVar
 
 from durable_agent._redact import mark_secret, redact, redact_exception
@@ -44,7 +44,6 @@ __all__ = [
     "provider_message",
     "public_url",
     "redacted",
-    "redacted_stream",
     "require_api_key",
     "retry_after_seconds",
     "safe_name",
@@ -359,20 +358,6 @@ class LoopSDKClients(Generic[C, S]):
             cached = (http, self._build(http))
             self._cache[loop] = cached
         return cached[1]
-
-
-async def redacted_stream(items: AsyncIterator[R]) -> AsyncIterator[R]:
-    """`redacted` for an adapter's stream: failures leave it cleaned of secrets."""
-    try:
-        async for item in items:
-            yield item
-    except Exception as exc:
-        redact_exception(exc)
-        raise
-    finally:
-        close = getattr(items, "aclose", None)
-        if close is not None:
-            await close()
 
 
 async def redacted(call: Awaitable[R]) -> R:

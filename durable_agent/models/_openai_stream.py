@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from durable_agent._redact import redact_exception
 from durable_agent.errors import ModelConnectionError
 from durable_agent.models import ModelDelta, ModelResponse, OutputSchema, ToolDefinition
 from durable_agent.models._http import describe_cause
@@ -33,62 +34,69 @@ async def stream_completion(
     tools: Sequence[ToolDefinition],
     output_schema: OutputSchema | None,
 ) -> AsyncIterator[ModelDelta | ModelResponse]:
-    """Text deltas as they arrive, then the folded answer as a `ModelResponse`."""
-    from durable_agent.models.openai import _malformed, to_openai_messages
+    """Text deltas as they arrive, then the folded answer as a `ModelResponse`.
 
-    client = model._client()
-    deadline = asyncio.get_running_loop().time() + model.timeout
+    A failure leaves it cleaned of secrets (`durable_agent.models._http.redacted`).
+    """
     try:
-        async with asyncio.timeout_at(deadline):
-            stream = await client.chat.completions.create(
-                model=model.model,
-                messages=to_openai_messages(messages),
-                timeout=model.timeout,
-                stream=True,
-                stream_options={"include_usage": True},
-                **model._options(tools, output_schema),
+        from durable_agent.models.openai import _malformed, to_openai_messages
+
+        client = model._client()
+        deadline = asyncio.get_running_loop().time() + model.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                stream = await client.chat.completions.create(
+                    model=model.model,
+                    messages=to_openai_messages(messages),
+                    timeout=model.timeout,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **model._options(tools, output_schema),
+                )
+        except Exception as exc:
+            mine = model._translated(exc, client)
+            if mine is None:
+                raise
+            raise mine from exc
+        fold = _Fold()
+        chunks = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    # The deadline covers each wait, never the consumer's time between deltas.
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                text = fold.add(chunk)
+                if text:
+                    yield ModelDelta(text)
+        except Exception as exc:
+            mine = model._translated(exc, client)
+            if mine is None:
+                raise
+            if isinstance(mine, ModelConnectionError):
+                mine = ModelConnectionError(
+                    f"the connection to OpenAI broke mid-stream ({describe_cause(exc)}); retryable"
+                )
+            raise mine from exc
+        finally:
+            await stream.close()
+        if fold.finish is None:
+            # Ended without a finish reason: the body was closed before the answer was.
+            raise ModelConnectionError(
+                f"OpenAI ended the stream of model {model.model!r} before its answer was complete; "
+                "retryable"
             )
+        try:
+            completion = ChatCompletion.model_validate(fold.completion(model.model))
+            completion._request_id = stream.response.headers.get("x-request-id")
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            raise _malformed(f"the stream did not make a chat completion ({exc})") from exc
+        yield model._answer(completion)
     except Exception as exc:
-        mine = model._translated(exc, client)
-        if mine is None:
-            raise
-        raise mine from exc
-    fold = _Fold()
-    chunks = stream.__aiter__()
-    try:
-        while True:
-            try:
-                # The deadline covers each wait, never the consumer's time between deltas.
-                async with asyncio.timeout_at(deadline):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            text = fold.add(chunk)
-            if text:
-                yield ModelDelta(text)
-    except Exception as exc:
-        mine = model._translated(exc, client)
-        if mine is None:
-            raise
-        if isinstance(mine, ModelConnectionError):
-            mine = ModelConnectionError(
-                f"the connection to OpenAI broke mid-stream ({describe_cause(exc)}); retryable"
-            )
-        raise mine from exc
-    finally:
-        await stream.close()
-    if fold.finish is None:
-        # Ended without a finish reason: the body was closed before the answer was.
-        raise ModelConnectionError(
-            f"OpenAI ended the stream of model {model.model!r} before its answer was complete; "
-            "retryable"
-        )
-    try:
-        completion = ChatCompletion.model_validate(fold.completion(model.model))
-        completion._request_id = stream.response.headers.get("x-request-id")
-    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-        raise _malformed(f"the stream did not make a chat completion ({exc})") from exc
-    yield model._answer(completion)
+        redact_exception(exc)
+        raise
 
 
 class _Fold:

@@ -54,7 +54,6 @@ from durable_agent.models._http import (
     provider_message,
     public_url,
     redacted,
-    redacted_stream,
     require_api_key,
     safe_name,
 )
@@ -174,7 +173,7 @@ class AnthropicModel(ChatModel):
     ) -> ModelResponse:
         return await redacted(self._request(messages, tools, output_schema))
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[Message],
         *,
@@ -182,10 +181,10 @@ class AnthropicModel(ChatModel):
         output_schema: OutputSchema | None = None,
     ) -> AsyncIterator[ModelDelta | ModelResponse]:
         """Stream the answer (Messages streaming): text deltas, then the answer."""
+        # The streaming generator itself, not a generator around it (see OpenAIModel.stream).
         from durable_agent.models._anthropic_stream import stream_message
 
-        async for item in redacted_stream(stream_message(self, messages, tools, output_schema)):
-            yield item
+        return stream_message(self, messages, tools, output_schema)
 
     def _prepare(
         self, messages: Sequence[Message], tools: Sequence[ToolDefinition],

@@ -46,7 +46,6 @@ from durable_agent.models._http import (
     provider_message,
     public_url,
     redacted,
-    redacted_stream,
     require_api_key,
     safe_name,
 )
@@ -164,7 +163,7 @@ class OpenAIModel(ChatModel):
     ) -> ModelResponse:
         return await redacted(self._request(messages, tools, output_schema))
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[Message],
         *,
@@ -172,10 +171,12 @@ class OpenAIModel(ChatModel):
         output_schema: OutputSchema | None = None,
     ) -> AsyncIterator[ModelDelta | ModelResponse]:
         """Stream the answer (``stream=True``, usage included): text deltas, then the answer."""
+        # The streaming generator itself, not a generator around it: each layer
+        # costs every item a hop and the first delta an allocation (it cleans
+        # its failures of secrets as `redacted` does).
         from durable_agent.models._openai_stream import stream_completion
 
-        async for item in redacted_stream(stream_completion(self, messages, tools, output_schema)):
-            yield item
+        return stream_completion(self, messages, tools, output_schema)
 
     def _options(
         self, tools: Sequence[ToolDefinition], output_schema: OutputSchema | None
