@@ -9,9 +9,12 @@ lease with generation + 1 in the same statement. With ``max_running``, the
 transaction first takes one advisory lock per limited queue (in name order, so
 claimers never deadlock); the claim statement then starts with a snapshot
 taken after the lock, so it counts every claim committed before it and the cap
-holds fleet-wide. A run is claimable when nobody holds a live lease on it: no
-lease, an expired one (the server's clock), one of a worker whose liveness is
-gone, or one of a process on the claimer's own host that no longer exists.
+holds fleet-wide. It counts every held lease of a queue's runs not at rest,
+lapsed or not (`holds_place`: a frozen holder writes on when it thaws unless
+its run was taken over), and a takeover needs no room. A run is claimable
+when nobody holds a live lease on it: no lease, an expired one (the server's
+clock), one of a worker whose liveness is gone, or one of a process on the
+claimer's own host that no longer exists.
 
 **Liveness is a session advisory lock.** `register_worker` opens a connection
 of the worker's own that holds ``pg_advisory_lock(namespace, key)`` for as
@@ -93,8 +96,11 @@ _LAPSED: Final = f"(r.lease_expires <= {NOW} OR r.lease_owner IN (SELECT owner F
 _WANTED: Final = "%(limit)s + (SELECT COALESCE(sum(left_), 0) FROM room WHERE left_ > 0)"
 
 
-def _pick(which: str, limit: str) -> str:
-    """The claimable runs matching ``which``, in claim order, up to ``limit``, locked."""
+def _pick(which: str, limit: str, *, full_too: bool = False) -> str:
+    """The claimable runs matching ``which``, in claim order, up to ``limit``, locked.
+
+    ``full_too``: also from queues with no room left (takeovers, which keep their place).
+    """
     return f"""
     SELECT r.run_id, r.queue, r.priority, r.created_at,
         {", ".join("r." + c.strip() for c in _LEASE.split(","))}
@@ -104,7 +110,7 @@ def _pick(which: str, limit: str) -> str:
         AND (%(all_queues)s OR r.queue = ANY(%(queues)s::text[]))
         AND (r.not_before IS NULL OR r.not_before <= {NOW})
         AND r.schema_version <= {SCHEMA_VERSION}
-        AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)
+        {"" if full_too else "AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)"}
     ORDER BY r.priority DESC, r.created_at, r.run_id
     LIMIT {limit}
     FOR UPDATE OF r SKIP LOCKED"""
@@ -126,7 +132,6 @@ room AS (
     SELECT l.queue, l.most - count(r.run_id) AS left_
     FROM limits l LEFT JOIN {{runs}} r
         ON r.queue = l.queue AND r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
-        AND NOT {_LAPSED}
     GROUP BY l.queue, l.most
 ),
 free AS ({_pick("r.lease_owner IS NULL", _WANTED)}
@@ -135,17 +140,19 @@ held AS ({_pick(
     f"r.lease_owner IS NOT NULL AND {_LAPSED}",
     f"CASE WHEN %(sweep)s THEN {_WANTED} "
     f"ELSE GREATEST({_WANTED} - (SELECT count(*) FROM free), 0) END",
+    full_too=True,
 )}
 ),
 candidates AS (SELECT * FROM free UNION ALL SELECT * FROM held),
 chosen AS (
     SELECT c.* FROM (
         SELECT c.*, row_number() OVER (
-            PARTITION BY c.queue ORDER BY c.priority DESC, c.created_at, c.run_id
+            PARTITION BY c.queue, c.lease_owner IS NULL
+            ORDER BY c.priority DESC, c.created_at, c.run_id
         ) AS nth
         FROM candidates c
     ) c LEFT JOIN room ON room.queue = c.queue
-    WHERE room.queue IS NULL OR c.nth <= room.left_
+    WHERE room.queue IS NULL OR c.lease_owner IS NOT NULL OR c.nth <= room.left_
     ORDER BY c.priority DESC, c.created_at, c.run_id
     LIMIT %(limit)s
 ),

@@ -20,8 +20,8 @@ plain append costs one ZADD more.
 
 `CLAIM` runs as one script, so Redis runs it alone: it marks the leases of
 lapsed workers (and of processes gone from the claimer's host) expired in the
-index, promotes due delayed runs, counts each limited queue's live leases
-(ZCOUNT of the leased index above now, by the server's clock), picks the best
+index, promotes due delayed runs, counts each limited queue's leased runs, lapsed
+or not (ZCARD of the leased index, `holds_place`), picks the best
 candidates among the ready and the expired ones (claim order: highest
 priority, oldest, run id), checks each against its header, and takes the
 lease (generation + 1). Nothing can interleave, so ``max_running`` holds
@@ -136,7 +136,7 @@ for _, q in ipairs(queues) do
       local ok, f = pcall(redis.call, 'HMGET', header(id), 'priority', 'created_at')
       if ok and f[2] then
         cands[#cands + 1] = {prio = tonumber(f[1] or '0') or 0, created = pad(f[2]), id = id,
-                             ix = leasedix, member = id, q = q}
+                             ix = leasedix, member = id, q = q, held = true}
       else
         redis.call('ZREM', leasedix, id)
       end
@@ -149,13 +149,14 @@ table.sort(cands, function(x, y)
   return x.id < y.id
 end)
 
--- 3. Room per limited queue: its live leases, by the server's clock.
+-- 3. Room per limited queue: its leased runs not at rest, lapsed or not (a frozen
+-- holder writes on when it thaws unless its run is taken over). A takeover keeps the
+-- run's place, so it needs no room.
 local room = {}
 for q, most in pairs(caps) do
   local running = 0
   for _, a in ipairs(redis.call('SMEMBERS', p .. 'claim:agents:' .. q)) do
-    running = running + redis.call('ZCOUNT', p .. 'claim:leased:' .. q .. '\\31' .. a,
-                                   '(' .. nows, '+inf')
+    running = running + redis.call('ZCARD', p .. 'claim:leased:' .. q .. '\\31' .. a)
   end
   room[q] = most - running
 end
@@ -164,7 +165,7 @@ end
 local out = {}
 for _, c in ipairs(cands) do
   if #out >= limit then break end
-  if room[c.q] == nil or room[c.q] > 0 then
+  if room[c.q] == nil or room[c.q] > 0 or c.held then
     local h = header(c.id)
     local ok, f = pcall(redis.call, 'HMGET', h, 'state', 'queue', 'agent_name', 'not_before',
                         'lease_owner', 'lease_expires', 'lease_generation', 'cancel_requested',
@@ -185,7 +186,7 @@ for _, c in ipairs(cands) do
         redis.call('HSET', h, 'lease_owner', owner, 'lease_host', host, 'lease_pid', pid,
                    'lease_expires', expires, 'lease_ttl', ttl, 'lease_generation', g)
         reindex(h, p, now_n)
-        if room[c.q] then room[c.q] = room[c.q] - 1 end
+        if room[c.q] and not f[5] then room[c.q] = room[c.q] - 1 end
         out[#out + 1] = {c.id, f[5] or false, f[9] or false, f[10] or false, f[6] or false,
                          f[11] or false, f[7], redis.call('HGETALL', h)}
       else

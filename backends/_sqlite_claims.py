@@ -3,7 +3,8 @@
 A claim is one write of the group-commit batch, so it runs inside ``BEGIN
 IMMEDIATE``: the file's write lock makes the read of the claimable runs, the
 ``max_running`` count and the lease updates one atomic step across every
-process sharing the file. The candidates come from the partial index
+process sharing the file. The candidates, and the count of a capped queue's
+runs holding a place (`holds_place`), come from the partial index
 ``runs_claimable``, which holds only runs not at rest, so the cost does not
 grow with finished runs.
 """
@@ -20,6 +21,7 @@ from durable_agent.backend import (
     LeaseOwner,
     claim_lease,
     claimable,
+    holds_place,
     queue_room,
 )
 from durable_agent.backends._sqlite_ops import _HEADER_COLUMNS, header_from_row
@@ -60,17 +62,13 @@ def claim(
     dead.update(gone)
     room: dict[str, int] = {}
     if max_running:
+        # `holds_place`: every held lease of a run not at rest, lapsed or not.
         rows = db.execute(
-            f"SELECT queue, lease_owner, lease_expires FROM runs WHERE {CLAIMABLE} "
-            f"AND queue IN ({_marks(max_running)}) AND lease_owner IS NOT NULL "
-            "AND lease_expires > ?",
-            (*max_running, now),
+            f"SELECT queue, count(*) FROM runs INDEXED BY runs_claimable WHERE {CLAIMABLE} "
+            f"AND queue IN ({_marks(max_running)}) AND lease_owner IS NOT NULL GROUP BY queue",
+            tuple(max_running),
         ).fetchall()
-        running: dict[str, int] = {}
-        for queue, lease_owner, _ in rows:
-            if lease_owner not in dead:
-                running[queue] = running.get(queue, 0) + 1
-        room = queue_room(max_running, running)
+        room = queue_room(max_running, dict(rows))
     where = [
         CLAIMABLE,
         f"agent_name IN ({_marks(agents)})",
@@ -84,7 +82,8 @@ def claim(
         params.extend(queues)
     full = [q for q, left in room.items() if left <= 0]
     if full:
-        where.append(f"queue NOT IN ({_marks(full)})")
+        # A full queue's held runs are still claimable: a takeover keeps the place.
+        where.append(f"(queue NOT IN ({_marks(full)}) OR lease_owner IS NOT NULL)")
         params.extend(full)
     rows = db.execute(
         # INDEXED BY: walked in claim order, the partial index stops at the
@@ -104,7 +103,8 @@ def claim(
             continue  # a damaged run is reported by load_run, never claimed
         if not claimable(header, agents=agents, queues=queues, now=now, dead_owners=dead):
             continue
-        if room.get(header.queue, 1) <= 0:
+        takeover = holds_place(header)  # already counted: it needs no room
+        if not takeover and room.get(header.queue, 1) <= 0:
             continue
         lease = claim_lease(header, owner, ttl=ttl, now=now)
         db.execute(
@@ -113,7 +113,7 @@ def claim(
             (lease.owner, lease.host, lease.pid, lease.expires_at, lease.ttl,
              lease.generation, header.run_id),
         )
-        if header.queue in room:
+        if header.queue in room and not takeover:
             room[header.queue] -= 1
         claimed.append(
             ClaimedRun(

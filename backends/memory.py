@@ -32,7 +32,7 @@ from durable_agent.backend import (
     claim_order,
     claimable,
     decode_cursor,
-    lease_live,
+    holds_place,
     make_page,
     queue_room,
 )
@@ -329,7 +329,7 @@ class MemoryBackend(Backend):
                 headers.append(header)
         running: dict[str, int] = {}
         for header in headers:
-            if lease_live(header.lease, now=now, dead_owners=dead):
+            if holds_place(header):
                 running[header.queue] = running.get(header.queue, 0) + 1
         room = queue_room(max_running or {}, running)
         candidates = sorted(
@@ -341,12 +341,13 @@ class MemoryBackend(Backend):
         for header in candidates:
             if len(claimed) >= limit:
                 break
-            if room.get(header.queue, 1) <= 0:
+            takeover = holds_place(header)  # already counted: it needs no room
+            if not takeover and room.get(header.queue, 1) <= 0:
                 continue
             lease = claim_lease(header, owner, ttl=ttl, now=now)
             after = header.model_copy(update={"lease": lease, "lease_generation": lease.generation})
             self._runs[header.run_id].write_header(after)
-            if header.queue in room:
+            if header.queue in room and not takeover:
                 room[header.queue] -= 1
             claimed.append(ClaimedRun(header=after, previous=header.lease))
         return claimed

@@ -43,6 +43,7 @@ __all__ = [
     "claim_lease",
     "claim_order",
     "claimable",
+    "holds_place",
     "lease_live",
     "portable_claim",
     "queue_room",
@@ -89,6 +90,20 @@ def lease_live(lease: Lease | None, *, now: float, dead_owners: Collection[str] 
     return lease is not None and lease.expires_at > now and lease.owner not in dead_owners
 
 
+def holds_place(header: RunHeader) -> bool:
+    """Whether ``header``'s run counts toward its queue's ``max_running``.
+
+    A run not at rest whose lease is held, live or lapsed, counts until the
+    lease is released, the run comes to rest, or a claim takes it over (which
+    keeps the place, so a takeover needs no room). A lapsed lease must count
+    too: its holder may only be frozen or cut off, and it writes on when it
+    comes back unless its run was taken over (the fence refuses only a stale
+    generation). The cost: a dead holder's run fills its place until a worker
+    that knows its agent takes it over.
+    """
+    return header.state in CLAIMABLE_STATES and header.lease is not None
+
+
 def claimable(
     header: RunHeader,
     *,
@@ -126,7 +141,10 @@ def claim_lease(header: RunHeader, owner: LeaseOwner, *, ttl: float, now: float)
 
 
 def queue_room(max_running: Mapping[str, int], running: Mapping[str, int]) -> dict[str, int]:
-    """How many more runs each limited queue may start, given how many run there now."""
+    """How many more runs each limited queue may start, given how many hold a place there now.
+
+    ``running`` counts the runs that `holds_place`; a takeover takes no room.
+    """
     return {q: max(0, limit - running.get(q, 0)) for q, limit in max_running.items()}
 
 
@@ -222,7 +240,7 @@ async def _claim(
     }
     running: dict[str, int] = {}
     for h in headers:
-        if lease_live(h.lease, now=now, dead_owners=dead):
+        if holds_place(h):
             running[h.queue] = running.get(h.queue, 0) + 1
     room = queue_room(max_running or {}, running)
     candidates = sorted(
@@ -237,12 +255,13 @@ async def _claim(
     for candidate in candidates:
         if len(claimed) >= limit:
             break
-        if room.get(candidate.queue, 1) <= 0:
+        takeover = holds_place(candidate)  # already counted: it needs no room
+        if not takeover and room.get(candidate.queue, 1) <= 0:
             continue
         got = await _acquire_if_claimable(backend, owner, candidate, ttl, dead, agents, queues)
         if got is not None:
             claimed.append(got)
-            if candidate.queue in room:
+            if candidate.queue in room and not takeover:
                 room[candidate.queue] -= 1
     return claimed
 

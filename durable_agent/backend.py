@@ -48,6 +48,7 @@ from durable_agent._claim_rules import (
     claim_lease,
     claim_order,
     claimable,
+    holds_place,
     lease_live,
     portable_claim,
     queue_room,
@@ -90,6 +91,7 @@ __all__ = [
     "commit_observer",
     "decode_cursor",
     "encode_cursor",
+    "holds_place",
     "lease_live",
     "make_page",
     "mark_secret",
@@ -355,11 +357,12 @@ class Backend(ABC):
         ``queues=None`` for every queue); a lease of an owner whose worker
         registration lapsed counts as dead. Each claim is a lease acquisition
         (generation + 1, ``ttl`` seconds), so two callers never both get one run.
-        ``max_running`` caps, per queue, the runs holding a live lease after the
-        claim, fleet-wide. Natively (`Capability.CLAIM`) one atomic step claims
-        and, with `Capability.QUEUE_LIMIT`, checks the cap; the default lists
-        and acquires one by one (`portable_claim`), which may overshoot the cap
-        under races.
+        ``max_running`` caps, per queue, the runs holding a place after the
+        claim, fleet-wide (`holds_place`: a held lease, live or lapsed, of a run
+        not at rest; a takeover keeps its run's place). Natively
+        (`Capability.CLAIM`) one atomic step claims and, with
+        `Capability.QUEUE_LIMIT`, checks the cap; the default lists and acquires
+        one by one (`portable_claim`), which may overshoot the cap under races.
         """
         check_claim_args(agents, limit, ttl, max_running)
         return await portable_claim(

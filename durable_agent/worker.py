@@ -92,8 +92,8 @@ class Worker:
             which they must then share.
         concurrency: slots, the most runs driven at once.
         queues: the queues served; None serves every queue.
-        max_running: per queue, the most runs holding a live lease across the
-            whole fleet.
+        max_running: per queue, the most runs holding a lease (live, or lapsed
+            and not yet taken over) across the whole fleet.
         retry: resume runs that failed with a retryable error (default: off).
         grace: seconds a stopping worker lets effects in flight finish before
             cutting them.

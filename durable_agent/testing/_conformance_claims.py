@@ -17,7 +17,7 @@ import pytest
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
 from durable_agent.errors import ConfigurationError, LeaseLostError
 from durable_agent.fsm import RunState
-from durable_agent.records import utcnow
+from durable_agent.records import Lease, utcnow
 from durable_agent.testing._conformance_base import BackendTestCase, at, created, header, step
 
 
@@ -36,6 +36,22 @@ async def _claim_until(
         if got or time.monotonic() > end:
             return got
         await asyncio.sleep(0.01)
+
+
+async def _lapse(backend: Backend, run_id: str, lease: Lease) -> Lease:
+    """Let ``lease`` lapse by the store's clock, as if its holder froze; return it.
+
+    The store's clock is not ours to read, so a probe run in a queue of its own
+    is leased for as short a time just after: once a claim takes the probe over,
+    ``lease`` (renewed before it) has expired too.
+    """
+    short = await backend.renew_lease(run_id, lease.model_copy(update={"ttl": 0.05}))
+    await submit(backend, f"{run_id}-probe", queue="probe", agent_name="probe")
+    await backend.acquire_lease(f"{run_id}-probe", LeaseOwner.current(), ttl=0.05)
+    got = await _claim_until(backend, LeaseOwner.current(), agents=["probe"], queues=["probe"])
+    assert [c.run_id for c in got] == [f"{run_id}-probe"]
+    assert got[0].takeover
+    return short
 
 
 class ClaimTests(BackendTestCase):
@@ -186,6 +202,69 @@ class ClaimTests(BackendTestCase):
             await backend.append("q0", [done], expected_seq=1, lease=q0.lease, release=True)
             again = await backend.claim_runs(owner, agents=["agent"], limit=10, max_running=cap)
             assert [c.run_id for c in again] == ["q2"]
+
+        self.drive(request, body)
+
+    def test_a_lapsed_lease_nobody_took_over_still_fills_its_queue(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            # A holder frozen (or cut off) past its TTL whose run nobody can take
+            # over (no claimer knows its agent) may thaw and write again: the fence
+            # refuses only a taken-over lease. So its run keeps its place in the
+            # queue, or a claim started meanwhile would run beside it over the cap.
+            await submit(backend, "frozen", queue="q", created_at=at(1))
+            await submit(backend, "next", queue="q", created_at=at(2), agent_name="other")
+            cap = {"q": 1}
+            (first,) = await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], ttl=30, max_running=cap
+            )
+            frozen = await _lapse(backend, "frozen", first.lease)
+            assert await backend.claim_runs(
+                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
+            ) == []
+            # Thawed, the holder writes on (nobody took over) and then comes to rest.
+            await backend.append("frozen", [step(2)], expected_seq=1, lease=frozen)
+            assert await backend.claim_runs(
+                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
+            ) == []
+            done = step(3, RunState.DONE)
+            await backend.append("frozen", [done], expected_seq=2, lease=frozen, release=True)
+            got = await backend.claim_runs(
+                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
+            )
+            assert [c.run_id for c in got] == ["next"]
+
+        self.drive(request, body)
+
+    def test_a_full_queue_takes_its_lapsed_run_over_before_a_higher_priority_new_one(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            await submit(backend, "frozen", queue="q", created_at=at(1))
+            cap = {"q": 1}
+            (first,) = await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], ttl=30, max_running=cap
+            )
+            await submit(backend, "urgent", queue="q", created_at=at(2), priority=9)
+            frozen = await _lapse(backend, "frozen", first.lease)
+            # The lapsed run holds the queue's one place, so the higher priority
+            # run cannot start; taking the lapsed run over needs no more room.
+            got = await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
+            )
+            assert [c.run_id for c in got] == ["frozen"]
+            assert got[0].takeover
+            with pytest.raises(LeaseLostError):
+                await backend.append("frozen", [step(2)], expected_seq=1, lease=frozen)
+            assert (await backend.get_run("urgent")).lease is None
+            done = step(2, RunState.DONE)
+            await backend.append("frozen", [done], expected_seq=1, lease=got[0].lease,
+                                 release=True)
+            again = await backend.claim_runs(
+                LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
+            )
+            assert [c.run_id for c in again] == ["urgent"]
 
         self.drive(request, body)
 

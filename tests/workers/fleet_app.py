@@ -118,11 +118,11 @@ other = Agent(ScriptedModel(["never"]), db=fleet.db, name="someone-else")
 """An agent no worker of these tests serves."""
 
 
-async def _submit(url: str, count: int, queue: str) -> None:
+async def _submit(url: str, count: int, queue: str, priority: int) -> None:
     agent = Agent(fleet.model, db=url, tools=[effect], name="fleet")
     async with agent:
         for _ in range(count):
-            handle = await agent.submit_async("go", queue=queue)
+            handle = await agent.submit_async("go", queue=queue, priority=priority)
             print(handle.run_id, flush=True)
 
 
@@ -137,6 +137,7 @@ async def _wait(url: str, run_ids: list[str]) -> None:
 if __name__ == "__main__":
     command, url, *rest = sys.argv[1:]
     if command == "submit":
-        asyncio.run(_submit(url, int(rest[0]), rest[1] if len(rest) > 1 else "default"))
+        queue = rest[1] if len(rest) > 1 else "default"
+        asyncio.run(_submit(url, int(rest[0]), queue, int(rest[2]) if len(rest) > 2 else 0))
     else:
         asyncio.run(_wait(url, rest))

@@ -44,10 +44,10 @@ class Fleet:
 
     # -- children ------------------------------------------------------------------------
 
-    def submit(self, count: int, queue: str = "default") -> list[str]:
+    def submit(self, count: int, queue: str = "default", priority: int = 0) -> list[str]:
         done = subprocess.run(
             [sys.executable, "-m", "tests.workers.fleet_app", "submit", self.url, str(count),
-             queue],
+             queue, str(priority)],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=DEADLINE, check=True,
         )
         return done.stdout.split()

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,62 +25,17 @@ import pytest
 
 from durable_agent.backend import Backend, ClaimedRun, LeaseOwner
 from durable_agent.fsm import RunState
-from durable_agent.records import RunHeader
 from durable_agent.registry import open_backend
 from tests._barriers import DEADLINE, wait_until
 from tests.backends.conftest import at, created, header, run, step
 from tests.workers.fleet_harness import ROOT, Fleet
+from tests.workers.lease_watch import LeaseWatcher
 
 pytest.importorskip("redis", reason="the redis package is not installed")
-
-_MOVING = [RunState.PENDING, RunState.MODEL_CALL, RunState.TOOL_EXEC]
-
 
 @pytest.fixture
 def cluster_store(redis_cluster_url: str) -> str:
     return f"{redis_cluster_url}?prefix=places-{uuid.uuid4().hex[:10]}:"
-
-
-async def _moving(backend: Backend) -> list[RunHeader]:
-    found: list[RunHeader] = []
-    cursor: str | None = None
-    while True:
-        page = await backend.list_runs(states=_MOVING, limit=500, cursor=cursor)
-        found.extend(page.runs)
-        cursor = page.next_cursor
-        if cursor is None:
-            return found
-
-
-class LeaseWatcher:
-    """Reads the store in a thread of its own until stopped; keeps the most live leases seen."""
-
-    def __init__(self, url: str, queue: str) -> None:
-        self.url, self.queue = url, queue
-        self.most = 0
-        self.reads = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
-
-    def __enter__(self) -> LeaseWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=DEADLINE)
-
-    async def _watch(self) -> None:
-        backend = open_backend(self.url)
-        async with backend:
-            while not self._stop.is_set():
-                headers = await _moving(backend)
-                now = time.time()  # the cluster's masters run on this machine's clock
-                live = [h for h in headers if h.queue == self.queue and h.lease is not None
-                        and h.lease.expires_at > now]
-                self.most = max(self.most, len(live))
-                self.reads += 1
-                await asyncio.sleep(0.02)  # a sampling interval, not a barrier
 
 
 async def _claim_until(backend: Backend, cap: dict[str, int]) -> list[ClaimedRun]:
