@@ -75,14 +75,13 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from durable_agent._claim_rules import scan_not_at_rest
 from durable_agent.backend import (
-    CLAIMABLE_STATES,
     ClaimedRun,
     LeaseOwner,
     check_lease_acquire,
     claim_order,
     claimable,
-    process_alive,
 )
 from durable_agent.backends import _redis_cluster_place_scripts as pl
 from durable_agent.backends import _redis_records as rec
@@ -307,20 +306,8 @@ async def claim(
     ``limit``; each placed run is then acquired with the generation it was
     listed at, and a refused one gives its place back.
     """
-    headers: list[RunHeader] = []
-    cursor: str | None = None
-    while True:
-        page = await backend.list_runs(states=CLAIMABLE_STATES, limit=500, cursor=cursor)
-        headers.extend(page.runs)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    headers, dead = await scan_not_at_rest(backend, owner, dead_owners)
     now = time.time()
-    dead = set(dead_owners) | {
-        h.lease.owner
-        for h in headers
-        if h.lease is not None and h.lease.host == owner.host and not process_alive(h.lease.pid)
-    }
     candidates = sorted(
         (h for h in headers if claimable(h, agents=agents, queues=queues, now=now,
                                          dead_owners=dead)),

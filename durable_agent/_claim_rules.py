@@ -214,6 +214,32 @@ def _turn(backend: Backend, owner: LeaseOwner) -> asyncio.Lock:
     return lock
 
 
+async def scan_not_at_rest(
+    backend: Backend, owner: LeaseOwner, dead_owners: Collection[str]
+) -> tuple[list[RunHeader], set[str]]:
+    """Every run not at rest, and the owners to treat as dead.
+
+    Those are ``dead_owners`` plus the owners on this host whose pid is gone.
+
+    The listing step of the portable claim, shared by stores whose claim
+    indexes cannot span runs (Redis Cluster).
+    """
+    headers: list[RunHeader] = []
+    cursor: str | None = None
+    while True:
+        page = await backend.list_runs(states=CLAIMABLE_STATES, limit=500, cursor=cursor)
+        headers.extend(page.runs)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    dead = set(dead_owners) | {
+        h.lease.owner
+        for h in headers
+        if h.lease is not None and h.lease.host == owner.host and not process_alive(h.lease.pid)
+    }
+    return headers, dead
+
+
 async def _claim(
     backend: Backend,
     owner: LeaseOwner,
@@ -224,20 +250,8 @@ async def _claim(
     max_running: Mapping[str, int] | None,
     dead_owners: Collection[str],
 ) -> list[ClaimedRun]:
-    headers: list[RunHeader] = []
-    cursor: str | None = None
-    while True:
-        page = await backend.list_runs(states=CLAIMABLE_STATES, limit=500, cursor=cursor)
-        headers.extend(page.runs)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    headers, dead = await scan_not_at_rest(backend, owner, dead_owners)
     now = time.time()
-    dead = set(dead_owners) | {
-        h.lease.owner
-        for h in headers
-        if h.lease is not None and h.lease.host == owner.host and not process_alive(h.lease.pid)
-    }
     running: dict[str, int] = {}
     for h in headers:
         if holds_place(h):
