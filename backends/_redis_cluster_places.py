@@ -75,13 +75,13 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from durable_agent._claim_rules import scan_not_at_rest
 from durable_agent.backend import (
     ClaimedRun,
     LeaseOwner,
     check_lease_acquire,
     claim_order,
     claimable,
+    scan_not_at_rest,
 )
 from durable_agent.backends import _redis_cluster_place_scripts as pl
 from durable_agent.backends import _redis_records as rec

@@ -47,6 +47,7 @@ __all__ = [
     "lease_live",
     "portable_claim",
     "queue_room",
+    "scan_not_at_rest",
 ]
 
 CLAIMABLE_STATES: Final = frozenset({RunState.PENDING, RunState.MODEL_CALL, RunState.TOOL_EXEC})

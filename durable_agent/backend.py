@@ -52,6 +52,7 @@ from durable_agent._claim_rules import (
     lease_live,
     portable_claim,
     queue_room,
+    scan_not_at_rest,
 )
 from durable_agent._listing import (
     Position,
@@ -98,6 +99,7 @@ __all__ = [
     "portable_claim",
     "process_alive",
     "queue_room",
+    "scan_not_at_rest",
 ]
 
 
