@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from durable_agent.fsm import RunState
 from durable_agent.records import Lease
 from tests._barriers import wait_until
+from tests._freeze import freeze
 from tests.workers.fleet_app import TOOL_CALLS
 from tests.workers.fleet_check import FleetReport, check_fleet, refused_runs
 from tests.workers.fleet_harness import Fleet
@@ -198,7 +199,7 @@ def _isolate(
     calls = fleet.in_tool(victim.name)
     assert calls >= slots, f"{victim.name} has {calls} calls inside the tool, not {slots}"
     if kind == "freeze":
-        os.kill(victim.pid, signal.SIGSTOP)
+        freeze(victim.pid)
     else:
         assert victim.host is not None, "a cut needs a worker on a host of its own"
         victim.host.cut()

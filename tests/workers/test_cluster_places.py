@@ -27,6 +27,7 @@ from durable_agent.backend import Backend, ClaimedRun, LeaseOwner
 from durable_agent.fsm import RunState
 from durable_agent.registry import open_backend
 from tests._barriers import DEADLINE, wait_until
+from tests._freeze import freeze
 from tests.backends.conftest import at, created, header, run, step
 from tests.workers.fleet_harness import ROOT, Fleet
 from tests.workers.lease_watch import LeaseWatcher
@@ -124,7 +125,7 @@ def test_a_frozen_worker_resumed_after_its_run_was_taken_over_is_fenced_and_the_
         wait_until(lambda: fleet.in_tool("a") == 1, awaiting="a call of worker a inside the tool",
                    processes=[frozen])
         (held,) = {name.rsplit("-", 2)[0] for name in fleet.started("a")}
-        os.kill(frozen.pid, signal.SIGSTOP)  # its lease renewals and registration freeze
+        freeze(frozen.pid)  # its lease renewals and registration freeze
         other = fleet.worker("b", *options, tagged=True)
         wait_until(lambda: fleet.in_tool("b") == 1, awaiting="worker b's call inside the tool",
                    processes=[other])

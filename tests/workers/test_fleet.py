@@ -22,6 +22,7 @@ import pytest
 from durable_agent.fsm import RunState
 from durable_agent.records import FailedEvent, TransitionEvent
 from tests._barriers import DEADLINE, wait_until
+from tests._freeze import freeze
 from tests.workers.fleet_chaos import Member, run_chaos
 from tests.workers.fleet_check import pid_of, refused_runs
 from tests.workers.fleet_harness import ROOT, Fleet
@@ -102,7 +103,7 @@ def test_a_frozen_worker_is_taken_over_and_its_late_writes_are_refused(
     frozen = fleet.worker("frozen", "--concurrency", "2")
     wait_until(lambda: len(fleet.started(frozen.pid)) >= 2, awaiting="2 calls in flight",
                processes=[frozen])
-    frozen.send_signal(signal.SIGSTOP)  # alive but silent: its registration lapses
+    freeze(frozen.pid)  # alive but silent, between two writes: its registration lapses
     fleet.open_gate()
     fleet.worker("second", "--concurrency", "2")
     wait_until(lambda: fleet.all_rest(run_ids), awaiting="every run DONE",

@@ -27,6 +27,7 @@ import pytest
 from durable_agent.backend import Backend
 from durable_agent.registry import open_backend
 from tests._barriers import wait_until
+from tests._freeze import freeze
 from tests.backends import postgres_server
 from tests.workers.fleet_harness import Fleet
 from tests.workers.lease_watch import LeaseWatcher, live_in, moving
@@ -78,7 +79,7 @@ def test_a_frozen_workers_run_keeps_its_place_until_taken_over_and_the_cap_holds
         (held,) = fleet.submit(1, "q")
         wait_until(lambda: fleet.in_tool("a") == 1, awaiting="a call of worker a inside the tool",
                    processes=[frozen])
-        os.kill(frozen.pid, signal.SIGSTOP)  # its lease renewals and registration freeze
+        freeze(frozen.pid)  # its lease renewals and registration freeze, between two writes
         (urgent,) = fleet.submit(1, "q", priority=9)
         other = fleet.worker("b", *options, tagged=True)
         wait_until(lambda: fleet.in_tool("b") == 1, awaiting="worker b's call inside the tool",
