@@ -78,13 +78,13 @@ from typing import TYPE_CHECKING, Any, Final
 from durable_agent.backend import (
     ClaimedRun,
     LeaseOwner,
-    check_lease_acquire,
     claim_order,
     claimable,
     scan_not_at_rest,
 )
 from durable_agent.backends import _redis_cluster_place_scripts as pl
 from durable_agent.backends import _redis_records as rec
+from durable_agent.backends import _redis_writes as writes
 from durable_agent.errors import ConcurrentUpdateError, LeaseLostError, StoreUnavailableError
 from durable_agent.records import Lease, RunHeader
 
@@ -219,21 +219,10 @@ async def acquire(
         reply = await backend._eval(pl.ACQUIRE, [header], args)
         status = rec.status(run_id, reply)
         if status == "ok":
-            return Lease(
-                owner=owner.id,
-                host=owner.host,
-                pid=owner.pid,
-                generation=int(rec.text(reply[1])),
-                expires_at=float(rec.text(reply[2])),
-                ttl=float(ttl),
-                cancel_requested=rec.optional(reply[3]),
-            )
+            return writes.granted(owner, ttl, reply)
         await undo(backend, seen.queue, run_id, token)
         if status == "busy":
-            current = rec.header_from_hash(run_id, reply[2])
-            now = float(rec.text(reply[1]))
-            check_lease_acquire(current, owner, ttl=ttl, takeover=takeover, now=now)
-            raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
+            writes.refuse_acquire(run_id, reply, owner, ttl=ttl, takeover=takeover)
     raise ConcurrentUpdateError(
         run_id, f"its lease changed hands {_ATTEMPTS} times while it was acquired; try again"
     )

@@ -11,7 +11,7 @@ writes that wake workers itself, after either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from durable_agent.backend import LeaseOwner, check_append, check_lease_acquire
 from durable_agent.backends import _redis_records as rec
@@ -23,7 +23,17 @@ from durable_agent.records import Event, Lease, RunHeader, encode_event
 if TYPE_CHECKING:
     from durable_agent.backends.redis import RedisBackend
 
-__all__ = ["acquire", "append", "create", "delete", "prune", "release", "renew"]
+__all__ = [
+    "acquire",
+    "append",
+    "create",
+    "delete",
+    "granted",
+    "prune",
+    "refuse_acquire",
+    "release",
+    "renew",
+]
 
 _STATES: Final = tuple(state.value for state in RunState)
 
@@ -90,12 +100,13 @@ async def acquire(
     chosen = "" if takeover is None else str(takeover)
     args = [owner.id, owner.host, str(owner.pid), repr(float(ttl)), chosen, backend._index_flag]
     reply = await backend._eval(lua.ACQUIRE, backend._keys(run_id)[:1], args)
-    status = rec.status(run_id, reply)
-    if status == "busy":
-        header = rec.header_from_hash(run_id, reply[2])
-        now = float(rec.text(reply[1]))
-        check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=now)
-        raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
+    if rec.status(run_id, reply) == "busy":
+        refuse_acquire(run_id, reply, owner, ttl=ttl, takeover=takeover)
+    return granted(owner, ttl, reply)
+
+
+def granted(owner: LeaseOwner, ttl: float, reply: Any) -> Lease:
+    """The lease an acquire script granted: ``[ok, generation, expires, cancel]``."""
     return Lease(
         owner=owner.id,
         host=owner.host,
@@ -105,6 +116,16 @@ async def acquire(
         ttl=float(ttl),
         cancel_requested=rec.optional(reply[3]),
     )
+
+
+def refuse_acquire(
+    run_id: str, reply: Any, owner: LeaseOwner, *, ttl: float, takeover: int | None
+) -> NoReturn:
+    """Why an acquire script said ``[busy, now, header]``: the shared rule decides, on its clock."""
+    header = rec.header_from_hash(run_id, reply[2])
+    now = float(rec.text(reply[1]))
+    check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=now)
+    raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
 
 
 async def renew(backend: RedisBackend, run_id: str, lease: Lease) -> Lease:
