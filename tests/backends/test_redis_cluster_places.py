@@ -101,9 +101,33 @@ def test_a_claimer_dead_between_its_place_and_its_lease_only_fills_the_queue(
         assert await _claim(store) == []  # full: never over the cap
         assert (await store.get_run("a")).lease is None
         unlimited = await store.claim_runs(LeaseOwner.current(), agents=["agent"], limit=5)
-        # Without a cap "b" is claimed; "a" looks claimed by the dead claimer for FRESH s.
+        # Without a cap "b" is claimed; "a" looks claimed by the dead claimer for a while
+        # (`places.claim_window`).
         assert [c.run_id for c in unlimited] == ["b"]
         assert await _live_places(store) == ["a", "b"]
+
+    run(main())
+
+
+def test_a_dead_claimers_place_keeps_others_off_its_run_no_longer_than_the_lease_ttl(
+    store: RedisBackend,
+) -> None:
+    async def main() -> None:
+        await _submit(store, "a", "b")
+        # Two claimers died between taking their places and acquiring the leases,
+        # 5 s ago: inside the 10 s window, but past a 2 s lease TTL.
+        for run_id in ("a", "b"):
+            assert await places.take(store, "q", run_id, 1, 30.0) is not None
+        async with raw_client(store._url) as client:
+            taken = f"{store.prefix}{{idx}}:placed:q"
+            for run_id in ("a", "b"):
+                gen, token, _ = (await client.hget(taken, run_id)).decode().split("|")
+                await client.hset(taken, run_id, f"{gen}|{token}|{time.time() - 5:.6f}")
+        owner = LeaseOwner.current()
+        assert await store.claim_runs(owner, agents=["agent"], limit=5, ttl=30) == []
+        claimed = await store.claim_runs(owner, agents=["agent"], limit=5, ttl=2)
+        assert sorted(c.run_id for c in claimed) == ["a", "b"]
+        assert await _live_places(store) == ["a", "b"]  # the same places, taken over
 
     run(main())
 
