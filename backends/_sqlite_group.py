@@ -50,6 +50,7 @@ _SET_RENEW: Final = (
     "lease_pid = v.pid, lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
 )
 WIDTH: Final = 10
+"""Parameters in one row of the compare-and-set's VALUES (`Append.cas`)."""
 _ROW: Final = "(" + ", ".join("?" * WIDTH) + ")"
 _NO_ROW: Final = (None,) * WIDTH
 
