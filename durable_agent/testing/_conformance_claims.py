@@ -268,6 +268,30 @@ class ClaimTests(BackendTestCase):
 
         self.drive(request, body)
 
+    def test_a_lapsed_run_is_taken_over_while_newer_free_runs_fill_every_claim(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            # A store may read the held runs (to find lapsed leases) only now and
+            # then while the free ones fill its claims; it must still get there.
+            await submit(backend, "frozen", created_at=at(1))
+            owner = LeaseOwner.current()
+            (first,) = await backend.claim_runs(owner, agents=["agent"], ttl=30)
+            await _lapse(backend, "frozen", first.lease)
+            for i in range(3):
+                await submit(backend, f"new{i}", created_at=at(2 + i))
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                (got,) = await backend.claim_runs(owner, agents=["agent"], limit=1)
+                if got.run_id == "frozen":
+                    break
+                await backend.release_lease(got.run_id, got.lease)  # free again
+                await asyncio.sleep(0.01)
+            assert got.run_id == "frozen"
+            assert got.takeover
+
+        self.drive(request, body)
+
     def test_bad_claim_arguments_are_refused(self, request: pytest.FixtureRequest) -> None:
         async def body(backend: Backend) -> None:
             owner = LeaseOwner.current()
