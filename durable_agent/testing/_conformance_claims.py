@@ -205,6 +205,66 @@ class ClaimTests(BackendTestCase):
 
         self.drive(request, body)
 
+    def test_a_run_at_rest_holds_no_place_even_with_its_lease_still_held(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            # `holds_place`: only a run not at rest counts toward max_running. A
+            # writer that brings its run to rest without releasing the lease (the
+            # contract allows it; the engine releases) frees the place all the same.
+            cap = {"q": 1}
+            for rest in (RunState.DONE, RunState.WAITING, RunState.ERROR, RunState.CANCELLED):
+                await submit(backend, f"{rest.value}-first", queue="q", created_at=at(1))
+                await submit(backend, f"{rest.value}-next", queue="q", created_at=at(2))
+                (first,) = await backend.claim_runs(
+                    LeaseOwner.current(), agents=["agent"], ttl=300, max_running=cap
+                )
+                assert first.run_id == f"{rest.value}-first"
+                await backend.append(
+                    first.run_id, [step(2, rest)], expected_seq=1, lease=first.lease
+                )
+                assert (await backend.get_run(first.run_id)).lease is not None
+                got = await backend.claim_runs(
+                    LeaseOwner.current(), agents=["agent"], ttl=300, max_running=cap
+                )
+                assert [c.run_id for c in got] == [f"{rest.value}-next"], rest
+                done = step(2, RunState.DONE)
+                await backend.append(got[0].run_id, [done], expected_seq=1, lease=got[0].lease,
+                                     release=True)
+
+        self.drive(request, body)
+
+    def test_a_run_leaving_rest_with_the_lease_it_kept_holds_a_place_again(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            cap = {"q": 2}
+            for i, run_id in enumerate(("a", "b", "c", "d")):
+                await submit(backend, run_id, queue="q", created_at=at(i))
+            owner = LeaseOwner.current()
+            a, b = await backend.claim_runs(owner, agents=["agent"], limit=5, ttl=300,
+                                            max_running=cap)
+            assert (a.run_id, b.run_id) == ("a", "b")
+            waiting = step(2, RunState.WAITING)
+            kept = await backend.append("a", [waiting], expected_seq=1, lease=a.lease)
+            (c,) = await backend.claim_runs(owner, agents=["agent"], limit=5, ttl=300,
+                                            max_running=cap)
+            assert c.run_id == "c"  # a rests: two places held, by b and c
+            kept = await backend.append("a", [step(3)], expected_seq=2, lease=kept)
+            # a runs again under the lease it kept: three hold a place, over the cap
+            assert await backend.claim_runs(owner, agents=["agent"], limit=5,
+                                            max_running=cap) == []
+            done = step(4, RunState.DONE)
+            await backend.append("a", [done], expected_seq=3, lease=kept, release=True)
+            assert await backend.claim_runs(owner, agents=["agent"], limit=5,
+                                            max_running=cap) == []
+            await backend.append("b", [step(2, RunState.DONE)], expected_seq=1, lease=b.lease,
+                                 release=True)
+            got = await backend.claim_runs(owner, agents=["agent"], limit=5, max_running=cap)
+            assert [g.run_id for g in got] == ["d"]
+
+        self.drive(request, body)
+
     def test_a_lapsed_lease_nobody_took_over_still_fills_its_queue(
         self, request: pytest.FixtureRequest
     ) -> None:
