@@ -22,7 +22,9 @@
    the claims. Target p99 <= 10 ms: it must stay flat as finished runs pile
    up and as runs in flight grow, since the claim reads the front of the
    partial index of runs nobody holds. (The runs are bulk-loaded with one
-   ``INSERT ... SELECT``, then ``VACUUM ANALYZE``.)
+   ``INSERT ... SELECT``, then ``VACUUM ANALYZE``.) The same at both sizes
+   with a cap: 5,000 runs in flight in a queue with ``max_running``, which
+   every claim counts (from one queue's range of ``runs_placed``).
 
 Uses ``DURABLE_AGENT_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``) and a schema of its own,
@@ -270,6 +272,9 @@ async def _measure(quick: bool) -> list[Row]:
         for stored in sizes:
             rows += await _claims(admin, f"{schema}_c{stored}", stored, quick)
         rows += await _claims(admin, f"{schema}_f", 30_000, quick, in_flight=10_000)
+        for stored in sizes:
+            rows += await _claims(admin, f"{schema}_m{stored}", stored, quick, in_flight=5_000,
+                                  capped=True)
         return rows
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -277,12 +282,15 @@ async def _measure(quick: bool) -> list[Row]:
 
 
 async def _claims(
-    admin: Any, schema: str, stored: int, quick: bool, *, in_flight: int = 0
+    admin: Any, schema: str, stored: int, quick: bool, *, in_flight: int = 0,
+    capped: bool = False,
 ) -> list[Row]:
     """Claim latency with ``stored`` runs: 10^4 wait, ``in_flight`` run elsewhere, the rest DONE.
 
     The runs in flight hold a live lease of another host (MODEL_CALL, an hour
     left): a claim must not step over them to reach the waiting ones.
+    ``capped``: their queue has a ``max_running`` (room for every claim made
+    here), so each claim first counts the runs holding a place in it.
     """
     from durable_agent.backends.postgres import PostgresBackend
 
@@ -318,12 +326,14 @@ async def _claims(
             await admin.execute(f"VACUUM ANALYZE {schema}.runs")
             loaded = time.perf_counter() - started
             owner = LeaseOwner.current()
+            cap = {"default": in_flight + waiting} if capped else None
             for _ in range(20):  # warm: connections, prepared statements
-                await store.claim_runs(owner, agents=["agent"], limit=1)
+                await store.claim_runs(owner, agents=["agent"], limit=1, max_running=cap)
             latencies = []
             for _ in range(claims):
                 began = time.perf_counter()
-                got = await store.claim_runs(owner, agents=["agent"], limit=1, ttl=300)
+                got = await store.claim_runs(owner, agents=["agent"], limit=1, ttl=300,
+                                             max_running=cap)
                 latencies.append(time.perf_counter() - began)
                 assert len(got) == 1
     finally:
@@ -331,8 +341,10 @@ async def _claims(
     latencies.sort()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    label = f"claim latency, {stored:,} stored runs ({waiting:,} waiting"
-    label += f", {in_flight:,} in flight)" if in_flight else ")"
+    label = f"{'capped ' if capped else ''}claim latency, {stored:,} stored runs"
+    label += f" ({waiting:,} waiting"
+    where = " in the capped queue" if capped else ""
+    label += f", {in_flight:,} in flight{where})" if in_flight else ")"
     return [
         info(NAME, f"{label}: p50 (load {loaded:.0f} s)", f"{p50 * 1e3:.2f} ms"),
         gated(NAME, f"{label}: p99", p99 * 1e3, " ms", 10.0, ".2f"),
