@@ -129,7 +129,9 @@ def _pick(which: str, limit: str, *, full_too: bool = False) -> str:
 # when the free runs a claim may take (`free_kept`: after the room cut) do not
 # fill it, or when the caller asks for a sweep (`_SWEEP_EVERY`); otherwise its
 # LIMIT is 0, and a LIMIT 0 never starts its scan. Held runs are never cut (a
-# takeover keeps its place), so the limit is all `held` ever needs.
+# takeover keeps its place), so the limit is all `held` ever needs. (`free_kept`
+# counts per queue with an aggregate: numbering the rows with a window function
+# instead made every claim, capped or not, ~70 us slower.)
 _CLAIM: Final = f"""
 WITH {_DEAD},
 limits AS (
@@ -145,13 +147,10 @@ room AS (
 free AS ({_pick("r.lease_owner IS NULL", _WANTED)}
 ),
 free_kept AS (
-    SELECT count(*) AS n FROM (
-        SELECT f.queue, row_number() OVER (
-            PARTITION BY f.queue ORDER BY f.priority DESC, f.created_at, f.run_id
-        ) AS nth
-        FROM free f
-    ) f LEFT JOIN room ON room.queue = f.queue
-    WHERE room.queue IS NULL OR f.nth <= room.left_
+    SELECT COALESCE(sum(CASE WHEN room.queue IS NULL THEN f.n ELSE LEAST(f.n, room.left_) END),
+                    0) AS n
+    FROM (SELECT queue, count(*) AS n FROM free GROUP BY queue) f
+    LEFT JOIN room ON room.queue = f.queue
 ),
 held AS ({_pick(
     f"r.lease_owner IS NOT NULL AND {_LAPSED}",

@@ -113,8 +113,12 @@ _V3: Final = (
     # 5,000 held it cost ~3.5 ms per claim. Here it is a range of one queue's
     # entries. It names only columns other indexes already name (queue is never
     # written after create_run), so an append that was a heap-only update stays one.
+    # `queue IS NOT NULL` (always true) keeps it to statements naming one queue:
+    # without it the claim's pick of held runs, which must walk them in claim
+    # order from runs_claimable_held and stop at its LIMIT, could read all of this
+    # index and sort them (the planner chose that with few runs held).
     f"""CREATE INDEX IF NOT EXISTS runs_placed ON {{schema}}.runs (queue)
-        WHERE state IN {CLAIMABLE} AND lease_owner IS NOT NULL""",
+        WHERE state IN {CLAIMABLE} AND lease_owner IS NOT NULL AND queue IS NOT NULL""",
     "ANALYZE {schema}.runs",
 )
 
