@@ -10,6 +10,7 @@ runs on a cluster, and does the single-Redis writes itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -135,8 +136,12 @@ async def append(
             current = rec.header_from_hash(run_id, reply[1])
             check_append(current, events, expected_seq=int(control[4]), lease=lease)
             raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
+    except (StoreUnavailableError, asyncio.CancelledError):
+        # The write may have landed: the place stays until it expires (the cap
+        # under-used meanwhile, never exceeded).
+        raise
     except BaseException:
-        if taken is not None:  # the write did not land: its place goes back
+        if taken is not None:  # the write was refused: its place goes back
             await places.undo(backend, taken[0], run_id, taken[1])
         raise
 

@@ -18,11 +18,11 @@ from durable_agent import Agent, ScriptedModel, Task, ToolCall
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import ConfigurationError, RunNotFoundError, StoreUnavailableError
 from durable_agent.fsm import RunState
-from durable_agent.records import SCHEMA_VERSION, RunHeader, TransitionEvent, utcnow
+from durable_agent.records import SCHEMA_VERSION, Lease, RunHeader, TransitionEvent, utcnow
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance
 from tests._barriers import wait_until_async
-from tests.backends.conftest import created, header, new_run, run, step
+from tests.backends.conftest import at, created, header, new_run, run, step
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
 from tests.backends.redis_server import free_port
 from tests.backends.test_two_processes import TARGET, race
@@ -392,6 +392,72 @@ def test_a_transition_is_one_round_trip_and_a_bucket_change_three(
             "cluster_append", "cluster_intent", "cluster_places", "cluster_append",
             "cluster_index",
         ]
+
+    run(main())
+
+
+async def _resting_run_of_a_capped_queue(store: RedisBackend) -> Lease:
+    """Runs a, b, c in queue q; a claimed, then at rest with its lease kept (that lease)."""
+    for i, run_id in enumerate(("a", "b", "c")):
+        await store.create_run(header(run_id, queue="q", created_at=at(i)), [created()])
+    (a,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"], ttl=300,
+                                  max_running={"q": 2})
+    return await store.append("a", [step(2, RunState.WAITING)], expected_seq=1, lease=a.lease)
+
+
+async def _claimed_under_cap(store: RedisBackend) -> list[str]:
+    got = await store.claim_runs(LeaseOwner.current(), agents=["agent"], limit=5, ttl=300,
+                                 max_running={"q": 2})
+    return [c.run_id for c in got]
+
+
+def test_a_write_leaving_rest_that_is_refused_gives_back_the_place_it_took(
+    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from durable_agent.backends import _redis_cluster_places as places
+
+    real_take = places.take
+
+    async def take_then_delete(*args: Any) -> Any:
+        placed = await real_take(*args)
+        await store.delete_run("a")  # the write is refused after the place was taken
+        return placed
+
+    async def main() -> None:
+        kept = await _resting_run_of_a_capped_queue(store)
+        monkeypatch.setattr(places, "take", take_then_delete)
+        with pytest.raises(RunNotFoundError):
+            await store.append("a", [step(3)], expected_seq=2, lease=kept)
+        monkeypatch.setattr(places, "take", real_take)
+        assert await _claimed_under_cap(store) == ["b", "c"]  # a's place went back
+
+    run(main())
+
+
+def test_a_write_leaving_rest_whose_outcome_is_unknown_keeps_the_place_it_took(
+    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store._eval
+    appends = 0
+
+    async def failing(script: cl.Script, keys: Any, args: Any) -> Any:
+        nonlocal appends
+        if script.name == "cluster_append":
+            appends += 1
+            if appends == 2:  # after the intent and the place: the reply is lost
+                raise StoreUnavailableError("the connection failed")
+        return await real(script, keys, args)
+
+    async def main() -> None:
+        kept = await _resting_run_of_a_capped_queue(store)
+        monkeypatch.setattr(store, "_eval", failing)
+        with pytest.raises(StoreUnavailableError):
+            await store.append("a", [step(3)], expected_seq=2, lease=kept)
+        monkeypatch.setattr(store, "_eval", real)
+        # The write might have landed (here it did not): a keeps the place it took
+        # until it expires, so the queue runs under its cap, never over it.
+        assert (await store.get_run("a")).state is RunState.WAITING
+        assert await _claimed_under_cap(store) == ["b"]
 
     run(main())
 
