@@ -89,6 +89,17 @@ class Settings:
         await conn.execute(self.configure_sql)
 
 
+_WRITER_SQL: Final = "SET plan_cache_mode = force_generic_plan"
+"""The writer's session setting: every statement it prepares runs its generic plan at once.
+
+Its statements find their rows by run id (or arrays of run ids), so the
+generic plan is the plan. Measured with the server's default (``auto``)
+beside it, alternated, ``synchronous_commit = off``, on the 2-core test
+machine: a prepared append ran 10-13 us faster this way, of the ~40 us it
+costs beyond one raw INSERT.
+"""
+
+
 async def connect(settings: Settings) -> psycopg.AsyncConnection[Any]:
     """A new configured connection in autocommit, or `StoreUnavailableError`."""
     try:
@@ -164,8 +175,16 @@ class Link:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
             ) from exc
+        try:
+            await first.execute(_WRITER_SQL)
+        except psycopg.Error as exc:
+            await first.close()
+            await link.pool.close()
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
+            ) from exc
         link.writer = Writer(
-            link.loop, link.connect, settings.where, settings.max_batch, stats, merges,
+            link.loop, link.connect_writer, settings.where, settings.max_batch, stats, merges,
             notify=wakeup.statement(settings.channel),
         )
         link.writer.on_queue_usage = wakeup.QueueWatch(settings.where)
@@ -181,6 +200,18 @@ class Link:
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         """A new configured connection in autocommit, or `StoreUnavailableError`."""
         return await connect(self.settings)
+
+    async def connect_writer(self) -> psycopg.AsyncConnection[Any]:
+        """A new connection for the writer: `connect`'s, with its generic plans (`_WRITER_SQL`)."""
+        conn = await self.connect()
+        try:
+            await conn.execute(_WRITER_SQL)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL store {self.settings.where}: {first_line(exc)}"
+            ) from exc
+        return conn
 
     async def read(self, query: str, params: Params) -> Rows:
         """One statement on a pool connection; driver errors become store errors."""

@@ -31,9 +31,13 @@ The protocol, for every lease on a cluster (claimed by a worker, acquired by
    write (other than a release) whose place has lapsed is refused before it
    writes; the writer extends the place if it is still live, else it gets
    `LeaseLostError`.
-4. **Drop on release**: a release (or a write that releases) that gave up a
-   lease of generation G drops the place if it was taken for G, so a newer
-   take is never dropped by an older holder.
+4. **Drop on release or rest**: a release (or a write that releases) that gave
+   up a lease of generation G drops the place if it was taken for G, so a newer
+   take is never dropped by an older holder. A write that brings the run to
+   rest while keeping its lease drops it too (a run at rest holds no place, as
+   on every store: `holds_place`), and its lease is no longer capped by it; a
+   write that takes the run out of rest under that lease takes a place (no cap)
+   before it writes.
 
 A run created with its lease takes its place in the script that announces the
 create (`INTENT_TAKE`), and a write that releases as it comes to rest drops it

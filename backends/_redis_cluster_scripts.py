@@ -98,7 +98,9 @@ APPEND: Final = _script(
 -- place_until to record ('' = none). ARGV[2..]: events. A move to another bucket
 -- without an intent is refused with {'intent'}, and a write (other than a release)
 -- of a lease whose queue place lapsed with {'lapsed', queue}, before anything is
--- written. The lease is renewed to now + ttl, never past its place.
+-- written. The lease is renewed to now + ttl, never past its place. A write that
+-- leaves the run at rest with its lease kept gives its place up: the reply names
+-- the queue to drop it from, as for a release.
 local h, ev = KEYS[1], KEYS[2]
 local a = {}
 for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
@@ -115,7 +117,7 @@ if stored ~= tonumber(f[1]) then return {'corrupt', tostring(stored), f[1]} end
 local state = f[2]
 local to = a[7]
 if to == '' then to = state end
-if bucket(to) ~= bucket(state) and a[9] ~= '1' then return {'intent'} end
+if bucket(to) ~= bucket(state) and a[9] ~= '1' then return {'intent', f[9] or 'default'} end
 local now_s, now_n = now()
 local q = f[9] or 'default'
 local pu = tonumber(f[8] or '')
@@ -124,6 +126,11 @@ if given and pu and given <= pu then given = nil end
 if given then pu = given end
 if pu and a[8] ~= '1' and pu <= now_n then return {'lapsed', q} end
 push(ev, 2)
+-- A run at rest holds no place (`holds_place`), even while its lease is kept: a
+-- write that leaves it at rest gives the place up (the caller drops it, as for a
+-- release) and its lease is no longer capped by it.
+local placed_at_rest = bucket(to) ~= 'ACTIVE' and a[8] ~= '1' and pu ~= nil
+if placed_at_rest then pu = nil end
 local expires = now_n + tonumber(a[4])
 if pu and pu < expires then expires = pu end
 expires = string.format('%.6f', expires)
@@ -132,6 +139,11 @@ if a[8] == '1' then
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s)
   redis.call('HDEL', h, 'place_until', unpack(LEASE))
   if pu then placed = q end
+elseif placed_at_rest then
+  redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s,
+             'lease_expires', expires, 'lease_ttl', a[4])
+  redis.call('HDEL', h, 'place_until')
+  placed = q
 else
   redis.call('HSET', h, 'seq', a[6], 'state', to, 'updated_at', now_s,
              'lease_expires', expires, 'lease_ttl', a[4])

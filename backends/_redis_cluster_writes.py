@@ -10,6 +10,7 @@ runs on a cluster, and `durable_agent.backends._redis_writes` on one Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,10 @@ async def append(
     A write that moves the run to another index bucket (it comes to rest, or
     leaves rest) is announced first. Coming to rest is recognised by the last
     event's state; leaving it only by the script, which then asks for the intent.
+    A run at rest holds no queue place (`holds_place`): a write that brings it
+    to rest gives its place up even if it keeps the lease, and one that takes
+    it out of rest with the lease it kept takes a place first (no cap: a writer
+    holding a lease goes on, as on every store).
     """
     ix = _indexes(backend)
     last = events[-1] if events else None
@@ -84,38 +89,61 @@ async def append(
     encoded = [encode_event(event) for event in events]
     below = repr(places.extend_below(lease.ttl))
     until = ""
-    while True:
-        flags = ("1" if announced else "0", below, until)
-        packed = "".join(f"{part}\x1f" for part in (*control, *flags))
-        reply = await backend._eval(cl.APPEND, keys, [packed, *encoded])
-        if isinstance(reply, bytes):
-            return rec.renewed(lease, reply)
-        status = rec.status(run_id, reply)
-        if status == "intent" and not announced:
-            await ix.intent(run_id, int(control[5]))
-            announced = True
-            continue
-        if status == "lapsed" and not until:
-            until = await places.lapsed(backend, run_id, lease, rec.text(reply[1]))
-            continue
-        if status == "indexed":
-            # A released lease's queue place is dropped in the same call.
-            drop = (rec.text(reply[9]), run_id, lease.generation) if reply[9] else None
-            await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True, drop=drop)
-            return rec.extended(lease, reply)
-        if status == "released":
-            await places.drop(backend, rec.text(reply[3]), run_id, lease.generation)
-            return rec.extended(lease, reply)
-        if status == "lapsed":
-            raise LeaseLostError(run_id, f"lease generation {lease.generation} lost its place")
-        if status == "ox":
-            await places.extend_soon(backend, run_id, lease, rec.text(reply[3]))
-            return rec.extended(lease, reply)
-        if status != "refused":
-            raise StoreUnavailableError(f"the append script of {run_id!r} answered {status!r}")
-        current = rec.header_from_hash(run_id, reply[1])
-        check_append(current, events, expected_seq=int(control[4]), lease=lease)
-        raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
+    taken: tuple[str, str] | None = None  # (queue, token) of the place taken to leave rest
+    try:
+        while True:
+            flags = ("1" if announced else "0", below, until)
+            packed = "".join(f"{part}\x1f" for part in (*control, *flags))
+            reply = await backend._eval(cl.APPEND, keys, [packed, *encoded])
+            if isinstance(reply, bytes):
+                return rec.renewed(lease, reply)
+            status = rec.status(run_id, reply)
+            if status in ("indexed", "released", "ox"):
+                taken = None  # the write landed: the place is its lease's now
+            if status == "intent" and not announced:
+                await ix.intent(run_id, int(control[5]))
+                announced = True
+                if control[7] != "1":  # leaves rest keeping its lease: a place first
+                    queue = rec.text(reply[1])
+                    placed = await places.take(backend, queue, run_id, lease.generation,
+                                               lease.ttl)
+                    if placed is not None:
+                        until, taken = placed[0], (queue, placed[1])
+                continue
+            if status == "lapsed" and not until:
+                until = await places.lapsed(backend, run_id, lease, rec.text(reply[1]))
+                continue
+            if status == "indexed":
+                # A released lease's queue place, or the place of a run that came
+                # to rest, is dropped in the same call.
+                drop = (rec.text(reply[9]), run_id, lease.generation) if reply[9] else None
+                await ix.index([ix.truth_of_reply(run_id, reply)], after_write=True, drop=drop)
+                return rec.extended(lease, reply)
+            if status == "released":
+                await places.drop(backend, rec.text(reply[3]), run_id, lease.generation)
+                return rec.extended(lease, reply)
+            if status == "lapsed":
+                raise LeaseLostError(
+                    run_id, f"lease generation {lease.generation} lost its place"
+                )
+            if status == "ox":
+                await places.extend_soon(backend, run_id, lease, rec.text(reply[3]))
+                return rec.extended(lease, reply)
+            if status != "refused":
+                raise StoreUnavailableError(
+                    f"the append script of {run_id!r} answered {status!r}"
+                )
+            current = rec.header_from_hash(run_id, reply[1])
+            check_append(current, events, expected_seq=int(control[4]), lease=lease)
+            raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
+    except (StoreUnavailableError, asyncio.CancelledError):
+        # The write may have landed: the place stays until it expires (the cap
+        # under-used meanwhile, never exceeded).
+        raise
+    except BaseException:
+        if taken is not None:  # the write was refused: its place goes back
+            await places.undo(backend, taken[0], run_id, taken[1])
+        raise
 
 
 async def delete(backend: RedisBackend, run_id: str, keys: list[str]) -> bool:

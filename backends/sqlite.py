@@ -29,6 +29,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
@@ -148,6 +149,7 @@ class SqliteBackend(Backend):
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._swept = -math.inf  # the first claim sweeps
 
     def __repr__(self) -> str:
         return f"SqliteBackend({self._path!r})"
@@ -416,8 +418,12 @@ class SqliteBackend(Backend):
         if wanted == []:
             return []
         caps = dict(max_running or {})
+        now = time.monotonic()
+        sweep = now - self._swept >= claims.SWEEP_EVERY
+        if sweep:
+            self._swept = now
         return await self._write(
-            "", lambda db: claims.claim(db, owner, names, wanted, limit, ttl, caps)
+            "", lambda db: claims.claim(db, owner, names, wanted, limit, ttl, caps, sweep=sweep)
         )
 
     async def register_worker(self, owner: LeaseOwner, *, ttl: float) -> None:

@@ -22,7 +22,9 @@
    the claims. Target p99 <= 10 ms: it must stay flat as finished runs pile
    up and as runs in flight grow, since the claim reads the front of the
    partial index of runs nobody holds. (The runs are bulk-loaded with one
-   ``INSERT ... SELECT``, then ``VACUUM ANALYZE``.)
+   ``INSERT ... SELECT``, then ``VACUUM ANALYZE``.) The same at both sizes
+   with a cap: 5,000 runs in flight in a queue with ``max_running``, which
+   every claim counts (from one queue's range of ``runs_placed``).
 
 Uses ``DURABLE_AGENT_TEST_POSTGRES_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``) and a schema of its own,
@@ -149,15 +151,26 @@ async def _alternated(calls: int, *variants: Any) -> list[list[float]]:
 
     Turn by turn, a slow moment of the machine (a checkpoint, another process's
     burst, a slow fsync) lands on every variant alike, and the medians of the
-    single calls ignore the outliers it leaves.
+    single calls ignore the outliers it leaves. The order rotates from one
+    turn to the next, so each variant goes first (after another variant's
+    different statement, or on a connection idle for longest) as often as
+    each other: in a fixed order the append always followed the explicit
+    transaction's three round trips.
     """
     times: list[list[float]] = [[] for _ in variants]
-    for _ in range(calls):
-        for spent, call in zip(times, variants, strict=True):
+    order = list(range(len(variants)))
+    for turn in range(calls):
+        shift = turn % len(order)
+        for index in order[shift:] + order[:shift]:
             began = time.perf_counter()
-            await call()
-            spent.append(time.perf_counter() - began)
+            await variants[index]()
+            times[index].append(time.perf_counter() - began)
     return times
+
+
+def _paired(ours: list[float], floor: list[float]) -> float:
+    """The median of the turns' ratios: each call against the floor's call of the same turn."""
+    return median([a / f for a, f in zip(ours, floor, strict=True)])
 
 
 async def _single(schema: str, quick: bool) -> list[Row]:
@@ -172,7 +185,9 @@ async def _single(schema: str, quick: bool) -> list[Row]:
         explicit = _insert(conn, schema, explicit=True)
         for warm in (append, floor, explicit):
             await _per_call(30, warm)
-        a, f, e = (median(t) for t in await _alternated(calls, append, floor, explicit))
+        turns = await _alternated(calls, append, floor, explicit)
+        a, f, e = (median(t) for t in turns)
+        paired = _paired(turns[0], turns[1])
         # Where the difference goes: the same turns without the WAL flush (both
         # connections with synchronous_commit = off, for this measurement only),
         # and the backend's statement sent by hand, without the backend around it.
@@ -195,6 +210,7 @@ async def _single(schema: str, quick: bool) -> list[Row]:
              f"{a * 1e6:.0f} / {f * 1e6:.0f} us"),
         gated(NAME, "append / raw INSERT+COMMIT (medians, calls alternated)", a / f, "x", LIMIT,
               ".2f"),
+        info(NAME, "append / raw INSERT+COMMIT, median of each turn's ratio", f"{paired:.2f}x"),
         info(NAME, "raw BEGIN; INSERT; COMMIT (three round trips)", f"{e * 1e6:.0f} us"),
         info(NAME, "without the WAL flush: append / its statement by hand / raw INSERT",
              f"{a0 * 1e6:.0f} / {h0 * 1e6:.0f} / {f0 * 1e6:.0f} us"),
@@ -270,6 +286,9 @@ async def _measure(quick: bool) -> list[Row]:
         for stored in sizes:
             rows += await _claims(admin, f"{schema}_c{stored}", stored, quick)
         rows += await _claims(admin, f"{schema}_f", 30_000, quick, in_flight=10_000)
+        for stored in sizes:
+            rows += await _claims(admin, f"{schema}_m{stored}", stored, quick, in_flight=5_000,
+                                  capped=True)
         return rows
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -277,12 +296,15 @@ async def _measure(quick: bool) -> list[Row]:
 
 
 async def _claims(
-    admin: Any, schema: str, stored: int, quick: bool, *, in_flight: int = 0
+    admin: Any, schema: str, stored: int, quick: bool, *, in_flight: int = 0,
+    capped: bool = False,
 ) -> list[Row]:
     """Claim latency with ``stored`` runs: 10^4 wait, ``in_flight`` run elsewhere, the rest DONE.
 
     The runs in flight hold a live lease of another host (MODEL_CALL, an hour
     left): a claim must not step over them to reach the waiting ones.
+    ``capped``: their queue has a ``max_running`` (room for every claim made
+    here), so each claim first counts the runs holding a place in it.
     """
     from durable_agent.backends.postgres import PostgresBackend
 
@@ -318,12 +340,14 @@ async def _claims(
             await admin.execute(f"VACUUM ANALYZE {schema}.runs")
             loaded = time.perf_counter() - started
             owner = LeaseOwner.current()
+            cap = {"default": in_flight + waiting} if capped else None
             for _ in range(20):  # warm: connections, prepared statements
-                await store.claim_runs(owner, agents=["agent"], limit=1)
+                await store.claim_runs(owner, agents=["agent"], limit=1, max_running=cap)
             latencies = []
             for _ in range(claims):
                 began = time.perf_counter()
-                got = await store.claim_runs(owner, agents=["agent"], limit=1, ttl=300)
+                got = await store.claim_runs(owner, agents=["agent"], limit=1, ttl=300,
+                                             max_running=cap)
                 latencies.append(time.perf_counter() - began)
                 assert len(got) == 1
     finally:
@@ -331,8 +355,10 @@ async def _claims(
     latencies.sort()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    label = f"claim latency, {stored:,} stored runs ({waiting:,} waiting"
-    label += f", {in_flight:,} in flight)" if in_flight else ")"
+    label = f"{'capped ' if capped else ''}claim latency, {stored:,} stored runs"
+    label += f" ({waiting:,} waiting"
+    where = " in the capped queue" if capped else ""
+    label += f", {in_flight:,} in flight{where})" if in_flight else ")"
     return [
         info(NAME, f"{label}: p50 (load {loaded:.0f} s)", f"{p50 * 1e3:.2f} ms"),
         gated(NAME, f"{label}: p99", p99 * 1e3, " ms", 10.0, ".2f"),

@@ -18,6 +18,11 @@ one more entry):
    finished runs: the p50 of the largest store over the smallest's is gated.
    On SQLite a claim is a durable write (an fsync with ``synchronous=FULL``),
    so its p99 is reported, not gated; the PostgreSQL target is p99 <= 10 ms.
+4. **Capped claim latency**: the same with a per-queue cap: 5,000 runs of the
+   queue hold a live lease of another host (the oldest: claimed first), and
+   each claim passes ``max_running`` for the queue, so it counts the queue's
+   runs holding a place before it takes one. Stores of 10^4 and 10^5 runs
+   (``--million``: 10^4 and 10^6); flat and p99 as above.
 
 Run alone: ``python benchmarks/bench_workers.py [--quick] [--million]``.
 """
@@ -42,7 +47,14 @@ from _common import Row, gated, info, machine_summary, print_table, scratch_dir
 from durable_agent import Agent, RunState, ScriptedModel, ToolCall, ToolContext, tool
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.backends.memory import MemoryBackend
-from durable_agent.records import CreatedEvent, RunHeader, UserMessage, encode_event, utcnow
+from durable_agent.records import (
+    CreatedEvent,
+    Lease,
+    RunHeader,
+    UserMessage,
+    encode_event,
+    utcnow,
+)
 from durable_agent.registry import open_backend
 
 NAME = "h) workers"
@@ -52,6 +64,11 @@ RECOVERY_TARGET_S = 2.0
 CLAIM_P99_TARGET_MS = 10.0
 FLAT_TARGET = 1.5
 """The largest store's claim p50 over the smallest's: claims must not slow as runs pile up."""
+
+QUEUE = "capped"
+"""The queue of the capped-claim variant, claimed with a ``max_running`` limit."""
+CAPPED_HELD = 5_000
+"""Runs of the capped queue holding a live lease while its PENDING runs are claimed."""
 
 POSTGRES_URL = os.environ.get(
     "DURABLE_AGENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -235,18 +252,23 @@ def throughput(store: str, runs: int, processes: int) -> Row:
 # -- 3. claim latency ------------------------------------------------------------------------
 
 
-def _populate_sqlite(path: Path, total: int, pending: int) -> None:
+def _populate_sqlite(path: Path, total: int, pending: int, held: int = 0) -> None:
     """Fill a SQLite store fast, with raw SQL in the backend's own row layout."""
     from durable_agent.backends import _sqlite_ops as ops
 
     asyncio.run(_touch(f"sqlite:///{path}"))
+    lease = _elsewhere()
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("BEGIN")
         batch: list[tuple[object, ...]] = []
         for i in range(total):
+            state = _state_of(i, pending, held)
             header = RunHeader(
-                run_id=f"r{i:08d}", agent_name="bench", state=_state_of(i, pending), seq=1
+                run_id=f"r{i:08d}", agent_name="bench", state=state, seq=1,
+                queue=QUEUE if held else "default",
+                lease=lease if state is RunState.MODEL_CALL else None,
+                lease_generation=1 if state is RunState.MODEL_CALL else 0,
             )
             batch.append(ops.header_row(header))
             if len(batch) >= 10_000:
@@ -263,14 +285,27 @@ async def _touch(url: str) -> None:
         await backend.list_runs(limit=1)  # creates the tables
 
 
-def _state_of(i: int, pending: int) -> RunState:
-    """The state of the ``i``-th stored run: the oldest are PENDING, then 10% WAITING, DONE."""
-    return (
-        RunState.PENDING if i < pending else RunState.WAITING if i % 10 == 0 else RunState.DONE
-    )
+def _state_of(i: int, pending: int, held: int = 0) -> RunState:
+    """The state of the ``i``-th stored run, oldest first.
+
+    The ``held`` oldest run elsewhere (MODEL_CALL, leased by another host: they
+    were claimed first), the next ``pending`` are PENDING, then 10% WAITING and
+    the rest DONE.
+    """
+    if i < held:
+        return RunState.MODEL_CALL
+    if i < held + pending:
+        return RunState.PENDING
+    return RunState.WAITING if i % 10 == 0 else RunState.DONE
 
 
-def _populate_postgres(url: str, total: int, pending: int) -> None:
+def _elsewhere() -> Lease:
+    """The live lease of the runs in flight: another host's worker, an hour left."""
+    return Lease(owner="elsewhere:1:0", host="elsewhere", pid=1, generation=1,
+                 expires_at=time.time() + 3600, ttl=3600)
+
+
+def _populate_postgres(url: str, total: int, pending: int, held: int = 0) -> None:
     """Fill a PostgreSQL store fast, in bulk SQL, with the rows `create_run` writes.
 
     One template header and event per state, written by the backend's own
@@ -295,9 +330,14 @@ def _populate_postgres(url: str, total: int, pending: int) -> None:
             conn.execute(
                 f"CREATE TEMP TABLE template (LIKE {schema}.runs, body TEXT) ON COMMIT DROP"
             )
-            for state in (RunState.PENDING, RunState.WAITING, RunState.DONE):
-                header = RunHeader(run_id=state.value, agent_name="bench", state=state, seq=1,
-                                   created_at=created, updated_at=created)
+            states = (RunState.MODEL_CALL, RunState.PENDING, RunState.WAITING, RunState.DONE)
+            for state in states:
+                header = RunHeader(
+                    run_id=state.value, agent_name="bench", state=state, seq=1,
+                    created_at=created, updated_at=created, queue=QUEUE if held else "default",
+                    lease=_elsewhere() if state is RunState.MODEL_CALL else None,
+                    lease_generation=1 if state is RunState.MODEL_CALL else 0,
+                )
                 body = encode_event(first.model_copy(update={"state": state}))
                 conn.execute(
                     f"INSERT INTO template ({q.HEADER_COLUMNS}, body)"
@@ -314,10 +354,10 @@ def _populate_postgres(url: str, total: int, pending: int) -> None:
                 for c in columns
             )
             state_sql = (
-                "CASE WHEN g < %(pending)s THEN 'PENDING' WHEN g %% 10 = 0 THEN 'WAITING'"
-                " ELSE 'DONE' END"
+                "CASE WHEN g < %(held)s THEN 'MODEL_CALL' WHEN g < %(held)s + %(pending)s"
+                " THEN 'PENDING' WHEN g %% 10 = 0 THEN 'WAITING' ELSE 'DONE' END"
             )
-            params = {"pending": pending, "last": total - 1}
+            params = {"pending": pending, "held": held, "last": total - 1}
             conn.execute(
                 f"INSERT INTO {schema}.runs ({q.HEADER_COLUMNS}) SELECT {picks}"
                 f" FROM generate_series(0, %(last)s) g JOIN template t ON t.state = {state_sql}",
@@ -334,50 +374,64 @@ def _populate_postgres(url: str, total: int, pending: int) -> None:
         conn.execute(f"VACUUM ANALYZE {schema}.events")
 
 
-async def _claim_times(url: str, samples: int) -> list[float]:
+async def _claim_times(url: str, samples: int, max_running: dict[str, int]) -> list[float]:
     backend = open_backend(url)
     owner = LeaseOwner.current()
     times: list[float] = []
     async with backend:
-        await backend.claim_runs(owner, agents=["bench"])  # connect, warm the cache
+        # Connect, warm the cache: the first claim takes one run.
+        await backend.claim_runs(owner, agents=["bench"], max_running=max_running)
         for _ in range(samples):
             began = time.perf_counter()
-            got = await backend.claim_runs(owner, agents=["bench"], limit=1, ttl=60)
+            got = await backend.claim_runs(
+                owner, agents=["bench"], limit=1, ttl=60, max_running=max_running
+            )
             times.append(time.perf_counter() - began)
             assert got, "ran out of PENDING runs"
     return times
 
 
-def claim_times(store: str, total: int, samples: int) -> list[float]:
-    """Sorted seconds of ``samples`` claims in a store of ``total`` runs."""
+def claim_times(store: str, total: int, samples: int, held: int = 0) -> list[float]:
+    """Sorted seconds of ``samples`` claims in a store of ``total`` runs.
+
+    ``held``: that many runs of a queue capped by ``max_running`` hold a live
+    lease, and the claims take the queue's PENDING runs under the cap.
+    """
+    pending = samples + 10
     with scratch_dir() as folder:
         url = STORES[store](folder)
         if store == "sqlite":
-            _populate_sqlite(folder / "runs.db", total, pending=samples + 10)
+            _populate_sqlite(folder / "runs.db", total, pending, held)
         else:
-            _populate_postgres(url, total, pending=samples + 10)
-        return sorted(asyncio.run(_claim_times(url, samples)))
+            _populate_postgres(url, total, pending, held)
+        # Room for every claim of the measurement, never more: the cap is counted each time.
+        capped = {QUEUE: held + pending} if held else {}
+        return sorted(asyncio.run(_claim_times(url, samples, capped)))
 
 
-def claim_latency(store: str, sizes: list[int], samples: int) -> list[Row]:
-    """p50/p99 per store size, and how much the largest store's p50 exceeds the smallest's."""
+def claim_latency(store: str, sizes: list[int], samples: int, held: int = 0) -> list[Row]:
+    """p50/p99 per store size, and how much the largest store's p50 exceeds the smallest's.
+
+    ``held``: the capped variant (`claim_times`).
+    """
     bench = f"{NAME} {store}"
+    what = f"capped claim ({held:,} held in the queue)" if held else "claim"
     rows: list[Row] = []
     p50s: list[float] = []
     for total in sizes:
-        times = claim_times(store, total, samples)
+        times = claim_times(store, total, samples, held)
         p50 = times[len(times) // 2] * 1000
         p99 = times[max(0, round(0.99 * len(times)) - 1)] * 1000
         p50s.append(p50)
-        rows.append(info(bench, f"claim p50, {total:,} stored runs", f"{p50:.2f} ms"))
+        rows.append(info(bench, f"{what} p50, {total:,} stored runs", f"{p50:.2f} ms"))
         rows.append(
-            gated(bench, f"claim p99, {total:,} stored runs", p99, " ms", CLAIM_P99_TARGET_MS,
+            gated(bench, f"{what} p99, {total:,} stored runs", p99, " ms", CLAIM_P99_TARGET_MS,
                   ".2f")
             if store != "sqlite"  # a claim is a durable write: SQLite's is an fsync
-            else info(bench, f"claim p99, {total:,} stored runs", f"{p99:.2f} ms")
+            else info(bench, f"{what} p99, {total:,} stored runs", f"{p99:.2f} ms")
         )
     rows.append(
-        gated(bench, f"claim p50 flat: {sizes[-1]:,} vs {sizes[0]:,} stored runs",
+        gated(bench, f"{what} p50 flat: {sizes[-1]:,} vs {sizes[0]:,} stored runs",
               p50s[-1] / p50s[0], "x", FLAT_TARGET, ".2f")
     )
     return rows
@@ -405,7 +459,10 @@ def _one_store(store: str, quick: bool, million: bool) -> list[Row]:
     sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
     if million:
         sizes.append(1_000_000)
-    rows.extend(claim_latency(store, sizes, samples=100 if quick else 300))
+    samples = 100 if quick else 300
+    rows.extend(claim_latency(store, sizes, samples))
+    capped = [10_000, 1_000_000] if million else [10_000, 100_000]
+    rows.extend(claim_latency(store, capped, samples, held=CAPPED_HELD))
     return rows
 
 

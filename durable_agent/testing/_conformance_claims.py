@@ -17,45 +17,21 @@ import pytest
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
 from durable_agent.errors import ConfigurationError, LeaseLostError
 from durable_agent.fsm import RunState
-from durable_agent.records import Lease, utcnow
+from durable_agent.records import utcnow
 from durable_agent.testing._conformance_base import BackendTestCase, at, created, header, step
+from durable_agent.testing._conformance_places import (
+    QueuePlaceTests,
+    claim_until,
+    lapse,
+    submit,
+)
 
 
-async def submit(backend: Backend, run_id: str, **fields: object) -> None:
-    """Store a PENDING run with no lease, as `Agent.submit_async` does."""
-    await backend.create_run(header(run_id, **fields), [created()])
+class ClaimTests(QueuePlaceTests):
+    """`Backend.claim_runs`: exclusive, filtered, ordered, capped; submitted runs.
 
-
-async def _claim_until(
-    backend: Backend, owner: LeaseOwner, *, deadline: float = 60.0, **options: object
-) -> list[ClaimedRun]:
-    """Claim until something is granted (a lease or a registration must lapse first)."""
-    end = time.monotonic() + deadline
-    while True:
-        got = await backend.claim_runs(owner, **options)  # type: ignore[arg-type]
-        if got or time.monotonic() > end:
-            return got
-        await asyncio.sleep(0.01)
-
-
-async def _lapse(backend: Backend, run_id: str, lease: Lease) -> Lease:
-    """Let ``lease`` lapse by the store's clock, as if its holder froze; return it.
-
-    The store's clock is not ours to read, so a probe run in a queue of its own
-    is leased for as short a time just after: once a claim takes the probe over,
-    ``lease`` (renewed before it) has expired too.
+    It includes `QueuePlaceTests` (what counts toward ``max_running``).
     """
-    short = await backend.renew_lease(run_id, lease.model_copy(update={"ttl": 0.05}))
-    await submit(backend, f"{run_id}-probe", queue="probe", agent_name="probe")
-    await backend.acquire_lease(f"{run_id}-probe", LeaseOwner.current(), ttl=0.05)
-    got = await _claim_until(backend, LeaseOwner.current(), agents=["probe"], queues=["probe"])
-    assert [c.run_id for c in got] == [f"{run_id}-probe"]
-    assert got[0].takeover
-    return short
-
-
-class ClaimTests(BackendTestCase):
-    """`Backend.claim_runs`: exclusive, filtered, ordered, capped; submitted runs."""
 
     def test_a_submitted_run_keeps_its_queue_priority_and_not_before(
         self, request: pytest.FixtureRequest
@@ -165,7 +141,7 @@ class ClaimTests(BackendTestCase):
             old = await backend.acquire_lease("r1", LeaseOwner.current(), ttl=0.05)
             live = await backend.claim_runs(LeaseOwner.current(), agents=["agent"])
             assert live == [] or live[0].takeover  # only once expired by the store's clock
-            got = live or await _claim_until(backend, LeaseOwner.current(), agents=["agent"])
+            got = live or await claim_until(backend, LeaseOwner.current(), agents=["agent"])
             assert got[0].takeover
             assert got[0].previous is not None
             assert got[0].previous.generation == old.generation
@@ -185,86 +161,27 @@ class ClaimTests(BackendTestCase):
 
         self.drive(request, body)
 
-    def test_max_running_caps_the_runs_holding_a_live_lease_per_queue(
+    def test_a_lapsed_run_is_taken_over_while_newer_free_runs_fill_every_claim(
         self, request: pytest.FixtureRequest
     ) -> None:
         async def body(backend: Backend) -> None:
-            for i in range(5):
-                await submit(backend, f"q{i}", queue="slow", created_at=at(i))
-            await submit(backend, "free", queue="fast", created_at=at(9))
+            # A store may read the held runs (to find lapsed leases) only now and
+            # then while the free ones fill its claims; it must still get there.
+            await submit(backend, "frozen", created_at=at(1))
             owner = LeaseOwner.current()
-            cap = {"slow": 2}
-            got = await backend.claim_runs(owner, agents=["agent"], limit=10, max_running=cap)
-            assert sorted(c.run_id for c in got) == ["free", "q0", "q1"]
-            assert await backend.claim_runs(owner, agents=["agent"], max_running=cap) == []
-            q0 = next(c for c in got if c.run_id == "q0")
-            done = step(2, RunState.DONE)
-            await backend.append("q0", [done], expected_seq=1, lease=q0.lease, release=True)
-            again = await backend.claim_runs(owner, agents=["agent"], limit=10, max_running=cap)
-            assert [c.run_id for c in again] == ["q2"]
-
-        self.drive(request, body)
-
-    def test_a_lapsed_lease_nobody_took_over_still_fills_its_queue(
-        self, request: pytest.FixtureRequest
-    ) -> None:
-        async def body(backend: Backend) -> None:
-            # A holder frozen (or cut off) past its TTL whose run nobody can take
-            # over (no claimer knows its agent) may thaw and write again: the fence
-            # refuses only a taken-over lease. So its run keeps its place in the
-            # queue, or a claim started meanwhile would run beside it over the cap.
-            await submit(backend, "frozen", queue="q", created_at=at(1))
-            await submit(backend, "next", queue="q", created_at=at(2), agent_name="other")
-            cap = {"q": 1}
-            (first,) = await backend.claim_runs(
-                LeaseOwner.current(), agents=["agent"], ttl=30, max_running=cap
-            )
-            frozen = await _lapse(backend, "frozen", first.lease)
-            assert await backend.claim_runs(
-                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
-            ) == []
-            # Thawed, the holder writes on (nobody took over) and then comes to rest.
-            await backend.append("frozen", [step(2)], expected_seq=1, lease=frozen)
-            assert await backend.claim_runs(
-                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
-            ) == []
-            done = step(3, RunState.DONE)
-            await backend.append("frozen", [done], expected_seq=2, lease=frozen, release=True)
-            got = await backend.claim_runs(
-                LeaseOwner.current(), agents=["other"], limit=5, max_running=cap
-            )
-            assert [c.run_id for c in got] == ["next"]
-
-        self.drive(request, body)
-
-    def test_a_full_queue_takes_its_lapsed_run_over_before_a_higher_priority_new_one(
-        self, request: pytest.FixtureRequest
-    ) -> None:
-        async def body(backend: Backend) -> None:
-            await submit(backend, "frozen", queue="q", created_at=at(1))
-            cap = {"q": 1}
-            (first,) = await backend.claim_runs(
-                LeaseOwner.current(), agents=["agent"], ttl=30, max_running=cap
-            )
-            await submit(backend, "urgent", queue="q", created_at=at(2), priority=9)
-            frozen = await _lapse(backend, "frozen", first.lease)
-            # The lapsed run holds the queue's one place, so the higher priority
-            # run cannot start; taking the lapsed run over needs no more room.
-            got = await backend.claim_runs(
-                LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
-            )
-            assert [c.run_id for c in got] == ["frozen"]
-            assert got[0].takeover
-            with pytest.raises(LeaseLostError):
-                await backend.append("frozen", [step(2)], expected_seq=1, lease=frozen)
-            assert (await backend.get_run("urgent")).lease is None
-            done = step(2, RunState.DONE)
-            await backend.append("frozen", [done], expected_seq=1, lease=got[0].lease,
-                                 release=True)
-            again = await backend.claim_runs(
-                LeaseOwner.current(), agents=["agent"], limit=5, max_running=cap
-            )
-            assert [c.run_id for c in again] == ["urgent"]
+            (first,) = await backend.claim_runs(owner, agents=["agent"], ttl=30)
+            await lapse(backend, "frozen", first.lease)
+            for i in range(3):
+                await submit(backend, f"new{i}", created_at=at(2 + i))
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                (got,) = await backend.claim_runs(owner, agents=["agent"], limit=1)
+                if got.run_id == "frozen":
+                    break
+                await backend.release_lease(got.run_id, got.lease)  # free again
+                await asyncio.sleep(0.01)
+            assert got.run_id == "frozen"
+            assert got.takeover
 
         self.drive(request, body)
 
@@ -353,7 +270,7 @@ class WorkerLivenessTests(BackendTestCase):
             assert len(held) == 2
             assert await backend.claim_runs(other, agents=["agent"], limit=2) == []
             await backend.register_worker(worker, ttl=0.05)  # stops renewing: it lapses
-            got = await _claim_until(backend, other, agents=["agent"], limit=2, ttl=30)
+            got = await claim_until(backend, other, agents=["agent"], limit=2, ttl=30)
             if len(got) < 2:
                 got += await backend.claim_runs(other, agents=["agent"], limit=2)
             assert sorted(c.run_id for c in got) == ["r1", "r2"]

@@ -452,6 +452,54 @@ def test_a_claim_that_free_runs_fill_does_not_read_the_runs_held_in_flight(
     assert explain(limit=5, sweep=False) == ([1], 1)  # free-2 is all that is left: read it
 
 
+def _cte(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    """The node of the claim's CTE ``name``."""
+    stack = [plan["Plan"]]
+    while stack:
+        node = stack.pop()
+        if node.get("Subplan Name") == f"CTE {name}":
+            return node
+        stack.extend(node.get("Plans", []))
+    raise AssertionError(f"no CTE {name} in the plan")
+
+
+def test_a_capped_claim_locks_no_more_than_the_limit_per_queue_and_skips_the_held_runs(
+    postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from durable_agent.backends import _postgres_claims as claims
+
+    elsewhere = LeaseOwner(host="another-host", pid=1)
+    me = LeaseOwner(host="a-third-host", pid=1)
+
+    async def fill() -> PostgresBackend:
+        store = PostgresBackend(postgres_url, schema=pg_schema)
+        for i in range(3):  # the oldest runs of the capped queue, live elsewhere
+            await store.create_run(header(f"held-{i}", queue="q"), [created()])
+            await store.acquire_lease(f"held-{i}", elsewhere, ttl=300)
+        for i in range(5):
+            await store.create_run(header(f"free-{i}", queue="q"), [created()])
+        await store.close()
+        return store
+
+    store = run(fill())
+    params = claims.claim_params(
+        me, namespace=store._namespace, agents=["agent"], queues=None, limit=1, ttl=30,
+        max_running={"q": 10}, gone=[], sweep=False,
+    )
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        (plan,) = conn.execute(  # ANALYZE runs it: the claim is made
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + store._claims.claim, params
+        ).fetchone()[0]
+    assert int(plan["Plan"]["Actual Rows"]) == 1
+    # The limit, plus at most the limit for the queue with room (7 places left):
+    # not all 7, which the five free runs could not fill, sending the claim to
+    # read every held run.
+    assert int(_cte(plan, "free")["Actual Rows"]) == 2
+    assert _held_scans(plan) == [0]
+
+
 def test_a_batch_reaches_the_server_in_one_message_so_no_transaction_waits_on_the_client(
     postgres_url: str, pg_schema: str, tmp_path: Path
 ) -> None:

@@ -292,11 +292,16 @@ def test_a_transition_is_one_round_trip_and_a_bucket_change_three(
         assert calls == ["cluster_append", "cluster_append"]  # within ACTIVE: one script
         calls.clear()
         lease = await store.append("r1", [step(4, RunState.WAITING)], expected_seq=3, lease=lease)
-        assert calls == ["cluster_intent", "cluster_append", "cluster_index"]
+        # At rest with its lease kept: its queue place goes in the index update's script.
+        assert calls == ["cluster_intent", "cluster_append", "cluster_index_drop"]
         calls.clear()
         await store.append("r1", [step(5)], expected_seq=4, lease=lease)
-        # Leaving rest: the script asks for the intent first.
-        assert calls == ["cluster_append", "cluster_intent", "cluster_append", "cluster_index"]
+        # Leaving rest: the script asks for the intent first, and the kept lease
+        # takes a place again before the write.
+        assert calls == [
+            "cluster_append", "cluster_intent", "cluster_places", "cluster_append",
+            "cluster_index",
+        ]
 
     run(main())
 

@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 
 from durable_agent.backend import LeaseOwner
-from durable_agent.errors import LeaseLostError
+from durable_agent.errors import LeaseLostError, RunNotFoundError, StoreUnavailableError
 from durable_agent.fsm import RunState
 from durable_agent.records import Lease
 from tests._barriers import DEADLINE
-from tests.backends.conftest import created, header, run, step
+from tests.backends.conftest import at, created, header, run, step
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
 
 pytest.importorskip("redis", reason="the redis package is not installed")
 
 from durable_agent.backends import _redis_cluster_places as places
+from durable_agent.backends import _redis_cluster_scripts as cl
 from durable_agent.backends.redis import RedisBackend
 from tests.backends.cluster_store import (
     cluster_store,  # noqa: F401  (the fixture `store`)
@@ -261,5 +262,69 @@ def test_a_queue_past_a_lowered_cap_gets_no_takeover_either(store: RedisBackend)
         assert await _claim(store) == []  # two live places, cap now 1: nothing taken over
         got = await store.claim_runs(owner, agents=["agent"], limit=5, max_running={"q": 2})
         assert sorted(c.run_id for c in got) == ["a", "b"]  # each keeps its own place
+
+    run(main())
+
+
+async def _resting_run_of_a_capped_queue(store: RedisBackend) -> Lease:
+    """Runs a, b, c in queue q; a claimed, then at rest with its lease kept (that lease)."""
+    for i, run_id in enumerate(("a", "b", "c")):
+        await store.create_run(header(run_id, queue="q", created_at=at(i)), [created()])
+    (a,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"], ttl=300,
+                                  max_running={"q": 2})
+    return await store.append("a", [step(2, RunState.WAITING)], expected_seq=1, lease=a.lease)
+
+
+async def _claimed_under_cap(store: RedisBackend) -> list[str]:
+    got = await store.claim_runs(LeaseOwner.current(), agents=["agent"], limit=5, ttl=300,
+                                 max_running={"q": 2})
+    return [c.run_id for c in got]
+
+
+def test_a_write_leaving_rest_that_is_refused_gives_back_the_place_it_took(
+    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_take = places.take
+
+    async def take_then_delete(*args: Any) -> Any:
+        placed = await real_take(*args)
+        await store.delete_run("a")  # the write is refused after the place was taken
+        return placed
+
+    async def main() -> None:
+        kept = await _resting_run_of_a_capped_queue(store)
+        monkeypatch.setattr(places, "take", take_then_delete)
+        with pytest.raises(RunNotFoundError):
+            await store.append("a", [step(3)], expected_seq=2, lease=kept)
+        monkeypatch.setattr(places, "take", real_take)
+        assert await _claimed_under_cap(store) == ["b", "c"]  # a's place went back
+
+    run(main())
+
+
+def test_a_write_leaving_rest_whose_outcome_is_unknown_keeps_the_place_it_took(
+    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store._eval
+    appends = 0
+
+    async def failing(script: cl.Script, keys: Any, args: Any) -> Any:
+        nonlocal appends
+        if script.name == "cluster_append":
+            appends += 1
+            if appends == 2:  # after the intent and the place: the reply is lost
+                raise StoreUnavailableError("the connection failed")
+        return await real(script, keys, args)
+
+    async def main() -> None:
+        kept = await _resting_run_of_a_capped_queue(store)
+        monkeypatch.setattr(store, "_eval", failing)
+        with pytest.raises(StoreUnavailableError):
+            await store.append("a", [step(3)], expected_seq=2, lease=kept)
+        monkeypatch.setattr(store, "_eval", real)
+        # The write might have landed (here it did not): a keeps the place it took
+        # until it expires, so the queue runs under its cap, never over it.
+        assert (await store.get_run("a")).state is RunState.WAITING
+        assert await _claimed_under_cap(store) == ["b"]
 
     run(main())

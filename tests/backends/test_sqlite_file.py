@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from durable_agent.backend import Capability
+from durable_agent.backends._sqlite_schema import STORE_VERSION
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.errors import (
     ConfigurationError,
@@ -142,7 +143,9 @@ def test_a_missing_directory_is_reported_not_created(tmp_path: Path) -> None:
 def test_a_file_with_a_newer_table_layout_is_refused(db_path: Path) -> None:
     _two_runs(db_path)
     with raw_db(db_path) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(STORE_VERSION + 1),)
+        )
 
     async def main() -> None:
         async with SqliteBackend(db_path) as store:

@@ -214,5 +214,5 @@ def test_a_layout_1_store_gets_the_split_claimable_indexes_and_claims_through_th
                 "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
             ).fetchall()
         }
-    assert {"runs_claimable_free", "runs_claimable_held"} <= names
+    assert {"runs_claimable_free", "runs_claimable_held", "runs_placed"} <= names
     assert "runs_claimable" not in names  # the single index of layout 1 is gone

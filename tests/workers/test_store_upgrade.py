@@ -8,9 +8,10 @@ from contextlib import closing
 from pathlib import Path
 
 from durable_agent.backend import LeaseOwner
+from durable_agent.backends._sqlite_schema import STORE_VERSION
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.fsm import RunState
-from durable_agent.records import CreatedEvent, UserMessage, encode_event
+from durable_agent.records import CreatedEvent, RunHeader, UserMessage, encode_event
 
 # The table layout version 1 (durable-agent before workers), as it created it.
 _V1 = (
@@ -54,7 +55,7 @@ def test_a_version_1_sqlite_file_is_upgraded_and_its_old_runs_load_with_defaults
 
     asyncio.run(main())
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(STORE_VERSION),)
         plan = " ".join(
             str(row)
             for row in conn.execute(
@@ -65,3 +66,50 @@ def test_a_version_1_sqlite_file_is_upgraded_and_its_old_runs_load_with_defaults
         )
         assert "runs_claimable" in plan  # claims read only the runs not at rest
         assert "TEMP B-TREE" not in plan  # in claim order: no sort of them either
+
+
+def test_a_version_2_sqlite_file_gets_the_claim_indexes_and_its_held_runs_count_toward_the_cap(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+
+    async def fill() -> None:
+        async with SqliteBackend(path) as store:
+            for run_id in ("held", "next"):
+                first = CreatedEvent(
+                    seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),)
+                )
+                await store.create_run(
+                    RunHeader(run_id=run_id, agent_name="agent", seq=1, queue="q"), [first]
+                )
+            (got,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"], ttl=300)
+            assert got.run_id == "held"
+
+    asyncio.run(fill())
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        # Back to layout 2: without the indexes layout 3 added, as version 2 wrote it.
+        for name in ("runs_claimable_free", "runs_placed", "runs_leased"):
+            conn.execute(f"DROP INDEX {name}")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    async def claim() -> list[str]:
+        async with SqliteBackend(path) as store:
+            got = await store.claim_runs(
+                LeaseOwner.current(), agents=["agent"], limit=5, max_running={"q": 1}
+            )
+            return [c.run_id for c in got]
+
+    assert asyncio.run(claim()) == []  # the held run fills the queue's one place
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(STORE_VERSION),)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"runs_claimable_free", "runs_placed", "runs_leased"} <= names
+        plan = " ".join(
+            str(row)
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT queue, count(*) FROM runs INDEXED BY runs_placed "
+                "WHERE state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') "
+                "AND lease_owner IS NOT NULL AND queue IN ('q') GROUP BY queue"
+            )
+        )
+        assert "COVERING INDEX runs_placed" in plan  # one queue's entries, no row read
