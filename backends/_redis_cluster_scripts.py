@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from durable_agent.backends._redis_scripts import Script, _script
+from durable_agent.backends._redis_scripts import Script, _script, control
 
 _BUCKET: Final = """
 local function bucket(state)
@@ -90,6 +90,7 @@ return {'ok'}
 APPEND: Final = _script(
     "cluster_append",
     _BUCKET
+    + control(11)
     + """
 -- KEYS: header, events. ARGV[1]: the packed control of the single-node append
 -- (retention_ms, generation, owner, ttl, expected_seq, new_seq, new_state, release)
@@ -100,8 +101,7 @@ APPEND: Final = _script(
 -- of a lease whose queue place lapsed with {'lapsed', queue}, before anything is
 -- written. The lease is renewed to now + ttl, never past its place.
 local h, ev = KEYS[1], KEYS[2]
-local a = {}
-for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
+local a = {string.match(ARGV[1], CONTROL)}
 local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
                     'cancel_requested', 'created_at', 'run_id', 'place_until', 'queue')
 if not ok then return {'wrongtype', 'header', kind(h)} end
@@ -109,9 +109,6 @@ if not f[7] then return {'missing'} end
 if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
   return {'refused', redis.call('HGETALL', h)}
 end
-local okl, stored = pcall(redis.call, 'LLEN', ev)
-if not okl then return {'wrongtype', 'events', kind(ev)} end
-if stored ~= tonumber(f[1]) then return {'corrupt', tostring(stored), f[1]} end
 local state = f[2]
 local to = a[7]
 if to == '' then to = state end
@@ -123,7 +120,8 @@ local given = tonumber(a[11] or '')
 if given and pu and given <= pu then given = nil end
 if given then pu = given end
 if pu and a[8] ~= '1' and pu <= now_n then return {'lapsed', q} end
-push(ev, 2)
+local refused = append_log(ev, 2, f[1])  -- the log's type and length checked by its RPUSH
+if refused then return refused end
 local expires = now_n + tonumber(a[4])
 if pu and pu < expires then expires = pu end
 expires = string.format('%.6f', expires)
