@@ -155,6 +155,7 @@ end
 if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
 return 'ok\\31' .. expires
 """,
+    index=False,  # the claim indexes are single Redis's
 )
 
 DELETE: Final = _script(
