@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from durable_agent.backends._redis_scripts import Script, _script
+from durable_agent.backends._redis_scripts import Script, _script, control
 
 _BUCKET: Final = """
 local function bucket(state)
@@ -90,6 +90,7 @@ return {'ok'}
 APPEND: Final = _script(
     "cluster_append",
     _BUCKET
+    + control(11)
     + """
 -- KEYS: header, events. ARGV[1]: the packed control of the single-node append
 -- (retention_ms, generation, owner, ttl, expected_seq, new_seq, new_state, release)
@@ -102,8 +103,7 @@ APPEND: Final = _script(
 -- leaves the run at rest with its lease kept gives its place up: the reply names
 -- the queue to drop it from, as for a release.
 local h, ev = KEYS[1], KEYS[2]
-local a = {}
-for part in string.gmatch(ARGV[1], '([^\\31]*)\\31') do a[#a + 1] = part end
+local a = {string.match(ARGV[1], CONTROL)}
 local ok, f = pcall(redis.call, 'HMGET', h, 'seq', 'state', 'lease_generation', 'lease_owner',
                     'cancel_requested', 'created_at', 'run_id', 'place_until', 'queue')
 if not ok then return {'wrongtype', 'header', kind(h)} end
@@ -111,9 +111,6 @@ if not f[7] then return {'missing'} end
 if not f[4] or f[3] ~= a[2] or f[4] ~= a[3] or f[1] ~= a[5] then
   return {'refused', redis.call('HGETALL', h)}
 end
-local okl, stored = pcall(redis.call, 'LLEN', ev)
-if not okl then return {'wrongtype', 'events', kind(ev)} end
-if stored ~= tonumber(f[1]) then return {'corrupt', tostring(stored), f[1]} end
 local state = f[2]
 local to = a[7]
 if to == '' then to = state end
@@ -125,7 +122,8 @@ local given = tonumber(a[11] or '')
 if given and pu and given <= pu then given = nil end
 if given then pu = given end
 if pu and a[8] ~= '1' and pu <= now_n then return {'lapsed', q} end
-push(ev, 2)
+local refused = append_log(ev, 2, f[1])  -- the log's type and length checked by its RPUSH
+if refused then return refused end
 -- A run at rest holds no place (`holds_place`), even while its lease is kept: a
 -- write that leaves it at rest gives the place up (the caller drops it, as for a
 -- release) and its lease is no longer capped by it.
@@ -169,6 +167,7 @@ end
 if f[5] then return 'ok\\31' .. expires .. '\\31' .. f[5] end
 return 'ok\\31' .. expires
 """,
+    index=False,  # the claim indexes are single Redis's
 )
 
 DELETE: Final = _script(

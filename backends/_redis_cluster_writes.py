@@ -93,7 +93,7 @@ async def append(
     try:
         while True:
             flags = ("1" if announced else "0", below, until)
-            packed = "".join(f"{part}\x1f" for part in (*control, *flags))
+            packed = "\x1f".join((*control, *flags)) + "\x1f"
             reply = await backend._eval(cl.APPEND, keys, [packed, *encoded])
             if isinstance(reply, bytes):
                 return rec.renewed(lease, reply)

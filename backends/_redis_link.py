@@ -278,23 +278,17 @@ class Connection:
 
     async def eval(self, script: lua.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script (loading it if Redis forgot it) and return its reply."""
+        # One frame, not a helper's as well: every append passes here.
         link = self.link()
+        client = link.client
         try:
             async with link.turn():
-                return await self._evalsha(link.client, script, keys, args)
-        except UNAVAILABLE as exc:  # finding the cluster's layout failed
-            self.unavailable(exc)
-
-    async def _evalsha(
-        self, client: Client, script: lua.Script, keys: Sequence[str], args: Sequence[Any]
-    ) -> Any:
-        try:
-            try:
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # a restarted or flushed Redis forgot the script
-                await client.script_load(script.source)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except UNAVAILABLE as exc:
+                try:
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:  # a restarted or flushed Redis forgot the script
+                    await client.script_load(script.source)
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except UNAVAILABLE as exc:  # Redis, or finding the cluster's layout, failed
             self.unavailable(exc)
         except ResponseError as exc:
             self.response_error(exc)

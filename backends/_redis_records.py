@@ -157,21 +157,10 @@ def status(run_id: str, reply: Any) -> str:
 def renewed(lease: Lease, reply: bytes) -> Lease:
     """The lease from the append script's one-string reply: ok, expires[, cancel]."""
     parts = reply.decode().split("\x1f", 2)
-    return lease.model_copy(
-        update={
-            "expires_at": float(parts[1]),
-            "ttl": float(lease.ttl),
-            "cancel_requested": parts[2] if len(parts) > 2 else None,
-        }
-    )
+    # `Lease.renewed`, not ``model_copy(update=...)``: a third of the cost, once per append.
+    return lease.renewed(float(parts[1]), parts[2] if len(parts) > 2 else None)
 
 
 def extended(lease: Lease, reply: Any) -> Lease:
     """The lease from a reply of status, expires, cancel requested (or nil)."""
-    return lease.model_copy(
-        update={
-            "expires_at": float(text(reply[1])),
-            "ttl": float(lease.ttl),
-            "cancel_requested": optional(reply[2]),
-        }
-    )
+    return lease.renewed(float(text(reply[1])), optional(reply[2]))

@@ -64,7 +64,7 @@ async def append(
     builds it; the cluster's append adds its own flags to the same fields). A
     refusal is explained by the shared rule, from the header the script sent back.
     """
-    args = ["".join(f"{part}\x1f" for part in control)]
+    args = ["\x1f".join(control) + "\x1f"]
     args.extend(encode_event(event) for event in events)
     reply = await backend._eval(lua.APPEND, keys, args)
     if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]

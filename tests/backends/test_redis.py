@@ -122,6 +122,31 @@ def test_a_missing_event_is_reported_and_the_append_refused(store: RedisBackend)
     run(main())
 
 
+
+@pytest.mark.parametrize("lost", [1, 2], ids=["one event lost", "the whole log lost"])
+def test_a_log_of_the_wrong_length_refuses_the_append_and_leaves_it_as_it_was(
+    store: RedisBackend, lost: int
+) -> None:
+    # The script checks the log's length by RPUSH's reply, then takes its events
+    # back out: the log must read as before the append, and the header unchanged.
+    async def main() -> None:
+        lease = await new_run(store, "r1")
+        lease = await store.append("r1", [step(2)], expected_seq=1, lease=lease)
+        client = await _raw(store)
+        events = _key(store, "r1", "events")
+        async with client:
+            await client.rpop(events, lost)
+            before = await client.lrange(events, 0, -1)
+        with pytest.raises(CorruptRunError, match=f"does not match \\({2 - lost} 2\\)"):
+            await store.append("r1", [step(3), step(4)], expected_seq=2, lease=lease)
+        client = await _raw(store)
+        async with client:
+            assert await client.lrange(events, 0, -1) == before
+            assert await client.exists(events) == (1 if before else 0)
+        assert (await store.get_run("r1")).seq == 2
+
+    run(main())
+
 # -- Redis going away ---------------------------------------------------------------------------
 
 
