@@ -55,7 +55,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.errors import CorruptRunError, StoreUnavailableError
-from durable_agent.records import Event, Lease, encode_event
+from durable_agent.records import Event, Lease, encode_events
 
 __all__ = ["Append", "Batch", "Write", "apply_batch", "noop"]
 
@@ -183,13 +183,13 @@ class Append:
         seq = expected_seq
         in_order = True
         moves = False
-        for event in events:
+        for event, text in zip(events, encode_events(events), strict=True):
             seq += 1
             if event.seq != seq:
                 in_order = False
             if event.trigger is not None:
                 moves = True
-            rows += (run_id, event.seq, encode_event(event))
+            rows += (run_id, event.seq, text)
         self.run_id = run_id
         self.events = events
         self.rows = rows

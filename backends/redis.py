@@ -75,6 +75,7 @@ from durable_agent.records import (
     StoredRun,
     decode_event,
     encode_event,
+    encode_events,
 )
 
 try:
@@ -290,7 +291,7 @@ class RedisBackend(Backend):
             await self._announce(release, "released")
             return renewed
         args = ["".join(f"{part}\x1f" for part in control)]
-        args.extend(encode_event(event) for event in events)
+        args.extend(encode_events(events))
         reply = await self._eval(lua.APPEND, keys, args)
         if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
             renewed = rec.renewed(lease, reply)
