@@ -18,7 +18,7 @@ import them from here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Final, Literal, NoReturn, TypeAlias, TypeGuard
+from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,7 @@ from durable_agent._storable import (
     check_record,
     encode_tool_result,
     escape_surrogates,
+    nothing_to_check,
 )
 from durable_agent._tool_records import ReconcileAnswer, ReconciledEvent, ToolSignature
 from durable_agent._upcast import (
@@ -383,11 +384,15 @@ def encode_event(event: Event) -> str:
 
 def _encode(event: Event) -> str:
     # Text is left to the serializer, which fails on a lone surrogate (the one
-    # thing left it can fail on) at no extra cost; the walk looks at the rest.
-    if _carries_answer(event):
-        check_answer(event.message)
+    # thing left it can fail on) at no extra cost; the walk looks at the rest,
+    # and only at records that have something to look at.
+    walk = _WALKS.get(type(event))
+    if walk is None:
+        walk = _walk_of(type(event))
+    if walk == _ANSWER:
+        check_answer(event.message)  # type: ignore[union-attr]
         check_record(event, text=False, skip="message")
-    else:
+    elif walk == _RECORD:
         check_record(event, text=False)
     try:
         # The serializer itself: `model_dump_json`'s keyword plumbing costs a
@@ -398,17 +403,23 @@ def _encode(event: Event) -> str:
     return text.decode()
 
 
-_ANSWERS: Final[dict[type[BaseModel], bool]] = {}
-"""Per event class: whether it carries a model's answer (``message``), which is checked
-as one (`check_answer`). Cached: an ``isinstance`` of a pydantic class costs ~0.2 µs."""
+_NOTHING: Final = 0
+_RECORD: Final = 1
+_ANSWER: Final = 2
+_WALKS: Final[dict[type[BaseModel], int]] = {}
+"""Per event class, how `_encode` looks at it before serializing: not at all (nothing in it
+can be unstorable, text aside), as a record (`check_record`), or as one carrying a model's
+answer (``message``, checked as one by `check_answer`). Cached: an ``isinstance`` of a
+pydantic class costs ~0.2 µs, a walk that finds nothing to look at ~1 µs."""
 
 
-def _carries_answer(event: Event) -> TypeGuard[ModelResponseEvent | OutputRejectedEvent]:
-    cls = type(event)
-    answer = _ANSWERS.get(cls)
-    if answer is None:
-        answer = _ANSWERS[cls] = issubclass(cls, ModelResponseEvent | OutputRejectedEvent)
-    return answer
+def _walk_of(cls: type[BaseModel]) -> int:
+    if issubclass(cls, ModelResponseEvent | OutputRejectedEvent):
+        walk = _ANSWER
+    else:
+        walk = _NOTHING if nothing_to_check(cls) else _RECORD
+    _WALKS[cls] = walk
+    return walk
 
 
 def encode_header(header: RunHeader) -> str:
