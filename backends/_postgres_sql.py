@@ -22,7 +22,7 @@ from psycopg import sql
 from durable_agent.backends._postgres_writer import Merge
 from durable_agent.backends._sqlite_ops import header_from_row, header_row, renewed, timestamp
 from durable_agent.fsm import RunState
-from durable_agent.records import SCHEMA_VERSION, Event, RunHeader, encode_event
+from durable_agent.records import SCHEMA_VERSION, Event, RunHeader, encode_events
 
 __all__ = [
     "HEADER_COLUMNS",
@@ -400,7 +400,7 @@ def _events(writes: list[dict[str, object]]) -> dict[str, object]:
 
 def event_arrays(events: Sequence[Event]) -> tuple[list[int], list[str]]:
     """The events as the two arrays the statements unnest: seqs and encoded bodies."""
-    return [e.seq for e in events], [encode_event(e) for e in events]
+    return [e.seq for e in events], encode_events(events)
 
 
 def create_params(header: RunHeader, events: Sequence[Event]) -> dict[str, object]:

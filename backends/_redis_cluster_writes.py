@@ -26,7 +26,7 @@ from durable_agent.errors import (
     RunExistsError,
     StoreUnavailableError,
 )
-from durable_agent.records import Event, Lease, RunHeader, encode_event
+from durable_agent.records import Event, Lease, RunHeader, encode_event, encode_events
 
 if TYPE_CHECKING:
     from durable_agent.backends._redis_cluster import ClusterIndexes
@@ -86,7 +86,7 @@ async def append(
     announced = last is not None and clx.bucket(last.state) != clx.ACTIVE
     if announced:
         await ix.intent(run_id, int(control[5]))
-    encoded = [encode_event(event) for event in events]
+    encoded = encode_events(events)
     below = repr(places.extend_below(lease.ttl))
     until = ""
     taken: tuple[str, str] | None = None  # (queue, token) of the place taken to leave rest

@@ -18,7 +18,7 @@ from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.errors import ConcurrentUpdateError, LeaseLostError, RunExistsError
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, encode_event
+from durable_agent.records import Event, Lease, RunHeader, encode_event, encode_events
 
 if TYPE_CHECKING:
     from durable_agent.backends.redis import RedisBackend
@@ -65,7 +65,7 @@ async def append(
     refusal is explained by the shared rule, from the header the script sent back.
     """
     args = ["\x1f".join(control) + "\x1f"]
-    args.extend(encode_event(event) for event in events)
+    args.extend(encode_events(events))
     reply = await backend._eval(lua.APPEND, keys, args)
     if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
         return rec.renewed(lease, reply)

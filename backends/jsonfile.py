@@ -61,6 +61,7 @@ from durable_agent.records import (
     RunHeader,
     StoredRun,
     encode_event,
+    encode_events,
 )
 
 __all__ = ["JsonFileBackend"]
@@ -143,8 +144,8 @@ class JsonFileBackend(Backend):
         lease: Lease,
         release: bool = False,
     ) -> Lease:
+        lines = [text.encode() + b"\n" for text in encode_events(events)]
         events = tuple(events)
-        lines = [encode_event(e).encode() + b"\n" for e in events]
         args = (run_id, events, lines, expected_seq, lease, release)
         if self._closed:
             raise StoreUnavailableError(f"{self!r} is closed")

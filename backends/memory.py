@@ -53,6 +53,7 @@ from durable_agent.records import (
     decode_event,
     decode_header,
     encode_event,
+    encode_events,
     encode_header,
     utcnow,
 )
@@ -159,7 +160,7 @@ class MemoryBackend(Backend):
                 "cancel_requested": header.cancel_requested,
             }
         )
-        encoded = [encode_event(e) for e in events]
+        encoded = encode_events(events)  # the engine's events come encoded already
         last = events[-1] if events else None
         stored.write_header(
             header.model_copy(

@@ -76,7 +76,14 @@ from durable_agent.errors import (
     StoreUnavailableError,
 )
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
+from durable_agent.records import (
+    Event,
+    Lease,
+    RunHeader,
+    StoredRun,
+    decode_event,
+    encode_events,
+)
 
 __all__ = ["PostgresBackend"]
 
@@ -281,7 +288,7 @@ class PostgresBackend(relay.Relaying, Backend):
                              expected_seq=expected_seq, lease=lease)
             params["new_seq"] = params["seq"] = event.seq
             params["state"] = None if event.trigger is None else event.state.value
-            params["body"] = encode_event(event)
+            params["body"] = encode_events(events)[0]
             query = self._sql.append_one
             last: Event | None = event
         else:

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from durable_agent._heartbeat import Effect
 from durable_agent._stream_hooks import recorded
 from durable_agent.backend import Backend
-from durable_agent.errors import StoreUnavailableError, UnstorableValueError
+from durable_agent.errors import StoreUnavailableError
 from durable_agent.fsm import RunState, next_state
 from durable_agent.records import (
     ErrorInfo,
@@ -31,8 +31,7 @@ from durable_agent.records import (
     FailedEvent,
     Lease,
     LeaseTaken,
-    check_event,
-    discard_checked,
+    check_events,
     utcnow,
 )
 from durable_agent.run import RunContext
@@ -152,15 +151,10 @@ class ExecutionCore:
             ctx, lease = self.ctx, self.lease
             if ctx is None or lease is None:
                 raise RuntimeError("RunExecution needs create() or acquire() first")
-            events = self._build(ctx, specs)
             # Refused here, before the store sees any of it: a value the decoder
             # could not read back must never be half-written (UnstorableValueError).
-            try:
-                for event in events:
-                    check_event(event)
-            except UnstorableValueError:
-                discard_checked(events)
-                raise
+            # The check is the encoding: the texts travel with the events to the store.
+            events = check_events(self._build(ctx, specs))
             # The write that brings the run to rest gives the lease up atomically.
             release = events[-1].state in AT_REST
             mark = self._tel.append_start()
@@ -177,10 +171,6 @@ class ExecutionCore:
             except Exception as exc:
                 self._tel.append_failed(mark, events, exc)
                 raise
-            finally:
-                # The store has encoded them (or never will): the texts kept by
-                # `check_event` must not keep the events alive past the append.
-                discard_checked(events)
             # Only the first event a segment stores carries these.
             self._lease_taken = self._traceparent = None
             for event in events:

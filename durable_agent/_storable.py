@@ -42,6 +42,7 @@ __all__ = [
     "encode_tool_result",
     "escape_surrogates",
     "keep_too_deep",
+    "nothing_to_check",
 ]
 
 MAX_DEPTH: Final = 64
@@ -219,15 +220,54 @@ without (the serializer refuses a lone surrogate itself, `check_record`)."""
 def _plan(cls: type[BaseModel], text: bool) -> _Plan:
     plans = _PLANS.get(cls)
     if plans is None:
-        fields = []
+        fields: list[tuple[str, int, type[BaseModel] | None]] = []
         for name, info in cls.model_fields.items():
             kind = info.annotation
             plain = isinstance(kind, type) and issubclass(kind, Enum)
             if kind in _SAFE or plain or get_origin(kind) is Literal:
                 continue
-            fields.append((name, _look(kind)))
-        plans = _PLANS[cls] = (tuple(fields), tuple(f for f in fields if f[1] != _TEXT))
+            look = _look(kind)
+            fields.append((name, look, _record_class(kind) if look == _RECORD else None))
+        _BUILDING.add(cls)
+        try:
+            # A record field whose own class has nothing to look at is left out
+            # of the plan (a `Usage`, a `LeaseTaken` without text): its values
+            # were validated as that class, and are serialized as that class.
+            plans = _PLANS[cls] = (
+                tuple((n, look) for n, look, inner in fields if _worth_a_look(inner, True)),
+                tuple(
+                    (n, look) for n, look, inner in fields
+                    if look != _TEXT and _worth_a_look(inner, False)
+                ),
+            )
+        finally:
+            _BUILDING.discard(cls)
     return plans[0] if text else plans[1]
+
+
+_BUILDING: set[type[BaseModel]] = set()
+"""Record classes whose plan is being built (a record may hold its own class)."""
+
+
+def _worth_a_look(inner: type[BaseModel] | None, text: bool) -> bool:
+    return inner is None or inner in _BUILDING or bool(_plan(inner, text))
+
+
+def _record_class(kind: object) -> type[BaseModel]:
+    options = [k for k in get_args(kind) if k is not type(None)] if get_origin(kind) else [kind]
+    record = options[0]
+    assert isinstance(record, type)
+    assert issubclass(record, BaseModel)
+    return record
+
+
+def nothing_to_check(cls: type[BaseModel]) -> bool:
+    """Whether no field of ``cls`` can hold a value a store could not keep, text aside.
+
+    Such a record needs no walk before it is serialized (`check_record` with
+    ``text=False`` would look at nothing): its text is checked by the serializer.
+    """
+    return not _plan(cls, False)
 
 
 def _look(kind: object) -> int:

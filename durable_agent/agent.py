@@ -456,11 +456,10 @@ class Agent(AgentRunMethods):
     def _result(
         self, ctx: RunContext, output_type: type[BaseModel] | None, return_output: bool
     ) -> Any:
-        output = RunOutput.from_context(ctx)
+        output = self.last_run = RunOutput.from_context(ctx)
         if output_type is not None and output.output is not None:
             parsed = output_type.model_validate_json(output.output)
-            output = dataclasses.replace(output, parsed=parsed)
-        self.last_run = output
+            output = self.last_run = dataclasses.replace(output, parsed=parsed)
         if return_output:
             return output
         match output.state:

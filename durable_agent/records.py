@@ -18,7 +18,7 @@ import them from here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Final, Literal, NoReturn, TypeAlias, TypeGuard
+from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,7 @@ from durable_agent._storable import (
     check_record,
     encode_tool_result,
     escape_surrogates,
+    nothing_to_check,
 )
 from durable_agent._tool_records import ReconcileAnswer, ReconciledEvent, ToolSignature
 from durable_agent._upcast import (
@@ -66,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AssistantMessage",
     "CancelledEvent",
+    "CheckedEvents",
     "CreatedEvent",
     "DecisionAction",
     "DecisionEvent",
@@ -99,11 +101,12 @@ __all__ = [
     "WaitingEvent",
     "check_answer",
     "check_event",
+    "check_events",
     "decode_event",
     "decode_header",
     "decode_header_fields",
-    "discard_checked",
     "encode_event",
+    "encode_events",
     "encode_header",
     "encode_tool_result",
     "escape_surrogates",
@@ -315,43 +318,55 @@ _EVENT: Final[TypeAdapter[Event]] = TypeAdapter(Event, config=ConfigDict(defer_b
 _HEADER: Final[TypeAdapter[RunHeader]] = TypeAdapter(RunHeader)
 
 
-_ENCODED: Final[dict[int, tuple[Event, str]]] = {}
-"""Events `check_event` passed, with their JSON text, that `encode_event` has not
-asked for yet. Keyed by ``id``, with the event itself kept in the entry: while the
-entry lives the event lives, so its id cannot be reused by another object, and
-`encode_event` checks identity too. Nothing is ever returned for an event that
-changed: events are frozen records.
+class CheckedEvents(list[Event]):
+    """Events `check_events` passed, with the JSON text of each (``texts``, in order).
 
-Why it exists: the engine checks every event before an append and the store
-encodes the same event right after; sharing one serialization saved ~50,000
-instructions per transition in benchmark (b)'s workload (~16% of the engine's,
-valgrind). The engine drops its entries when its append returns
-(`discard_checked`), so an event is never kept alive past its append, whatever
-the store does with it (a store that keeps objects never calls `encode_event`);
-the bound below only covers callers of `check_event` that never encode."""
+    What the engine hands to `Backend.append`: the check before an append *is*
+    the encoding, so a store that asks `encode_events` for the texts gets them
+    without serializing the events again (one walk and one serialization per
+    event per append). The texts live exactly as long as the list, so nothing
+    is kept past the append; a store that keeps event objects never reads them.
+    A store must not change the list (nothing in the contract lets it).
 
-_CHECKED_BOUND: Final = 1024
+    Why: the engine checks every event before an append and the store encodes
+    the same event right after; sharing one serialization saved ~50,000
+    instructions per transition in benchmark (b)'s workload (~16% of the
+    engine's, valgrind), and carrying the texts on the list instead of in a
+    cache keyed by ``id`` spares three dictionary operations per event.
+    """
+
+    __slots__ = ("texts",)
+
+    texts: list[str]
 
 
 def check_event(event: Event) -> None:
-    """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing.
+    """Raise `UnstorableValueError` if `encode_event` would refuse ``event``; write nothing."""
+    _encode(event)
+
+
+def check_events(events: Sequence[Event]) -> CheckedEvents:
+    """``events`` with their texts, or `UnstorableValueError` for the first a store could not hold.
 
     The engine calls it before an append, so a refused value never reaches
     a store, whatever the store does with an error half-way through a write.
-    The check *is* the encoding: the text is kept for `encode_event` to return
-    when the store asks for the same (immutable) event, so an append walks and
-    serializes each event once.
     """
-    text = _encode(event)
-    if len(_ENCODED) >= _CHECKED_BOUND:  # checked by a caller that never encodes nor discards
-        _ENCODED.clear()
-    _ENCODED[id(event)] = (event, text)
+    checked = CheckedEvents(events)
+    checked.texts = [_encode(event) for event in checked]
+    return checked
 
 
-def discard_checked(events: Sequence[Event]) -> None:
-    """Forget the text `check_event` kept for ``events`` (once their append is over)."""
-    for event in events:
-        _ENCODED.pop(id(event), None)
+def encode_events(events: Sequence[Event]) -> list[str]:
+    """`encode_event` of each event, in order: the texts `check_events` kept, if it made ``events``.
+
+    Stores encode an append's events with it, so an append from the engine is
+    serialized once.
+    """
+    if type(events) is CheckedEvents:
+        texts = events.texts
+        if len(texts) == len(events):
+            return texts
+    return [_encode(event) for event in events]
 
 
 def encode_event(event: Event) -> str:
@@ -364,19 +379,20 @@ def encode_event(event: Event) -> str:
     Fields that are None are left out (every such field defaults to None, so
     the record reads back the same); it keeps the log ~3% smaller.
     """
-    checked = _ENCODED.pop(id(event), None)
-    if checked is not None and checked[0] is event:
-        return checked[1]
     return _encode(event)
 
 
 def _encode(event: Event) -> str:
     # Text is left to the serializer, which fails on a lone surrogate (the one
-    # thing left it can fail on) at no extra cost; the walk looks at the rest.
-    if _carries_answer(event):
-        check_answer(event.message)
+    # thing left it can fail on) at no extra cost; the walk looks at the rest,
+    # and only at records that have something to look at.
+    walk = _WALKS.get(type(event))
+    if walk is None:
+        walk = _walk_of(type(event))
+    if walk == _ANSWER:
+        check_answer(event.message)  # type: ignore[union-attr]
         check_record(event, text=False, skip="message")
-    else:
+    elif walk == _RECORD:
         check_record(event, text=False)
     try:
         # The serializer itself: `model_dump_json`'s keyword plumbing costs a
@@ -387,17 +403,23 @@ def _encode(event: Event) -> str:
     return text.decode()
 
 
-_ANSWERS: Final[dict[type[BaseModel], bool]] = {}
-"""Per event class: whether it carries a model's answer (``message``), which is checked
-as one (`check_answer`). Cached: an ``isinstance`` of a pydantic class costs ~0.2 µs."""
+_NOTHING: Final = 0
+_RECORD: Final = 1
+_ANSWER: Final = 2
+_WALKS: Final[dict[type[BaseModel], int]] = {}
+"""Per event class, how `_encode` looks at it before serializing: not at all (nothing in it
+can be unstorable, text aside), as a record (`check_record`), or as one carrying a model's
+answer (``message``, checked as one by `check_answer`). Cached: an ``isinstance`` of a
+pydantic class costs ~0.2 µs, a walk that finds nothing to look at ~1 µs."""
 
 
-def _carries_answer(event: Event) -> TypeGuard[ModelResponseEvent | OutputRejectedEvent]:
-    cls = type(event)
-    answer = _ANSWERS.get(cls)
-    if answer is None:
-        answer = _ANSWERS[cls] = issubclass(cls, ModelResponseEvent | OutputRejectedEvent)
-    return answer
+def _walk_of(cls: type[BaseModel]) -> int:
+    if issubclass(cls, ModelResponseEvent | OutputRejectedEvent):
+        walk = _ANSWER
+    else:
+        walk = _NOTHING if nothing_to_check(cls) else _RECORD
+    _WALKS[cls] = walk
+    return walk
 
 
 def encode_header(header: RunHeader) -> str:

@@ -12,8 +12,8 @@ not ship. It is deliberately plain:
   (`check_append`, `check_lease_acquire`) exactly as the in-memory reference
   does, and writes; so two processes, or two hosts, can never both win a
   ``seq``;
-* records are serialized only by `durable_agent.records` (``encode_event``,
-  ``encode_header``), never pickled; the columns next to the header text
+* records are serialized only by `durable_agent.records` (``encode_events``,
+  ``encode_event``, ``encode_header``), never pickled; the columns next to the header text
   exist only so that listing can filter and sort in SQL;
 * a damaged record raises `CorruptRunError` for its own run; a listing reports
   a run whose header it cannot read in `RunPage.unreadable` (`make_page` puts
@@ -76,6 +76,7 @@ from durable_agent.records import (
     decode_event,
     decode_header,
     encode_event,
+    encode_events,
     encode_header,
     utcnow,
 )
@@ -215,7 +216,9 @@ class MariaDbBackend(Backend):
         lease: Lease,
         release: bool = False,
     ) -> Lease:
-        bodies = [(run_id, e.seq, encode_event(e)) for e in events]
+        # The engine's events arrive encoded already: `encode_events` returns their texts.
+        texts = encode_events(events)
+        bodies = [(run_id, e.seq, text) for e, text in zip(events, texts, strict=True)]
 
         def work(cur: Cursor) -> Lease:
             header = self._locked_header(cur, run_id)

@@ -301,34 +301,38 @@ def test_an_empty_or_non_str_run_id_is_a_configuration_error(bad: object) -> Non
         asyncio.run(agent.continue_run_async(run_id=bad))  # type: ignore[arg-type]
 
 
-def test_the_text_a_check_keeps_is_the_encoding_and_is_dropped_once_the_append_is_over() -> None:
-    """`check_event`'s kept text is what `encode_event` would write; the engine lets it go.
+def test_the_texts_a_check_keeps_are_the_encoding_and_go_with_the_events() -> None:
+    """`check_events` keeps what `encode_event` would write; nothing outlives the append.
 
-    A store that keeps event objects never asks for the text: the engine still
-    drops it when the append returns, so no event outlives its append in the cache.
+    A store that keeps event objects never asks for the texts: they live on the
+    list the engine hands over, so no event outlives its append because of them.
     """
     import gc
     import weakref
 
-    from durable_agent import records
+    from durable_agent.records import CheckedEvents, check_events, encode_events
 
     event = answer({"x": [1, 2]}, "c1", content="hi")
     fresh = encode_event(event)
-    check_event(event)
-    assert encode_event(event) == fresh  # served from the check, equal to a fresh encoding
-    assert id(event) not in records._ENCODED
+    checked = check_events([event])
+    assert encode_events(checked) == [fresh]  # served from the check, equal to a fresh encoding
+    assert encode_events([event]) == [fresh]  # any other sequence is encoded
+    checked.append(event)  # a list that no longer matches its texts is encoded again
+    assert encode_events(checked) == [fresh, fresh]
 
     appended: list[weakref.ref[Any]] = []
+    kinds: list[type[Any]] = []
 
     class KeepsObjects(MemoryBackend):
         async def append(self, run_id: str, events: Any, **kwargs: Any) -> Any:
             appended.extend(weakref.ref(e) for e in events)
+            kinds.append(type(events))
             lease = kwargs["lease"]
             return lease.renewed(lease.expires_at, None)  # stores nothing, encodes nothing
 
     agent = Agent(ScriptedModel(["done"]), db=KeepsObjects())
     agent.do(Task("hi"))
     assert appended
-    assert not records._ENCODED
+    assert kinds == [CheckedEvents]
     gc.collect()
     assert all(ref() is None for ref in appended)  # nothing kept them alive
