@@ -126,6 +126,10 @@ class ExecutionCore:
                 self.lease = None  # the interrupted write brought the run to rest
                 return
             fresh = RunContext.from_stored(stored)
+            if fresh.seq > ctx.seq:
+                # The write landed (only this lease could write it): it carried
+                # the lease's stamp, which the next write must not repeat.
+                self._lease_taken = self._traceparent = None
             vars(ctx).update(vars(fresh))  # callers hold `ctx`; keep it the same object
             self._uncertain = False
         if ctx.state not in (RunState.MODEL_CALL, RunState.TOOL_EXEC):

@@ -6,7 +6,9 @@ For each store (SQLite, JSON files, Redis), hundreds of `do_async` and
 iterations, right after the store granted it, by the driver itself, or by a
 connection lost after the command ran. After each one: the run's id is on the
 task and on ``agent.last_run``, no lease is left behind, and the run is
-continued to DONE from this same process without `RunBusyError`.
+continued to DONE from this same process without `RunBusyError`, and its log
+stamps each lease it was driven under once (a write that landed although its
+caller was cancelled carried the stamp: the interruption must not repeat it).
 """
 
 from __future__ import annotations
@@ -141,6 +143,14 @@ class Sweep:
             return
         assert out.state is RunState.DONE, f"{label}: {out.state}"
         assert (await self.store.get_run(run_id)).lease is None, label
+        stamps = [
+            (e.seq, e.lease_taken.generation)
+            for e in (await self.store.load_run(run_id)).events
+            if e.lease_taken is not None
+        ]
+        generations = [g for _, g in stamps]
+        if generations != sorted(set(generations)):  # one stamp per lease, in order
+            self.failures.append(f"{label}: lease stamps (seq, generation) {stamps}")
 
     async def created(self, plan: Plan) -> None:
         task = Task("hi")
@@ -203,8 +213,9 @@ def test_400_cancellations_in_create_and_acquire_leave_no_lease_and_every_run_co
             for _ in range(10):  # rounds, until enough cancellations hit create or acquire
                 # do_async: the create (call 1), then the first append (2) in the guard.
                 await sweep_calls(sweep, sweep.created, 2)
-                # continue of an ERROR run: load (1), acquire (2), load (3).
-                await sweep_calls(sweep, lambda p: sweep.continued(p, None), 3)
+                # continue of an ERROR run: load (1), acquire (2), load (3), the
+                # first append (4), which carries the new lease's stamp.
+                await sweep_calls(sweep, lambda p: sweep.continued(p, None), 4)
                 # ... whose lease this process left behind, live: as the engine's
                 # owner (the store grants it back), and as another owner object
                 # with this pid (busy, read, taken over: calls 2 to 4; load 5).
