@@ -78,13 +78,13 @@ from typing import TYPE_CHECKING, Any, Final
 from durable_agent.backend import (
     ClaimedRun,
     LeaseOwner,
-    check_lease_acquire,
     claim_order,
     claimable,
     scan_not_at_rest,
 )
 from durable_agent.backends import _redis_cluster_place_scripts as pl
 from durable_agent.backends import _redis_records as rec
+from durable_agent.backends import _redis_writes as writes
 from durable_agent.errors import ConcurrentUpdateError, LeaseLostError, StoreUnavailableError
 from durable_agent.records import Lease, RunHeader
 
@@ -92,9 +92,21 @@ if TYPE_CHECKING:
     from durable_agent.backends.redis import RedisBackend
 
 SKEW: Final = 1.0
-"""Seconds by which the masters' clocks may disagree: a lease ends this much before its place."""
-FRESH: Final = 10.0
-"""Seconds a claim's place for one generation stops other claims of the same lease."""
+"""Seconds by which the masters' clocks may disagree: a lease ends this much before its place.
+
+A fixed allowance, not a share of the lease TTL: it covers how far two masters'
+clocks drift apart (NTP keeps them within milliseconds), which no setting of the
+backend changes, and a short TTL does not shrink. Every place outlives its lease
+by at least 30 s of ``horizon`` anyway, so it costs nothing. Clocks further apart
+than this can only let a queue pass its cap near the end of a lapsed place; the
+one-writer rule never depends on it (the fence is the generation check in the
+run's own slot).
+"""
+CLAIM_WINDOW: Final = 10.0
+"""Seconds a place just taken by a claim keeps other claims of the same lease away, at most.
+
+See `claim_window`, which bounds it by the claim's lease TTL.
+"""
 _SCAN: Final = 64
 _ATTEMPTS: Final = 8
 
@@ -109,6 +121,21 @@ def extend_below(ttl: float) -> float:
     return ttl + max(ttl, 15.0)
 
 
+def claim_window(ttl: float) -> float:
+    """Seconds a place taken for one lease generation counts as a claim in flight.
+
+    A claim takes places first and acquires the leases right after (one round
+    trip later); meanwhile another claim of the same generation is told the run
+    is ``taken`` instead of racing for it. Only a claimer that died between its
+    two calls is waited out for the whole window, so it is short (`CLAIM_WINDOW`)
+    and never longer than the lease TTL of the claim: a claimer that died keeps a
+    run from the others no longer than a dead holder of its lease would. Safety
+    never depends on it: two claims of one generation are decided by the
+    generation check, and the loser gives back only its own take (by token).
+    """
+    return min(CLAIM_WINDOW, ttl)
+
+
 def _place_until(expiry: Any) -> str:
     return f"{float(rec.text(expiry)) - SKEW:.6f}"
 
@@ -118,11 +145,14 @@ def _key(backend: RedisBackend, queue: str) -> str:
 
 
 async def _places(
-    backend: RedisBackend, ops: Sequence[Sequence[str]], *, limit: int = -1
+    backend: RedisBackend, ops: Sequence[Sequence[str]], *, limit: int = -1, window: float = 0.0
 ) -> list[Any]:
-    """Run `PLACES` once: ``ops`` of (kind, queue, run, generation, token, horizon, cap)."""
+    """Run `PLACES` once: ``ops`` of (kind, queue, run, generation, token, horizon, cap).
+
+    ``window``: the claims' `claim_window` (only claim operations read it).
+    """
     base = f"{backend.prefix}{{idx}}:"
-    args = [base, str(limit), repr(FRESH)]
+    args = [base, str(limit), repr(window)]
     for op in ops:
         args.extend(op)
     reply = await backend._eval(pl.PLACES, [_key(backend, ops[0][1])], args)
@@ -219,21 +249,10 @@ async def acquire(
         reply = await backend._eval(pl.ACQUIRE, [header], args)
         status = rec.status(run_id, reply)
         if status == "ok":
-            return Lease(
-                owner=owner.id,
-                host=owner.host,
-                pid=owner.pid,
-                generation=int(rec.text(reply[1])),
-                expires_at=float(rec.text(reply[2])),
-                ttl=float(ttl),
-                cancel_requested=rec.optional(reply[3]),
-            )
+            return writes.granted(owner, ttl, reply)
         await undo(backend, seen.queue, run_id, token)
         if status == "busy":
-            current = rec.header_from_hash(run_id, reply[2])
-            now = float(rec.text(reply[1]))
-            check_lease_acquire(current, owner, ttl=ttl, takeover=takeover, now=now)
-            raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
+            writes.refuse_acquire(run_id, reply, owner, ttl=ttl, takeover=takeover)
     raise ConcurrentUpdateError(
         run_id, f"its lease changed hands {_ATTEMPTS} times while it was acquired; try again"
     )
@@ -325,7 +344,7 @@ async def claim(
             _op("c", h.queue, h.run_id, h.lease_generation + 1, token, ttl, caps.get(h.queue))
             for h in chunk
         ]
-        replies = await _places(backend, ops, limit=wanted)
+        replies = await _places(backend, ops, limit=wanted, window=claim_window(ttl))
         placed = [
             (h, _place_until(reply[1]))
             for h, reply in zip(chunk, replies, strict=True)

@@ -5,7 +5,7 @@ A run's keys share one slot, so the write itself is still one atomic script
 another slot and are updated right after, with an intent recorded first when
 the write moves the run to another index bucket
 (`durable_agent.backends._redis_cluster`). `RedisBackend` calls these when it
-runs on a cluster, and does the single-Redis writes itself.
+runs on a cluster, and `durable_agent.backends._redis_writes` on one Redis.
 """
 
 from __future__ import annotations

@@ -27,13 +27,15 @@ right after, with an intent recorded first, so a listing finishes any update a
 dead writer left (see `durable_agent.backends._redis_cluster`); queue places
 keep ``max_running`` atomic there (`durable_agent.backends._redis_cluster_places`).
 
-This module is `RedisBackend` and its writes; beside it are the connection
-(`durable_agent.backends._redis_link`: one client per event loop, redis-py's
-errors translated, scripts run, the options checked), the writes on a cluster
-(`durable_agent.backends._redis_cluster_writes`), listing (`durable_agent.backends._redis_listing`:
-``list_runs`` and the runs ``prune`` deletes), the Lua scripts
-(`durable_agent.backends._redis_scripts`, `durable_agent.backends._redis_cluster_scripts`)
-and the header hashes (`durable_agent.backends._redis_records`).
+This module is `RedisBackend`: its options, keys and reads, and which write
+runs where; beside it are the connection (`durable_agent.backends._redis_link`:
+one client per event loop, redis-py's errors translated, scripts run, the
+options checked), the writes on one Redis (`durable_agent.backends._redis_writes`)
+and on a cluster (`durable_agent.backends._redis_cluster_writes`), listing
+(`durable_agent.backends._redis_listing`: ``list_runs`` and the runs ``prune``
+deletes), the Lua scripts (`durable_agent.backends._redis_scripts`,
+`durable_agent.backends._redis_cluster_scripts`) and the header hashes
+(`durable_agent.backends._redis_records`).
 """
 
 from __future__ import annotations
@@ -53,18 +55,15 @@ from durable_agent.backend import (
     RunPage,
     check_append,
     check_claim_args,
-    check_lease_acquire,
 )
 from durable_agent.backends import _redis_migrate as migration
 from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_relay as relay
 from durable_agent.backends import _redis_scripts as lua
+from durable_agent.backends import _redis_writes as writes
 from durable_agent.errors import (
-    ConcurrentUpdateError,
     ConfigurationError,
     CorruptRunError,
-    LeaseLostError,
-    RunExistsError,
     RunNotFoundError,
 )
 from durable_agent.fsm import RunState
@@ -74,7 +73,6 @@ from durable_agent.records import (
     RunHeader,
     StoredRun,
     decode_event,
-    encode_event,
 )
 
 try:
@@ -249,14 +247,8 @@ class RedisBackend(Backend):
         keys = self._keys(header.run_id)
         if self._indexes is not None:
             await cluster_writes.create(self, header, events, keys)
-            await self._announce(header.lease is None, "created")
-            return
-        fields = rec.header_fields(header)
-        args = [self.prefix, self._retention_ms, len(fields), *fields]
-        args.extend(encode_event(event) for event in events)
-        reply = await self._eval(lua.CREATE, keys, args)
-        if rec.text(reply[0]) == "exists":
-            raise RunExistsError(header.run_id)
+        else:
+            await writes.create(self, header, events, keys)
         await self._announce(header.lease is None, "created")
 
     async def append(
@@ -287,19 +279,8 @@ class RedisBackend(Backend):
         )
         if self._indexes is not None:
             renewed = await cluster_writes.append(self, run_id, keys, events, control, lease)
-            await self._announce(release, "released")
-            return renewed
-        args = ["".join(f"{part}\x1f" for part in control)]
-        args.extend(encode_event(event) for event in events)
-        reply = await self._eval(lua.APPEND, keys, args)
-        if isinstance(reply, bytes):  # the one-string success reply: ok, expires[, cancel]
-            renewed = rec.renewed(lease, reply)
-        elif rec.status(run_id, reply) == "refused":
-            current = rec.header_from_hash(run_id, reply[1])
-            check_append(current, events, expected_seq=expected_seq, lease=lease)
-            raise ConcurrentUpdateError(run_id, "the append was refused")  # not reached
         else:
-            renewed = rec.extended(lease, reply)
+            renewed = await writes.append(self, run_id, keys, events, control, lease)
         await self._announce(release, "released")
         return renewed
 
@@ -347,8 +328,7 @@ class RedisBackend(Backend):
         keys = self._keys(run_id)
         if self._indexes is not None:
             return await cluster_writes.delete(self, run_id, keys)
-        reply = await self._eval(lua.DELETE, keys, [self.prefix, run_id, *_STATES])
-        return bool(reply)
+        return await writes.delete(self, run_id, keys)
 
     async def prune(
         self,
@@ -364,11 +344,7 @@ class RedisBackend(Backend):
         doomed = await self._listing.prunable(older_than, cutoff, wanted)
         if self._indexes is not None:
             return await cluster_writes.prune(self, doomed, wanted)
-        removed = 0
-        for run_id, updated in doomed:
-            args = [self.prefix, run_id, updated, *wanted]
-            removed += int(await self._eval(lua.PRUNE_ONE, self._keys(run_id), args))
-        return removed
+        return await writes.prune(self, doomed, wanted)
 
     async def repair_indexes(self) -> int:
         """Rebuild the listing indexes from the runs' headers; return how many runs it indexed.
@@ -396,40 +372,18 @@ class RedisBackend(Backend):
     ) -> Lease:
         if self._indexes is not None:
             return await places.acquire(self, run_id, owner, ttl=ttl, takeover=takeover)
-        chosen = "" if takeover is None else str(takeover)
-        args = [owner.id, owner.host, str(owner.pid), repr(float(ttl)), chosen, self._index_flag]
-        reply = await self._eval(lua.ACQUIRE, self._keys(run_id)[:1], args)
-        status = rec.status(run_id, reply)
-        if status == "busy":
-            header = rec.header_from_hash(run_id, reply[2])
-            now = float(rec.text(reply[1]))
-            check_lease_acquire(header, owner, ttl=ttl, takeover=takeover, now=now)
-            raise ConcurrentUpdateError(run_id, "the lease was refused")  # not reached
-        return Lease(
-            owner=owner.id,
-            host=owner.host,
-            pid=owner.pid,
-            generation=int(rec.text(reply[1])),
-            expires_at=float(rec.text(reply[2])),
-            ttl=float(ttl),
-            cancel_requested=rec.optional(reply[3]),
-        )
+        return await writes.acquire(self, run_id, owner, ttl=ttl, takeover=takeover)
 
     async def renew_lease(self, run_id: str, lease: Lease) -> Lease:
         if self._indexes is not None:
             return await places.renew(self, run_id, lease)
-        args = [str(lease.generation), *rec.lease_args(lease), self._index_flag]
-        reply = await self._eval(lua.RENEW, self._keys(run_id)[:1], args)
-        if rec.status(run_id, reply) == "lost":
-            raise LeaseLostError(run_id, f"lease generation {lease.generation} was taken over")
-        return rec.extended(lease, reply)
+        return await writes.renew(self, run_id, lease)
 
     async def release_lease(self, run_id: str, lease: Lease) -> None:
         if self._indexes is not None:
             await places.release(self, run_id, lease)
         else:
-            args = [str(lease.generation), self._index_flag]
-            rec.status(run_id, await self._eval(lua.RELEASE, self._keys(run_id)[:1], args))
+            await writes.release(self, run_id, lease)
         await self._announce(True, "released")
 
     # -- workers -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 import uuid
 
 from _common import Row, gated, info, machine_summary, parse_options, print_table, scratch_dir
-from bench_backends import redis_server
+from _redis_servers import redis_server
 
 from durable_agent.backend import LeaseOwner
 from durable_agent.backends.redis import RedisBackend

@@ -21,12 +21,14 @@ a call needs none of that; callers start a real interpreter otherwise.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import runpy
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,16 @@ PRELOAD = [
     "anthropic",
 ]
 """Imported once by the fork server (a missing one is skipped): what the children import."""
+
+_READING_EXITS = threading.Lock()
+"""Held to read a child's exit status, which the fork server sends once, 8 bytes on a pipe.
+
+Two threads reading it at once (a test's threads waiting for children, and
+``Process.start``, which polls every child of the process) race: one gets the
+status, the other end-of-file, which multiprocessing reports as exit code 255
+("perhaps the forkserver process itself got killed") and may keep as the
+child's. So every read happens under this lock; once read, the status is kept.
+"""
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(PRELOAD)
@@ -114,13 +126,17 @@ class Forked:
         self.args = process.name
 
     def poll(self) -> int | None:
-        if self.returncode is None and not self._process.is_alive():
-            self._process.join()
-            self.returncode = self._process.exitcode
+        if self.returncode is None:
+            with _READING_EXITS:
+                alive = self._process.is_alive()
+            if not alive:
+                self._process.join()  # the exit status is read already: returns at once
+                self.returncode = self._process.exitcode
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        self._process.join(timeout)
+        # Wait for the exit status to arrive without reading it; `poll` reads it.
+        multiprocessing.connection.wait([self._process.sentinel], timeout)
         if self.poll() is None:
             raise subprocess.TimeoutExpired(self.args, timeout or 0)
         assert self.returncode is not None
@@ -190,7 +206,8 @@ def start(
         name=f"forked {module or script} {' '.join(args)}"[:200],
         daemon=False,
     )
-    process.start()
+    with _READING_EXITS:  # start() polls every other child (multiprocessing's _cleanup)
+        process.start()
     return Forked(process, folder, text)
 
 

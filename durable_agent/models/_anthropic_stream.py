@@ -57,13 +57,15 @@ async def stream_message(
                 raise
             raise mine from exc
         fold = _Fold()
-        events = stream.__aiter__()
         try:
             while True:
                 try:
                     # The deadline covers each wait, never the consumer's time between deltas.
+                    # The stream's own ``__anext__``, not ``__aiter__``: the SDK's ``__aiter__``
+                    # is one more async generator around the same iterator, which a consumer
+                    # that stops early would leave to the garbage collector, unclosed.
                     async with asyncio.timeout_at(deadline):
-                        event = await anext(events)
+                        event = await anext(stream)
                 except StopAsyncIteration:
                     break
                 text = fold.add(event)

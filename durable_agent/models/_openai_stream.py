@@ -59,13 +59,15 @@ async def stream_completion(
                 raise
             raise mine from exc
         fold = _Fold()
-        chunks = stream.__aiter__()
         try:
             while True:
                 try:
                     # The deadline covers each wait, never the consumer's time between deltas.
+                    # The stream's own ``__anext__``, not ``__aiter__``: the SDK's ``__aiter__``
+                    # is one more async generator around the same iterator, which a consumer
+                    # that stops early would leave to the garbage collector, unclosed.
                     async with asyncio.timeout_at(deadline):
-                        chunk = await anext(chunks)
+                        chunk = await anext(stream)
                 except StopAsyncIteration:
                     break
                 text = fold.add(chunk)

@@ -1,66 +1,36 @@
 """RedisBackend on a real Redis Cluster of three masters: the whole conformance suite, runs
-spread over the masters, listings exact after many concurrent runs, index updates a dead
-writer left finished by the next listing, stale entries mended, a pool that waits."""
+spread over the masters, URLs and options, two processes racing on one run.
+
+The listing indexes on a cluster are `tests/backends/test_redis_cluster_indexes.py`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from durable_agent import Agent, ScriptedModel, Task, ToolCall
-from durable_agent.backend import Backend, LeaseOwner
-from durable_agent.errors import ConfigurationError, RunNotFoundError, StoreUnavailableError
-from durable_agent.fsm import RunState
-from durable_agent.records import SCHEMA_VERSION, RunHeader, TransitionEvent, utcnow
+from durable_agent.backend import Backend
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
+from durable_agent.records import SCHEMA_VERSION, TransitionEvent
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance
-from tests._barriers import wait_until_async
-from tests.backends.conftest import created, header, new_run, run, step
+from tests.backends.conftest import created, header, new_run, run
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
 from tests.backends.redis_server import free_port
 from tests.backends.test_two_processes import TARGET, race
 
 redis = pytest.importorskip("redis", reason="the redis package is not installed")
 
-from redis.asyncio.cluster import RedisCluster  # noqa: E402
-
-from durable_agent.backends import _redis_cluster as clx  # noqa: E402
-from durable_agent.backends import _redis_cluster_scripts as cl  # noqa: E402
 from durable_agent.backends.redis import RedisBackend  # noqa: E402
-
-
-def _raw(url: str) -> RedisCluster:
-    """A plain redis-py cluster client, to look at (or damage) what the backend stored."""
-    return RedisCluster.from_url(url.replace("+cluster", "", 1))
-
-
-async def _forget(url: str, prefix: str) -> None:
-    """Delete every key of one test's store, on every master."""
-    async with _raw(url) as client:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        for key in keys:
-            await client.delete(key)
-
-
-def _key(store: RedisBackend, run_id: str, part: str) -> str:
-    return f"{store.prefix}{{{run_id}}}:{part}"
-
-
-@pytest.fixture
-def store(redis_cluster_url: str) -> Iterator[RedisBackend]:  # noqa: F811
-    prefix = f"t-{uuid.uuid4().hex[:8]}:"
-    backend = RedisBackend(redis_cluster_url, prefix=prefix)
-    yield backend
-    run(backend.close())
-    run(_forget(redis_cluster_url, prefix))
-
+from tests.backends.cluster_store import (  # noqa: E402
+    cluster_store,  # noqa: F401  (the fixture `store`)
+    forget,
+    key_of,
+    raw_client,
+)
 
 # -- the contract ----------------------------------------------------------------------------
 
@@ -72,7 +42,7 @@ class TestRedisClusterBackend(BackendConformance):
         assert store.cluster
         yield store
         await store.close()
-        await _forget(redis_cluster_url, prefix)
+        await forget(redis_cluster_url, prefix)
 
     async def reopen(self, store: Backend) -> Backend:
         assert isinstance(store, RedisBackend)
@@ -80,17 +50,17 @@ class TestRedisClusterBackend(BackendConformance):
 
     async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
         assert isinstance(store, RedisBackend)
-        async with _raw(store._url) as client:
+        async with raw_client(store._url) as client:
             if seq is None:
-                await client.hset(_key(store, run_id, "header"), "state", "BOGUS")
+                await client.hset(key_of(store, run_id, "header"), "state", "BOGUS")
             else:
-                await client.lset(_key(store, run_id, "events"), seq - 1, "{garbage")
+                await client.lset(key_of(store, run_id, "events"), seq - 1, "{garbage")
 
     async def mark_newer_version(self, store: Backend, run_id: str) -> None:
         assert isinstance(store, RedisBackend)
-        async with _raw(store._url) as client:
+        async with raw_client(store._url) as client:
             newer = str(SCHEMA_VERSION + 1)
-            await client.hset(_key(store, run_id, "header"), "schema_version", newer)
+            await client.hset(key_of(store, run_id, "header"), "schema_version", newer)
 
 
 # -- where the keys are ------------------------------------------------------------------------
@@ -103,11 +73,11 @@ def test_runs_spread_over_every_master_and_each_run_keeps_to_one_slot(
         ids = [f"run-{i}" for i in range(40)] + ["ünï-☃", "a{b}c", "x}y"]
         for run_id in ids:
             await store.create_run(header(run_id, session_id="s"), [created()])
-        async with _raw(store._url) as client:
+        async with raw_client(store._url) as client:
             await client.initialize()
             masters: set[str] = set()
             for run_id in ids:
-                head, events = _key(store, run_id, "header"), _key(store, run_id, "events")
+                head, events = key_of(store, run_id, "header"), key_of(store, run_id, "events")
                 assert client.keyslot(head) == client.keyslot(events), run_id
                 assert await client.exists(head) == 1
                 masters.add(client.get_node_from_key(head).name)
@@ -123,342 +93,6 @@ def test_runs_spread_over_every_master_and_each_run_keeps_to_one_slot(
 
     run(main())
 
-
-# -- listings after many concurrent runs -----------------------------------------------------
-
-
-async def _drive(store: RedisBackend, run_id: str, i: int) -> None:
-    """Run ``run_id`` through a path chosen by ``i``: some rest, some resume, some stay."""
-    lease = await store.acquire_lease(run_id, LeaseOwner.current(), ttl=30)
-    seq = 1
-    path = [RunState.MODEL_CALL, RunState.TOOL_EXEC, RunState.MODEL_CALL]
-    path += [
-        [RunState.DONE],
-        [RunState.WAITING],
-        [RunState.ERROR],
-        [RunState.CANCELLED],
-        [],  # still running
-        [RunState.WAITING, RunState.MODEL_CALL, RunState.DONE],  # resumed after a decision
-    ][i % 6]
-    for state in path:
-        seq += 1
-        await asyncio.sleep(random.random() * 0.002)
-        lease = await store.append(run_id, [step(seq, state)], expected_seq=seq - 1, lease=lease)
-
-
-def test_listing_by_state_session_and_user_is_exact_after_many_concurrent_runs(
-    store: RedisBackend,
-) -> None:
-    count = 300
-
-    async def main() -> None:
-        ids = [f"r{i:03d}" for i in range(count)]
-        await asyncio.gather(
-            *(
-                store.create_run(
-                    header(run_id, session_id=f"s{i % 4}", user_id=f"u{i % 5}" if i % 7 else None),
-                    [created()],
-                )
-                for i, run_id in enumerate(ids)
-            )
-        )
-        await asyncio.gather(*(_drive(store, run_id, i) for i, run_id in enumerate(ids)))
-        truth = {h.run_id: h for h in await asyncio.gather(*map(store.get_run, ids))}
-        other = RedisBackend(store._url, prefix=store.prefix)  # as another process lists
-        try:
-            await _check_listings(other, truth)
-        finally:
-            await other.close()
-        # The indexes hold exactly the runs' current buckets: nothing stale to mend.
-        async with _raw(store._url) as client:
-            for name in ("ACTIVE", "WAITING", "DONE", "ERROR", "CANCELLED"):
-                key = f"{store.prefix}{{idx}}:state:{name}"
-                members = {m.decode() for m in await client.zrange(key, 0, -1)}
-                assert members == {r for r, h in truth.items() if clx.bucket(h.state) == name}
-            assert await client.hlen(f"{store.prefix}{{idx}}:pending") == 0
-
-    run(main())
-
-
-async def _all(store: Backend, **filters: Any) -> list[str]:
-    seen: list[str] = []
-    cursor = None
-    while True:
-        page = await store.list_runs(limit=37, cursor=cursor, **filters)
-        seen.extend(h.run_id for h in page.runs)
-        if (cursor := page.next_cursor) is None:
-            return seen
-
-
-async def _check_listings(store: Backend, truth: dict[str, RunHeader]) -> None:
-    newest_first = sorted(truth.values(), key=lambda h: (h.created_at, h.run_id), reverse=True)
-
-    def expect(keep: Any) -> list[str]:
-        return [h.run_id for h in newest_first if keep(h)]
-
-    assert await _all(store) == expect(lambda h: True)
-    for state in RunState:
-        listed = await _all(store, states=[state])
-        assert listed == expect(lambda h, s=state: h.state is s), state
-    rest = [RunState.WAITING, RunState.DONE]
-    assert await _all(store, states=rest) == expect(lambda h: h.state in rest)
-    for session in ("s0", "s1", "s2", "s3"):
-        assert await _all(store, session_id=session) == expect(
-            lambda h, s=session: h.session_id == s
-        )
-        listed = await _all(store, session_id=session, states=[RunState.DONE])
-        assert listed == expect(lambda h, s=session: h.session_id == s and h.state is RunState.DONE)
-    for user in ("u1", "u2", "u3", "u4"):
-        assert await _all(store, user_id=user) == expect(lambda h, u=user: h.user_id == u)
-
-
-def test_a_thousand_runs_through_the_engine_on_a_cluster_all_finish_and_list(
-    redis_cluster_url: str,  # noqa: F811
-) -> None:
-    prefix = f"eng-{uuid.uuid4().hex[:8]}:"
-
-    async def weather(city: str) -> str:
-        """The weather in a city."""
-        return f"sunny in {city}"
-
-    script: list[Any] = [ToolCall("weather", {"city": "Oslo"}), "sunny"]
-
-    async def main() -> None:
-        store = RedisBackend(
-            redis_cluster_url, prefix=prefix, session_id="eng", user_id="e", max_connections=8
-        )
-        agent = Agent(ScriptedModel(script), db=store, tools=[weather], retry=1)
-        outcomes = await asyncio.gather(
-            *(agent.do_async(Task("weather?", run_id=f"run-{i}")) for i in range(1000)),
-            return_exceptions=True,
-        )
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        assert not errors, errors[:3]
-        done = await _all(store, session_id="eng", states=[RunState.DONE])
-        assert sorted(done) == sorted(f"run-{i}" for i in range(1000))
-        assert await _all(store, states=[RunState.MODEL_CALL, RunState.PENDING]) == []
-        link = store._connect()
-        assert link.gate is not None
-        nodes = link.client.get_nodes()  # type: ignore[union-attr]
-        assert max(len(node._connections) for node in nodes) <= 8
-        await store.close()
-        await _forget(redis_cluster_url, prefix)
-
-    run(main())
-
-
-# -- a writer that dies between its script and its index update -------------------------------
-
-
-def test_a_writer_dead_between_its_write_and_the_index_update_is_finished_by_a_listing(
-    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def died(*args: Any, **kwargs: Any) -> None:
-        """As if the process was killed right after the run's own script returned."""
-
-    async def main() -> None:
-        lease = await new_run(store, "finished", session_id="s", user_id="u")
-        await new_run(store, "other", session_id="s")
-        assert store._indexes is not None
-        with monkeypatch.context() as patch:
-            patch.setattr(store._indexes, "index", died)
-            await store.create_run(header("born", session_id="s", user_id="u"), [created()])
-            await store.append(
-                "finished", [step(2, RunState.DONE)], expected_seq=1, lease=lease, release=True
-            )
-        async with _raw(store._url) as client:
-            # Nothing indexed the two writes; their intents are recorded.
-            assert await client.zscore(f"{store.prefix}{{idx}}:created", "born") is None
-            assert await client.hlen(f"{store.prefix}{{idx}}:pending") == 2
-        other = RedisBackend(store._url, prefix=store.prefix)
-        try:
-            done = await other.list_runs(states=[RunState.DONE])
-            assert [h.run_id for h in done.runs] == ["finished"]
-            assert (await other.list_runs(states=[RunState.PENDING])).runs[0].run_id == "born"
-            listed = await _all(other, user_id="u")
-            assert listed == ["born", "finished"]
-            assert sorted(await _all(other, session_id="s")) == ["born", "finished", "other"]
-        finally:
-            await other.close()
-        async with _raw(store._url) as client:
-            assert await client.hlen(f"{store.prefix}{{idx}}:pending") == 0
-            active = f"{store.prefix}{{idx}}:state:ACTIVE"
-            assert await client.zscore(active, "finished") is None
-
-    run(main())
-
-
-def test_a_resume_from_rest_records_its_intent_when_the_script_asks_for_it(
-    store: RedisBackend,
-) -> None:
-    async def main() -> None:
-        lease = await new_run(store, "r1")
-        lease = await store.append("r1", [step(2, RunState.WAITING)], expected_seq=1, lease=lease)
-        assert [h.run_id for h in (await store.list_runs(states=[RunState.WAITING])).runs] == ["r1"]
-        # Leaving WAITING is not told by the event; the script refuses, then it goes through.
-        lease = await store.append("r1", [step(3)], expected_seq=2, lease=lease)
-        assert (await store.list_runs(states=[RunState.WAITING])).runs == ()
-        assert [h.run_id for h in (await store.list_runs(states=[RunState.MODEL_CALL])).runs] == [
-            "r1"
-        ]
-        assert (await store.get_run("r1")).seq == 3
-
-    run(main())
-
-
-# -- stale entries, late updates, retention ---------------------------------------------------
-
-
-def test_stale_entries_are_mended_and_a_late_index_update_never_undoes_a_newer_one(
-    store: RedisBackend,
-) -> None:
-    async def main() -> None:
-        lease = await new_run(store, "r1", session_id="s")
-        await store.append("r1", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
-        ix = store._indexes
-        assert ix is not None
-        # An update of seq 1 (PENDING) arrives late, after the one of seq 2 (DONE).
-        (raw,) = await store._read_headers(["r1"])
-        late = RunHeader.model_validate({**(await store.get_run("r1")).model_dump(), "seq": 1})
-        late = late.model_copy(update={"state": RunState.PENDING})
-        applied = await store._eval(
-            cl.INDEX, [ix.runs, ix.pending], [ix.base, ix.truth(late, raw[b"incarnation"])]
-        )
-        assert applied == 0
-        assert [h.run_id for h in (await store.list_runs(states=[RunState.DONE])).runs] == ["r1"]
-        # Entries that disagree with the header: a wrong bucket, a run that is gone.
-        async with _raw(store._url) as client:
-            await client.zadd(ix.state("WAITING"), {"r1": 1.0, "ghost": 2.0})
-            await client.zadd(ix.session("s"), {"ghost": 3.0})
-        assert (await store.list_runs(states=[RunState.WAITING])).runs == ()
-        assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["r1"]
-        async with _raw(store._url) as client:
-            assert await client.zcard(ix.state("WAITING")) == 0
-            assert await client.zrange(ix.session("s"), 0, -1) == [b"r1"]
-            assert await client.zrange(ix.state("DONE"), 0, -1) == [b"r1"]
-
-    run(main())
-
-
-def test_an_intent_whose_write_never_happened_expires(
-    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def main() -> None:
-        await new_run(store, "r1")
-        ix = store._indexes
-        assert ix is not None
-        await ix.intent("r1", 7)  # announced; the writer died before its script
-        await ix.intent("never-created", 1, new=True)
-        await store.list_runs()
-        async with _raw(store._url) as client:
-            assert await client.hlen(ix.pending) == 2  # young: a writer may be on its way
-        monkeypatch.setattr(clx, "INTENT_AGE", 0.0)
-        assert [h.run_id for h in (await store.list_runs()).runs] == ["r1"]
-        async with _raw(store._url) as client:
-            assert await client.hlen(ix.pending) == 0
-
-    run(main())
-
-
-def test_a_transition_is_one_round_trip_and_a_bucket_change_three(
-    store: RedisBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[str] = []
-    real = store._eval
-
-    async def counted(script: cl.Script, keys: Any, args: Any) -> Any:
-        calls.append(script.name)
-        return await real(script, keys, args)
-
-    monkeypatch.setattr(store, "_eval", counted)
-
-    async def main() -> None:
-        await store.create_run(header("r1"), [created()])
-        assert calls == ["cluster_intent", "cluster_create", "cluster_index"]
-        lease = await store.acquire_lease("r1", LeaseOwner.current(), ttl=30)
-        calls.clear()
-        for seq, state in enumerate([RunState.MODEL_CALL, RunState.TOOL_EXEC], start=2):
-            lease = await store.append("r1", [step(seq, state)], expected_seq=seq - 1, lease=lease)
-        assert calls == ["cluster_append", "cluster_append"]  # within ACTIVE: one script
-        calls.clear()
-        lease = await store.append("r1", [step(4, RunState.WAITING)], expected_seq=3, lease=lease)
-        assert calls == ["cluster_intent", "cluster_append", "cluster_index"]
-        calls.clear()
-        await store.append("r1", [step(5)], expected_seq=4, lease=lease)
-        # Leaving rest: the script asks for the intent first.
-        assert calls == ["cluster_append", "cluster_intent", "cluster_append", "cluster_index"]
-
-    run(main())
-
-
-def test_retention_expires_finished_runs_and_listings_drop_their_entries(
-    redis_cluster_url: str,  # noqa: F811
-) -> None:
-    prefix, kept_prefix = f"t-{uuid.uuid4().hex[:8]}:", f"t-{uuid.uuid4().hex[:8]}:"
-    # Two stores: one whose retention no loaded machine outlasts, to read the TTL a
-    # finished run gets while its key surely still exists; one short, to see it expire.
-    kept = RedisBackend(redis_cluster_url, prefix=kept_prefix, retention=60)
-    store = RedisBackend(redis_cluster_url, prefix=prefix, retention=0.2)
-
-    async def main() -> None:
-        lease = await new_run(kept, "done")
-        await kept.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
-        async with _raw(redis_cluster_url) as client:
-            assert 0 < await client.pttl(_key(kept, "done", "header")) <= 60_000
-        await kept.close()
-        await _forget(redis_cluster_url, kept_prefix)
-
-        lease = await new_run(store, "done", session_id="s")
-        await new_run(store, "running", session_id="s")
-        await store.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
-        async with _raw(redis_cluster_url) as client:
-
-            async def expired() -> bool:
-                return not await client.exists(_key(store, "done", "header"))
-
-            await wait_until_async(expired, awaiting="the finished run's key to expire (0.2 s)")
-        with pytest.raises(RunNotFoundError):
-            await store.get_run("done")
-        assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["running"]
-        assert (await store.list_runs(states=[RunState.DONE])).runs == ()
-        assert [h.run_id for h in (await store.list_runs()).runs] == ["running"]
-        async with _raw(redis_cluster_url) as client:
-            assert await client.hexists(f"{prefix}{{idx}}:runs", "done") == 0
-            assert await client.zscore(f"{prefix}{{idx}}:session:s", "done") is None
-        await store.close()
-        await _forget(redis_cluster_url, prefix)
-
-    run(main())
-
-
-def test_delete_and_prune_remove_index_entries_and_repair_rebuilds_lost_ones(
-    store: RedisBackend,
-) -> None:
-    async def main() -> None:
-        for i in range(5):
-            lease = await new_run(store, f"r{i}", session_id="s", user_id="u")
-            await store.append(
-                f"r{i}", [step(2, RunState.DONE)], expected_seq=1, lease=lease, release=True
-            )
-        ix = store._indexes
-        assert ix is not None
-        assert await store.delete_run("r0") is True
-        assert await store.prune(older_than=utcnow() + timedelta(days=1)) == 4
-        async with _raw(store._url) as client:
-            for key in (ix.created, ix.state("DONE"), ix.session("s"), ix.user("u"), ix.runs):
-                assert await client.exists(key) == 0, key
-        # A failover that lost the index slot's writes: repair_indexes rebuilds them.
-        await new_run(store, "kept", session_id="s")
-        async with _raw(store._url) as client:
-            await client.delete(ix.created, ix.state("ACTIVE"), ix.session("s"), ix.runs)
-        assert (await store.list_runs()).runs == ()
-        assert await store.repair_indexes() == 1
-        assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["kept"]
-        assert [h.run_id for h in (await store.list_runs(states=[RunState.PENDING])).runs] == [
-            "kept"
-        ]
-
-    run(main())
 
 
 # -- URLs and options ----------------------------------------------------------------------------

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,31 +25,14 @@ from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fix
 
 pytest.importorskip("redis", reason="the redis package is not installed")
 
-from redis.asyncio.cluster import RedisCluster
-
 from durable_agent.backends import _redis_cluster_places as places
 from durable_agent.backends.redis import RedisBackend
+from tests.backends.cluster_store import (
+    cluster_store,  # noqa: F401  (the fixture `store`)
+    raw_client,
+)
 
 CAP = {"q": 1}
-
-
-def _raw(store: RedisBackend) -> RedisCluster:
-    return RedisCluster.from_url(store._url.replace("+cluster", "", 1))
-
-
-@pytest.fixture
-def store(redis_cluster_url: str) -> Iterator[RedisBackend]:  # noqa: F811
-    prefix = f"pl-{uuid.uuid4().hex[:8]}:"
-    backend = RedisBackend(redis_cluster_url, prefix=prefix)
-    yield backend
-    run(backend.close())
-
-    async def forget() -> None:
-        async with _raw(backend) as client:
-            async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-                await client.delete(key)
-
-    run(forget())
 
 
 async def _submit(store: RedisBackend, *run_ids: str) -> None:
@@ -60,13 +41,13 @@ async def _submit(store: RedisBackend, *run_ids: str) -> None:
 
 
 async def _live_places(store: RedisBackend, queue: str = "q") -> list[str]:
-    async with _raw(store) as client:
+    async with raw_client(store._url) as client:
         found = await client.zrangebyscore(places._key(store, queue), f"({time.time()}", "+inf")
     return sorted(m.decode() for m in found)
 
 
 async def _field(store: RedisBackend, run_id: str, name: str) -> str | None:
-    async with _raw(store) as client:
+    async with raw_client(store._url) as client:
         value = await client.hget(store._keys(run_id)[0], name)
     return None if value is None else value.decode()
 
@@ -120,9 +101,33 @@ def test_a_claimer_dead_between_its_place_and_its_lease_only_fills_the_queue(
         assert await _claim(store) == []  # full: never over the cap
         assert (await store.get_run("a")).lease is None
         unlimited = await store.claim_runs(LeaseOwner.current(), agents=["agent"], limit=5)
-        # Without a cap "b" is claimed; "a" looks claimed by the dead claimer for FRESH s.
+        # Without a cap "b" is claimed; "a" looks claimed by the dead claimer for a while
+        # (`places.claim_window`).
         assert [c.run_id for c in unlimited] == ["b"]
         assert await _live_places(store) == ["a", "b"]
+
+    run(main())
+
+
+def test_a_dead_claimers_place_keeps_others_off_its_run_no_longer_than_the_lease_ttl(
+    store: RedisBackend,
+) -> None:
+    async def main() -> None:
+        await _submit(store, "a", "b")
+        # Two claimers died between taking their places and acquiring the leases,
+        # 5 s ago: inside the 10 s window, but past a 2 s lease TTL.
+        for run_id in ("a", "b"):
+            assert await places.take(store, "q", run_id, 1, 30.0) is not None
+        async with raw_client(store._url) as client:
+            taken = f"{store.prefix}{{idx}}:placed:q"
+            for run_id in ("a", "b"):
+                gen, token, _ = (await client.hget(taken, run_id)).decode().split("|")
+                await client.hset(taken, run_id, f"{gen}|{token}|{time.time() - 5:.6f}")
+        owner = LeaseOwner.current()
+        assert await store.claim_runs(owner, agents=["agent"], limit=5, ttl=30) == []
+        claimed = await store.claim_runs(owner, agents=["agent"], limit=5, ttl=2)
+        assert sorted(c.run_id for c in claimed) == ["a", "b"]
+        assert await _live_places(store) == ["a", "b"]  # the same places, taken over
 
     run(main())
 
@@ -135,11 +140,11 @@ def test_a_lease_never_outlives_its_place_and_a_write_extends_a_place_running_sh
         (claim,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"], ttl=30)
         until = float(await _field(store, "a", "place_until") or 0)
         assert claim.lease.expires_at <= until
-        async with _raw(store) as client:
+        async with raw_client(store._url) as client:
             score = await client.zscore(places._key(store, "q"), "a")
         assert until + places.SKEW <= score  # the place outlives the lease
         short = f"{time.time() + 5:.6f}"  # as if the place had been taken long ago
-        async with _raw(store) as client:
+        async with raw_client(store._url) as client:
             await client.hset(store._keys("a")[0], "place_until", short)
         lease = await store.append("a", [step(2)], expected_seq=1, lease=claim.lease)
         assert lease.expires_at <= float(short)  # capped at the place it had
@@ -156,13 +161,13 @@ def test_a_write_whose_place_lapsed_is_refused_before_it_writes(store: RedisBack
         await _submit(store, "a", "b")
         (claim,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"], ttl=30)
         past = f"{time.time() - 1:.6f}"
-        async with _raw(store) as client:
+        async with raw_client(store._url) as client:
             await client.hset(store._keys("a")[0], "place_until", past)
         # The place itself is still live: the writer extends it and goes on.
         lease = await store.append("a", [step(2)], expected_seq=1, lease=claim.lease)
         assert float(await _field(store, "a", "place_until") or 0) > time.time() + 30
         # Now the place is gone too (expired, and another run took the room).
-        async with _raw(store) as client:
+        async with raw_client(store._url) as client:
             await client.hset(store._keys("a")[0], "place_until", past)
             await client.zrem(places._key(store, "q"), "a")
         assert await _claim(store) == ["b"]

@@ -13,12 +13,7 @@ from durable_agent.errors import ConcurrentUpdateError, CorruptRunError, LeaseLo
 from durable_agent.fsm import RunState
 from durable_agent.records import Lease, TransitionEvent
 from tests.backends.conftest import new_run, run, step
-
-
-async def _trace(store: SqliteBackend) -> list[str]:
-    statements: list[str] = []
-    await store._read(lambda db: db.set_trace_callback(statements.append))
-    return statements
+from tests.backends.sqlite_raw import trace
 
 
 def _quiet(seq: int) -> TransitionEvent:
@@ -31,7 +26,7 @@ def test_a_batch_of_appends_makes_one_compare_and_set_and_no_savepoint(db_path: 
         async with SqliteBackend(db_path) as store:
             ids = [f"r{i:03d}" for i in range(50)]
             leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
-            statements = await _trace(store)
+            statements = await trace(store)
             commits_before = store._stats.commits
             renewed = await asyncio.gather(
                 *(
@@ -87,7 +82,7 @@ def test_an_append_whose_rows_collide_fails_alone_after_its_batch_is_replayed(
             # A stray row at r3's next seq: its compare-and-set passes, its INSERT fails.
             with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
                 raw.execute("INSERT INTO events (run_id, seq, body) VALUES ('r3', 2, '{}')")
-            statements = await _trace(store)
+            statements = await trace(store)
             outcomes = await asyncio.gather(
                 *(store.append(r, [step(2)], expected_seq=1, lease=leases[r]) for r in ids),
                 store.append("r0", [step(3, RunState.TOOL_EXEC)], expected_seq=2,
@@ -111,7 +106,7 @@ def test_refusals_in_one_batch_each_say_why_and_write_nothing(db_path: Path) -> 
             good, stale, taken = [await new_run(store, r) for r in ("good", "stale", "taken")]
             await store.append("stale", [step(2)], expected_seq=1, lease=stale)
             old = taken.model_copy(update={"generation": taken.generation - 1})
-            statements = await _trace(store)
+            statements = await trace(store)
             outcomes = await asyncio.gather(
                 store.append("good", [step(2)], expected_seq=1, lease=good),
                 store.append("stale", [step(2)], expected_seq=1, lease=stale),
@@ -137,7 +132,7 @@ def test_a_cancellation_request_reaches_its_append_in_a_grouped_batch(db_path: P
         async with SqliteBackend(db_path) as store:
             leases = {r: await new_run(store, r) for r in ("a", "b", "c")}
             await store.request_cancel("b", "user pressed stop")
-            statements = await _trace(store)
+            statements = await trace(store)
             outcomes = await asyncio.gather(
                 *(store.append(r, [step(2)], expected_seq=1, lease=leases[r]) for r in "abc")
             )

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from durable_agent.fsm import RunState
+from tests.cli.checks import ok, states_of
 from tests.cli.conftest import Cli
 from tests.cli.scenario import REFUND_REQUIREMENT, RUNS
-from tests.cli.test_cli import ok, states_of
 
 
 def as_json(cli: Cli, *args: str) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
 import uuid
 from collections.abc import Callable
 from contextlib import closing
@@ -19,16 +18,11 @@ from durable_agent.records import SCHEMA_VERSION
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import at, created, header
 from tests.backends.redis_server import redis_url  # noqa: F401  (a fixture)
+from tests.cli.checks import ok
 from tests.cli.conftest import run_cli
 
 READABLE = ["r4", "r3", "r1"]
 """The readable runs, newest first; "r2" is damaged and "r0" from a newer version."""
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    assert "Traceback" not in done.stderr
-    return done.stdout
 
 
 def _populate(url: str) -> None:

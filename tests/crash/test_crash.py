@@ -21,48 +21,33 @@ survives it. Cases run in parallel, each in its own store; the whole module runs
 against every durable built-in backend (SQLite, Redis, JSON files, PostgreSQL),
 named to the child processes by a store URL.
 
-Which kills each store gets: a kill after every durable write, and the race of
-two processes continuing a dead run, on every store (each write and each
+Which kills each store gets: a kill after every durable write on every store (each write and each
 compare-and-set is the store's own code). A kill inside a tool or model call
 leaves the store as a kill after some write does; what it adds is the engine's
 rule about the effect in flight (intent before effect, at most one repeat), the
 same code whatever the store. So every tool and model call is killed on SQLite
 (`ENGINE_STORE`), and on the other stores one call of each kind: a tool of the
 parallel turn and a model request after recorded answers.
+
+The race of two processes continuing one dead run is `tests/crash/test_crash_race.py`;
+running the child and loading its store, `tests/crash/processes.py`; the stores,
+`tests/crash/conftest.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import signal
-import subprocess
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from durable_agent.fsm import RunState
-from durable_agent.records import (
-    ModelResponseEvent,
-    StoredRun,
-    ToolFinishedEvent,
-    ToolStartedEvent,
-)
-from durable_agent.registry import open_backend
-from durable_agent.run import RunContext
-from tests import _preloaded
-from tests._barriers import wait_until
-from tests._preloaded import Forked
-from tests.backends import postgres_server
+from durable_agent.records import ModelResponseEvent, ToolFinishedEvent, ToolStartedEvent
 from tests.crash.child import (
     CITIES,
     LEASE_TTL,
@@ -71,15 +56,18 @@ from tests.crash.child import (
     ChildResult,
     read_ledger,
 )
+from tests.crash.processes import (
+    RUN_ID,
+    StoreUrl,
+    in_parallel,
+    load,
+    run_child,
+    seqs_of,
+    transcript,
+    with_args,
+)
 
 AT_REST = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
-CHILD = Path(__file__).with_name("child.py")
-RUN_ID = "crash-run"
-PARALLEL = 4
-"""Child processes at once: most of a child's life is interpreter start-up."""
-CHILD_TIMEOUT = 120.0
-"""A child still running after this is killed and reported: a bound on a failure only
-(a healthy child takes a second or two, five times that on a loaded machine)."""
 ENGINE_STORE = "sqlite"
 """The store on which every tool and model call is killed (the engine's rules, see above)."""
 SAMPLE_CITY = "Rome"
@@ -90,138 +78,6 @@ QUICK_TAKEOVER = LEASE_TTL / 6
 """A resume slower than this (100 s of a 600 s lease) has waited for the lease: no
 healthy resume comes near it, however loaded the machine."""
 
-
-# -- running children -----------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process that has exited (and been reaped)."""
-
-    args: ChildArgs
-    pid: int
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def killed(self) -> bool:
-        return self.returncode == -signal.SIGKILL
-
-    @property
-    def result(self) -> ChildResult | None:
-        lines = self.stdout.strip().splitlines()
-        if self.returncode != 0 or not lines:
-            return None
-        parsed: ChildResult = json.loads(lines[-1])
-        return parsed
-
-    def describe(self) -> str:
-        result = self.result
-        if result is not None and result["error"] is not None:
-            error = result["error"]
-            return (
-                f"pid {self.pid} ({self.args['mode']}) raised {error['type']}: "
-                f"{error['message']}\n{error['traceback'][-3000:]}"
-            )
-        return (
-            f"pid {self.pid} ({self.args['mode']}) exited {self.returncode}\n"
-            f"stdout: {self.stdout.strip()[-2000:]}\nstderr: {self.stderr.strip()[-3000:]}"
-        )
-
-
-def spawn(args: ChildArgs) -> Forked:
-    """``python child.py ARGS`` in a new process, forked with the package imported already."""
-    return _preloaded.start(script=CHILD, args=[json.dumps(args)])
-
-
-def finish(proc: Forked, args: ChildArgs, timeout: float = CHILD_TIMEOUT) -> Child:
-    """Wait for ``proc`` (killing it if it hangs), reap it and describe how it ended."""
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        stderr += f"\n[test] killed after hanging for {timeout} s"
-    return Child(args, proc.pid, proc.returncode, stdout, stderr)
-
-
-def run_child(args: ChildArgs) -> Child:
-    return finish(spawn(args), args)
-
-
-def with_args(args: ChildArgs, **changes: Any) -> ChildArgs:
-    return cast(ChildArgs, {**args, **changes})
-
-
-def load(url: str, run_id: str = RUN_ID) -> StoredRun:
-    async def read() -> StoredRun:
-        async with open_backend(url) as store:
-            return await store.load_run(run_id)
-
-    return asyncio.run(read())
-
-
-def seqs_of(stored: StoredRun) -> list[int]:
-    return [e.seq for e in stored.events]
-
-
-def transcript(stored: StoredRun) -> list[dict[str, Any]]:
-    """The run's messages; results of one parallel turn sorted by call id (order is free)."""
-    messages = [m.model_dump(mode="json") for m in RunContext.from_stored(stored).messages]
-    out: list[dict[str, Any]] = []
-    tools: list[dict[str, Any]] = []
-    for message in [*messages, None]:
-        if message is not None and message["role"] == "tool":
-            tools.append(message)
-            continue
-        out.extend(sorted(tools, key=lambda m: m["call_id"]))
-        tools = []
-        if message is not None:
-            out.append(message)
-    return out
-
-
-def in_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        return list(pool.map(lambda job: job(), jobs))
-
-
-# -- the stores ---------------------------------------------------------------------
-
-StoreUrl = Callable[[Path], str]
-"""A fresh, empty store's URL for a case whose files live in the given folder."""
-
-
-@pytest.fixture(scope="module", params=["sqlite", "redis", "jsonfile", "postgres"])
-def store_url(request: pytest.FixtureRequest) -> StoreUrl:
-    """Every durable built-in backend: the same kills and checks run against each."""
-    if request.param == "sqlite":
-        return lambda where: f"sqlite:///{where / 'runs.db'}"
-    if request.param == "jsonfile":
-        return lambda where: f"file://{where / 'runs'}"
-    if request.param == "postgres":
-        return _postgres_urls(request)
-    redis_url: str = request.getfixturevalue("redis_url")
-    # One private server for the module; each case gets keys of its own.
-    return lambda where: f"{redis_url}?prefix=crash-{uuid.uuid4().hex[:12]}:"
-
-
-def _postgres_urls(request: pytest.FixtureRequest) -> StoreUrl:
-    """A schema of its own per case on the local server, all dropped after the module."""
-    postgres_server.admin("SELECT 1")  # skips (fails under CI) when the server is down
-    schemas: list[str] = []
-
-    def url(where: Path) -> str:
-        schemas.append(postgres_server.new_schema())
-        return f"{postgres_server.URL}?schema={schemas[-1]}"
-
-    def drop_all() -> None:
-        for schema in schemas:
-            postgres_server.drop(schema)
-
-    request.addfinalizer(drop_all)
-    return url
 
 
 # -- the uninterrupted run --------------------------------------------------------
@@ -289,6 +145,7 @@ def test_the_uninterrupted_run_makes_every_effect_once_in_numbered_writes(
     turns = Counter(e["turn"] for e in baseline.ledger if e["kind"] == "model")
     assert turns == Counter(dict.fromkeys(range(MODEL_TURNS), 1))
     assert baseline.model_calls == MODEL_TURNS
+
 
 
 # -- one kill, one resume ------------------------------------------------------------
@@ -563,74 +420,3 @@ def test_a_run_killed_after_its_final_write_has_no_lease_left_once_continued(
     (case,) = write_cases(baseline, range(baseline.writes, baseline.writes + 1))
     case.check_lease_released = True
     run_cases([case], tmp_path, baseline)
-
-
-# -- two processes continue the same interrupted run ---------------------------------
-
-
-@pytest.mark.parametrize(
-    "in_step",
-    [True, False],
-    ids=["both-read-the-dead-owner-then-take-over", "free-race"],
-)
-def test_two_processes_continuing_one_dead_run_at_once_let_exactly_one_proceed(
-    tmp_path: Path, in_step: bool, store_url: StoreUrl
-) -> None:
-    db, ledger, gate = store_url(tmp_path), tmp_path / "ledger", tmp_path / "gate"
-    base = ChildArgs(store=db, run_id=RUN_ID, mode="start", ledger=str(ledger))
-    dead = run_child(with_args(base, kill_in_tool="Kyiv"))
-    assert dead.killed, dead.describe()
-
-    # Both race to take over from the dead owner. With ``in_step`` each waits,
-    # after reading the header that names the dead owner, until the other has
-    # read it too: both then try the takeover with the same generation and
-    # only the store's compare-and-set can pick one. The winner then waits
-    # inside the Kyiv call until the gate file exists, holding the lease, so
-    # the loser cannot find the run finished: it must be refused while the
-    # winner lives.
-    contender = with_args(base, mode="continue", gate={"city": "Kyiv", "file": str(gate)})
-    if in_step:
-        (tmp_path / "barrier").mkdir()
-        contender = with_args(contender, barrier={"dir": str(tmp_path / "barrier"), "parties": 2})
-    procs = [spawn(contender), spawn(contender)]
-    try:
-        # The loser stops on its own; the winner waits at the gate far longer than this.
-        with contextlib.suppress(AssertionError):
-            wait_until(
-                lambda: any(p.poll() is not None for p in procs),
-                awaiting="one contender to stop",
-                timeout=CHILD_TIMEOUT,
-            )
-        first_done = [p.poll() is not None for p in procs]
-    finally:
-        gate.touch()
-        children = [finish(p, contender) for p in procs]
-    both = "\n".join(c.describe() for c in children)
-    assert sum(first_done) == 1, f"exactly one contender should stop while the other runs:\n{both}"
-    if in_step:
-        arrived = {int(f.name) for f in (tmp_path / "barrier").iterdir()}
-        assert arrived == {c.pid for c in children}, "both must have seen the dead owner"
-    loser, winner = (children[0], children[1]) if first_done[0] else (children[1], children[0])
-    lost, won = loser.result, winner.result
-    assert lost is not None, loser.describe()
-    assert won is not None, winner.describe()
-    assert lost["error"] is not None, f"the loser was not refused:\n{both}"
-    assert lost["error"]["type"] == "RunBusyError", loser.describe()
-    assert str(winner.pid) in lost["error"]["message"], "the loser must be refused by the winner"
-    assert won["error"] is None, winner.describe()
-    assert won["state"] == RunState.DONE.value
-    assert won["output"] == "Oslo, Rome, Lima and Kyiv are sunny"
-    assert won["elapsed"] < LEASE_TTL / 2, "the winner waited for the dead owner's lease"
-    assert lost["model_calls"] == 0
-    assert lost["writes"] == 0
-
-    entries = read_ledger(ledger)
-    kyiv = Counter(e["pid"] for e in entries if e["kind"] == "tool" and e["city"] == "Kyiv")
-    assert kyiv == Counter({dead.pid: 1, winner.pid: 1}), "Kyiv runs once per owner"
-    assert not [e for e in entries if e["pid"] == loser.pid], "the loser made no effect"
-    final = load(db)
-    assert seqs_of(final) == list(range(1, final.header.seq + 1))
-    assert final.header.state is RunState.DONE
-    assert final.header.lease is None
-    results = Counter(e.result.call_id for e in final.events if isinstance(e, ToolFinishedEvent))
-    assert set(results.values()) == {1}, f"a call has two recorded results: {results}"

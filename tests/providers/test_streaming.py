@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from durable_agent import Agent, RetryPolicy, RunFailedError, RunState, ToolCall
+from durable_agent.models import ModelDelta, _anthropic_stream, _openai_stream
 from durable_agent.records import (
     FailedEvent,
     ModelAttemptFailedEvent,
@@ -229,5 +232,45 @@ def test_leaving_a_stream_mid_answer_records_the_interruption(
         events = await _consume(agent.continue_stream_async(stream.run_id))
         assert isinstance(events[-1], Finished)
         assert events[-1].output.output == ANSWER
+
+    run(serve(server, body))
+
+
+def test_a_stream_left_early_leaves_no_generator_of_the_adapter_open(provider: Provider) -> None:
+    """Every async generator the adapter iterates itself is closed when its stream is closed.
+
+    The SDKs' own generators under the stream are theirs to close (at ``[DONE]``
+    openai leaves four to the garbage collector); the adapter closes the HTTP
+    response, and must not add an open generator of its own on top.
+    """
+    server = provider.server([Reply(text=ANSWER, chunk_size=4)])
+    adapters = {
+        str(Path(module.__file__ or ""))
+        for module in (_openai_stream, _anthropic_stream)
+    }
+
+    async def body(server: FakeServer) -> None:
+        model = provider.model(server)
+        firstiter, finalizer = sys.get_asyncgen_hooks()
+        iterated: list[Any] = []
+
+        def first(agen: Any) -> None:
+            # Called inside the first ``__anext__``: the frame above is its caller's.
+            if sys._getframe(1).f_code.co_filename in adapters:
+                iterated.append(agen)
+            if firstiter is not None:
+                firstiter(agen)
+
+        sys.set_asyncgen_hooks(firstiter=first, finalizer=finalizer)
+        try:
+            stream = model.stream([UserMessage(content="Weather?")], tools=[])
+            async for item in stream:
+                assert isinstance(item, ModelDelta)
+                break
+            await stream.aclose()  # type: ignore[attr-defined]
+        finally:
+            sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
+        left = [agen.__qualname__ for agen in iterated if agen.ag_frame is not None]
+        assert not left, f"the adapter left {left} open"
 
     run(serve(server, body))
