@@ -166,6 +166,7 @@ class Worker:
         self._signals = 0
         self._pause = _FIRST_PAUSE
         self._not_retryable: dict[str, int] = {}
+        self._retry_due: float | None = None  # when the next failed run's backoff ends
         self.claimed = 0
         """Runs claimed since the worker started (takeovers included)."""
         self._metrics = WorkerMetrics(self, self.id)
@@ -258,14 +259,17 @@ class Worker:
             await self._idle()
 
     async def _idle(self) -> None:
-        """Wait for a change in the store, a free slot or a stop (a second at most)."""
+        """Wait for a change in the store, a free slot, a stop or a due retry (a second at most)."""
         assert self._stop is not None
+        # A retry falling due changes nothing in the store: no wake-up would announce it.
+        due, self._retry_due = self._retry_due, None
+        timeout = _LONGEST_IDLE if due is None else min(_LONGEST_IDLE, max(due - time.time(), 0))
         waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._stop.wait())]
         waits.extend(self._active.values())  # type: ignore[arg-type]
         if len(self._active) < self.concurrency:  # a full worker only waits for a slot
             waits.append(asyncio.ensure_future(self._store_change()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=_LONGEST_IDLE)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=timeout)
         finally:
             for future in waits:
                 if future not in self._active.values():
@@ -420,6 +424,7 @@ class Worker:
                 self._not_retryable[header.run_id] = header.seq
                 continue
             if due > time.time():
+                self._retry_due = due
                 return
             self._start_retry(stored.header, retries_used(stored) + 1)
 

@@ -30,7 +30,6 @@ from tests.backends.postgres_server import admin, pg_schema, postgres_url
 
 __all__ = ["pg_schema", "postgres_url"]
 
-_MARKER = "da_test_wakeup_marker"
 
 
 def _usage_function(schema: str, body: str) -> str:
@@ -106,20 +105,22 @@ async def _woken(url: str, schema: str, write: object) -> bool:
 
     A marker NOTIFY sent after the write is the barrier: one listener gets
     notifications in commit order, so a wake-up committed before the marker
-    arrives first.
+    arrives first. The marker's channel is the test's own (its schema's): a
+    marker from a test running beside it must not end this wait early.
     """
+    marker = f"da_test_wakeup_marker_{schema}"
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     async with conn:
         await conn.execute(f'LISTEN "{channel(schema)}"')
-        await conn.execute(f'LISTEN "{_MARKER}"')
+        await conn.execute(f'LISTEN "{marker}"')
         await write  # type: ignore[misc]
-        admin(f'NOTIFY "{_MARKER}"')
+        admin(f'NOTIFY "{marker}"')
         seen: list[str] = []
         async for note in conn.notifies(timeout=DEADLINE):
             seen.append(note.channel)
-            if note.channel == _MARKER:
+            if note.channel == marker:
                 break
-        assert _MARKER in seen, f"no marker within {DEADLINE} s"
+        assert marker in seen, f"no marker within {DEADLINE} s"
         return channel(schema) in seen
 
 
