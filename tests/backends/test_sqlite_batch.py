@@ -165,3 +165,25 @@ def test_a_batch_larger_than_one_statement_splits_into_groups_and_stores_every_e
                 assert stored.header.state is RunState.PENDING
 
     run(main())
+
+
+def test_a_renewal_sets_no_indexed_lease_column_and_a_release_without_a_trigger_clears_it(
+    db_path: Path,
+) -> None:
+    # SQLite updates every index on a column an UPDATE sets, changed or not: an
+    # append with no trigger and no release sets neither the state nor the lease's
+    # owner (the claims' partial indexes are on them); a release still clears it.
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            a, b = [await new_run(store, r) for r in "ab"]
+            statements = await trace(store)
+            await store.append("a", [_quiet(2)], expected_seq=1, lease=a)
+            (update,) = [s for s in statements if "UPDATE runs" in s]
+            assigned = update.split(" SET ", 1)[1].split(" FROM ", 1)[0]
+            assert "lease_owner" not in assigned, assigned
+            assert "state" not in assigned, assigned
+            assert (await store.get_run("a")).lease is not None
+            await store.append("b", [_quiet(2)], expected_seq=1, lease=b, release=True)
+            assert (await store.get_run("b")).lease is None
+
+    run(main())
