@@ -100,8 +100,11 @@ costs beyond one raw INSERT.
 """
 
 
-async def connect(settings: Settings) -> psycopg.AsyncConnection[Any]:
-    """A new configured connection in autocommit, or `StoreUnavailableError`."""
+async def connect(settings: Settings, *, writer: bool = False) -> psycopg.AsyncConnection[Any]:
+    """A new configured connection in autocommit, or `StoreUnavailableError`.
+
+    ``writer``: also with the writer's generic plans (`_WRITER_SQL`).
+    """
     try:
         conn = await psycopg.AsyncConnection.connect(
             settings.url,
@@ -114,6 +117,8 @@ async def connect(settings: Settings) -> psycopg.AsyncConnection[Any]:
         ) from exc
     try:
         await settings.configure(conn)
+        if writer:
+            await conn.execute(_WRITER_SQL)
     except psycopg.Error as exc:
         await conn.close()
         raise StoreUnavailableError(
@@ -203,15 +208,7 @@ class Link:
 
     async def connect_writer(self) -> psycopg.AsyncConnection[Any]:
         """A new connection for the writer: `connect`'s, with its generic plans (`_WRITER_SQL`)."""
-        conn = await self.connect()
-        try:
-            await conn.execute(_WRITER_SQL)
-        except psycopg.Error as exc:
-            await conn.close()
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL store {self.settings.where}: {first_line(exc)}"
-            ) from exc
-        return conn
+        return await connect(self.settings, writer=True)
 
     async def read(self, query: str, params: Params) -> Rows:
         """One statement on a pool connection; driver errors become store errors."""

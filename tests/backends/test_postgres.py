@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -394,110 +393,6 @@ def test_a_sigkilled_workers_runs_are_claimed_at_once_by_its_lost_advisory_lock(
     assert all(c.takeover and c.previous is not None for c in got)
     assert all(c.previous.owner.startswith("another-host:1:") for c in got if c.previous)
     assert all(c.lease.generation == 2 for c in got)
-
-
-# -- claims: the runs in flight are not read when free runs fill the claim --------------------
-
-
-def _held_scans(plan: dict[str, Any]) -> list[int]:
-    """How many times each scan of ``runs`` under the claim's ``held`` CTE ran."""
-    found: list[int] = []
-
-    def walk(node: dict[str, Any], inside: bool) -> None:
-        inside = inside or node.get("Subplan Name") == "CTE held"
-        if inside and node.get("Relation Name") == "runs":
-            found.append(int(node["Actual Loops"]))
-        for child in node.get("Plans", []):
-            walk(child, inside)
-
-    walk(plan["Plan"], False)
-    return found
-
-
-def test_a_claim_that_free_runs_fill_does_not_read_the_runs_held_in_flight(
-    postgres_url: str, pg_schema: str
-) -> None:
-    import psycopg
-
-    from durable_agent.backends import _postgres_claims as claims
-
-    elsewhere = LeaseOwner(host="another-host", pid=1)
-    me = LeaseOwner(host="a-third-host", pid=1)
-
-    async def fill() -> PostgresBackend:
-        store = PostgresBackend(postgres_url, schema=pg_schema)
-        for i in range(3):  # the oldest runs, held by a live lease of another host
-            await store.create_run(header(f"held-{i}"), [created()])
-            await store.acquire_lease(f"held-{i}", elsewhere, ttl=300)
-        for i in range(3):
-            await store.create_run(header(f"free-{i}"), [created()])
-        await store.close()
-        return store
-
-    store = run(fill())
-
-    def explain(*, limit: int, sweep: bool) -> tuple[list[int], int]:
-        params = claims.claim_params(
-            me, namespace=store._namespace, agents=["agent"], queues=None, limit=limit,
-            ttl=30, max_running={}, gone=[], sweep=sweep,
-        )
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            (plan,) = conn.execute(  # ANALYZE runs it: the claim is made
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + store._claims.claim, params
-            ).fetchone()[0]
-        return _held_scans(plan), int(plan["Plan"]["Actual Rows"])
-
-    assert explain(limit=1, sweep=False) == ([0], 1)  # free-0, the held index untouched
-    assert explain(limit=1, sweep=True) == ([1], 1)  # a sweep reads it: all held are live
-    assert explain(limit=5, sweep=False) == ([1], 1)  # free-2 is all that is left: read it
-
-
-def _cte(plan: dict[str, Any], name: str) -> dict[str, Any]:
-    """The node of the claim's CTE ``name``."""
-    stack = [plan["Plan"]]
-    while stack:
-        node = stack.pop()
-        if node.get("Subplan Name") == f"CTE {name}":
-            return node
-        stack.extend(node.get("Plans", []))
-    raise AssertionError(f"no CTE {name} in the plan")
-
-
-def test_a_capped_claim_locks_no_more_than_the_limit_per_queue_and_skips_the_held_runs(
-    postgres_url: str, pg_schema: str
-) -> None:
-    import psycopg
-
-    from durable_agent.backends import _postgres_claims as claims
-
-    elsewhere = LeaseOwner(host="another-host", pid=1)
-    me = LeaseOwner(host="a-third-host", pid=1)
-
-    async def fill() -> PostgresBackend:
-        store = PostgresBackend(postgres_url, schema=pg_schema)
-        for i in range(3):  # the oldest runs of the capped queue, live elsewhere
-            await store.create_run(header(f"held-{i}", queue="q"), [created()])
-            await store.acquire_lease(f"held-{i}", elsewhere, ttl=300)
-        for i in range(5):
-            await store.create_run(header(f"free-{i}", queue="q"), [created()])
-        await store.close()
-        return store
-
-    store = run(fill())
-    params = claims.claim_params(
-        me, namespace=store._namespace, agents=["agent"], queues=None, limit=1, ttl=30,
-        max_running={"q": 10}, gone=[], sweep=False,
-    )
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        (plan,) = conn.execute(  # ANALYZE runs it: the claim is made
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + store._claims.claim, params
-        ).fetchone()[0]
-    assert int(plan["Plan"]["Actual Rows"]) == 1
-    # The limit, plus at most the limit for the queue with room (7 places left):
-    # not all 7, which the five free runs could not fill, sending the claim to
-    # read every held run.
-    assert int(_cte(plan, "free")["Actual Rows"]) == 2
-    assert _held_scans(plan) == [0]
 
 
 def test_a_batch_reaches_the_server_in_one_message_so_no_transaction_waits_on_the_client(
