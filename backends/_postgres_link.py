@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -146,6 +146,7 @@ class Link:
         self.gone_checked = -1e9
         self.swept = -1e9
         """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
+        self._closer = self._closing()
 
     @classmethod
     async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
@@ -196,7 +197,18 @@ class Link:
         link.writer.conn = first
         link.writer.also_close = link._close_others
         link.writer.start()
+        await anext(link._closer)
         return link
+
+    async def _closing(self) -> AsyncGenerator[None, None]:
+        # The loop closes its async generators after the tasks that asyncio.run()
+        # cancelled have finished. The writer and the pool's tasks are among
+        # those, so a run cancelled alongside them records its interruption
+        # through a link opened then: this closes that one, which no task would.
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     @property
     def usable(self) -> bool:

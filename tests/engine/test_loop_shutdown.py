@@ -21,9 +21,14 @@ import pytest
 from durable_agent import Agent, RunState, ScriptedModel, Task, ToolCall
 from durable_agent.backend import Backend
 from durable_agent.records import FailedEvent
+from tests.backends.postgres_server import (
+    drop,
+    new_schema,
+    postgres_url,  # noqa: F401  (a fixture)
+)
 from tests.backends.redis_server import redis_url  # noqa: F401  (a fixture)
 
-KINDS = ["sqlite", "jsonfile", "redis"]
+KINDS = ["sqlite", "jsonfile", "redis", "postgres"]
 
 
 @pytest.fixture(params=KINDS)
@@ -38,12 +43,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
         from durable_agent.backends.jsonfile import JsonFileBackend
 
         yield lambda: JsonFileBackend(tmp_path / "runs")
-    else:
+    elif kind == "redis":
         from durable_agent.backends.redis import RedisBackend
 
         url = request.getfixturevalue("redis_url")
         prefix = f"shutdown-{uuid.uuid4().hex[:8]}:"
         yield lambda: RedisBackend(url, prefix=prefix)
+    else:
+        from durable_agent.backends.postgres import PostgresBackend
+
+        url = request.getfixturevalue("postgres_url")
+        schema = new_schema()
+        yield lambda: PostgresBackend(url, schema=schema)
+        drop(schema)
 
 
 def _resource_warnings() -> list[str]:
