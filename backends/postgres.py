@@ -58,6 +58,7 @@ from durable_agent.backends import _postgres_listing as listing
 from durable_agent.backends import _postgres_migrate as migration
 from durable_agent.backends import _postgres_relay as relay
 from durable_agent.backends import _postgres_sql as q
+from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._postgres_link import (
     Link,
     Settings,
@@ -90,7 +91,7 @@ __all__ = ["PostgresBackend"]
 _AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
-class PostgresBackend(relay.Relaying, Backend):
+class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
     """Runs in PostgreSQL, durable and shared by every process and host.
 
     Args:
@@ -173,48 +174,18 @@ class PostgresBackend(relay.Relaying, Backend):
         self._namespace = claims.lock_namespace(schema)
         self.stats = Stats()
         """Group-commit counters (batches, writes, largest batch)."""
-        self._link: Link | None = None
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._init_links()
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self._where!r})"
 
     # -- connections ------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailableError(f"{self!r} is closed")
+    async def _open_link(self, loop: asyncio.AbstractEventLoop) -> Link:
+        return await Link.open(self._settings, self.stats, q.merges(self._sql))
 
-    async def _connected(self) -> Link:
-        link = self._link
-        if link is not None and link.usable and link.loop is asyncio.get_running_loop():
-            return link
-        return await self._reconnect()
-
-    async def _reconnect(self) -> Link:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            link = self._link
-            if link is not None and link.usable and link.loop is loop:
-                return link
-            self._link = None
-            if link is not None:
-                await self._drop(link)
-            link = await Link.open(self._settings, self.stats, q.merges(self._sql))
-            if self._closed:  # close() ran while this connected
-                await link.shutdown()
-                raise StoreUnavailableError(f"{self!r} is closed")
-            self._link = link
-            return link
-
-    @staticmethod
-    async def _drop(link: Link) -> None:
-        if link.loop is asyncio.get_running_loop():
+    async def _drop_link(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        if link.loop is loop:
             await link.shutdown()
         else:
             link.abandon()
@@ -483,13 +454,4 @@ class PostgresBackend(relay.Relaying, Backend):
 
     async def close(self) -> None:
         """Commit the writes already queued, then close every connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        if self._lock is not None and self._lock_loop is loop:
-            async with self._lock:  # let a connect in progress finish first
-                pass
-        link, self._link = self._link, None
-        if link is not None:
-            await self._drop(link)
+        await self._close_links()

@@ -53,6 +53,7 @@ from durable_agent.backends import _sqlite_claims as claims
 from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
+from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._sqlite_batch import Append
 from durable_agent.backends._sqlite_writer import Link, Stats
 from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
@@ -69,7 +70,7 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(LoopLinks[Link], Backend):
     """Runs in one SQLite file, durable and shareable between processes.
 
     Args:
@@ -145,10 +146,7 @@ class SqliteBackend(Backend):
             )
         self._max_batch = max_batch
         self._stats = Stats()
-        self._link: Link | None = None
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._init_links()
         self._swept = -math.inf  # the first claim sweeps
 
     def __repr__(self) -> str:
@@ -172,36 +170,11 @@ class SqliteBackend(Backend):
 
     # -- connection ---------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailableError(f"{self!r} is closed")
+    async def _drop_link(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        # Left by an earlier event loop, or its writer was cancelled.
+        await (link.shutdown() if link.loop is loop else link.abandon())
 
-    async def _connected(self) -> Link:
-        link = self._link
-        if link is not None and link.usable and link.loop is asyncio.get_running_loop():
-            return link
-        return await self._reconnect()
-
-    async def _reconnect(self) -> Link:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            link = self._link
-            if link is not None and link.usable and link.loop is loop:
-                return link
-            self._link = None
-            if link is not None:  # left by an earlier event loop, or its writer was cancelled
-                await (link.shutdown() if link.loop is loop else link.abandon())
-            link = await self._open(loop)
-            if self._closed:  # close() ran while this connected
-                await link.shutdown()
-                raise StoreUnavailableError(f"{self!r} is closed")
-            self._link = link
-            return link
-
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> Link:
+    async def _open_link(self, loop: asyncio.AbstractEventLoop) -> Link:
         path, timeout = self._path, self._busy_timeout
         opened: list[sqlite3.Connection] = []
         failed: list[StoreUnavailableError] = []
@@ -453,18 +426,8 @@ class SqliteBackend(Backend):
 
     async def close(self) -> None:
         """Commit the writes already queued, then close the connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        if self._lock is not None and self._lock_loop is loop:
-            async with self._lock:  # let a connect in progress finish first
-                pass
-        link, self._link = self._link, None
-        if link is None:
-            return
-        await (link.shutdown() if link.loop is loop else link.abandon())
-        if link.close_error is not None:
+        link = await self._close_links()
+        if link is not None and link.close_error is not None:
             raise StoreUnavailableError(
                 f"SQLite store {self._path}: closing failed ({link.close_error}); every "
                 "committed write is stored"
