@@ -58,6 +58,7 @@ from durable_agent.backends import _postgres_listing as listing
 from durable_agent.backends import _postgres_migrate as migration
 from durable_agent.backends import _postgres_relay as relay
 from durable_agent.backends import _postgres_sql as q
+from durable_agent.backends._log_checks import check_distinct_seqs, numbered_events, whole_run
 from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._postgres_link import (
     Link,
@@ -68,7 +69,6 @@ from durable_agent.backends._postgres_link import (
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
 from durable_agent.errors import (
     ConcurrentUpdateError,
-    ConfigurationError,
     CorruptRunError,
     LeaseLostError,
     RunBusyError,
@@ -82,7 +82,6 @@ from durable_agent.records import (
     Lease,
     RunHeader,
     StoredRun,
-    decode_event,
     encode_events,
 )
 
@@ -227,9 +226,7 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
     # -- runs -------------------------------------------------------------------------------
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
-        seqs = [event.seq for event in events]
-        if len(set(seqs)) != len(seqs):
-            raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
+        check_distinct_seqs(header, events)
         params = q.create_params(header, events)
         if not await self._write(header.run_id, self._sql.create, params, notify=True):
             raise RunExistsError(header.run_id)
@@ -291,14 +288,7 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
         header = q.header_from_row(row[: q.WIDTH])
         seqs: list[int] = row[q.WIDTH] or []
         bodies: list[str] = row[q.WIDTH + 1] or []
-        events: list[Event] = []
-        for position, (seq, body) in enumerate(zip(seqs, bodies, strict=True), start=1):
-            if seq != position:
-                raise CorruptRunError(run_id, position, "the event is missing from the log")
-            events.append(decode_event(run_id, seq, body))
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=tuple(events))
+        return whole_run(run_id, header, numbered_events(run_id, zip(seqs, bodies, strict=True)))
 
     async def get_run(self, run_id: str) -> RunHeader:
         return (await self._header(run_id))[0]

@@ -53,12 +53,13 @@ from durable_agent.backends import _sqlite_claims as claims
 from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
+from durable_agent.backends._log_checks import check_distinct_seqs, numbered_events, whole_run
 from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._sqlite_batch import Append
 from durable_agent.backends._sqlite_writer import Link, Stats
-from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
+from durable_agent.records import Event, Lease, RunHeader, StoredRun, encode_event
 
 __all__ = ["SqliteBackend"]
 
@@ -252,9 +253,7 @@ class SqliteBackend(LoopLinks[Link], Backend):
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
         row = ops.header_row(header)
-        seqs = [event.seq for event in events]
-        if len(set(seqs)) != len(seqs):
-            raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
+        check_distinct_seqs(header, events)
         rows = [(header.run_id, event.seq, encode_event(event)) for event in events]
         await self._write(header.run_id, lambda db: ops.create(db, row, rows))
 
@@ -283,14 +282,7 @@ class SqliteBackend(LoopLinks[Link], Backend):
         row, stored = await self._read(ops.read_run, run_id)
         header = ops.header_from_row(row)
         # Decoded here, not in SQLite's thread, so big events never delay a commit.
-        events: list[Event] = []
-        for position, (seq, body) in enumerate(stored, start=1):
-            if seq != position:
-                raise CorruptRunError(run_id, position, "the event is missing from the log")
-            events.append(decode_event(run_id, seq, body))
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=tuple(events))
+        return whole_run(run_id, header, numbered_events(run_id, stored))
 
     async def get_run(self, run_id: str) -> RunHeader:
         return await self._read(ops.load_header, run_id)
