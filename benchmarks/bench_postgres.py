@@ -192,7 +192,9 @@ async def _single(schema: str, quick: bool) -> list[Row]:
         # connections with synchronous_commit = off, for this measurement only),
         # and the backend's statement sent by hand, without the backend around it.
         link = await store._connected()
-        await link.writer.conn.execute("SET synchronous_commit = off")
+        writer_conn = link.writer.conn
+        assert writer_conn is not None, "the appends above opened the writer's connection"
+        await writer_conn.execute("SET synchronous_commit = off")
         await conn.execute("SET synchronous_commit = off")
         raw = await _floor_connection(schema)
         await raw.execute("SET synchronous_commit = off")
