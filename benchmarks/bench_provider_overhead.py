@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from _common import (
     Row,
@@ -101,8 +101,11 @@ def bare_call(provider: str, base_url: str) -> tuple[Callable[[], Awaitable[Any]
         client: Any = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0)
 
         def call() -> Awaitable[Any]:
-            return client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+            return cast(
+                "Awaitable[Any]",
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+                ),
             )
 
         return call, client
@@ -111,10 +114,13 @@ def bare_call(provider: str, base_url: str) -> tuple[Callable[[], Awaitable[Any]
     client = anthropic.AsyncAnthropic(api_key=KEY, base_url=base_url, max_retries=0)
 
     def call_anthropic() -> Awaitable[Any]:
-        return client.messages.create(
-            model="claude-haiku-4-5",
-            max_tokens=1024,
-            messages=[{"role": "user", "content": PROMPT}],
+        return cast(
+            "Awaitable[Any]",
+            client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=1024,
+                messages=[{"role": "user", "content": PROMPT}],
+            ),
         )
 
     return call_anthropic, client
