@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Any
 
-from _common import Row, gated, info, machine_summary, median, parse_options, print_table
+from _common import Row, gated, info, median, run_script
 
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.fsm import RunState
@@ -372,9 +372,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":
