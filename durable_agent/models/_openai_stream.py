@@ -39,19 +39,16 @@ async def stream_completion(
     A failure leaves it cleaned of secrets (`durable_agent.models._http.redacted`).
     """
     try:
-        from durable_agent.models.openai import _malformed, to_openai_messages
+        from durable_agent.models.openai import _malformed
 
         client = model._client()
         deadline = asyncio.get_running_loop().time() + model.timeout
         stream = await model._call(
             client,
             lambda: client.chat.completions.create(
-                model=model.model,
-                messages=to_openai_messages(messages),
-                timeout=model.timeout,
                 stream=True,
                 stream_options={"include_usage": True},
-                **model._options(tools, output_schema),
+                **model._options(messages, tools, output_schema),
             ),
             deadline=deadline,
         )

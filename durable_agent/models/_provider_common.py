@@ -16,7 +16,8 @@ import os
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
 from durable_agent._redact import redact
 from durable_agent.errors import (
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from durable_agent.records import Message
 
 __all__ = [
-    "Adopted",
+    "Credentials",
     "SDKErrors",
     "SDKModel",
     "broke_off",
@@ -53,7 +54,14 @@ __all__ = [
     "translate_sdk_error",
 ]
 
-ClientT = TypeVar("ClientT")
+class _SDKClient(Protocol):
+    @property
+    def base_url(self) -> object: ...
+
+    def with_options(self, *, max_retries: int) -> Self: ...
+
+
+ClientT = TypeVar("ClientT", bound=_SDKClient)
 HttpT = TypeVar("HttpT")
 R = TypeVar("R")
 
@@ -84,14 +92,12 @@ class _StatusError(_APIError, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Adopted(Generic[ClientT]):
-    """A caller's SDK client made ready (its retries off), and what to mark secret in it."""
+class Credentials:
+    """What a caller's SDK client authenticates with: the secret, and what to mark secret."""
 
-    client: ClientT
     secret: str | None
+    """The client's own credential (its API key, or a bearer token)."""
     key: object
-    headers: Mapping[str, str]
-    base_url: object
     extra: Iterable[object] = ()
 
 
@@ -103,6 +109,16 @@ class SDKErrors:
     status: type[Exception]
     connection: type[Exception]
     validation: type[Exception]
+
+    @classmethod
+    def of(cls, sdk: ModuleType) -> SDKErrors:
+        """The classes of ``sdk`` (``openai`` or ``anthropic``: both SDKs name them alike)."""
+        return cls(
+            timeout=sdk.APITimeoutError,
+            status=sdk.APIStatusError,
+            connection=sdk.APIConnectionError,
+            validation=sdk.APIResponseValidationError,
+        )
 
 
 class SDKModel(ChatModel, Generic[ClientT, HttpT]):
@@ -127,18 +143,27 @@ class SDKModel(ChatModel, Generic[ClientT, HttpT]):
         base_url: str | None,
         headers: Mapping[str, str] | None,
         client: ClientT | None,
-        adopt: Callable[[ClientT], Adopted[ClientT]],
+        credentials: Callable[[ClientT], Credentials],
         http: LoopHTTPClients[HttpT],
     ) -> None:
-        """Adopt the caller's ``client``, or check the key to build one per loop on ``http``."""
+        """Adopt the caller's ``client``, or check the key to build one per loop on ``http``.
+
+        ``credentials`` reads the adopted client's.
+        """
         self._headers = dict(headers or {})
         self._base_url = base_url
         if client is not None:
-            ready = adopt(client)
-            self._secret: str | None = ready.secret
-            self._fixed: ClientT | None = ready.client
+            # with_options copies the client (sharing its connection pool) with
+            # retries off: the engine's policy must be the only retry.
+            ready = client.with_options(max_retries=0)
+            held = credentials(ready)
+            self._secret: str | None = held.secret
+            self._fixed: ClientT | None = ready
             mark_secrets(
-                key=ready.key, headers=ready.headers, base_url=ready.base_url, extra=ready.extra
+                key=held.key,
+                headers=getattr(ready, "_custom_headers", {}),
+                base_url=ready.base_url,
+                extra=held.extra,
             )
         else:
             self._secret = require_api_key(api_key, env_var=self._key_env, owner=owner)

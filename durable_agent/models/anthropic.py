@@ -44,7 +44,7 @@ from durable_agent.models._http import (
     safe_name,
 )
 from durable_agent.models._provider_common import (
-    Adopted,
+    Credentials,
     SDKErrors,
     SDKModel,
     broke_off,
@@ -124,7 +124,7 @@ class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, anthropic.DefaultAsyncHt
         self.max_tokens = max_tokens
         self._connect(
             owner=owner, api_key=api_key, base_url=base_url, headers=headers,
-            client=client, adopt=_adopt, http=_HTTP,
+            client=client, credentials=_credentials, http=_HTTP,
         )
 
     def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
@@ -272,26 +272,13 @@ _HTTP: LoopHTTPClients[anthropic.DefaultAsyncHttpxClient] = loop_http_clients(
     anthropic.DefaultAsyncHttpxClient
 )
 """Connections to the provider: one pool per event loop, shared by every model."""
-_ERRORS = SDKErrors(
-    timeout=anthropic.APITimeoutError,
-    status=anthropic.APIStatusError,
-    connection=anthropic.APIConnectionError,
-    validation=anthropic.APIResponseValidationError,
-)
+_ERRORS = SDKErrors.of(anthropic)
 _malformed = partial(malformed, _PROVIDER)
 
 
-def _adopt(client: anthropic.AsyncAnthropic) -> Adopted[anthropic.AsyncAnthropic]:
-    # with_options copies the client (sharing its connection pool) with
-    # retries off: the engine's policy must be the only retry.
-    ready = client.with_options(max_retries=0)
-    return Adopted(
-        ready,
-        secret=ready.api_key or ready.auth_token or None,
-        key=ready.api_key,
-        headers=getattr(ready, "_custom_headers", {}),
-        base_url=ready.base_url,
-        extra=[ready.auth_token],
+def _credentials(client: anthropic.AsyncAnthropic) -> Credentials:
+    return Credentials(
+        client.api_key or client.auth_token or None, key=client.api_key, extra=[client.auth_token]
     )
 
 

@@ -36,7 +36,7 @@ from durable_agent.models._http import (
     safe_name,
 )
 from durable_agent.models._provider_common import (
-    Adopted,
+    Credentials,
     SDKErrors,
     SDKModel,
     broke_off,
@@ -115,7 +115,7 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, openai.DefaultAsyncHttpxClient]):
         self.max_tokens = max_tokens
         self._connect(
             owner=owner, api_key=api_key, base_url=base_url, headers=headers,
-            client=client, adopt=_adopt, http=_HTTP,
+            client=client, credentials=_credentials, http=_HTTP,
         )
 
     def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
@@ -137,9 +137,13 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, openai.DefaultAsyncHttpxClient]):
         return stream_completion(self, messages, tools, output_schema)
 
     def _options(
-        self, tools: Sequence[ToolDefinition], output_schema: OutputSchema | None
+        self, messages: Sequence[Message], tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
     ) -> dict[str, Any]:
-        options: dict[str, Any] = {}
+        """The request's keyword arguments."""
+        options: dict[str, Any] = {
+            "model": self.model, "messages": to_openai_messages(messages), "timeout": self.timeout,
+        }
         if tools:
             options["tools"] = _tools(tools)
         if output_schema is not None:
@@ -155,17 +159,10 @@ class OpenAIModel(SDKModel[openai.AsyncOpenAI, openai.DefaultAsyncHttpxClient]):
         output_schema: OutputSchema | None,
     ) -> ModelResponse:
         client = self._client()
-        options = self._options(tools, output_schema)
+        options = self._options(messages, tools, output_schema)
         deadline = asyncio.get_running_loop().time() + self.timeout
         completion = await self._call(
-            client,
-            lambda: client.chat.completions.create(
-                model=self.model,
-                messages=to_openai_messages(messages),
-                timeout=self.timeout,
-                **options,
-            ),
-            deadline=deadline,
+            client, lambda: client.chat.completions.create(**options), deadline=deadline
         )
         if not isinstance(completion, ChatCompletion):
             raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
@@ -250,27 +247,13 @@ _HTTP: LoopHTTPClients[openai.DefaultAsyncHttpxClient] = loop_http_clients(
     openai.DefaultAsyncHttpxClient
 )
 """Connections to the provider: one pool per event loop, shared by every model."""
-_ERRORS = SDKErrors(
-    timeout=openai.APITimeoutError,
-    status=openai.APIStatusError,
-    connection=openai.APIConnectionError,
-    validation=openai.APIResponseValidationError,
-)
+_ERRORS = SDKErrors.of(openai)
 _malformed = partial(malformed, _PROVIDER)
 
 
-def _adopt(client: openai.AsyncOpenAI) -> Adopted[openai.AsyncOpenAI]:
-    # with_options copies the client (sharing its connection pool) with
-    # retries off: the engine's policy must be the only retry.
-    ready = client.with_options(max_retries=0)
-    secret = ready.api_key if isinstance(ready.api_key, str) else None
-    return Adopted(
-        ready,
-        secret=secret,
-        key=secret,
-        headers=getattr(ready, "_custom_headers", {}),
-        base_url=ready.base_url,
-    )
+def _credentials(client: openai.AsyncOpenAI) -> Credentials:
+    secret = client.api_key if isinstance(client.api_key, str) else None
+    return Credentials(secret, key=secret)
 
 
 def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
