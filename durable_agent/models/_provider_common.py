@@ -54,6 +54,7 @@ __all__ = [
     "translate_sdk_error",
 ]
 
+
 class _SDKClient(Protocol):
     @property
     def base_url(self) -> object: ...
@@ -98,7 +99,9 @@ class Credentials:
     secret: str | None
     """The client's own credential (its API key, or a bearer token)."""
     key: object
+    """The API key to mark secret (None when the client has none)."""
     extra: Iterable[object] = ()
+    """Other values to mark secret (a bearer token)."""
 
 
 @dataclass(frozen=True, slots=True)
