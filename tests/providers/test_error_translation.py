@@ -119,38 +119,32 @@ def test_the_sdks_other_errors_are_client_errors_and_foreign_ones_are_left_alone
     assert _translated(model, ValueError("not the SDK's")) is None
 
 
-@pytest.mark.parametrize(
-    ("kind", "retryable"), [("overloaded_error", True), ("invalid_request_error", False)]
-)
-def test_an_anthropic_error_event_mid_stream_is_retryable_by_its_type(
-    kind: str, retryable: bool
-) -> None:
-    model, _, _ = MODELS["anthropic"]
-    body = {"type": "error", "error": {"type": kind, "message": "busy"}}
-    exc = anthropic.APIStatusError(
-        "busy", response=httpx.Response(200, request=REQUEST), body=body
-    )
-    error = _translated(model, exc)
-    assert type(error) is ModelResponseError
-    assert error.retryable is retryable
-    assert str(error) == (
-        f"Anthropic broke off the stream with an error ({kind}: busy)"
-        + ("; retryable" if retryable else "")
-    )
+def _error_event(provider: str, kind: str) -> Exception:
+    """What each SDK raises for an ``error`` event inside a stream (the status was 200)."""
+    if provider == "anthropic":
+        body = {"type": "error", "error": {"type": kind, "message": "busy"}}
+        response = httpx.Response(200, request=REQUEST)
+        return anthropic.APIStatusError("busy", response=response, body=body)
+    return openai.APIError("busy", REQUEST, body={"type": kind, "message": "busy"})
 
 
 @pytest.mark.parametrize(
-    ("kind", "retryable"), [("server_error", True), ("invalid_request_error", False)]
+    ("provider", "kind", "retryable"),
+    [
+        ("anthropic", "overloaded_error", True),
+        ("anthropic", "invalid_request_error", False),
+        ("openai", "server_error", True),
+        ("openai", "invalid_request_error", False),
+    ],
 )
-def test_an_openai_error_event_mid_stream_is_retryable_unless_the_request_was_invalid(
-    kind: str, retryable: bool
+def test_an_error_event_mid_stream_is_retryable_by_its_type(
+    provider: str, kind: str, retryable: bool
 ) -> None:
-    model, _, _ = MODELS["openai"]
-    exc = openai.APIError("busy", REQUEST, body={"type": kind, "message": "busy"})
-    error = _translated(model, exc)
+    model, _, name = MODELS[provider]
+    error = _translated(model, _error_event(provider, kind))
     assert type(error) is ModelResponseError
     assert error.retryable is retryable
     assert str(error) == (
-        f"OpenAI broke off the stream with an error ({kind}: busy)"
+        f"{name} broke off the stream with an error ({kind}: busy)"
         + ("; retryable" if retryable else "")
     )
