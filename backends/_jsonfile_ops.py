@@ -59,6 +59,7 @@ from durable_agent.backends._jsonfile_read import (
     read_header_file,
     remember,
 )
+from durable_agent.backends._log_checks import whole_run
 from durable_agent.errors import (
     ConfigurationError,
     CorruptRunError,
@@ -397,10 +398,7 @@ def delete(root: str, run_id: str) -> bool:
 
 def stored_run(root: str, run_id: str) -> StoredRun:
     header, lines = load(root, run_id)
-    events = decode_events(run_id, lines)
-    if len(events) != header.seq:
-        raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-    return StoredRun(header=header, events=events)
+    return whole_run(run_id, header, decode_events(run_id, lines))
 
 
 def unavailable(root: str, exc: OSError) -> StoreUnavailableError:

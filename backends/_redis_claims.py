@@ -47,8 +47,8 @@ older version writing to the same store afterwards leave their new runs out.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Final
 
 from redis.asyncio import ResponseError
 
@@ -57,7 +57,6 @@ from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.backends._redis_link import UNAVAILABLE
 from durable_agent.fsm import RunState
-from durable_agent.records import Lease
 
 if TYPE_CHECKING:
     from durable_agent.backends.redis import RedisBackend
@@ -243,7 +242,7 @@ async def claim(
     gone = await _gone_here(backend, owner)
     args += [str(len(gone)), *gone]
     reply = await backend._eval(CLAIM, [], args)
-    return [_granted(row, ttl) for row in reply]
+    return [rec.claimed(rec.text(row[0]), row, ttl) for row in reply]
 
 
 async def _gone_here(backend: RedisBackend, owner: LeaseOwner) -> list[str]:
@@ -268,23 +267,6 @@ async def _gone_here(backend: RedisBackend, owner: LeaseOwner) -> list[str]:
         if not alive[int(pid)]:
             gone.append(held_by)
     return sorted(gone)
-
-
-def _granted(row: Sequence[Any], ttl: float) -> ClaimedRun:
-    run_id = rec.text(row[0])
-    header = rec.header_from_hash(run_id, row[7])
-    previous = None
-    if row[1]:
-        previous = Lease(
-            owner=rec.text(row[1]),
-            host=rec.text(row[2]) if row[2] else "",
-            pid=int(rec.text(row[3])) if row[3] else 0,
-            generation=int(rec.text(row[6])),
-            expires_at=float(rec.text(row[4])) if row[4] else 0.0,
-            ttl=float(rec.text(row[5])) if row[5] else float(ttl),
-            cancel_requested=header.cancel_requested,
-        )
-    return ClaimedRun(header=header, previous=previous)
 
 
 async def backfill(backend: RedisBackend) -> None:

@@ -386,16 +386,4 @@ async def _claim_one(
     reply = await backend._eval(pl.CLAIM_ONE, backend._keys(seen.run_id)[:1], args)
     if rec.text(reply[0]) != "ok":
         return None
-    header = rec.header_from_hash(seen.run_id, reply[7])
-    previous = None
-    if reply[1]:
-        previous = Lease(
-            owner=rec.text(reply[1]),
-            host=rec.text(reply[2]) if reply[2] else "",
-            pid=int(rec.text(reply[3])) if reply[3] else 0,
-            generation=int(rec.text(reply[6])),
-            expires_at=float(rec.text(reply[4])) if reply[4] else 0.0,
-            ttl=float(rec.text(reply[5])) if reply[5] else float(ttl),
-            cancel_requested=header.cancel_requested,
-        )
-    return ClaimedRun(header=header, previous=previous)
+    return rec.claimed(seen.run_id, reply, ttl)

@@ -10,9 +10,11 @@ means, `renewed` and `extended` give the lease a successful one extended.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from durable_agent.backend import ClaimedRun
 from durable_agent.errors import ConfigurationError, CorruptRunError, RunNotFoundError
 from durable_agent.records import Lease, RunHeader, decode_header_fields
 
@@ -164,3 +166,24 @@ def renewed(lease: Lease, reply: bytes) -> Lease:
 def extended(lease: Lease, reply: Any) -> Lease:
     """The lease from a reply of status, expires, cancel requested (or nil)."""
     return lease.renewed(float(text(reply[1])), optional(reply[2]))
+
+
+def claimed(run_id: str, reply: Sequence[Any], ttl: float) -> ClaimedRun:
+    """A granted claim from a claim script's reply.
+
+    Fields 1 to 6 are the lease taken over (owner, host, pid, expires, ttl,
+    generation; the owner empty when none was held), field 7 the new header's hash.
+    """
+    header = header_from_hash(run_id, reply[7])
+    previous = None
+    if reply[1]:
+        previous = Lease(
+            owner=text(reply[1]),
+            host=text(reply[2]) if reply[2] else "",
+            pid=int(text(reply[3])) if reply[3] else 0,
+            generation=int(text(reply[6])),
+            expires_at=float(text(reply[4])) if reply[4] else 0.0,
+            ttl=float(text(reply[5])) if reply[5] else float(ttl),
+            cancel_requested=header.cancel_requested,
+        )
+    return ClaimedRun(header=header, previous=previous)

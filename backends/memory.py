@@ -36,6 +36,7 @@ from durable_agent.backend import (
     make_page,
     queue_room,
 )
+from durable_agent.backends._log_checks import whole_run
 from durable_agent.errors import (
     ConfigurationError,
     CorruptRunError,
@@ -183,9 +184,7 @@ class MemoryBackend(Backend):
         events = tuple(
             decode_event(run_id, seq, text) for seq, text in enumerate(stored.events, start=1)
         )
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=events)
+        return whole_run(run_id, header, events)
 
     async def get_run(self, run_id: str) -> RunHeader:
         return self._header(run_id)

@@ -58,6 +58,8 @@ from durable_agent.backends import _postgres_listing as listing
 from durable_agent.backends import _postgres_migrate as migration
 from durable_agent.backends import _postgres_relay as relay
 from durable_agent.backends import _postgres_sql as q
+from durable_agent.backends._log_checks import check_distinct_seqs, numbered_events, whole_run
+from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._postgres_link import (
     Link,
     Settings,
@@ -67,7 +69,6 @@ from durable_agent.backends._postgres_link import (
 from durable_agent.backends._postgres_writer import Params, Rows, Stats
 from durable_agent.errors import (
     ConcurrentUpdateError,
-    ConfigurationError,
     CorruptRunError,
     LeaseLostError,
     RunBusyError,
@@ -81,7 +82,6 @@ from durable_agent.records import (
     Lease,
     RunHeader,
     StoredRun,
-    decode_event,
     encode_events,
 )
 
@@ -90,7 +90,7 @@ __all__ = ["PostgresBackend"]
 _AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
-class PostgresBackend(relay.Relaying, Backend):
+class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
     """Runs in PostgreSQL, durable and shared by every process and host.
 
     Args:
@@ -173,48 +173,18 @@ class PostgresBackend(relay.Relaying, Backend):
         self._namespace = claims.lock_namespace(schema)
         self.stats = Stats()
         """Group-commit counters (batches, writes, largest batch)."""
-        self._link: Link | None = None
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._init_links()
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self._where!r})"
 
     # -- connections ------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailableError(f"{self!r} is closed")
+    async def _open_link(self, loop: asyncio.AbstractEventLoop) -> Link:
+        return await Link.open(self._settings, self.stats, q.merges(self._sql))
 
-    async def _connected(self) -> Link:
-        link = self._link
-        if link is not None and link.usable and link.loop is asyncio.get_running_loop():
-            return link
-        return await self._reconnect()
-
-    async def _reconnect(self) -> Link:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            link = self._link
-            if link is not None and link.usable and link.loop is loop:
-                return link
-            self._link = None
-            if link is not None:
-                await self._drop(link)
-            link = await Link.open(self._settings, self.stats, q.merges(self._sql))
-            if self._closed:  # close() ran while this connected
-                await link.shutdown()
-                raise StoreUnavailableError(f"{self!r} is closed")
-            self._link = link
-            return link
-
-    @staticmethod
-    async def _drop(link: Link) -> None:
-        if link.loop is asyncio.get_running_loop():
+    async def _drop_link(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        if link.loop is loop:
             await link.shutdown()
         else:
             link.abandon()
@@ -256,9 +226,7 @@ class PostgresBackend(relay.Relaying, Backend):
     # -- runs -------------------------------------------------------------------------------
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
-        seqs = [event.seq for event in events]
-        if len(set(seqs)) != len(seqs):
-            raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
+        check_distinct_seqs(header, events)
         params = q.create_params(header, events)
         if not await self._write(header.run_id, self._sql.create, params, notify=True):
             raise RunExistsError(header.run_id)
@@ -320,14 +288,7 @@ class PostgresBackend(relay.Relaying, Backend):
         header = q.header_from_row(row[: q.WIDTH])
         seqs: list[int] = row[q.WIDTH] or []
         bodies: list[str] = row[q.WIDTH + 1] or []
-        events: list[Event] = []
-        for position, (seq, body) in enumerate(zip(seqs, bodies, strict=True), start=1):
-            if seq != position:
-                raise CorruptRunError(run_id, position, "the event is missing from the log")
-            events.append(decode_event(run_id, seq, body))
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=tuple(events))
+        return whole_run(run_id, header, numbered_events(run_id, zip(seqs, bodies, strict=True)))
 
     async def get_run(self, run_id: str) -> RunHeader:
         return (await self._header(run_id))[0]
@@ -483,13 +444,4 @@ class PostgresBackend(relay.Relaying, Backend):
 
     async def close(self) -> None:
         """Commit the writes already queued, then close every connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        if self._lock is not None and self._lock_loop is loop:
-            async with self._lock:  # let a connect in progress finish first
-                pass
-        link, self._link = self._link, None
-        if link is not None:
-            await self._drop(link)
+        await self._close_links()

@@ -61,9 +61,9 @@ from durable_agent.backends import _redis_records as rec
 from durable_agent.backends import _redis_relay as relay
 from durable_agent.backends import _redis_scripts as lua
 from durable_agent.backends import _redis_writes as writes
+from durable_agent.backends._log_checks import whole_run
 from durable_agent.errors import (
     ConfigurationError,
-    CorruptRunError,
     RunNotFoundError,
 )
 from durable_agent.fsm import RunState
@@ -292,9 +292,7 @@ class RedisBackend(Backend):
         rec.status(run_id, reply)
         header = rec.header_from_hash(run_id, reply[1])
         events = tuple(decode_event(run_id, seq, raw) for seq, raw in enumerate(reply[2], start=1))
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=events)
+        return whole_run(run_id, header, events)
 
     async def get_run(self, run_id: str) -> RunHeader:
         raw = await self._conn.header_hash(run_id, self._keys(run_id)[0])

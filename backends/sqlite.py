@@ -53,11 +53,13 @@ from durable_agent.backends import _sqlite_claims as claims
 from durable_agent.backends import _sqlite_migrate as migration
 from durable_agent.backends import _sqlite_ops as ops
 from durable_agent.backends import _sqlite_schema as schema
+from durable_agent.backends._log_checks import check_distinct_seqs, numbered_events, whole_run
+from durable_agent.backends._loop_link import LoopLinks
 from durable_agent.backends._sqlite_batch import Append
 from durable_agent.backends._sqlite_writer import Link, Stats
-from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
 from durable_agent.fsm import RunState
-from durable_agent.records import Event, Lease, RunHeader, StoredRun, decode_event, encode_event
+from durable_agent.records import Event, Lease, RunHeader, StoredRun, encode_event
 
 __all__ = ["SqliteBackend"]
 
@@ -69,7 +71,7 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(LoopLinks[Link], Backend):
     """Runs in one SQLite file, durable and shareable between processes.
 
     Args:
@@ -145,10 +147,7 @@ class SqliteBackend(Backend):
             )
         self._max_batch = max_batch
         self._stats = Stats()
-        self._link: Link | None = None
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+        self._init_links()
         self._swept = -math.inf  # the first claim sweeps
 
     def __repr__(self) -> str:
@@ -172,36 +171,11 @@ class SqliteBackend(Backend):
 
     # -- connection ---------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailableError(f"{self!r} is closed")
+    async def _drop_link(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        # Left by an earlier event loop, or its writer was cancelled.
+        await (link.shutdown() if link.loop is loop else link.abandon())
 
-    async def _connected(self) -> Link:
-        link = self._link
-        if link is not None and link.usable and link.loop is asyncio.get_running_loop():
-            return link
-        return await self._reconnect()
-
-    async def _reconnect(self) -> Link:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            link = self._link
-            if link is not None and link.usable and link.loop is loop:
-                return link
-            self._link = None
-            if link is not None:  # left by an earlier event loop, or its writer was cancelled
-                await (link.shutdown() if link.loop is loop else link.abandon())
-            link = await self._open(loop)
-            if self._closed:  # close() ran while this connected
-                await link.shutdown()
-                raise StoreUnavailableError(f"{self!r} is closed")
-            self._link = link
-            return link
-
-    async def _open(self, loop: asyncio.AbstractEventLoop) -> Link:
+    async def _open_link(self, loop: asyncio.AbstractEventLoop) -> Link:
         path, timeout = self._path, self._busy_timeout
         opened: list[sqlite3.Connection] = []
         failed: list[StoreUnavailableError] = []
@@ -279,9 +253,7 @@ class SqliteBackend(Backend):
 
     async def create_run(self, header: RunHeader, events: Sequence[Event]) -> None:
         row = ops.header_row(header)
-        seqs = [event.seq for event in events]
-        if len(set(seqs)) != len(seqs):
-            raise ConfigurationError(f"create_run({header.run_id!r}): two events share a seq")
+        check_distinct_seqs(header, events)
         rows = [(header.run_id, event.seq, encode_event(event)) for event in events]
         await self._write(header.run_id, lambda db: ops.create(db, row, rows))
 
@@ -310,14 +282,7 @@ class SqliteBackend(Backend):
         row, stored = await self._read(ops.read_run, run_id)
         header = ops.header_from_row(row)
         # Decoded here, not in SQLite's thread, so big events never delay a commit.
-        events: list[Event] = []
-        for position, (seq, body) in enumerate(stored, start=1):
-            if seq != position:
-                raise CorruptRunError(run_id, position, "the event is missing from the log")
-            events.append(decode_event(run_id, seq, body))
-        if len(events) != header.seq:
-            raise CorruptRunError(run_id, header.seq, "header seq does not match the event log")
-        return StoredRun(header=header, events=tuple(events))
+        return whole_run(run_id, header, numbered_events(run_id, stored))
 
     async def get_run(self, run_id: str) -> RunHeader:
         return await self._read(ops.load_header, run_id)
@@ -453,18 +418,8 @@ class SqliteBackend(Backend):
 
     async def close(self) -> None:
         """Commit the writes already queued, then close the connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        loop = asyncio.get_running_loop()
-        if self._lock is not None and self._lock_loop is loop:
-            async with self._lock:  # let a connect in progress finish first
-                pass
-        link, self._link = self._link, None
-        if link is None:
-            return
-        await (link.shutdown() if link.loop is loop else link.abandon())
-        if link.close_error is not None:
+        link = await self._close_links()
+        if link is not None and link.close_error is not None:
             raise StoreUnavailableError(
                 f"SQLite store {self._path}: closing failed ({link.close_error}); every "
                 "committed write is stored"

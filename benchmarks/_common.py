@@ -275,3 +275,18 @@ def profile_call(title: str, function: Callable[[], Any], *, limit: int = 30) ->
         stats.strip_dirs().sort_stats(sort).print_stats(limit)
         print(f"\n=== profile: {title}, sorted by {sort} ===")
         print(buffer.getvalue())
+
+
+def run_script(
+    description: str,
+    run: Callable[[bool], Sequence[Row]],
+    *,
+    profile: Callable[[bool], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A benchmark run as a script: its options, the machine, its table, its profile if asked."""
+    options = parse_options(description, argv)
+    print(machine_summary())
+    print_table(run(options.quick))
+    if profile is not None and options.profile:
+        profile(options.quick)

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 __all__ = ["redis_cluster", "redis_server"]
@@ -90,7 +91,7 @@ def redis_cluster(folder: Path) -> Iterator[str | None]:
                 subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         for port, _ in ports:
-            _wait_for(lambda port=port: _cli(cli, port, "PING") == "PONG")
+            _wait_for(partial(_pongs, cli, port))
         nodes = [f"127.0.0.1:{port}" for port, _ in ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
@@ -99,7 +100,7 @@ def redis_cluster(folder: Path) -> Iterator[str | None]:
             timeout=60,
         )
         for port, _ in ports:
-            _wait_for(lambda port=port: "cluster_state:ok" in _cli(cli, port, "CLUSTER", "INFO"))
+            _wait_for(partial(_cluster_ok, cli, port))
         yield f"redis+cluster://127.0.0.1:{ports[0][0]}"
     finally:
         for proc in procs:
@@ -110,6 +111,14 @@ def redis_cluster(folder: Path) -> Iterator[str | None]:
 def _cli(cli: str, port: int, *command: str) -> str:
     done = subprocess.run([cli, "-p", str(port), *command], capture_output=True, text=True)
     return done.stdout.strip()
+
+
+def _pongs(cli: str, port: int) -> bool:
+    return _cli(cli, port, "PING") == "PONG"
+
+
+def _cluster_ok(cli: str, port: int) -> bool:
+    return "cluster_state:ok" in _cli(cli, port, "CLUSTER", "INFO")
 
 
 def _wait_for(ready: Callable[[], bool]) -> None:

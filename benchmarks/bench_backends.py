@@ -57,10 +57,8 @@ from _common import (
     Row,
     gated,
     info,
-    machine_summary,
     median,
-    parse_options,
-    print_table,
+    run_script,
     scratch_dir,
 )
 from _redis_servers import redis_cluster, redis_server
@@ -468,9 +466,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,10 @@ from _common import (
     event_json_bytes,
     gated,
     info,
-    machine_summary,
     median,
     open_sqlite,
-    parse_options,
-    print_table,
     profile_call,
+    run_script,
     scratch_dir,
     sqlite_pragmas,
 )
@@ -345,11 +343,7 @@ def profile(quick: bool) -> None:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
-    if options.profile:
-        profile(options.quick)
+    run_script(__doc__ or NAME, run, profile=profile)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import Row, gated, info, machine_summary, median, parse_options, print_table
+from _common import Row, gated, info, median, run_script
 
 NAME = "e) import"
 TARGET_MS = 150.0
@@ -192,9 +192,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ from _common import (
     Row,
     gated,
     info,
-    machine_summary,
     median,
     open_sqlite,
-    parse_options,
-    print_table,
+    run_script,
     scratch_dir,
 )
 
@@ -123,9 +121,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Any
 
-from _common import Row, gated, info, machine_summary, median, parse_options, print_table
+from _common import Row, gated, info, median, run_script
 
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.fsm import RunState
@@ -192,7 +192,9 @@ async def _single(schema: str, quick: bool) -> list[Row]:
         # connections with synchronous_commit = off, for this measurement only),
         # and the backend's statement sent by hand, without the backend around it.
         link = await store._connected()
-        await link.writer.conn.execute("SET synchronous_commit = off")
+        writer_conn = link.writer.conn
+        assert writer_conn is not None, "the appends above opened the writer's connection"
+        await writer_conn.execute("SET synchronous_commit = off")
         await conn.execute("SET synchronous_commit = off")
         raw = await _floor_connection(schema)
         await raw.execute("SET synchronous_commit = off")
@@ -370,9 +372,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

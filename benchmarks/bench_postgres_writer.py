@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _common import Row, info, machine_summary, median, parse_options, print_table
+from _common import Row, info, median, run_script
 from bench_postgres import URL, _Appender, new_run
 
 NAME = "l) postgres writer"
@@ -111,9 +111,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

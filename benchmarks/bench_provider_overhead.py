@@ -22,76 +22,41 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from _common import (
     Row,
     gated,
     info,
-    machine_summary,
     median,
     open_sqlite,
-    parse_options,
-    print_table,
+    run_script,
     scratch_dir,
 )
+from _fake_providers import KEY, fake_servers, make_model
 
 from durable_agent import Agent, ScriptedModel, Task
 from durable_agent.backends.memory import MemoryBackend
-from durable_agent.models import ChatModel
-from durable_agent.models.anthropic import AnthropicModel
-from durable_agent.models.openai import OpenAIModel
 from durable_agent.records import UserMessage
 
 NAME = "f) provider overhead"
 TARGET_RATIO = 1.2
-KEY = "bench-key"
 PROMPT = "What is 7 + 7? Reply with just the number."
 
 SLOW = 0.05
 """Seconds the slow servers wait before answering: a fast real provider's latency."""
 
-SERVER_CODE = f"""
-import contextlib, json, sys
-from durable_agent.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+SERVERS = f"""
 servers = {{
     "openai": FakeOpenAIServer(lambda request: "14"),
     "anthropic": FakeAnthropicServer(lambda request: "14"),
     "openai-slow": FakeOpenAIServer(lambda request: Reply(text="14", delay={SLOW})),
     "anthropic-slow": FakeAnthropicServer(lambda request: Reply(text="14", delay={SLOW})),
 }}
-with contextlib.ExitStack() as stack:
-    for server in servers.values():
-        stack.enter_context(server.running_in_thread())
-    print(json.dumps({{name: s.base_url for name, s in servers.items()}}), flush=True)
-    sys.stdin.read()
 """
-
-
-@contextmanager
-def fake_servers() -> Iterator[dict[str, str]]:
-    """Both fake servers in a child process; yields their base URLs."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVER_CODE],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    try:
-        yield json.loads(child.stdout.readline())
-    finally:
-        child.stdin.close()
-        child.stdout.close()
-        child.wait(timeout=30)
 
 
 def bare_call(provider: str, base_url: str) -> tuple[Callable[[], Awaitable[Any]], Any]:
@@ -101,8 +66,11 @@ def bare_call(provider: str, base_url: str) -> tuple[Callable[[], Awaitable[Any]
         client: Any = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=0)
 
         def call() -> Awaitable[Any]:
-            return client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+            return cast(
+                "Awaitable[Any]",
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+                ),
             )
 
         return call, client
@@ -111,19 +79,16 @@ def bare_call(provider: str, base_url: str) -> tuple[Callable[[], Awaitable[Any]
     client = anthropic.AsyncAnthropic(api_key=KEY, base_url=base_url, max_retries=0)
 
     def call_anthropic() -> Awaitable[Any]:
-        return client.messages.create(
-            model="claude-haiku-4-5",
-            max_tokens=1024,
-            messages=[{"role": "user", "content": PROMPT}],
+        return cast(
+            "Awaitable[Any]",
+            client.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=1024,
+                messages=[{"role": "user", "content": PROMPT}],
+            ),
         )
 
     return call_anthropic, client
-
-
-def make_model(provider: str, base_url: str) -> ChatModel:
-    if provider == "openai":
-        return OpenAIModel("gpt-4o-mini", api_key=KEY, base_url=base_url)
-    return AnthropicModel("claude-haiku-4-5", api_key=KEY, base_url=base_url)
 
 
 async def per_call(call: Callable[[], Awaitable[Any]], calls: int) -> float:
@@ -184,7 +149,7 @@ def run(quick: bool) -> list[Row]:
     rows.append(
         info(NAME, "engine alone per one-call run (ScriptedModel)", f"{engine * us:.0f} us")
     )
-    with fake_servers() as urls, scratch_dir() as tmp:
+    with fake_servers(SERVERS) as urls, scratch_dir() as tmp:
         for provider in ("openai", "anthropic"):
             samples: list[dict[str, float]] = []
             for i in range(repeats):
@@ -223,9 +188,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

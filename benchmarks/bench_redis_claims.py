@@ -18,7 +18,7 @@ import asyncio
 import time
 import uuid
 
-from _common import Row, gated, info, machine_summary, parse_options, print_table, scratch_dir
+from _common import Row, gated, info, run_script, scratch_dir
 from _redis_servers import redis_server
 
 from durable_agent.backend import LeaseOwner
@@ -97,9 +97,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

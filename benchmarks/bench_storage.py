@@ -40,10 +40,8 @@ from _common import (
     event_json_bytes,
     gated,
     info,
-    machine_summary,
     open_sqlite,
-    parse_options,
-    print_table,
+    run_script,
     scratch_dir,
 )
 
@@ -238,9 +236,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

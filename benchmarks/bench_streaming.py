@@ -28,12 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,62 +37,34 @@ from _common import (
     Row,
     gated,
     info,
-    machine_summary,
     median,
     open_sqlite,
-    parse_options,
-    print_table,
+    run_script,
     scratch_dir,
 )
+from _fake_providers import KEY, fake_servers, make_model
 
 from durable_agent import Agent, Task
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.models import ChatModel, ModelDelta
-from durable_agent.models.anthropic import AnthropicModel
-from durable_agent.models.openai import OpenAIModel
 from durable_agent.records import UserMessage
 from durable_agent.streaming import TextDelta
 
 NAME = "h) streaming"
 TARGET_TTFD_MS = 1.0
-KEY = "bench-key"
 PROMPT = "Tell me a long story."
 DELTAS = 200
 
-SERVER_CODE = f"""
-import contextlib, json, sys
-from durable_agent.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+SERVERS = f"""
 text = "abcd" * {DELTAS}
 servers = {{
     "openai": FakeOpenAIServer(lambda request: Reply(text=text, chunk_size=4)),
     "anthropic": FakeAnthropicServer(lambda request: Reply(text=text, chunk_size=4)),
 }}
-with contextlib.ExitStack() as stack:
-    for server in servers.values():
-        stack.enter_context(server.running_in_thread())
-    print(json.dumps({{name: s.base_url for name, s in servers.items()}}), flush=True)
-    sys.stdin.read()
 """
 
 Timed = Callable[[], AsyncIterator[None]]
 """A stream to time: yields once per text delta the caller sees."""
-
-
-@contextmanager
-def fake_servers() -> Iterator[dict[str, str]]:
-    """Both fake servers in a child process; yields their base URLs."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    try:
-        yield json.loads(child.stdout.readline())
-    finally:
-        child.stdin.close()
-        child.stdout.close()
-        child.wait(timeout=30)
 
 
 def bare_stream(provider: str, base_url: str) -> tuple[Timed, Any]:
@@ -129,12 +97,6 @@ def bare_stream(provider: str, base_url: str) -> tuple[Timed, Any]:
                 yield None
 
     return anthropic_deltas, client
-
-
-def make_model(provider: str, base_url: str) -> ChatModel:
-    if provider == "openai":
-        return OpenAIModel("gpt-4o-mini", api_key=KEY, base_url=base_url)
-    return AnthropicModel("claude-haiku-4-5", api_key=KEY, base_url=base_url)
 
 
 def adapter_stream(model: ChatModel) -> Timed:
@@ -219,7 +181,7 @@ def run(quick: bool) -> list[Row]:
     repeats = 15 if quick else 60
     rows: list[Row] = []
     us, ms = 1e6, 1e3
-    with fake_servers() as urls, scratch_dir() as tmp:
+    with fake_servers(SERVERS) as urls, scratch_dir() as tmp:
         for provider in ("openai", "anthropic"):
             directory = tmp / provider
             directory.mkdir()
@@ -266,9 +228,7 @@ def run(quick: bool) -> list[Row]:
 
 
 def main() -> None:
-    options = parse_options(__doc__ or NAME)
-    print(machine_summary())
-    print_table(run(options.quick))
+    run_script(__doc__ or NAME, run)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
-from _common import Row, gated, info, machine_summary, print_table, scratch_dir
+from _common import Row, gated, info, run_script, scratch_dir
 
 from durable_agent import Agent, RunState, ScriptedModel, ToolCall, ToolContext, tool
 from durable_agent.backend import Backend, LeaseOwner
@@ -469,11 +469,7 @@ def _one_store(store: str, quick: bool, million: bool) -> list[Row]:
 def main() -> None:
     million = "--million" in sys.argv
     argv = [a for a in sys.argv[1:] if a != "--million"]
-    from _common import parse_options
-
-    options = parse_options(__doc__ or NAME, argv)
-    print(machine_summary())
-    print_table(run(options.quick, million=million))
+    run_script(__doc__ or NAME, lambda quick: run(quick, million=million), argv=argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from anthropic.types import RawMessageStreamEvent
 from durable_agent._redact import redact_exception
 from durable_agent.errors import ModelConnectionError
 from durable_agent.models import ModelDelta, ModelResponse, OutputSchema, ToolDefinition
-from durable_agent.models._http import describe_cause
+from durable_agent.models._provider_common import broken_mid_stream
 from durable_agent.records import Message
 
 if TYPE_CHECKING:
@@ -48,14 +48,9 @@ async def stream_message(
         client = model._client()
         options, output_tool = model._prepare(messages, tools, output_schema)
         deadline = asyncio.get_running_loop().time() + model.timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                stream = await client.messages.create(stream=True, **options)
-        except Exception as exc:
-            mine = model._translated(exc, client)
-            if mine is None:
-                raise
-            raise mine from exc
+        stream = await model._call(
+            client, lambda: client.messages.create(stream=True, **options), deadline=deadline
+        )
         fold = _Fold()
         try:
             while True:
@@ -76,10 +71,7 @@ async def stream_message(
             if mine is None:
                 if not _broken(exc):
                     raise
-                mine = ModelConnectionError(
-                    f"the connection to Anthropic broke mid-stream ({describe_cause(exc)}); "
-                    "retryable"
-                )
+                mine = broken_mid_stream("Anthropic", exc)
             raise mine from exc
         finally:
             await stream.close()

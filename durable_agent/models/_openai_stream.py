@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from durable_agent._redact import redact_exception
 from durable_agent.errors import ModelConnectionError
 from durable_agent.models import ModelDelta, ModelResponse, OutputSchema, ToolDefinition
-from durable_agent.models._http import describe_cause
+from durable_agent.models._provider_common import broken_mid_stream
 from durable_agent.records import Message
 
 if TYPE_CHECKING:
@@ -39,25 +39,19 @@ async def stream_completion(
     A failure leaves it cleaned of secrets (`durable_agent.models._http.redacted`).
     """
     try:
-        from durable_agent.models.openai import _malformed, to_openai_messages
+        from durable_agent.models.openai import _malformed
 
         client = model._client()
         deadline = asyncio.get_running_loop().time() + model.timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                stream = await client.chat.completions.create(
-                    model=model.model,
-                    messages=to_openai_messages(messages),
-                    timeout=model.timeout,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    **model._options(tools, output_schema),
-                )
-        except Exception as exc:
-            mine = model._translated(exc, client)
-            if mine is None:
-                raise
-            raise mine from exc
+        stream = await model._call(
+            client,
+            lambda: client.chat.completions.create(
+                stream=True,
+                stream_options={"include_usage": True},
+                **model._options(messages, tools, output_schema),
+            ),
+            deadline=deadline,
+        )
         fold = _Fold()
         try:
             while True:
@@ -78,9 +72,7 @@ async def stream_completion(
             if mine is None:
                 raise
             if isinstance(mine, ModelConnectionError):
-                mine = ModelConnectionError(
-                    f"the connection to OpenAI broke mid-stream ({describe_cause(exc)}); retryable"
-                )
+                mine = broken_mid_stream("OpenAI", exc)
             raise mine from exc
         finally:
             await stream.close()

@@ -24,19 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from durable_agent._redact import redact
-from durable_agent.errors import (
-    ModelConnectionError,
-    ModelError,
-    ModelResponseError,
-    ModelTimeoutError,
-)
+from durable_agent.errors import ModelError, ModelResponseError
 from durable_agent.models import (
-    ChatModel,
     ModelDelta,
     ModelResponse,
     OutputSchema,
@@ -44,18 +38,20 @@ from durable_agent.models import (
 )
 from durable_agent.models._http import (
     LoopHTTPClients,
-    LoopSDKClients,
     check_max_tokens,
     check_timeout,
-    describe_cause,
-    http_error,
     install_hint,
-    mark_secrets,
-    provider_message,
-    public_url,
-    redacted,
-    require_api_key,
     safe_name,
+)
+from durable_agent.models._provider_common import (
+    Credentials,
+    SDKErrors,
+    SDKModel,
+    broke_off,
+    client_error,
+    loop_http_clients,
+    malformed,
+    translate_sdk_error,
 )
 from durable_agent.records import (
     AssistantMessage,
@@ -88,7 +84,7 @@ _RETRYABLE_STREAM_ERRORS = frozenset(
 _DEFAULT_OUTPUT_DESCRIPTION = "Give the final answer in this shape. Call this only to finish."
 
 
-class AnthropicModel(ChatModel):
+class AnthropicModel(SDKModel[anthropic.AsyncAnthropic, anthropic.DefaultAsyncHttpxClient]):
     """A chat model served by the Anthropic Messages API.
 
     Args:
@@ -103,6 +99,12 @@ class AnthropicModel(ChatModel):
             off, and ``api_key``/``base_url``/``headers`` are not used.
         max_tokens: the output token limit of each answer (the API requires one).
     """
+
+    _label = "AnthropicModel"
+    _prefix = "anthropic"
+    _provider = _PROVIDER
+    _key_env = _KEY_ENV
+    _base_url_env = "ANTHROPIC_BASE_URL"
 
     def __init__(
         self,
@@ -120,58 +122,13 @@ class AnthropicModel(ChatModel):
         self.model = model
         self.timeout = check_timeout(timeout, owner)
         self.max_tokens = max_tokens
-        self._headers = dict(headers or {})
-        self._base_url = base_url
-        if client is not None:
-            # with_options copies the client (sharing its connection pool) with
-            # retries off: the engine's policy must be the only retry.
-            ready = client.with_options(max_retries=0)
-            self._secret: str | None = ready.api_key or ready.auth_token or None
-            self._fixed: anthropic.AsyncAnthropic | None = ready
-            mark_secrets(
-                key=ready.api_key,
-                headers=getattr(ready, "_custom_headers", {}),
-                base_url=ready.base_url,
-                extra=[ready.auth_token],
-            )
-        else:
-            self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
-            self._fixed = None
-            mark_secrets(
-                key=self._secret,
-                headers=self._headers,
-                base_url=base_url if base_url is not None else os.environ.get("ANTHROPIC_BASE_URL"),
-            )
-        self._clients = LoopSDKClients(_HTTP, self._new_client)
-
-    def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(
-            api_key=self._secret,
-            base_url=self._base_url,
-            timeout=self.timeout,
-            max_retries=0,
-            default_headers=self._headers or None,
-            http_client=http,
+        self._connect(
+            owner=owner, api_key=api_key, base_url=base_url, headers=headers,
+            client=client, credentials=_credentials, http=_HTTP,
         )
 
-    def __repr__(self) -> str:
-        return f"AnthropicModel({self.model!r})"
-
-    @property
-    def name(self) -> str:
-        return f"anthropic/{self.model}"
-
-    def _client(self) -> anthropic.AsyncAnthropic:
-        return self._fixed if self._fixed is not None else self._clients.get()
-
-    async def request(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolDefinition],
-        output_schema: OutputSchema | None = None,
-    ) -> ModelResponse:
-        return await redacted(self._request(messages, tools, output_schema))
+    def _new_client(self, http: anthropic.DefaultAsyncHttpxClient) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(**self._client_options(http))
 
     def stream(
         self,
@@ -225,14 +182,10 @@ class AnthropicModel(ChatModel):
     ) -> ModelResponse:
         client = self._client()
         options, output_tool = self._prepare(messages, tools, output_schema)
-        try:
-            async with asyncio.timeout(self.timeout):
-                answer = await client.messages.create(**options)
-        except Exception as exc:
-            mine = self._translated(exc, client)
-            if mine is None:
-                raise
-            raise mine from exc
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        answer = await self._call(
+            client, lambda: client.messages.create(**options), deadline=deadline
+        )
         if not isinstance(answer, AnthropicMessage):
             raise _malformed(f"expected a message, got {type(answer).__name__}")
         try:
@@ -243,50 +196,19 @@ class AnthropicModel(ChatModel):
 
     def _translated(self, exc: Exception, client: anthropic.AsyncAnthropic) -> ModelError | None:
         """Our error for an SDK (or stream) failure, or None for one that is not the SDK's."""
-        match exc:
-            case TimeoutError() | anthropic.APITimeoutError():
-                return self._timeout_error()
-            case anthropic.APIStatusError() if exc.status_code < 400:
-                # An error event inside a stream (the status was 200): the server broke off.
-                body = exc.body if isinstance(exc.body, dict) else {}
-                error = body.get("error")
-                kind = error.get("type") if isinstance(error, dict) else None
-                retryable = kind in _RETRYABLE_STREAM_ERRORS
-                return ModelResponseError(
-                    f"{_PROVIDER} broke off the stream with an error ({kind}: "
-                    f"{provider_message(exc.body, exc.message)})"
-                    + ("; retryable" if retryable else ""),
-                    retryable=retryable,
-                )
-            case anthropic.APIStatusError():
-                return http_error(
-                    provider=_PROVIDER,
-                    status=exc.status_code,
-                    message=provider_message(exc.body, exc.message),
-                    headers=exc.response.headers,
-                    request_id=exc.request_id,
-                    model=self.model,
-                    base_url=public_url(client.base_url),
-                    key_env=_KEY_ENV,
-                )
-            case anthropic.APIConnectionError():
-                return ModelConnectionError(
-                    f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
-                    f"({describe_cause(exc)}); retryable"
-                )
-            case anthropic.APIResponseValidationError():
-                return _malformed(exc.message)
-            case json.JSONDecodeError():
-                return _malformed(f"the body is not JSON ({exc})")
-            case anthropic.AnthropicError():
-                return ModelError(f"{_PROVIDER} client error: {redact(str(exc))}")
-        return None
-
-    def _timeout_error(self) -> ModelTimeoutError:
-        return ModelTimeoutError(
-            f"{_PROVIDER} model {self.model!r} did not answer within {self.timeout:g} s "
-            f"(AnthropicModel timeout={self.timeout:g}); retryable"
-        )
+        if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 400:
+            # An error event inside a stream (the status was 200): the server broke off.
+            body = exc.body if isinstance(exc.body, dict) else {}
+            error = body.get("error")
+            kind = error.get("type") if isinstance(error, dict) else None
+            return broke_off(
+                _PROVIDER, kind, exc.body, exc.message,
+                retryable=kind in _RETRYABLE_STREAM_ERRORS,
+            )
+        mine = translate_sdk_error(exc, errors=_ERRORS, model=self, base_url=client.base_url)
+        if mine is None and isinstance(exc, anthropic.AnthropicError):
+            return client_error(_PROVIDER, exc)
+        return mine
 
     def _answer(self, answer: AnthropicMessage, output_tool: str | None) -> ModelResponse:
         """Turn a message into ours; stop reasons that end a run raise."""
@@ -346,20 +268,17 @@ class AnthropicModel(ChatModel):
         )
 
 
-async def _close_http(client: anthropic.DefaultAsyncHttpxClient) -> None:
-    await client.aclose()
-
-
-_HTTP: LoopHTTPClients[anthropic.DefaultAsyncHttpxClient] = LoopHTTPClients(
-    anthropic.DefaultAsyncHttpxClient, _close_http, lambda client: client.is_closed
+_HTTP: LoopHTTPClients[anthropic.DefaultAsyncHttpxClient] = loop_http_clients(
+    anthropic.DefaultAsyncHttpxClient
 )
 """Connections to the provider: one pool per event loop, shared by every model."""
+_ERRORS = SDKErrors.of(anthropic)
+_malformed = partial(malformed, _PROVIDER)
 
 
-def _malformed(detail: str) -> ModelResponseError:
-    return ModelResponseError(
-        f"{_PROVIDER} sent an answer that cannot be read: {redact(detail)}; retryable",
-        retryable=True,
+def _credentials(client: anthropic.AsyncAnthropic) -> Credentials:
+    return Credentials(
+        client.api_key or client.auth_token or None, key=client.api_key, extra=[client.auth_token]
     )
 
 

@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from durable_agent._redact import redact
-from durable_agent.errors import (
-    ModelConnectionError,
-    ModelError,
-    ModelResponseError,
-    ModelTimeoutError,
-)
+from durable_agent.errors import ModelError, ModelResponseError
 from durable_agent.models import (
-    ChatModel,
     ModelDelta,
     ModelResponse,
     OutputSchema,
@@ -35,19 +29,21 @@ from durable_agent.models import (
 )
 from durable_agent.models._http import (
     LoopHTTPClients,
-    LoopSDKClients,
     check_max_tokens,
     check_timeout,
-    describe_cause,
-    http_error,
     install_hint,
-    mark_secrets,
     parse_arguments,
-    provider_message,
-    public_url,
-    redacted,
-    require_api_key,
     safe_name,
+)
+from durable_agent.models._provider_common import (
+    Credentials,
+    SDKErrors,
+    SDKModel,
+    broke_off,
+    client_error,
+    loop_http_clients,
+    malformed,
+    translate_sdk_error,
 )
 from durable_agent.records import (
     AssistantMessage,
@@ -78,7 +74,7 @@ _ERROR_PREFIX = "Error: "
 """Put before an error tool result's text: Chat Completions has no error flag."""
 
 
-class OpenAIModel(ChatModel):
+class OpenAIModel(SDKModel[openai.AsyncOpenAI, openai.DefaultAsyncHttpxClient]):
     """A chat model served by the OpenAI Chat Completions API (or a compatible server).
 
     Args:
@@ -93,6 +89,12 @@ class OpenAIModel(ChatModel):
             ``api_key``/``base_url``/``headers`` are not used.
         max_tokens: an output token limit sent as ``max_completion_tokens``.
     """
+
+    _label = "OpenAIModel"
+    _prefix = "openai"
+    _provider = _PROVIDER
+    _key_env = _KEY_ENV
+    _base_url_env = "OPENAI_BASE_URL"
 
     def __init__(
         self,
@@ -111,57 +113,13 @@ class OpenAIModel(ChatModel):
         if max_tokens is not None:
             check_max_tokens(max_tokens, owner)
         self.max_tokens = max_tokens
-        self._headers = dict(headers or {})
-        self._base_url = base_url
-        if client is not None:
-            # with_options copies the client (sharing its connection pool) with
-            # retries off: the engine's policy must be the only retry.
-            ready = client.with_options(max_retries=0)
-            self._secret: str | None = ready.api_key if isinstance(ready.api_key, str) else None
-            self._fixed: openai.AsyncOpenAI | None = ready
-            mark_secrets(
-                key=self._secret,
-                headers=getattr(ready, "_custom_headers", {}),
-                base_url=ready.base_url,
-            )
-        else:
-            self._secret = require_api_key(api_key, env_var=_KEY_ENV, owner=owner)
-            self._fixed = None
-            mark_secrets(
-                key=self._secret,
-                headers=self._headers,
-                base_url=base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL"),
-            )
-        self._clients = LoopSDKClients(_HTTP, self._new_client)
-
-    def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            api_key=self._secret,
-            base_url=self._base_url,
-            timeout=self.timeout,
-            max_retries=0,
-            default_headers=self._headers or None,
-            http_client=http,
+        self._connect(
+            owner=owner, api_key=api_key, base_url=base_url, headers=headers,
+            client=client, credentials=_credentials, http=_HTTP,
         )
 
-    def __repr__(self) -> str:
-        return f"OpenAIModel({self.model!r})"
-
-    @property
-    def name(self) -> str:
-        return f"openai/{self.model}"
-
-    def _client(self) -> openai.AsyncOpenAI:
-        return self._fixed if self._fixed is not None else self._clients.get()
-
-    async def request(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolDefinition],
-        output_schema: OutputSchema | None = None,
-    ) -> ModelResponse:
-        return await redacted(self._request(messages, tools, output_schema))
+    def _new_client(self, http: openai.DefaultAsyncHttpxClient) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(**self._client_options(http))
 
     def stream(
         self,
@@ -179,9 +137,13 @@ class OpenAIModel(ChatModel):
         return stream_completion(self, messages, tools, output_schema)
 
     def _options(
-        self, tools: Sequence[ToolDefinition], output_schema: OutputSchema | None
+        self, messages: Sequence[Message], tools: Sequence[ToolDefinition],
+        output_schema: OutputSchema | None,
     ) -> dict[str, Any]:
-        options: dict[str, Any] = {}
+        """The request's keyword arguments."""
+        options: dict[str, Any] = {
+            "model": self.model, "messages": to_openai_messages(messages), "timeout": self.timeout,
+        }
         if tools:
             options["tools"] = _tools(tools)
         if output_schema is not None:
@@ -197,20 +159,11 @@ class OpenAIModel(ChatModel):
         output_schema: OutputSchema | None,
     ) -> ModelResponse:
         client = self._client()
-        options = self._options(tools, output_schema)
-        try:
-            async with asyncio.timeout(self.timeout):
-                completion = await client.chat.completions.create(
-                    model=self.model,
-                    messages=to_openai_messages(messages),
-                    timeout=self.timeout,
-                    **options,
-                )
-        except Exception as exc:
-            mine = self._translated(exc, client)
-            if mine is None:
-                raise
-            raise mine from exc
+        options = self._options(messages, tools, output_schema)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        completion = await self._call(
+            client, lambda: client.chat.completions.create(**options), deadline=deadline
+        )
         if not isinstance(completion, ChatCompletion):
             raise _malformed(f"expected a chat completion, got {type(completion).__name__}")
         try:
@@ -221,47 +174,20 @@ class OpenAIModel(ChatModel):
 
     def _translated(self, exc: Exception, client: openai.AsyncOpenAI) -> ModelError | None:
         """Our error for an SDK (or stream) failure, or None for one that is not the SDK's."""
-        match exc:
-            case TimeoutError() | openai.APITimeoutError():
-                return self._timeout_error()
-            case openai.APIStatusError():
-                return http_error(
-                    provider=_PROVIDER,
-                    status=exc.status_code,
-                    message=provider_message(exc.body, exc.message),
-                    headers=exc.response.headers,
-                    request_id=exc.request_id,
-                    model=self.model,
-                    base_url=public_url(client.base_url),
-                    key_env=_KEY_ENV,
-                )
-            case openai.APIConnectionError():
-                return ModelConnectionError(
-                    f"{_PROVIDER} could not be reached at {public_url(client.base_url)} "
-                    f"({describe_cause(exc)}); retryable"
-                )
-            case openai.APIResponseValidationError():
-                return _malformed(exc.message)
-            case json.JSONDecodeError():
-                return _malformed(f"the body is not JSON ({exc})")
-            case openai.APIError() if exc.request is not None and isinstance(exc.body, dict):
-                # An error event inside a stream (the status was 200): the server broke off.
-                kind = exc.body.get("type")
-                return ModelResponseError(
-                    f"{_PROVIDER} broke off the stream with an error ({kind}: "
-                    f"{provider_message(exc.body, exc.message)})"
-                    + ("" if kind == "invalid_request_error" else "; retryable"),
-                    retryable=kind != "invalid_request_error",
-                )
-            case openai.OpenAIError():
-                return ModelError(f"{_PROVIDER} client error: {redact(str(exc))}")
+        mine = translate_sdk_error(exc, errors=_ERRORS, model=self, base_url=client.base_url)
+        if mine is not None:
+            return mine
+        if isinstance(exc, openai.APIError) and exc.request is not None and isinstance(
+            exc.body, dict
+        ):
+            # An error event inside a stream (the status was 200): the server broke off.
+            kind = exc.body.get("type")
+            return broke_off(
+                _PROVIDER, kind, exc.body, exc.message, retryable=kind != "invalid_request_error"
+            )
+        if isinstance(exc, openai.OpenAIError):
+            return client_error(_PROVIDER, exc)
         return None
-
-    def _timeout_error(self) -> ModelTimeoutError:
-        return ModelTimeoutError(
-            f"{_PROVIDER} model {self.model!r} did not answer within {self.timeout:g} s "
-            f"(OpenAIModel timeout={self.timeout:g}); retryable"
-        )
 
     def _answer(self, completion: ChatCompletion) -> ModelResponse:
         """Turn a completion into our message; stop reasons that end a run raise."""
@@ -317,21 +243,17 @@ class OpenAIModel(ChatModel):
         )
 
 
-async def _close_http(client: openai.DefaultAsyncHttpxClient) -> None:
-    await client.aclose()
-
-
-_HTTP: LoopHTTPClients[openai.DefaultAsyncHttpxClient] = LoopHTTPClients(
-    openai.DefaultAsyncHttpxClient, _close_http, lambda client: client.is_closed
+_HTTP: LoopHTTPClients[openai.DefaultAsyncHttpxClient] = loop_http_clients(
+    openai.DefaultAsyncHttpxClient
 )
 """Connections to the provider: one pool per event loop, shared by every model."""
+_ERRORS = SDKErrors.of(openai)
+_malformed = partial(malformed, _PROVIDER)
 
 
-def _malformed(detail: str) -> ModelResponseError:
-    return ModelResponseError(
-        f"{_PROVIDER} sent an answer that cannot be read: {redact(detail)}; retryable",
-        retryable=True,
-    )
+def _credentials(client: openai.AsyncOpenAI) -> Credentials:
+    secret = client.api_key if isinstance(client.api_key, str) else None
+    return Credentials(secret, key=secret)
 
 
 def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:

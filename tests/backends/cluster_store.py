@@ -3,8 +3,8 @@
 The ``store`` fixture is a backend with a prefix of its own on the session's
 cluster (`tests.backends.redis_cluster`), its keys deleted after the test; it is
 imported as `cluster_store`, so that the tests' own ``store`` parameters do not
-shadow the import. `raw_client` is a redis-py cluster client on the same nodes,
-to read (or damage) the keys that `key_of` names. Import it after ``pytest.importorskip("redis")``.
+shadow the import. `raw_client` and `key_of` (from `tests.backends.redis_raw`) read
+or damage what it stored. Import it after ``pytest.importorskip("redis")``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from durable_agent.backends.redis import RedisBackend
 from tests.backends.conftest import run
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
+from tests.backends.redis_raw import key_of, raw_client
 
 __all__ = ["cluster_store", "forget", "key_of", "raw_client"]
-
-
-def raw_client(url: str) -> RedisCluster:
-    """A plain redis-py cluster client, to look at (or damage) what the backend stored."""
-    return RedisCluster.from_url(url.replace("+cluster", "", 1))
 
 
 async def forget(url: str, prefix: str) -> None:
@@ -33,11 +28,6 @@ async def forget(url: str, prefix: str) -> None:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
         for key in keys:
             await client.delete(key)
-
-
-def key_of(store: RedisBackend, run_id: str, part: str) -> str:
-    """The key of one of a run's parts (``header``, ``events``) in ``store``."""
-    return f"{store.prefix}{{{run_id}}}:{part}"
 
 
 @pytest.fixture(name="store")

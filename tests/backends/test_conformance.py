@@ -7,10 +7,8 @@ Each class gives the suite only what a custom backend author gives it: a
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import closing
 from pathlib import Path
 
 from durable_agent.backend import Backend
@@ -19,6 +17,7 @@ from durable_agent.backends.memory import MemoryBackend
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import SCHEMA_VERSION
 from durable_agent.testing.conformance import BackendConformance
+from tests.backends.sqlite_raw import raw_db
 
 
 class TestMemoryBackend(BackendConformance):
@@ -53,7 +52,7 @@ class TestSqliteBackend(BackendConformance):
 
     async def damage(self, store: Backend, run_id: str, seq: int | None) -> None:
         assert isinstance(store, SqliteBackend)
-        with closing(sqlite3.connect(store._path, isolation_level=None)) as conn:
+        with raw_db(store._path) as conn:
             if seq is None:
                 conn.execute("UPDATE runs SET state = 'BOGUS' WHERE run_id = ?", (run_id,))
             else:
@@ -64,7 +63,7 @@ class TestSqliteBackend(BackendConformance):
 
     async def mark_newer_version(self, store: Backend, run_id: str) -> None:
         assert isinstance(store, SqliteBackend)
-        with closing(sqlite3.connect(store._path, isolation_level=None)) as conn:
+        with raw_db(store._path) as conn:
             conn.execute(
                 "UPDATE runs SET schema_version = ? WHERE run_id = ?", (SCHEMA_VERSION + 1, run_id)
             )

@@ -31,6 +31,12 @@ from tests.backends.redis_server import RedisServer, skip_or_fail
 redis = pytest.importorskip("redis", reason="the redis package is not installed")
 
 from durable_agent.backends.redis import RedisBackend  # noqa: E402
+from tests.backends.redis_raw import (  # noqa: E402
+    LOST,
+    key_of,
+    raw_client,
+    wrong_length_log_refuses_the_append,
+)
 
 
 @pytest.fixture
@@ -49,25 +55,14 @@ def store(redis_url: str) -> Iterator[RedisBackend]:
     run(backend.close())
 
 
-async def _raw(backend: RedisBackend) -> Any:
-    from redis.asyncio import Redis
-
-    return Redis.from_url(backend._url)
-
-
-def _key(backend: RedisBackend, run_id: str, part: str) -> str:
-    return f"{backend.prefix}{{{run_id}}}:{part}"
-
-
 # -- keys of the wrong type --------------------------------------------------------------------
 
 
 def test_a_header_key_of_the_wrong_type_fails_its_run_alone(store: RedisBackend) -> None:
     async def main() -> None:
         good = await new_run(store, "good")
-        client = await _raw(store)
-        async with client:
-            await client.set(_key(store, "bad", "header"), "I am a string")
+        async with raw_client(store._url) as client:
+            await client.set(key_of(store, "bad", "header"), "I am a string")
             await client.zadd(f"{store.prefix}idx:created", {"bad": 1.0})
         for call in (store.get_run, store.load_run):
             with pytest.raises(CorruptRunError, match=r"'bad'.*(string|hash)"):
@@ -81,9 +76,8 @@ def test_a_header_key_of_the_wrong_type_fails_its_run_alone(store: RedisBackend)
         await store.append("good", [step(2)], expected_seq=1, lease=good)
         assert [h.run_id for h in (await store.list_runs()).runs] == ["good"]
         assert await store.delete_run("bad") is True
-        client = await _raw(store)
-        async with client:
-            assert await client.exists(_key(store, "bad", "header")) == 0
+        async with raw_client(store._url) as client:
+            assert await client.exists(key_of(store, "bad", "header")) == 0
 
     run(main())
 
@@ -93,10 +87,9 @@ def test_an_events_key_of_the_wrong_type_refuses_the_append_and_writes_nothing(
 ) -> None:
     async def main() -> None:
         lease = await new_run(store, "r1")
-        client = await _raw(store)
-        async with client:
-            await client.delete(_key(store, "r1", "events"))
-            await client.hset(_key(store, "r1", "events"), "not", "a list")
+        async with raw_client(store._url) as client:
+            await client.delete(key_of(store, "r1", "events"))
+            await client.hset(key_of(store, "r1", "events"), "not", "a list")
         with pytest.raises(CorruptRunError, match="events key holds a hash"):
             await store.append("r1", [step(2)], expected_seq=1, lease=lease)
         with pytest.raises(CorruptRunError):
@@ -111,9 +104,8 @@ def test_a_missing_event_is_reported_and_the_append_refused(store: RedisBackend)
     async def main() -> None:
         lease = await new_run(store, "r1")
         lease = await store.append("r1", [step(2)], expected_seq=1, lease=lease)
-        client = await _raw(store)
-        async with client:
-            await client.rpop(_key(store, "r1", "events"))
+        async with raw_client(store._url) as client:
+            await client.rpop(key_of(store, "r1", "events"))
         with pytest.raises(CorruptRunError, match="does not match"):
             await store.load_run("r1")
         with pytest.raises(CorruptRunError, match="does not match"):
@@ -123,29 +115,12 @@ def test_a_missing_event_is_reported_and_the_append_refused(store: RedisBackend)
 
 
 
-@pytest.mark.parametrize("lost", [1, 2], ids=["one event lost", "the whole log lost"])
+@LOST
 def test_a_log_of_the_wrong_length_refuses_the_append_and_leaves_it_as_it_was(
     store: RedisBackend, lost: int
 ) -> None:
-    # The script checks the log's length by RPUSH's reply, then takes its events
-    # back out: the log must read as before the append, and the header unchanged.
-    async def main() -> None:
-        lease = await new_run(store, "r1")
-        lease = await store.append("r1", [step(2)], expected_seq=1, lease=lease)
-        client = await _raw(store)
-        events = _key(store, "r1", "events")
-        async with client:
-            await client.rpop(events, lost)
-            before = await client.lrange(events, 0, -1)
-        with pytest.raises(CorruptRunError, match=f"does not match \\({2 - lost} 2\\)"):
-            await store.append("r1", [step(3), step(4)], expected_seq=2, lease=lease)
-        client = await _raw(store)
-        async with client:
-            assert await client.lrange(events, 0, -1) == before
-            assert await client.exists(events) == (1 if before else 0)
-        assert (await store.get_run("r1")).seq == 2
+    run(wrong_length_log_refuses_the_append(store, lost))
 
-    run(main())
 
 # -- Redis going away ---------------------------------------------------------------------------
 
@@ -300,29 +275,26 @@ def test_retention_expires_finished_runs_and_their_index_entries(redis_url: str)
         lease = await new_run(kept, "done")
         await new_run(kept, "running")
         await kept.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
-        client = await _raw(kept)
-        async with client:
-            assert 0 < await client.pttl(_key(kept, "done", "header")) <= 60_000
-            assert await client.pttl(_key(kept, "running", "header")) == -1
+        async with raw_client(kept._url) as client:
+            assert 0 < await client.pttl(key_of(kept, "done", "header")) <= 60_000
+            assert await client.pttl(key_of(kept, "running", "header")) == -1
         await kept.close()
 
         lease = await new_run(store, "done", session_id="s")
         await new_run(store, "running", session_id="s")
         await store.append("done", [step(2, RunState.DONE)], expected_seq=1, lease=lease)
-        client = await _raw(store)
-        async with client:
-            assert await client.pttl(_key(store, "running", "header")) == -1
+        async with raw_client(store._url) as client:
+            assert await client.pttl(key_of(store, "running", "header")) == -1
 
             async def expired() -> bool:
-                return not await client.exists(_key(store, "done", "header"))
+                return not await client.exists(key_of(store, "done", "header"))
 
             await wait_until_async(expired, awaiting="the finished run's key to expire (0.2 s)")
         with pytest.raises(RunNotFoundError):
             await store.get_run("done")
         assert [h.run_id for h in (await store.list_runs(session_id="s")).runs] == ["running"]
         assert (await store.list_runs(states=[RunState.DONE])).runs == ()
-        client = await _raw(store)
-        async with client:
+        async with raw_client(store._url) as client:
             assert await client.zscore(f"{store.prefix}idx:session:s", "done") is None
         await store.close()
 
@@ -335,14 +307,13 @@ def test_a_created_run_is_one_hash_and_one_list_under_one_hash_tag(store: RedisB
         from durable_agent.backends import _redis_workers
 
         await _redis_workers.flush(store)  # the wake-up is announced on its own task
-        client = await _raw(store)
-        async with client:
+        async with raw_client(store._url) as client:
             keys = sorted([k.decode() async for k in client.scan_iter(match=f"{store.prefix}*")])
-            fields = await client.hgetall(_key(store, "r1", "header"))
+            fields = await client.hgetall(key_of(store, "r1", "header"))
         assert keys == sorted(
             [
-                _key(store, "r1", "header"),
-                _key(store, "r1", "events"),
+                key_of(store, "r1", "header"),
+                key_of(store, "r1", "events"),
                 f"{store.prefix}idx:created",
                 f"{store.prefix}idx:state:PENDING",
                 f"{store.prefix}idx:session:s",

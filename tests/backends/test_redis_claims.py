@@ -8,7 +8,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -22,6 +21,7 @@ from tests.backends.conftest import created, header, run, step
 redis = pytest.importorskip("redis", reason="the redis package is not installed")
 
 from durable_agent.backends.redis import RedisBackend  # noqa: E402
+from tests.backends.redis_raw import raw_client  # noqa: E402
 
 
 @pytest.fixture
@@ -29,12 +29,6 @@ def store(redis_url: str) -> Iterator[RedisBackend]:
     backend = RedisBackend(redis_url, prefix=f"c-{uuid.uuid4().hex[:8]}:")
     yield backend
     run(backend.close())
-
-
-async def _raw(backend: RedisBackend) -> Any:
-    from redis.asyncio import Redis
-
-    return Redis.from_url(backend._url)
 
 
 def _leased(backend: RedisBackend, queue: str = "default", agent: str = "agent") -> str:
@@ -61,8 +55,7 @@ def test_the_expiry_index_follows_every_renewal_and_finds_an_expired_lease_witho
                                [created(), step(2)])
         owner = LeaseOwner.current()
         lease = await store.acquire_lease("r1", owner, ttl=30)
-        client = await _raw(store)
-        async with client:
+        async with raw_client(store._url) as client:
             assert await client.zscore(_leased(store), "r1") == pytest.approx(lease.expires_at)
             assert await client.zcard(_ready(store)) == 0
             lease = await store.append("r1", [step(3)], expected_seq=2, lease=lease)
@@ -102,8 +95,7 @@ def test_a_run_at_rest_or_deleted_leaves_no_claim_index_entry(store: RedisBacken
                            release=True)
         (second,) = await store.claim_runs(LeaseOwner.current(), agents=["agent"])
         await store.release_lease(second.run_id, second.lease)
-        client = await _raw(store)
-        async with client:
+        async with raw_client(store._url) as client:
             assert await client.zcard(_ready(store)) == 2  # released: ready again
             assert await client.zcard(_leased(store)) == 0
             assert await store.delete_run(second.run_id)
@@ -123,8 +115,8 @@ def test_a_store_written_before_the_claim_indexes_is_indexed_by_the_first_claim(
         async with RedisBackend(redis_url, prefix=prefix) as writer:
             for i in range(3):
                 await writer.create_run(header(f"r{i}", priority=i), [created()])
-            client = await _raw(writer)
-            async with client:  # the layout of the version before: no claim keys, no 'ix'
+            # The layout of the version before: no claim keys, no 'ix'.
+            async with raw_client(writer._url) as client:
                 async for key in client.scan_iter(match=f"{prefix}claim:*"):
                     await client.delete(key)
                 for i in range(3):

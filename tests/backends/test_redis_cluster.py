@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from durable_agent.backend import Backend
-from durable_agent.errors import ConfigurationError, CorruptRunError, StoreUnavailableError
+from durable_agent.errors import ConfigurationError, StoreUnavailableError
 from durable_agent.records import SCHEMA_VERSION, TransitionEvent
 from durable_agent.registry import open_backend
 from durable_agent.testing.conformance import BackendConformance
-from tests.backends.conftest import created, header, new_run, run, step
+from tests.backends.conftest import created, header, new_run, run
 from tests.backends.redis_cluster import redis_cluster_url  # noqa: F401  (a fixture)
 from tests.backends.redis_server import free_port
 from tests.backends.test_two_processes import TARGET, race
@@ -31,6 +31,7 @@ from tests.backends.cluster_store import (  # noqa: E402
     key_of,
     raw_client,
 )
+from tests.backends.redis_raw import LOST, wrong_length_log_refuses_the_append  # noqa: E402
 
 # -- the contract ----------------------------------------------------------------------------
 
@@ -95,26 +96,11 @@ def test_runs_spread_over_every_master_and_each_run_keeps_to_one_slot(
 
 
 
-@pytest.mark.parametrize("lost", [1, 2], ids=["one event lost", "the whole log lost"])
+@LOST
 def test_a_log_of_the_wrong_length_refuses_the_append_and_leaves_it_as_it_was(
     store: RedisBackend, lost: int
 ) -> None:
-    # As on one Redis: RPUSH's reply is the length check, its events taken back out.
-    async def main() -> None:
-        lease = await new_run(store, "r1")
-        lease = await store.append("r1", [step(2)], expected_seq=1, lease=lease)
-        events = key_of(store, "r1", "events")
-        async with raw_client(store._url) as client:
-            await client.rpop(events, lost)
-            before = await client.lrange(events, 0, -1)
-        with pytest.raises(CorruptRunError, match=f"does not match \\({2 - lost} 2\\)"):
-            await store.append("r1", [step(3), step(4)], expected_seq=2, lease=lease)
-        async with raw_client(store._url) as client:
-            assert await client.lrange(events, 0, -1) == before
-            assert await client.exists(events) == (1 if before else 0)
-        assert (await store.get_run("r1")).seq == 2
-
-    run(main())
+    run(wrong_length_log_refuses_the_append(store, lost))
 
 
 # -- URLs and options ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from durable_agent.fsm import RunState
 from durable_agent.records import Lease
 from tests._barriers import wait_until_async
 from tests.backends.conftest import new_run, run, step
-from tests.backends.sqlite_raw import raw_db, trace
+from tests.backends.sqlite_raw import concurrent_appends, raw_db
 
 # -- group commit ---------------------------------------------------------------------------
 
@@ -35,21 +35,11 @@ from tests.backends.sqlite_raw import raw_db, trace
 def test_concurrent_appends_of_many_runs_share_one_commit(db_path: Path) -> None:
     async def main() -> None:
         async with SqliteBackend(db_path) as store:
-            ids = [f"r{i:03d}" for i in range(200)]
-            leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
-            statements = await trace(store)
-            commits_before = store._stats.commits
-            renewed = await asyncio.gather(
-                *(
-                    store.append(run_id, [step(2)], expected_seq=1, lease=lease)
-                    for run_id, lease in zip(ids, leases, strict=True)
-                )
-            )
-            assert all(isinstance(lease, Lease) for lease in renewed)
-            commits = store._stats.commits - commits_before
-            assert commits <= 4, f"200 appends took {commits} commits"
-            assert statements.count("COMMIT") == commits
-            loaded = await asyncio.gather(*(store.get_run(run_id) for run_id in ids))
+            done = await concurrent_appends(store, 200)
+            assert all(isinstance(lease, Lease) for lease in done.renewed)
+            assert done.commits <= 4, f"200 appends took {done.commits} commits"
+            assert done.statements.count("COMMIT") == done.commits
+            loaded = await asyncio.gather(*(store.get_run(run_id) for run_id in done.ids))
             assert {h.seq for h in loaded} == {2}
 
     run(main())

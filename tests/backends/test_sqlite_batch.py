@@ -4,8 +4,6 @@ when a write fails after changing rows, and each write still deciding alone."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 from durable_agent.backends.sqlite import SqliteBackend
@@ -13,7 +11,7 @@ from durable_agent.errors import ConcurrentUpdateError, CorruptRunError, LeaseLo
 from durable_agent.fsm import RunState
 from durable_agent.records import Lease, TransitionEvent
 from tests.backends.conftest import new_run, run, step
-from tests.backends.sqlite_raw import trace
+from tests.backends.sqlite_raw import concurrent_appends, raw_db, trace
 
 
 def _quiet(seq: int) -> TransitionEvent:
@@ -24,25 +22,15 @@ def _quiet(seq: int) -> TransitionEvent:
 def test_a_batch_of_appends_makes_one_compare_and_set_and_no_savepoint(db_path: Path) -> None:
     async def main() -> None:
         async with SqliteBackend(db_path) as store:
-            ids = [f"r{i:03d}" for i in range(50)]
-            leases = await asyncio.gather(*(new_run(store, run_id) for run_id in ids))
-            statements = await trace(store)
-            commits_before = store._stats.commits
-            renewed = await asyncio.gather(
-                *(
-                    store.append(run_id, [step(2)], expected_seq=1, lease=lease)
-                    for run_id, lease in zip(ids, leases, strict=True)
-                )
-            )
-            commits = store._stats.commits - commits_before
-            updates = [s for s in statements if "UPDATE runs" in s]
-            assert len(updates) == commits, updates
-            assert not any("SAVEPOINT" in s for s in statements)
-            for lease, fresh in zip(leases, renewed, strict=True):
+            done = await concurrent_appends(store, 50)
+            updates = [s for s in done.statements if "UPDATE runs" in s]
+            assert len(updates) == done.commits, updates
+            assert not any("SAVEPOINT" in s for s in done.statements)
+            for lease, fresh in zip(done.leases, done.renewed, strict=True):
                 assert fresh.generation == lease.generation
                 assert fresh.owner == lease.owner
                 assert fresh.expires_at >= lease.expires_at
-            headers = await asyncio.gather(*(store.get_run(run_id) for run_id in ids))
+            headers = await asyncio.gather(*(store.get_run(run_id) for run_id in done.ids))
             assert {(h.seq, h.state) for h in headers} == {(2, RunState.MODEL_CALL)}
 
     run(main())
@@ -80,7 +68,7 @@ def test_an_append_whose_rows_collide_fails_alone_after_its_batch_is_replayed(
             ids = [f"r{i}" for i in range(6)]
             leases = dict(zip(ids, [await new_run(store, r) for r in ids], strict=True))
             # A stray row at r3's next seq: its compare-and-set passes, its INSERT fails.
-            with closing(sqlite3.connect(db_path, isolation_level=None)) as raw:
+            with raw_db(db_path) as raw:
                 raw.execute("INSERT INTO events (run_id, seq, body) VALUES ('r3', 2, '{}')")
             statements = await trace(store)
             outcomes = await asyncio.gather(
