@@ -88,6 +88,16 @@ dead AS (
     UNION ALL SELECT unnest(%(gone)s::text[])
 )"""
 
+# The runs of the owners in `dead`, from runs_leased: one range per owner (its
+# host is its id's first part), not a walk of runs_claimable_held in claim order.
+_OF_DEAD: Final = f"""
+    SELECT x.run_id FROM (SELECT DISTINCT owner FROM dead) o, LATERAL (
+        SELECT d.run_id FROM {{runs}} d
+        WHERE d.lease_host = regexp_replace(o.owner, ':[^:]*:[^:]*$', '')
+            AND d.lease_owner = o.owner AND d.state IN {CLAIMABLE}
+        OFFSET 0  -- kept a lookup per owner: flattened, it became a hash join over every lease
+    ) x"""
+
 # A held run (lease_owner IS NOT NULL) whose lease no longer protects it.
 _LAPSED: Final = f"(r.lease_expires <= {NOW} OR r.lease_owner IN (SELECT owner FROM dead))"
 
@@ -124,14 +134,30 @@ def _pick(which: str, limit: str, *, full_too: bool = False) -> str:
 # The candidates come from two partial indexes. `free`: the runs nobody holds
 # (submitted, released), from the front of runs_claimable_free, a read whose
 # cost does not grow with the runs in flight. `held`: the held runs whose lease
-# lapsed or whose owner is dead, from runs_claimable_held, a read that steps
-# over every live lease in flight (10^4 of them: ~5 ms). So `held` is read only
-# when the free runs a claim may take (`free_kept`: after the room cut) do not
-# fill it, or when the caller asks for a sweep (`_SWEEP_EVERY`); otherwise its
-# LIMIT is 0, and a LIMIT 0 never starts its scan. Held runs are never cut (a
-# takeover keeps its place), so the limit is all `held` ever needs. (`free_kept`
-# counts per queue with an aggregate: numbering the rows with a window function
-# instead made every claim, capped or not, ~70 us slower.)
+# lapsed or whose owner is dead, in claim order from runs_claimable_held, a read
+# that steps over every live lease in flight (10^4 of them: ~5 ms). So `held` is
+# read only when the free runs a claim may take (`free_kept`: after the room
+# cut) do not fill it; otherwise its LIMIT is 0, and a LIMIT 0 never starts its
+# scan. Held runs are never cut (a takeover keeps its place), so the limit is
+# all a pick of held runs ever needs. (`free_kept` counts per queue with an
+# aggregate: numbering the rows with a window function instead made every
+# claim, capped or not, ~70 us slower.)
+#
+# While free runs fill every claim, a run whose lease lapsed would wait behind
+# them for ever: so at most once a second (`_SWEEP_EVERY`) a claim also looks
+# for lapsed runs, at a cost that does not grow with the leases in flight
+# (reading all of runs_claimable_held took ~3 ms with 5,000 live leases):
+# * `held_dead`: the runs of the owners in `dead`, each one range of
+#   runs_leased (lease_host, lease_owner), the host read off the owner's id
+#   (``host:pid:nonce``): a cost in the dead owners' runs, what changed. This is
+#   how a killed, frozen or partitioned worker's runs are found.
+# * `swept`: the lapsed leases of owners still alive (a holder that is not a
+#   worker, or a renewal that fell behind) among a window of at most
+#   %(window)s held runs, the next window after the cursor the client keeps
+#   (`Link.sweep_after`), from the front again once a window comes up short. So
+#   such a run waits at most one second per %(window)s runs held.
+# The three picks may meet on one run; `held_all` keeps it once, or `chosen`
+# would count it twice against the limit.
 _CLAIM: Final = f"""
 WITH {_DEAD},
 limits AS (
@@ -139,8 +165,12 @@ limits AS (
 ),
 room AS (
     SELECT l.queue, l.most - (
-        SELECT count(*) FROM {{runs}} r
-        WHERE r.queue = l.queue AND r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
+        -- No further than the cap: more places held leave no room either.
+        SELECT count(*) FROM (
+            SELECT FROM {{runs}} r
+            WHERE r.queue = l.queue AND r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
+            LIMIT l.most
+        ) placed
     ) AS left_
     FROM limits l
 ),
@@ -154,12 +184,49 @@ free_kept AS (
 ),
 held AS ({_pick(
     f"r.lease_owner IS NOT NULL AND {_LAPSED}",
-    "CASE WHEN %(sweep)s THEN %(limit)s "
-    "ELSE GREATEST(%(limit)s - (SELECT n FROM free_kept), 0) END",
+    "GREATEST(%(limit)s - (SELECT n FROM free_kept), 0)",
     full_too=True,
 )}
 ),
-candidates AS (SELECT * FROM free UNION ALL SELECT * FROM held),
+held_dead AS ({_pick(
+    f"r.lease_owner IS NOT NULL AND r.run_id = ANY(ARRAY({_OF_DEAD}))",
+    "CASE WHEN %(sweep)s THEN %(limit)s ELSE 0 END",
+    full_too=True,
+)}
+),
+window_ AS (
+    SELECT * FROM (
+        (SELECT r.run_id, r.priority, r.created_at, r.lease_expires <= {NOW} AS lapsed
+         FROM {{runs}} r
+         WHERE r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
+            AND r.priority = %(after_priority)s::int8
+            AND (r.created_at, r.run_id) > (%(after_created)s::float8, %(after_run)s::text)
+         ORDER BY r.priority DESC, r.created_at, r.run_id
+         LIMIT CASE WHEN %(sweep)s THEN %(window)s ELSE 0 END)
+        UNION ALL
+        (SELECT r.run_id, r.priority, r.created_at, r.lease_expires <= {NOW} AS lapsed
+         FROM {{runs}} r
+         WHERE r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
+            AND r.priority < %(after_priority)s::int8
+         ORDER BY r.priority DESC, r.created_at, r.run_id
+         LIMIT CASE WHEN %(sweep)s THEN %(window)s ELSE 0 END)
+    ) w
+    LIMIT CASE WHEN %(sweep)s THEN %(window)s ELSE 0 END
+),
+swept AS ({_pick(
+    f"r.lease_owner IS NOT NULL AND r.lease_expires <= {NOW} "
+    "AND r.run_id = ANY(ARRAY(SELECT run_id FROM window_ WHERE lapsed))",
+    "%(limit)s",
+    full_too=True,
+)}
+),
+held_all AS (
+    SELECT DISTINCT ON (run_id) * FROM (
+        SELECT * FROM held UNION ALL SELECT * FROM held_dead UNION ALL SELECT * FROM swept
+    ) h
+    ORDER BY run_id
+),
+candidates AS (SELECT * FROM free UNION ALL SELECT * FROM held_all),
 chosen AS (
     SELECT c.* FROM (
         SELECT c.*, row_number() OVER (
@@ -182,8 +249,20 @@ upd AS (
     RETURNING {", ".join("r." + c.strip() for c in HEADER_COLUMNS.split(","))},
         {", ".join(f"c.{c.strip()} AS previous_{c.strip()}" for c in _LEASE.split(","))},
         c.priority AS order_priority, c.created_at AS order_created
+),
+-- Always one row, claims or not: whether free runs were cut for want of room
+-- (the client then claims again for the rest), and where the sweep's window ended.
+meta AS (
+    SELECT (SELECT count(*) FROM free) > (SELECT n FROM free_kept) AS cut,
+        (SELECT count(*) FROM window_) AS seen,
+        e.priority AS end_priority, e.created_at AS end_created, e.run_id AS end_run
+    FROM (SELECT) one LEFT JOIN (
+        SELECT * FROM window_ ORDER BY priority, created_at DESC, run_id DESC LIMIT 1
+    ) e ON true
 )
-SELECT * FROM upd ORDER BY order_priority DESC, order_created, run_id
+SELECT u.*, meta.cut, meta.seen, meta.end_priority, meta.end_created, meta.end_run
+FROM meta LEFT JOIN upd u ON true
+ORDER BY u.order_priority DESC, u.order_created, u.run_id
 """
 
 # The owners of this host's leases, to check their processes (DESIGN.md §3
@@ -248,44 +327,91 @@ async def claim(
     ttl: float,
     max_running: Mapping[str, int],
 ) -> list[ClaimedRun]:
-    """Claim up to ``limit`` runs for ``owner``: one transaction (see the module docstring)."""
+    """Claim up to ``limit`` runs for ``owner`` (see the module docstring).
+
+    One transaction, unless free runs were cut for want of room in a queue
+    (more of its runs came first than it had places): the queue is full then,
+    and the next claim, for the rest, passes over it. At most one more per
+    limited queue, so a claim never comes back short while runs it may take wait.
+    """
+    claimed: list[ClaimedRun] = []
+    for _ in range(len(max_running) + 1):
+        got, cut = await _claim_once(
+            link, stmts, owner, namespace=namespace, agents=agents, queues=queues,
+            limit=limit - len(claimed), ttl=ttl, max_running=max_running,
+        )
+        claimed += got
+        if not cut or len(claimed) >= limit:
+            break
+    return claimed
+
+
+async def _claim_once(
+    link: Link,
+    stmts: Statements,
+    owner: LeaseOwner,
+    *,
+    namespace: int,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int],
+) -> tuple[list[ClaimedRun], bool]:
+    """One claim transaction: the runs claimed, and whether free runs were cut for want of room."""
     gone = await _gone_here(link, stmts, owner.host)
     now = asyncio.get_running_loop().time()
     sweep = now - link.swept >= _SWEEP_EVERY
     if sweep:
         link.swept = now
+    window = SWEEP_WINDOW
     params = claim_params(
         owner, namespace=namespace, agents=agents, queues=queues, limit=limit, ttl=ttl,
-        max_running=max_running, gone=gone, sweep=sweep,
+        max_running=max_running, gone=gone, sweep=sweep, after=link.sweep_after, window=window,
     )
     try:
         async with link.claimer() as conn:
             if not max_running:
                 cur = await conn.execute(stmts.claim, params)
-                return claimed_from_rows(await cur.fetchall())
-            # The queue locks first, then the claim's snapshot: it sees every
-            # claim committed before this one got the locks.
-            async with conn.pipeline(), conn.transaction():
-                for queue in sorted(max_running):
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, queue)
-                    )
-                cur = await conn.execute(stmts.claim, params)
                 rows = await cur.fetchall()
-            return claimed_from_rows(rows)
+            else:
+                # The queue locks first, then the claim's snapshot: it sees every
+                # claim committed before this one got the locks.
+                async with conn.pipeline(), conn.transaction():
+                    for queue in sorted(max_running):
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, queue)
+                        )
+                    cur = await conn.execute(stmts.claim, params)
+                    rows = await cur.fetchall()
     except psycopg.Error as exc:
         raise StoreUnavailableError(
             f"PostgreSQL store {link.settings.where}: a claim failed ({first_line(exc)}); "
             "nothing was claimed"
         ) from exc
+    cut, seen, *end = rows[-1][-5:]
+    if sweep:
+        # A window that came up short reached the end: the next one starts at the front.
+        link.sweep_after = (int(end[0]), float(end[1]), str(end[2])) if seen >= window else None
+    return claimed_from_rows(rows), bool(cut)
 
 
 _SWEEP_EVERY: Final = 1.0
-"""Most seconds between two claims of a link that read the held runs whatever the free ones.
+"""Most seconds between two claims of a link that look for lapsed leases whatever the free runs.
 
-So a run whose lease lapsed waits at most this long behind newer free runs of
-no higher priority, and the claims in between cost nothing per run in flight.
+So a run whose worker is gone waits at most this long behind newer free runs
+of no higher priority, and the claims in between cost nothing per run in flight.
 """
+
+SWEEP_WINDOW: Final = 500
+"""How many held runs a sweep looks at for leases lapsed by the clock (~0.3 ms here).
+
+A run whose lease lapsed while its owner still counts as alive waits at most
+one `_SWEEP_EVERY` per this many runs held behind newer free runs.
+"""
+
+_START: Final = (2**31, 0.0, "")
+"""The sweep's cursor before the first held run: above any priority (an INTEGER)."""
 
 _LOOK_AGAIN: Final = 1.0
 """Seconds between two looks at this host's leases for processes that are gone."""
@@ -362,9 +488,16 @@ def claim_params(
     max_running: Mapping[str, int],
     gone: Collection[str],
     sweep: bool = True,
+    after: tuple[int, float, str] | None = None,
+    window: int = SWEEP_WINDOW,
 ) -> dict[str, object]:
-    """The parameters of the claim statement (``sweep``: read the held runs in any case)."""
+    """The parameters of the claim statement.
+
+    ``sweep``: look for lapsed leases whatever the free runs: the dead owners'
+    runs, and ``window`` held runs after ``after`` (a claim-order key; None: from the front).
+    """
     limited = sorted(max_running)
+    after_priority, after_created, after_run = after or _START
     return {
         "namespace": namespace,
         "gone": sorted(gone),
@@ -379,13 +512,22 @@ def claim_params(
         "pid": owner.pid,
         "ttl": float(ttl),
         "sweep": sweep,
+        "window": window,
+        "after_priority": after_priority,
+        "after_created": after_created,
+        "after_run": after_run,
     }
 
 
 def claimed_from_rows(rows: list[tuple[Any, ...]]) -> list[ClaimedRun]:
-    """The claim statement's rows as `ClaimedRun`s (a damaged header is given up on)."""
+    """The claim statement's rows as `ClaimedRun`s (a damaged header is given up on).
+
+    The row of a claim that claimed nothing carries only the statement's ``meta``.
+    """
     claimed: list[ClaimedRun] = []
     for row in rows:
+        if row[0] is None:
+            continue
         try:
             header = header_from_row(row[:WIDTH])
         except CorruptRunError:

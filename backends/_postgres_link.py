@@ -145,6 +145,8 @@ class Link:
         """Owners of this host's leases whose processes are gone (`_postgres_claims`)."""
         self.gone_checked = -1e9
         self.swept = -1e9
+        # Where the last sweep's window of held runs ended (claim order), None: the front.
+        self.sweep_after: tuple[int, float, str] | None = None
         """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
 
     @classmethod
