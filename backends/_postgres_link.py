@@ -153,7 +153,10 @@ class Link:
     async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
         """Connect, create or migrate the tables, open the pool, start the writer."""
         link = cls(asyncio.get_running_loop(), settings)
-        first = await link.connect()
+        # The writer's first connection, configured as every later one is
+        # (`connect_writer`); it creates or migrates the tables first, which
+        # its generic plans do not change (DDL, and lookups of one row).
+        first = await link.connect_writer()
         try:
             await schema.prepare(first, settings.schema)
         except psycopg.Error as exc:
@@ -177,14 +180,6 @@ class Link:
         try:
             await link.pool.open(wait=True, timeout=settings.connect_timeout)
         except Exception as exc:
-            await first.close()
-            await link.pool.close()
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
-            ) from exc
-        try:
-            await first.execute(_WRITER_SQL)
-        except psycopg.Error as exc:
             await first.close()
             await link.pool.close()
             raise StoreUnavailableError(

@@ -60,13 +60,11 @@ def _explain_claim(
 
     params = claims.claim_params(
         LeaseOwner(host="a-third-host", pid=1), namespace=store._namespace, agents=["agent"],
-        queues=None, limit=limit, ttl=30, max_running=max_running, gone=[], sweep=sweep,
-        **options,
+        queues=None, limit=limit, ttl=30, max_running=max_running, gone=[], **options,
     )
+    statement = store._claims.sweep if sweep else store._claims.claim
     with psycopg.connect(url, autocommit=True) as conn:
-        (plan,) = conn.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + store._claims.claim, params
-        ).fetchone()[0]
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params).fetchone()[0]
     return cast(dict[str, Any], plan)
 
 
