@@ -1,9 +1,10 @@
-"""PostgresBackend's sweep for lapsed leases while free runs fill every claim.
+"""PostgresBackend's claims: the sweep for lapsed leases, and claims that fill their limit.
 
 A sweep looks at a window of the held runs after the last one's end (not all of
 them), and at the runs of dead owners through runs_leased: its cost does not
 grow with the leases in flight, and a lapsed run deep behind live ones is still
-reached.
+reached. A claim's ``FOR UPDATE SKIP LOCKED`` passes over rows another
+transaction holds and takes the next: it never comes back short for them.
 """
 
 from __future__ import annotations
@@ -135,3 +136,47 @@ async def _terminate(url: str, pid: int) -> None:
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+
+
+def test_a_claim_passes_over_runs_another_transaction_locked_and_still_fills_its_limit(
+    postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    async def body() -> list[str]:
+        async with PostgresBackend(postgres_url, schema=pg_schema) as store:
+            for i in range(8):
+                await store.create_run(header(f"r{i}", created_at=at(i)), [created()])
+            async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+                # Another claimer's transaction holds the three oldest, locked, uncommitted.
+                await other.execute(
+                    f"SELECT run_id FROM {pg_schema}.runs WHERE run_id IN ('r0', 'r1', 'r2') "
+                    "FOR UPDATE"
+                )
+                got = await store.claim_runs(
+                    LeaseOwner(host="a-third-host", pid=1), agents=["agent"], limit=5
+                )
+                await other.rollback()
+            return [c.run_id for c in got]
+
+    assert run(body()) == ["r3", "r4", "r5", "r6", "r7"]
+
+
+def test_the_claimer_runs_generic_plans_without_jit_and_asynchronous_commits(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # The session defaults say otherwise, so only the backend can have set them.
+    url = f"{postgres_url}?options=-cjit%3Don%20-cplan_cache_mode%3Dauto"
+
+    async def body() -> list[str]:
+        async with PostgresBackend(url, schema=pg_schema) as store:
+            link = await store._connected()
+            async with link.claimer() as conn:
+                settings = []
+                for name in ("plan_cache_mode", "jit", "synchronous_commit"):
+                    row = await (await conn.execute(f"SHOW {name}")).fetchone()
+                    assert row is not None
+                    settings.append(row[0])
+                return settings
+
+    assert run(body()) == ["force_generic_plan", "off", "off"]
