@@ -145,9 +145,9 @@ class Link:
         """Owners of this host's leases whose processes are gone (`_postgres_claims`)."""
         self.gone_checked = -1e9
         self.swept = -1e9
-        # Where the last sweep's window of held runs ended (claim order), None: the front.
+        """When a claim last swept for lapsed leases (`_postgres_claims`)."""
         self.sweep_after: tuple[int, float, str] | None = None
-        """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
+        """Where the last sweep's window of held runs ended (a claim-order key); None: the front."""
 
     @classmethod
     async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
