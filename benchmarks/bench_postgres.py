@@ -22,8 +22,9 @@
    the claims (and with 10^4 in flight, every claim a sweep for lapsed
    leases, which must not step over them either). Target p99 <= 10 ms: it
    must stay flat as finished runs pile up and as runs in flight grow, since
-   the claim reads the front of the partial index of runs nobody holds. (The runs are bulk-loaded with one
-   ``INSERT ... SELECT``, then ``VACUUM ANALYZE``.) The same at both sizes
+   the claim reads the front of the partial index of runs nobody holds. (The
+   runs are bulk-loaded with one ``INSERT ... SELECT``, then ``VACUUM
+   ANALYZE``.) The same at both sizes
    with a cap: 5,000 runs in flight in a queue with ``max_running``, which
    every claim counts (from one queue's range of ``runs_placed``); and that
    capped store again with every claim a sweep for lapsed leases (a link makes
