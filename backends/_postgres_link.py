@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -148,6 +148,7 @@ class Link:
         """When a claim last swept for lapsed leases (`_postgres_claims`)."""
         self.sweep_after: tuple[int, float, str] | None = None
         """Where the last sweep's window of held runs ended (a claim-order key); None: the front."""
+        self._closer = self._closing()
 
     @classmethod
     async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
@@ -193,7 +194,18 @@ class Link:
         link.writer.conn = first
         link.writer.also_close = link._close_others
         link.writer.start()
+        await anext(link._closer)
         return link
+
+    async def _closing(self) -> AsyncGenerator[None, None]:
+        # The loop closes its async generators after the tasks that asyncio.run()
+        # cancelled have finished. The writer and the pool's tasks are among
+        # those, so a run cancelled alongside them records its interruption
+        # through a link opened then: this closes that one, which no task would.
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     @property
     def usable(self) -> bool:

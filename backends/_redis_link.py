@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -103,7 +103,9 @@ class Link:
         self.plain = pool_timeout is None and not isinstance(client, RedisCluster)
         self.layout = asyncio.Lock()
         self.closed = False
-        self.keeper = loop.create_task(self._keep(), name="RedisBackend pool keeper")
+        self.closing: asyncio.Task[None] | None = None  # close_soon's, kept until done
+        self.closer = self._closing()
+        _start(self.closer)
 
     def turn(self) -> AbstractAsyncContextManager[object]:
         """Wait for this call's turn: a free connection, in arrival order."""
@@ -111,23 +113,54 @@ class Link:
             return self.gate  # the hot path: no deadline, no layout to wait for
         return _Turn(self)
 
-    async def _keep(self) -> None:
+    async def _closing(self) -> AsyncGenerator[None, None]:
+        # An async generator, not a task: asyncio.run() closes the loop's
+        # generators only after the tasks it cancelled have finished, so a
+        # write made on the way out (an interruption recorded by a run cancelled
+        # at shutdown) still finds the pool open, and no link is opened after it.
         try:
-            await asyncio.Event().wait()
+            yield
         finally:
-            # Cancelled by close(), or by asyncio.run() shutting the loop down.
-            self.closed = True
-            if isinstance(self.client, RedisCluster):
-                await self.client.aclose()
-            else:
-                await self.client.aclose(close_connection_pool=True)
+            self.closed = True  # no call starts on this link any more
+            # The calls already under way end first (each within socket_timeout):
+            # a connection still opening when the pool closes would stay open.
+            for _ in range(self.size):
+                await self.gate.acquire()
+            try:
+                if isinstance(self.client, RedisCluster):
+                    await self.client.aclose()
+                else:
+                    await self.client.aclose(close_connection_pool=True)
+            finally:
+                for _ in range(self.size):  # none waits forever behind a closed link
+                    self.gate.release()
 
     async def close(self) -> None:
         """Close the client and its pool, from the loop that owns them."""
-        if not self.keeper.done():
-            self.keeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await self.keeper
+        await self.closer.aclose()
+
+    def close_soon(self) -> None:
+        """Close the client and its pool from another thread, on the loop that owns them."""
+
+        def there() -> None:
+            self.closing = self.loop.create_task(self.closer.aclose())
+
+        self.loop.call_soon_threadsafe(there)
+
+
+def _start(closer: AsyncGenerator[None, None]) -> None:
+    """Run ``closer`` to its ``yield`` now, registering it with the running loop.
+
+    Nothing before the ``yield`` awaits, so its first step completes at once;
+    the loop learns of the generator (its first-iteration hook) and closes it
+    when it shuts down.
+    """
+    step = closer.asend(None).__await__()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("a link's closer awaited before its yield")  # pragma: no cover
 
 
 class _Turn:
@@ -224,7 +257,14 @@ class Connection:
             raise StoreUnavailableError(f"{self.label} is closed")
         loop = asyncio.get_running_loop()
         link = self.current
-        if link is None or link.loop is not loop or link.closed:
+        if link is not None and link.loop is loop and link.closed:
+            # Only the loop's shutdown closes its link while the backend is open: a
+            # pool opened now would never be closed.
+            raise StoreUnavailableError(
+                f"{self.label}: this event loop is shutting down and its Redis connections "
+                "are closed, so the call was not made; make it from a running loop"
+            )
+        if link is None or link.loop is not loop:
             client: Client
             if self.cluster:
                 client = RedisCluster.from_url(self.node_url, **self.pool_options)
@@ -302,7 +342,7 @@ class Connection:
         if link.loop is asyncio.get_running_loop():
             await link.close()
         elif not link.loop.is_closed():
-            link.loop.call_soon_threadsafe(link.keeper.cancel)
+            link.close_soon()
 
 
 def cluster_url(url: str, cluster: bool | None) -> tuple[str, bool]:

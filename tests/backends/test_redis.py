@@ -270,6 +270,26 @@ def test_one_backend_serves_successive_event_loops(redis_url: str) -> None:
         run(store.get_run("r1"))
 
 
+def test_a_call_after_its_loop_closed_the_connections_is_refused_not_leaked(
+    redis_url: str,
+) -> None:
+    # The loop's shutdown closes its link (its async generator), after the tasks it
+    # cancelled have finished; a call later still must not open a pool no one closes.
+    store = RedisBackend(redis_url, prefix=f"t-{uuid.uuid4().hex[:8]}:")
+
+    async def main() -> None:
+        await new_run(store, "r1")
+        link = store._conn.current
+        assert link is not None
+        await link.closer.aclose()  # what the loop's shutdown_asyncgens() does
+        with pytest.raises(StoreUnavailableError, match="event loop is shutting down"):
+            await store.get_run("r1")
+        assert store._conn.current is link
+        await store.close()
+
+    run(main())
+
+
 def test_retention_expires_finished_runs_and_their_index_entries(redis_url: str) -> None:
     # Two stores: one whose retention no loaded machine outlasts, to read the TTL a
     # finished run gets while its key surely still exists; one short, to see it expire.
