@@ -3,15 +3,19 @@
 **A claim is one transaction, one round trip.** The statement reads the
 claimable runs in claim order (highest priority, then oldest) from two partial
 indexes of the runs not at rest, ``runs_claimable_free`` (nobody holds them)
-and ``runs_claimable_held`` (see `_CLAIM`), skips rows another
-claimer has locked (``FOR UPDATE SKIP LOCKED``), and sets each chosen run's
-lease with generation + 1 in the same statement. With ``max_running``, the
+and ``runs_claimable_held`` (the SQL is `_postgres_claim_sql`), skips rows another
+claimer has locked (``FOR UPDATE SKIP LOCKED``: the scan goes on past them, so
+they never shorten a claim), and sets each chosen run's lease with generation
++ 1 in the same statement. Once a second a claim also sweeps for lapsed leases
+(`_SWEEP_EVERY`), at a cost bounded whatever the runs in flight. With ``max_running``, the
 transaction first takes one advisory lock per limited queue (in name order, so
 claimers never deadlock); the claim statement then starts with a snapshot
 taken after the lock, so it counts every claim committed before it and the cap
 holds fleet-wide. It counts every held lease of a queue's runs not at rest,
 lapsed or not (`holds_place`: a frozen holder writes on when it thaws unless
-its run was taken over), and a takeover needs no room. A run is claimable
+its run was taken over), and a takeover needs no room. When runs of a queue
+with fewer places left than it had runs among them cut the claim short, a
+second transaction claims the rest (`claim`). A run is claimable
 when nobody holds a live lease on it: no lease, an expired one (the server's
 clock), one of a worker whose liveness is gone, or one of a process on the
 claimer's own host that no longer exists.
@@ -46,173 +50,37 @@ import asyncio
 import os
 import random
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 
 from durable_agent.backend import ClaimedRun, LeaseOwner
-from durable_agent.backends._postgres_schema import CLAIMABLE
-from durable_agent.backends._postgres_sql import HEADER_COLUMNS, NOW, WIDTH, header_from_row
-from durable_agent.errors import CorruptRunError, StoreUnavailableError
-from durable_agent.records import SCHEMA_VERSION, Lease
+from durable_agent.backends._postgres_claim_sql import (
+    SWEEP_WINDOW,
+    Statements,
+    claim_params,
+    claimed_from_rows,
+)
+from durable_agent.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from durable_agent.backends._postgres_link import Link
 
 __all__ = [
+    "SWEEP_WINDOW",
     "Listener",
     "Liveness",
     "Statements",
     "channel",
     "claim",
+    "claim_params",
+    "claimed_from_rows",
     "lock_namespace",
     "register",
     "unregister",
 ]
-
-_LEASE: Final = "lease_owner, lease_host, lease_pid, lease_generation, lease_expires, lease_ttl"
-
-# The owners whose leases no longer protect a run: lapsed or lock-less workers,
-# and the given owners (processes of this host that are gone). A worker's lock
-# is probed, not looked up in pg_locks: pg_lock_status() copies every lock of
-# the whole server under the lock manager's locks, while a probe of a live
-# worker's key fails at once without waiting. A probe that succeeds (the key's
-# holder is gone) keeps the key until the claim commits; keys are never reused
-# (a sequence), so no worker ever waits for it.
-_DEAD: Final = f"""
-dead AS (
-    SELECT w.owner FROM {{workers}} w
-    WHERE w.expires <= {NOW} OR pg_try_advisory_xact_lock(%(namespace)s, w.lock_key)
-    UNION ALL SELECT unnest(%(gone)s::text[])
-)"""
-
-# A held run (lease_owner IS NOT NULL) whose lease no longer protects it.
-_LAPSED: Final = f"(r.lease_expires <= {NOW} OR r.lease_owner IN (SELECT owner FROM dead))"
-
-# How many free candidates to lock: the limit, plus up to the limit again per
-# queue with room, which `chosen` may drop as surplus of a queue that is nearly
-# full. Never the whole room left: a queue capped at 1,000 with 990 free places
-# made every claim lock 991 rows (and read the held runs, since the free ones
-# rarely came to that many).
-_WANTED: Final = (
-    "%(limit)s + (SELECT COALESCE(sum(LEAST(left_, %(limit)s)), 0) FROM room WHERE left_ > 0)"
-)
-
-
-def _pick(which: str, limit: str, *, full_too: bool = False) -> str:
-    """The claimable runs matching ``which``, in claim order, up to ``limit``, locked.
-
-    ``full_too``: also from queues with no room left (takeovers, which keep their place).
-    """
-    return f"""
-    SELECT r.run_id, r.queue, r.priority, r.created_at,
-        {", ".join("r." + c.strip() for c in _LEASE.split(","))}
-    FROM {{runs}} r
-    WHERE r.state IN {CLAIMABLE} AND {which}
-        AND r.agent_name = ANY(%(agents)s::text[])
-        AND (%(all_queues)s OR r.queue = ANY(%(queues)s::text[]))
-        AND (r.not_before IS NULL OR r.not_before <= {NOW})
-        AND r.schema_version <= {SCHEMA_VERSION}
-        {"" if full_too else "AND r.queue NOT IN (SELECT queue FROM room WHERE left_ <= 0)"}
-    ORDER BY r.priority DESC, r.created_at, r.run_id
-    LIMIT {limit}
-    FOR UPDATE OF r SKIP LOCKED"""
-
-
-# The candidates come from two partial indexes. `free`: the runs nobody holds
-# (submitted, released), from the front of runs_claimable_free, a read whose
-# cost does not grow with the runs in flight. `held`: the held runs whose lease
-# lapsed or whose owner is dead, from runs_claimable_held, a read that steps
-# over every live lease in flight (10^4 of them: ~5 ms). So `held` is read only
-# when the free runs a claim may take (`free_kept`: after the room cut) do not
-# fill it, or when the caller asks for a sweep (`_SWEEP_EVERY`); otherwise its
-# LIMIT is 0, and a LIMIT 0 never starts its scan. Held runs are never cut (a
-# takeover keeps its place), so the limit is all `held` ever needs. (`free_kept`
-# counts per queue with an aggregate: numbering the rows with a window function
-# instead made every claim, capped or not, ~70 us slower.)
-_CLAIM: Final = f"""
-WITH {_DEAD},
-limits AS (
-    SELECT * FROM unnest(%(limited)s::text[], %(limits)s::int[]) AS l(queue, most)
-),
-room AS (
-    SELECT l.queue, l.most - (
-        SELECT count(*) FROM {{runs}} r
-        WHERE r.queue = l.queue AND r.state IN {CLAIMABLE} AND r.lease_owner IS NOT NULL
-    ) AS left_
-    FROM limits l
-),
-free AS ({_pick("r.lease_owner IS NULL", _WANTED)}
-),
-free_kept AS (
-    SELECT COALESCE(sum(CASE WHEN room.queue IS NULL THEN f.n ELSE LEAST(f.n, room.left_) END),
-                    0) AS n
-    FROM (SELECT queue, count(*) AS n FROM free GROUP BY queue) f
-    LEFT JOIN room ON room.queue = f.queue
-),
-held AS ({_pick(
-    f"r.lease_owner IS NOT NULL AND {_LAPSED}",
-    "CASE WHEN %(sweep)s THEN %(limit)s "
-    "ELSE GREATEST(%(limit)s - (SELECT n FROM free_kept), 0) END",
-    full_too=True,
-)}
-),
-candidates AS (SELECT * FROM free UNION ALL SELECT * FROM held),
-chosen AS (
-    SELECT c.* FROM (
-        SELECT c.*, row_number() OVER (
-            PARTITION BY c.queue, c.lease_owner IS NULL
-            ORDER BY c.priority DESC, c.created_at, c.run_id
-        ) AS nth
-        FROM candidates c
-    ) c LEFT JOIN room ON room.queue = c.queue
-    WHERE room.queue IS NULL OR c.lease_owner IS NOT NULL OR c.nth <= room.left_
-    ORDER BY c.priority DESC, c.created_at, c.run_id
-    LIMIT %(limit)s
-),
-upd AS (
-    UPDATE {{runs}} r SET
-        lease_owner = %(owner)s, lease_host = %(host)s, lease_pid = %(pid)s,
-        lease_generation = r.lease_generation + 1,
-        lease_expires = {NOW} + %(ttl)s, lease_ttl = %(ttl)s::float8
-    FROM chosen c
-    WHERE r.run_id = c.run_id
-    RETURNING {", ".join("r." + c.strip() for c in HEADER_COLUMNS.split(","))},
-        {", ".join(f"c.{c.strip()} AS previous_{c.strip()}" for c in _LEASE.split(","))},
-        c.priority AS order_priority, c.created_at AS order_created
-)
-SELECT * FROM upd ORDER BY order_priority DESC, order_created, run_id
-"""
-
-# The owners of this host's leases, to check their processes (DESIGN.md §3
-# rule 5): one step of runs_leased per distinct owner (a loose index scan), not
-# one row per lease, so 10^4 leases of four processes cost four probes. Owners
-# whose leases all lapsed come too: their runs are claimable either way.
-_LOCAL: Final = """
-WITH RECURSIVE owners AS (
-    (SELECT lease_owner, lease_pid FROM {runs}
-     WHERE lease_host = %(host)s AND lease_owner IS NOT NULL
-     ORDER BY lease_owner LIMIT 1)
-    UNION ALL
-    SELECT n.lease_owner, n.lease_pid FROM owners o, LATERAL (
-        SELECT lease_owner, lease_pid FROM {runs}
-        WHERE lease_host = %(host)s AND lease_owner IS NOT NULL AND lease_owner > o.lease_owner
-        ORDER BY lease_owner LIMIT 1
-    ) n
-)
-SELECT lease_owner, lease_pid FROM owners
-"""
-
-_REGISTER: Final = f"""
-INSERT INTO {{workers}} (owner, lock_key, expires) VALUES (%(owner)s, %(key)s, {NOW} + %(ttl)s)
-ON CONFLICT (owner) DO UPDATE SET lock_key = EXCLUDED.lock_key, expires = EXCLUDED.expires
-"""
-
-# Registrations lapsed a day ago: every lease they held has expired long since.
-_FORGET: Final = f"DELETE FROM {{workers}} WHERE expires < {NOW} - 86400"
-
 
 def channel(schema: str) -> str:
     """The LISTEN/NOTIFY channel of a schema's changes."""
@@ -222,18 +90,6 @@ def channel(schema: str) -> str:
 def lock_namespace(schema: str) -> int:
     """The first key of this schema's advisory locks: a positive int4, alike in every process."""
     return zlib.crc32(f"durable_agent.workers:{schema}".encode()) & 0x7FFFFFFF
-
-
-class Statements:
-    """The statements above with one schema's table names (``q`` is `Statements.q`)."""
-
-    def __init__(self, q: Callable[[str], str]) -> None:
-        self.claim = q(_CLAIM)
-        self.local = q(_LOCAL)
-        self.register = q(_REGISTER)
-        self.forget = q(_FORGET)
-        self.unregister = q("DELETE FROM {workers} WHERE owner = %s")
-        self.next_key = q("SELECT nextval('{worker_keys}')::int")
 
 
 async def claim(
@@ -248,43 +104,85 @@ async def claim(
     ttl: float,
     max_running: Mapping[str, int],
 ) -> list[ClaimedRun]:
-    """Claim up to ``limit`` runs for ``owner``: one transaction (see the module docstring)."""
+    """Claim up to ``limit`` runs for ``owner`` (see the module docstring).
+
+    One transaction, unless free runs were cut for want of room in a queue
+    (more of its runs came first than it had places): the queue is full then,
+    and the next claim, for the rest, passes over it. At most one more per
+    limited queue, so a claim never comes back short while runs it may take wait.
+    """
+    claimed: list[ClaimedRun] = []
+    for _ in range(len(max_running) + 1):
+        got, cut = await _claim_once(
+            link, stmts, owner, namespace=namespace, agents=agents, queues=queues,
+            limit=limit - len(claimed), ttl=ttl, max_running=max_running,
+        )
+        claimed += got
+        if not cut or len(claimed) >= limit:
+            break
+    return claimed
+
+
+async def _claim_once(
+    link: Link,
+    stmts: Statements,
+    owner: LeaseOwner,
+    *,
+    namespace: int,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int],
+) -> tuple[list[ClaimedRun], bool]:
+    """One claim transaction: the runs claimed, and whether free runs were cut for want of room."""
     gone = await _gone_here(link, stmts, owner.host)
     now = asyncio.get_running_loop().time()
     sweep = now - link.swept >= _SWEEP_EVERY
     if sweep:
         link.swept = now
+    window = SWEEP_WINDOW
     params = claim_params(
         owner, namespace=namespace, agents=agents, queues=queues, limit=limit, ttl=ttl,
-        max_running=max_running, gone=gone, sweep=sweep,
+        max_running=max_running, gone=gone, after=link.sweep_after, window=window,
     )
+    query, names = stmts.raw[stmts.sweep if sweep else stmts.claim]
+    args = [params[name] for name in names]
     try:
         async with link.claimer() as conn:
+            cur = psycopg.AsyncRawCursor(conn)
             if not max_running:
-                cur = await conn.execute(stmts.claim, params)
-                return claimed_from_rows(await cur.fetchall())
-            # The queue locks first, then the claim's snapshot: it sees every
-            # claim committed before this one got the locks.
-            async with conn.pipeline(), conn.transaction():
-                for queue in sorted(max_running):
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, queue)
-                    )
-                cur = await conn.execute(stmts.claim, params)
+                await cur.execute(query, args)
                 rows = await cur.fetchall()
-            return claimed_from_rows(rows)
+            else:
+                # The queue locks first, then the claim's snapshot: it sees every
+                # claim committed before this one got the locks.
+                async with conn.pipeline(), conn.transaction():
+                    for queue in sorted(max_running):
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (namespace, queue)
+                        )
+                    await cur.execute(query, args)
+                    rows = await cur.fetchall()
     except psycopg.Error as exc:
         raise StoreUnavailableError(
             f"PostgreSQL store {link.settings.where}: a claim failed ({first_line(exc)}); "
             "nothing was claimed"
         ) from exc
+    if not rows:  # nothing claimed, and no sweep (which always has its row)
+        return [], False
+    cut, seen, *end = rows[-1][-5:]
+    if sweep:
+        # A window that came up short reached the end: the next one starts at the front.
+        link.sweep_after = (int(end[0]), float(end[1]), str(end[2])) if seen >= window else None
+    return claimed_from_rows(rows), bool(cut)
 
 
 _SWEEP_EVERY: Final = 1.0
-"""Most seconds between two claims of a link that read the held runs whatever the free ones.
+"""Most seconds between two claims of a link that look for lapsed leases whatever the free runs.
 
-So a run whose lease lapsed waits at most this long behind newer free runs of
-no higher priority, and the claims in between cost nothing per run in flight.
+So a run whose worker is gone waits at most this long behind newer free runs
+of no higher priority, and the claims in between cost nothing per run in flight.
 """
 
 _LOOK_AGAIN: Final = 1.0
@@ -349,63 +247,6 @@ async def unregister(link: Link, stmts: Statements, owner: LeaseOwner) -> None:
             await live.conn.close()
         except psycopg.Error:
             live.abandon()
-
-
-def claim_params(
-    owner: LeaseOwner,
-    *,
-    namespace: int,
-    agents: Collection[str],
-    queues: Collection[str] | None,
-    limit: int,
-    ttl: float,
-    max_running: Mapping[str, int],
-    gone: Collection[str],
-    sweep: bool = True,
-) -> dict[str, object]:
-    """The parameters of the claim statement (``sweep``: read the held runs in any case)."""
-    limited = sorted(max_running)
-    return {
-        "namespace": namespace,
-        "gone": sorted(gone),
-        "limited": limited,
-        "limits": [max_running[q] for q in limited],
-        "agents": sorted(agents),
-        "all_queues": queues is None,
-        "queues": sorted(queues or ()),
-        "limit": limit,
-        "owner": owner.id,
-        "host": owner.host,
-        "pid": owner.pid,
-        "ttl": float(ttl),
-        "sweep": sweep,
-    }
-
-
-def claimed_from_rows(rows: list[tuple[Any, ...]]) -> list[ClaimedRun]:
-    """The claim statement's rows as `ClaimedRun`s (a damaged header is given up on)."""
-    claimed: list[ClaimedRun] = []
-    for row in rows:
-        try:
-            header = header_from_row(row[:WIDTH])
-        except CorruptRunError:
-            continue  # never claimable: its state column is checked above
-        owner, host, pid, generation, expires, ttl = row[WIDTH : WIDTH + 6]
-        previous = (
-            None
-            if owner is None
-            else Lease(
-                owner=owner,
-                host=host,
-                pid=pid,
-                generation=generation,
-                expires_at=expires,
-                ttl=ttl,
-                cancel_requested=header.cancel_requested,
-            )
-        )
-        claimed.append(ClaimedRun(header=header, previous=previous))
-    return claimed
 
 
 class Liveness:

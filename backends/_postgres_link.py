@@ -145,14 +145,19 @@ class Link:
         """Owners of this host's leases whose processes are gone (`_postgres_claims`)."""
         self.gone_checked = -1e9
         self.swept = -1e9
-        """When a claim last read the held runs whatever the free ones (`_postgres_claims`)."""
+        """When a claim last swept for lapsed leases (`_postgres_claims`)."""
+        self.sweep_after: tuple[int, float, str] | None = None
+        """Where the last sweep's window of held runs ended (a claim-order key); None: the front."""
         self._closer = self._closing()
 
     @classmethod
     async def open(cls, settings: Settings, stats: Stats, merges: Mapping[str, Merge]) -> Link:
         """Connect, create or migrate the tables, open the pool, start the writer."""
         link = cls(asyncio.get_running_loop(), settings)
-        first = await link.connect()
+        # The writer's first connection, configured as every later one is
+        # (`connect_writer`); it creates or migrates the tables first, which
+        # its generic plans do not change (DDL, and lookups of one row).
+        first = await link.connect_writer()
         try:
             await schema.prepare(first, settings.schema)
         except psycopg.Error as exc:
@@ -176,14 +181,6 @@ class Link:
         try:
             await link.pool.open(wait=True, timeout=settings.connect_timeout)
         except Exception as exc:
-            await first.close()
-            await link.pool.close()
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL store {settings.where}: {first_line(exc)}"
-            ) from exc
-        try:
-            await first.execute(_WRITER_SQL)
-        except psycopg.Error as exc:
             await first.close()
             await link.pool.close()
             raise StoreUnavailableError(
@@ -252,6 +249,10 @@ class Link:
                 conn.prepare_threshold = 0
                 await conn.execute("SET plan_cache_mode = force_generic_plan")
                 await conn.execute("SET synchronous_commit = off")
+                # A claim touches a handful of rows, but its plan's estimated cost
+                # (the sweep's look-up per registered worker) can pass the server's
+                # jit_above_cost: compiling it took ~150 ms, its run ~2 ms.
+                await conn.execute("SET jit = off")
             yield conn
 
     # -- wake-ups ---------------------------------------------------------------------------

@@ -66,7 +66,33 @@ def claim(
     """Claim up to ``limit`` runs for ``owner`` (see the module docstring).
 
     ``sweep``: read the held runs (for lapsed leases) even when the free ones fill the claim.
+    When free runs were passed over for want of room in a queue (more of its runs
+    came first than it had places), that queue is full now: the claim looks
+    again for the rest, in the same transaction, at most once per limited queue.
     """
+    claimed: list[ClaimedRun] = []
+    for _ in range(len(max_running) + 1):
+        got, cut = _claim_once(
+            db, owner, agents, queues, limit - len(claimed), ttl, max_running, sweep=sweep
+        )
+        claimed += got
+        if not cut or len(claimed) >= limit:
+            break
+    return claimed
+
+
+def _claim_once(
+    db: sqlite3.Connection,
+    owner: LeaseOwner,
+    agents: Collection[str],
+    queues: Collection[str] | None,
+    limit: int,
+    ttl: float,
+    max_running: Mapping[str, int],
+    *,
+    sweep: bool,
+) -> tuple[list[ClaimedRun], bool]:
+    """One look at the claimable runs: those claimed, and whether any was cut for want of room."""
     now = time.time()
     dead = {row[0] for row in db.execute(_DEAD, (now,))}
     # DESIGN.md §3 rule 5: on the same host a lease of a process that is gone
@@ -125,6 +151,7 @@ def claim(
         )
         rows = sorted([*free, *held], key=_claim_order)
     claimed: list[ClaimedRun] = []
+    cut = False
     for row in rows:
         if len(claimed) >= limit:
             break
@@ -136,6 +163,7 @@ def claim(
             continue
         takeover = holds_place(header)  # already counted: it needs no room
         if not takeover and room.get(header.queue, 1) <= 0:
+            cut = True
             continue
         lease = claim_lease(header, owner, ttl=ttl, now=now)
         db.execute(
@@ -154,7 +182,7 @@ def claim(
                 previous=header.lease,
             )
         )
-    return claimed
+    return claimed, cut
 
 
 def _pick(

@@ -131,6 +131,26 @@ class ClaimTests(QueuePlaceTests):
 
         self.drive(request, body)
 
+    def test_a_claim_fills_its_limit_past_the_surplus_of_a_nearly_full_queue(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        async def body(backend: Backend) -> None:
+            # The oldest runs are all of a queue with one place left: a claim
+            # that looks at a few runs from the front and then drops the
+            # queue's surplus would come back with one run while three wait.
+            for i in range(6):
+                await submit(backend, f"slow{i}", queue="slow", created_at=at(i))
+            for i in range(4):
+                await submit(backend, f"fast{i}", queue="fast", created_at=at(10 + i))
+            owner = LeaseOwner.current()
+            cap = {"slow": 1}
+            got = await backend.claim_runs(owner, agents=["agent"], limit=3, max_running=cap)
+            assert [c.run_id for c in got] == ["slow0", "fast0", "fast1"]
+            got = await backend.claim_runs(owner, agents=["agent"], limit=3, max_running=cap)
+            assert [c.run_id for c in got] == ["fast2", "fast3"]
+
+        self.drive(request, body)
+
     def test_an_expired_lease_is_claimed_as_a_takeover_that_fences_the_old_holder(
         self, request: pytest.FixtureRequest
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import subprocess
@@ -193,6 +194,44 @@ def test_writes_commit_with_synchronous_commit_on_whatever_the_session_default(
             async with link.pool.connection() as conn:
                 cur = await conn.execute("SHOW synchronous_commit")
                 assert await cur.fetchone() == ("on",)
+
+    run(main())
+
+
+def test_every_writer_connection_runs_generic_plans_the_first_and_one_reopened(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # The server's default (auto) for the session, so only the backend can set it.
+    url = f"{postgres_url}?options=-cplan_cache_mode%3Dauto"
+
+    async def main() -> None:
+        async with PostgresBackend(url, schema=pg_schema) as store:
+            link = await store._connected()  # opens the link: its first connection makes the tables
+
+            async def writers_mode() -> tuple[int, str]:
+                conn = link.writer.conn
+                assert conn is not None
+                cur = await conn.execute("SHOW plan_cache_mode")
+                row = await cur.fetchone()
+                assert row is not None
+                return conn.info.backend_pid, row[0]
+
+            first_pid, mode = await writers_mode()
+            assert mode == "force_generic_plan"
+            await store.create_run(header("r1"), [created()])
+            assert await writers_mode() == (first_pid, "force_generic_plan")
+            # The server ends the writer's session: the next write fails, or
+            # succeeds on a new connection; one after it is on a new connection.
+            admin(f"SELECT pg_terminate_backend({first_pid}, 30000)")
+            with contextlib.suppress(StoreUnavailableError):
+                await store.create_run(header("r2"), [created()])
+            await store.create_run(header("r3"), [created()])
+            pid, mode = await writers_mode()
+            assert pid != first_pid
+            assert mode == "force_generic_plan"
+            async with link.pool.connection() as conn:  # readers keep the session's default
+                cur = await conn.execute("SHOW plan_cache_mode")
+                assert await cur.fetchone() == ("auto",)
 
     run(main())
 
