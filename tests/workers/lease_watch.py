@@ -16,7 +16,7 @@ from durable_agent.backend import Backend
 from durable_agent.fsm import RunState
 from durable_agent.records import RunHeader
 from durable_agent.registry import open_backend
-from tests._barriers import DEADLINE
+from tests._barriers import DEADLINE, wait_until
 
 _MOVING = [RunState.PENDING, RunState.MODEL_CALL, RunState.TOOL_EXEC]
 
@@ -50,6 +50,7 @@ class LeaseWatcher:
         self.url, self.queue = url, queue
         self.most = 0
         self.reads = 0
+        self.begun = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
 
@@ -61,10 +62,20 @@ class LeaseWatcher:
         self._stop.set()
         self._thread.join(timeout=DEADLINE)
 
+    def read_from_now(self) -> None:
+        """Return once a read that began after this call has ended (a barrier, with a deadline).
+
+        Called while a lease surely stays live, it makes ``most`` count that lease
+        however slowly the watcher's thread runs on a loaded machine.
+        """
+        target = self.begun + 1
+        wait_until(lambda: self.reads >= target, awaiting="a read of the lease watcher")
+
     async def _watch(self) -> None:
         backend = open_backend(self.url)
         async with backend:
             while not self._stop.is_set():
+                self.begun += 1
                 live = live_in(await moving(backend), self.queue)
                 self.most = max(self.most, len(live))
                 self.reads += 1

@@ -97,6 +97,7 @@ def test_a_sigkilled_claimers_place_goes_with_its_run_to_the_claim_that_takes_it
                     LeaseOwner.current(), agents=["agent"], max_running=cap
                 )
                 assert [c.run_id for c in again] == ["new"]
+                watcher.read_from_now()  # while "new" holds the queue's place
             assert watcher.reads > 0
             assert watcher.most == 1
 
@@ -136,6 +137,7 @@ def test_a_frozen_worker_resumed_after_its_run_was_taken_over_is_fenced_and_the_
             r for r in run_ids if r != held
         ]
         assert "took over run " + held in fleet.log("b")
+        watcher.read_from_now()  # while b holds the queue's place, inside the closed gate
         os.kill(frozen.pid, signal.SIGCONT)
         fleet.open_gate()
         wait_until(lambda: "another owner holds it now" in fleet.log("a"),

@@ -88,6 +88,7 @@ def test_a_frozen_workers_run_keeps_its_place_until_taken_over_and_the_cap_holds
         assert {name.rsplit("-", 2)[0] for name in fleet.started("b")} == {held}
         assert fleet.headers([urgent])[urgent].lease is None
         assert len(_live(fleet.url, "q")) == 1
+        watcher.read_from_now()  # while b holds the queue's place, inside the closed gate
         os.kill(frozen.pid, signal.SIGCONT)
         fleet.open_gate()
         wait_until(lambda: fleet.all_rest([held, urgent]), awaiting="every run DONE",
