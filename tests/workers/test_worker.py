@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -30,9 +28,7 @@ from durable_agent._worker_retry import due_retry
 from durable_agent.backend import Backend
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.records import FailedEvent, TransitionEvent
-from durable_agent.registry import open_backend
 from tests._barriers import wait_until_async
-from tests.backends import postgres_server
 from tests.telemetry.flaky import FlakyBackend
 
 
@@ -195,31 +191,6 @@ def test_a_structured_answer_is_parsed_by_the_handle() -> None:
 def _outage(times: int) -> ScriptedModel:
     error = ModelHTTPError(503, "provider outage")
     return ScriptedModel(["ok"], failures=[ScriptedFailure(turn=0, error=error, times=times)])
-
-
-@pytest.fixture(params=["memory", "sqlite", "jsonfile", "redis", "postgres"])
-def durable_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], Backend]]:
-    """Opens a fresh store of each kind (inside the test's event loop: stores bind to it)."""
-    schema = None
-    if request.param == "memory":
-        memory = MemoryBackend()
-        yield lambda: memory
-        return
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'runs.db'}"
-    elif request.param == "jsonfile":
-        url = f"file://{tmp_path / 'runs'}"
-    elif request.param == "redis":
-        url = f"{request.getfixturevalue('redis_url')}?prefix=retry-{uuid.uuid4().hex[:10]}:"
-    else:
-        postgres_server.admin("SELECT 1")  # skips (fails under CI) when the server is down
-        schema = postgres_server.new_schema()
-        url = f"{postgres_server.URL}?schema={schema}"
-    yield lambda: open_backend(url)
-    if schema is not None:
-        postgres_server.drop(schema)
 
 
 def test_the_retry_policy_resumes_a_run_failed_by_an_outage_and_records_each_attempt(
