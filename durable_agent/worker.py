@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from durable_agent._names import check_name
 from durable_agent._submit import AT_REST
 from durable_agent._worker_metrics import WorkerMetrics
 from durable_agent._worker_retry import RetryScan, RunRetry, hand_over
@@ -129,6 +130,11 @@ class Worker:
             raise ConfigurationError(f"Worker(concurrency={concurrency!r}) must be an int >= 1")
         if isinstance(queues, str):
             raise ConfigurationError("Worker(queues=...) takes a list of queue names")
+        served = None if queues is None else tuple(queues)
+        for queue in served or ():
+            check_name(queue, "Worker(queues=...)")
+        for queue in max_running or {}:
+            check_name(queue, "Worker(max_running=...)")
         if retry is not None and not isinstance(retry, RunRetry):
             raise ConfigurationError(f"Worker(retry=...) takes a RunRetry, got {retry!r}")
         for name, value in (("grace", grace), ("liveness_ttl", liveness_ttl)):
@@ -137,7 +143,7 @@ class Worker:
         self.db = _store(db, chosen)
         self.agents = {a.name: a for a in chosen}
         self.concurrency = concurrency
-        self.queues = None if queues is None else tuple(queues)
+        self.queues = served
         self.max_running = dict(max_running or {})
         self.retry = retry
         self.grace = float(grace)
