@@ -178,3 +178,21 @@ def test_a_run_stored_under_a_queue_name_now_refused_is_still_read_and_driven(
         await db.close()
 
     asyncio.run(main())
+
+
+def test_a_run_stored_under_an_agent_name_now_refused_is_read_and_continued_by_id(
+    durable_store: Callable[[], Backend],
+) -> None:
+    async def main() -> None:
+        db = durable_store()
+        old = "old\x1fagent"
+        header = RunHeader(run_id="stored-before", agent_name=old, seq=1)
+        created = CreatedEvent(seq=1, state=RunState.PENDING, messages=(UserMessage(content="x"),))
+        await db.create_run(header, [created])
+        assert [h.agent_name for h in (await db.list_runs()).runs] == [old]
+        assert await _agent(db).continue_run_async("stored-before") == "done"
+        stored = await db.load_run("stored-before")
+        assert (stored.header.state, stored.header.agent_name) == (RunState.DONE, old)
+        await db.close()
+
+    asyncio.run(main())
