@@ -281,6 +281,9 @@ class Worker:
             for future in waits:
                 if future not in self._active.values():
                     future.cancel()
+                    # A wake-up wait may still end in an error (the store went away, or
+                    # a driver turned the cancel into one): unread, asyncio logs it.
+                    future.add_done_callback(_read_outcome)
 
     async def _store_change(self) -> None:
         if Capability.WAKE_UP in self.db.capabilities:
@@ -474,6 +477,11 @@ def _store(db: Backend | str | None, agents: list[Agent]) -> Backend:
             )
         return agents[0].db
     raise ConfigurationError(f"Worker(db=...) must be a Backend, a URL or None, got {db!r}")
+
+
+def _read_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _twice(names: list[str]) -> str:

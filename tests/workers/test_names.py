@@ -4,6 +4,7 @@ a store could not keep them intact, with nothing stored; stored ones are read as
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.backends.memory import MemoryBackend
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import CreatedEvent, RunHeader, UserMessage
+from durable_agent.registry import open_backend
 from tests._barriers import wait_until_async
 
 REFUSED = [
@@ -146,6 +148,26 @@ def test_a_printable_queue_and_agent_name_of_any_script_is_submitted_and_claimed
         assert output.state is RunState.DONE
         header = await db.get_run(handle.run_id)
         assert (header.queue, header.agent_name) == (ACCEPTED, ACCEPTED)
+        await db.close()
+
+    asyncio.run(main())
+
+
+def test_on_redis_cluster_braces_in_a_queue_or_agent_name_are_no_hash_tag(
+    redis_cluster_url: str,
+) -> None:
+    """The cluster's keys name their slot with ``{...}``: a name's braces must not move them."""
+
+    async def main() -> None:
+        db = open_backend(f"{redis_cluster_url}?prefix=names-{uuid.uuid4().hex[:10]}:")
+        agent = _agent(db, ACCEPTED)
+        handle = await agent.submit_async("x", queue=ACCEPTED)
+        worker = Worker([agent], queues=[ACCEPTED], max_running={ACCEPTED: 1})
+        task = asyncio.create_task(worker.run(handle_signals=False))
+        output = await handle.result(timeout=60)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+        assert output.state is RunState.DONE
         await db.close()
 
     asyncio.run(main())
