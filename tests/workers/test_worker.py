@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from durable_agent import (
 from durable_agent._worker_retry import due_retry
 from durable_agent.backend import Backend
 from durable_agent.backends.memory import MemoryBackend
+from durable_agent.errors import StoreUnavailableError
 from durable_agent.records import FailedEvent, TransitionEvent
 from tests._barriers import wait_until_async
 from tests.telemetry.flaky import FlakyBackend
@@ -288,3 +290,39 @@ def test_a_worker_that_loses_the_store_mid_run_says_so_and_the_run_continues_aft
     assert "its lease lapses within 0.5 s and another worker continues it" in lost
     assert not any("driving it failed" in m or "another owner holds it" in m for m in messages)
     assert sum("took over run" in m for m in messages) == 1  # once the lease lapsed
+
+
+class _CutWakeUps(MemoryBackend):
+    """A store whose wake-up wait, once cancelled, ends in an error instead (a driver that
+    closes the connection under a cancelled blocking read does so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut_waits = 0
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        if after is None:
+            return await super().wait_for_change(None, timeout=timeout)
+        try:
+            return await super().wait_for_change(after, timeout=timeout)
+        except asyncio.CancelledError:
+            self.cut_waits += 1
+            raise StoreUnavailableError("the connection closed under the wait") from None
+
+
+def test_a_cancelled_wake_up_wait_that_ends_in_an_error_leaves_no_unread_task_error() -> None:
+    """The idle worker gives up on the wait; asyncio must not log how it ended."""
+    unhandled: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        db = _CutWakeUps()
+        worker = Worker([_adder(db)])
+        task = await _running(worker)
+        # An idle wait with nothing to wake it ends by its timeout and is cancelled.
+        await wait_until_async(lambda: db.cut_waits >= 2, awaiting="two cut waits")
+        await _stopped(worker, task)
+        gc.collect()  # an unread task error is reported when the task is collected
+
+    asyncio.run(main())
+    assert [ctx.get("message") for ctx in unhandled] == []
