@@ -287,9 +287,12 @@ class Worker:
 
     async def _store_change(self) -> None:
         if Capability.WAKE_UP in self.db.capabilities:
-            token = await self.db.wait_for_change(None, timeout=0)
-            await self.db.wait_for_change(token, timeout=_LONGEST_IDLE)
-            return
+            try:
+                token = await self.db.wait_for_change(None, timeout=0)
+                await self.db.wait_for_change(token, timeout=_LONGEST_IDLE)
+                return
+            except DurableAgentError:
+                pass  # the store is out of reach: pause as when polling, never spin
         # Polling (SQLite, JSON files): soon after work, then less and less often.
         await asyncio.sleep(self._pause)
         self._pause = min(self._pause * 1.5, _LONGEST_IDLE)

@@ -25,6 +25,7 @@ from durable_agent import (
     Worker,
     tool,
 )
+from durable_agent import worker as worker_module
 from durable_agent._worker_retry import due_retry
 from durable_agent.backend import Backend
 from durable_agent.backends.memory import MemoryBackend
@@ -326,3 +327,28 @@ def test_a_cancelled_wake_up_wait_that_ends_in_an_error_leaves_no_unread_task_er
 
     asyncio.run(main())
     assert [ctx.get("message") for ctx in unhandled] == []
+
+
+class _LostWakeUps(MemoryBackend):
+    """A store whose wake-up waits fail at once, the way they do while the store is down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_waits = 0
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        self.failed_waits += 1
+        raise StoreUnavailableError("the store went away")
+
+
+def test_an_idle_worker_whose_wake_ups_fail_pauses_as_when_polling_instead_of_spinning() -> None:
+    async def main() -> None:
+        db = _LostWakeUps()
+        worker = Worker([_adder(db)])
+        task = await _running(worker)
+        await wait_until_async(lambda: db.failed_waits >= 3, awaiting="three failed waits")
+        await _stopped(worker, task)
+        # Each failed wait was followed by a pause, growing as a polling worker's does.
+        assert worker._pause > worker_module._FIRST_PAUSE
+
+    asyncio.run(main())
