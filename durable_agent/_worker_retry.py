@@ -45,9 +45,13 @@ _log = logging.getLogger("durable_agent.worker")
 _PAGE: Final = 100
 """ERROR runs listed per page of a walk."""
 _WALK_EVERY: Final = 1.0
-"""Seconds between two walks through the ERROR runs, unless a known backoff ends first or
-the last walk stopped early: a worker on a woken store passes through its claim loop at
-every change in the store, and a walk reads every ERROR run's header."""
+"""Seconds between two walks through the ERROR runs at least, unless a known backoff ends
+first or the last walk stopped early: a worker on a woken store passes through its claim
+loop at every change in the store, and a walk reads every ERROR run's header."""
+_WALK_SHARE: Final = 0.05
+"""The share of a worker's time its walks may take: after a walk of ``d`` seconds the next
+waits ``d / 0.05`` at least. 10,000 ERROR runs on SQLite took ~125 ms a walk (load average
+5, benchmarks/bench_retry_scan.py), so one walk every 2.5 s instead of every second."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,8 @@ class RetryScan:
         agents: Collection[str],
         queues: Collection[str] | None,
         walk_every: float = _WALK_EVERY,
+        walk_share: float | None = _WALK_SHARE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.policy = policy
@@ -121,6 +127,8 @@ class RetryScan:
         self._never: dict[str, int] = {}  # run id -> seq whose log allows no retry
         self._later: dict[str, tuple[int, float, int]] = {}  # run id -> (seq, due, retry)
         self._walk_every = walk_every
+        self._walk_share = walk_share
+        self._clock = clock
         self._next_walk = 0.0
 
     async def due(
@@ -128,11 +136,13 @@ class RetryScan:
     ) -> list[DueRetry]:
         """The runs due now, at most ``limit``, leaving out ``busy`` ones; sets `next_due`.
 
-        Walks again only when the last walk is ``walk_every`` seconds old, a known
-        backoff has ended, or the last walk stopped at ``limit``; a listing
-        that fails is logged and ends the walk (the next pass walks again).
+        Walks again only when the last walk is ``walk_every`` seconds old (and
+        ``1 / walk_share`` times as old as it took; None: no such rule), a
+        known backoff has ended, or the last walk stopped at ``limit``; a
+        listing that fails is logged and ends the walk (the next pass walks
+        again). ``clock`` tells the time (a timestamp, as `due_retry` gives).
         """
-        now = time.time()
+        now = self._clock()
         if now < self._next_walk and (self.next_due is None or now < self.next_due):
             return []
         found: list[DueRetry] = []
@@ -171,7 +181,10 @@ class RetryScan:
             self._never = {k: v for k, v in self._never.items() if k in seen}
             self._later = {k: v for k, v in self._later.items() if k in seen}
         self.next_due = earliest
-        self._next_walk = now + self._walk_every if complete else now
+        gap = self._walk_every
+        if self._walk_share is not None:
+            gap = max(gap, (self._clock() - now) / self._walk_share)
+        self._next_walk = now + gap if complete else now
         return found
 
     def _serves(self, header: RunHeader) -> bool:

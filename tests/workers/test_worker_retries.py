@@ -8,14 +8,18 @@ The failed runs are written through the store's own calls, with the failure's ti
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from durable_agent import Agent, RunRetry, RunState, ScriptedModel, Worker
 from durable_agent._worker_retry import RetryScan, hand_over
-from durable_agent.backend import Backend, LeaseOwner
+from durable_agent.backend import Backend, LeaseOwner, RunPage
 from durable_agent.backends.sqlite import SqliteBackend
 from durable_agent.records import ErrorInfo, FailedEvent, StoredRun, TransitionEvent
 from tests._barriers import wait_until_async
@@ -140,7 +144,9 @@ def test_the_scan_wakes_for_the_earliest_backoff_and_loads_an_unchanged_run_once
         spent = await _failed(agent, ago=2 * HOUR, retryable=False)
         dues = {r: _due_at(await db.load_run(r)) for r in (late, soon, middle)}
         db.loads.clear()
-        scan = RetryScan(db, POLICY, agents=["flaky"], queues=None, walk_every=0)
+        scan = RetryScan(
+            db, POLICY, agents=["flaky"], queues=None, walk_every=0, walk_share=None
+        )
 
         assert await scan.due(limit=10, busy=(), stopping=lambda: False) == []
         assert scan.next_due == dues[soon]
@@ -178,6 +184,62 @@ def test_the_scan_hands_back_every_due_run_up_to_the_free_slots(tmp_path: Path) 
         assert scan.next_due == _due_at(await db.load_run(waiting))
         stopped = RetryScan(db, POLICY, agents=["flaky"], queues=None)
         assert await stopped.due(limit=2, busy=(), stopping=lambda: True) == []
+        await db.close()
+
+    asyncio.run(main())
+
+
+class _SlowPages(SqliteBackend):
+    """A SQLite store on a clock of its own, each page of a listing taking ``page`` seconds."""
+
+    def __init__(self, path: Path, page: float) -> None:
+        super().__init__(path)
+        self.now = time.time()
+        self.page = page
+        self.listings = 0
+
+    async def list_runs(self, **filters: Any) -> RunPage:
+        self.listings += 1
+        self.now += self.page
+        return await super().list_runs(**filters)
+
+
+@pytest.mark.parametrize(("page", "gap"), [(0.01, 1.0), (0.2, 4.0)])
+def test_the_scan_walks_again_after_a_second_or_twenty_times_its_last_walk(
+    tmp_path: Path, page: float, gap: float
+) -> None:
+    """A walk may take a twentieth of the worker's time at most: 0.2 s, then 4 s of rest."""
+
+    async def main() -> None:
+        db = _SlowPages(tmp_path / "runs.db", page)
+        await _failed(Agent(ScriptedModel([]), db=db, name="flaky"), ago=0, retryable=False)
+        scan = RetryScan(db, POLICY, agents=["flaky"], queues=None, clock=lambda: db.now)
+
+        async def walked() -> bool:
+            before = db.listings
+            assert await scan.due(limit=10, busy=(), stopping=lambda: False) == []
+            return db.listings > before
+
+        assert await walked()
+        db.now += gap - page - 0.001  # measured from the walk's start
+        assert not await walked()
+        db.now += 0.002
+        assert await walked()
+        await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_backoff_that_ends_is_acted_on_before_the_next_walk_was_due(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = _SlowPages(tmp_path / "runs.db", 0.2)  # the next walk in 4 s
+        run_id = await _failed(Agent(ScriptedModel([]), db=db, name="flaky"), ago=HOUR - 2)
+        scan = RetryScan(db, POLICY, agents=["flaky"], queues=None, clock=lambda: db.now)
+        assert await scan.due(limit=10, busy=(), stopping=lambda: False) == []
+        assert scan.next_due is not None
+        db.now = scan.next_due
+        (due,) = await scan.due(limit=10, busy=(), stopping=lambda: False)
+        assert due.header.run_id == run_id
         await db.close()
 
     asyncio.run(main())
