@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from pydantic import BaseModel
 
+from durable_agent._names import check_name
 from durable_agent.backend import Backend, Capability
 from durable_agent.errors import ConfigurationError, RunExistsError, WaitTimeoutError
 from durable_agent.fsm import RunState
@@ -74,8 +75,7 @@ class RunHandle:
 
 
 def _check_options(queue: object, priority: object, not_before: object) -> None:
-    if not isinstance(queue, str) or not queue:
-        raise ConfigurationError(f"submit(queue=...) must be a non-empty str, got {queue!r}")
+    check_name(queue, "submit(queue=...)")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigurationError(f"submit(priority=...) must be an int, got {priority!r}")
     if not_before is not None and (

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from durable_agent import _submit
 from durable_agent._agent_runs import AgentRunMethods
+from durable_agent._names import check_name
 from durable_agent._submit import RunHandle
 from durable_agent.backend import Backend
 from durable_agent.engine import Engine, RetryPolicy
@@ -99,8 +100,7 @@ class Agent(AgentRunMethods):
         policy = retry if isinstance(retry, RetryPolicy) else RetryPolicy(attempts=retry)
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigurationError("Agent(system_prompt=...) must be a str or None")
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"Agent(name=...) must be a non-empty str, got {name!r}")
+        check_name(name, "Agent(name=...)")
         if version is not None and not isinstance(version, str):
             raise ConfigurationError(f"Agent(version=...) must be a str or None, got {version!r}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float) or lease_ttl <= 0:

@@ -63,6 +63,7 @@ from durable_agent._listing import (
     encode_cursor,
     make_page,
 )
+from durable_agent._names import LONGEST_LABEL, check_name
 from durable_agent._process import host_id, process_alive
 from durable_agent._redact import mark_secret
 from durable_agent._store_rules import check_append, check_lease_acquire
@@ -149,6 +150,14 @@ class LeaseOwner:
     pid: int
     nonce: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
+    def __post_init__(self) -> None:
+        # The id is stored on every lease, packed with "\x1f" by Redis, and read back
+        # split at its last two ":".
+        check_name(self.host, "LeaseOwner(host=...)")
+        check_name(self.nonce, "LeaseOwner(nonce=...)", forbid=":")
+        if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid < 0:
+            raise ConfigurationError(f"LeaseOwner(pid=...) must be an int >= 0, got {self.pid!r}")
+
     @classmethod
     def current(cls) -> LeaseOwner:
         """A new owner for this process, with a fresh random id.
@@ -224,6 +233,8 @@ class Backend(ABC):
                     f"{type(self).__name__}({name}=...) must be a str or None, "
                     f"got {type(value).__name__}"
                 )
+            if value is not None:
+                check_name(value, f"{type(self).__name__}({name}=...)", longest=LONGEST_LABEL)
         self.session_id = session_id
         self.user_id = user_id
 

@@ -45,9 +45,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from durable_agent._names import check_name
 from durable_agent._submit import AT_REST
 from durable_agent._worker_metrics import WorkerMetrics
-from durable_agent._worker_retry import RunRetry, due_retry, hand_over, retries_used
+from durable_agent._worker_retry import RetryScan, RunRetry, hand_over
 from durable_agent.agent import Agent
 from durable_agent.backend import Backend, Capability, ClaimedRun, LeaseOwner
 from durable_agent.engine import Engine
@@ -61,7 +62,6 @@ from durable_agent.errors import (
     RunStateError,
     StoreUnavailableError,
 )
-from durable_agent.fsm import RunState
 from durable_agent.records import RunHeader
 from durable_agent.run import RunContext
 from durable_agent.telemetry._hook import WORKER_CLAIM, WorkerClaim
@@ -130,6 +130,11 @@ class Worker:
             raise ConfigurationError(f"Worker(concurrency={concurrency!r}) must be an int >= 1")
         if isinstance(queues, str):
             raise ConfigurationError("Worker(queues=...) takes a list of queue names")
+        served = None if queues is None else tuple(queues)
+        for queue in served or ():
+            check_name(queue, "Worker(queues=...)")
+        for queue in max_running or {}:
+            check_name(queue, "Worker(max_running=...)")
         if retry is not None and not isinstance(retry, RunRetry):
             raise ConfigurationError(f"Worker(retry=...) takes a RunRetry, got {retry!r}")
         for name, value in (("grace", grace), ("liveness_ttl", liveness_ttl)):
@@ -138,7 +143,7 @@ class Worker:
         self.db = _store(db, chosen)
         self.agents = {a.name: a for a in chosen}
         self.concurrency = concurrency
-        self.queues = None if queues is None else tuple(queues)
+        self.queues = served
         self.max_running = dict(max_running or {})
         self.retry = retry
         self.grace = float(grace)
@@ -165,7 +170,9 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._signals = 0
         self._pause = _FIRST_PAUSE
-        self._not_retryable: dict[str, int] = {}
+        self._retries = None if retry is None else RetryScan(
+            self.db, retry, agents=self.agents, queues=self.queues
+        )
         self._retry_due: float | None = None  # when the next failed run's backoff ends
         self.claimed = 0
         """Runs claimed since the worker started (takeovers included)."""
@@ -250,8 +257,8 @@ class Worker:
                     self._start(claim)
                 if claimed:
                     self._pause = _FIRST_PAUSE
-                if self.retry is not None and len(self._active) < self.concurrency:
-                    await self._retry_failed()
+                if self._retries is not None and len(self._active) < self.concurrency:
+                    await self._retry_failed(self._retries)
             if self._stopping:
                 break
             if claimed and len(claimed) == free:
@@ -274,12 +281,18 @@ class Worker:
             for future in waits:
                 if future not in self._active.values():
                     future.cancel()
+                    # A wake-up wait may still end in an error (the store went away, or
+                    # a driver turned the cancel into one): unread, asyncio logs it.
+                    future.add_done_callback(_read_outcome)
 
     async def _store_change(self) -> None:
         if Capability.WAKE_UP in self.db.capabilities:
-            token = await self.db.wait_for_change(None, timeout=0)
-            await self.db.wait_for_change(token, timeout=_LONGEST_IDLE)
-            return
+            try:
+                token = await self.db.wait_for_change(None, timeout=0)
+                await self.db.wait_for_change(token, timeout=_LONGEST_IDLE)
+                return
+            except DurableAgentError:
+                pass  # the store is out of reach: pause as when polling, never spin
         # Polling (SQLite, JSON files): soon after work, then less and less often.
         await asyncio.sleep(self._pause)
         self._pause = min(self._pause * 1.5, _LONGEST_IDLE)
@@ -398,35 +411,12 @@ class Worker:
 
     # -- run-level retries ----------------------------------------------------------------
 
-    async def _retry_failed(self) -> None:
-        """Resume ERROR runs the retry policy says are due (one page of them per pass)."""
-        assert self.retry is not None
-        try:
-            page = await self.db.list_runs(states=[RunState.ERROR], limit=100)
-        except DurableAgentError as exc:
-            _log.warning("listing failed runs failed: %s", exc)
-            return
-        for header in page.runs:
-            if len(self._active) >= self.concurrency or self._stopping:
-                return
-            if header.agent_name not in self.agents or header.run_id in self._active:
-                continue
-            if self.queues is not None and header.queue not in self.queues:
-                continue
-            if self._not_retryable.get(header.run_id) == header.seq:
-                continue
-            try:
-                stored = await self.db.load_run(header.run_id)
-            except DurableAgentError:
-                continue
-            due = due_retry(stored, self.retry)
-            if due is None:
-                self._not_retryable[header.run_id] = header.seq
-                continue
-            if due > time.time():
-                self._retry_due = due
-                return
-            self._start_retry(stored.header, retries_used(stored) + 1)
+    async def _retry_failed(self, retries: RetryScan) -> None:
+        """Resume every ERROR run the retry policy says is due, up to the free slots."""
+        free = self.concurrency - len(self._active)
+        for due in await retries.due(limit=free, busy=self._active, stopping=self._is_stopping):
+            self._start_retry(due.header, due.retry)
+        self._retry_due = retries.next_due
 
     def _start_retry(self, header: RunHeader, retry: int) -> None:
         run_id, name = header.run_id, header.agent_name
@@ -490,6 +480,11 @@ def _store(db: Backend | str | None, agents: list[Agent]) -> Backend:
             )
         return agents[0].db
     raise ConfigurationError(f"Worker(db=...) must be a Backend, a URL or None, got {db!r}")
+
+
+def _read_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _twice(names: list[str]) -> str:

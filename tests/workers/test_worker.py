@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -26,13 +25,13 @@ from durable_agent import (
     Worker,
     tool,
 )
+from durable_agent import worker as worker_module
 from durable_agent._worker_retry import due_retry
 from durable_agent.backend import Backend
 from durable_agent.backends.memory import MemoryBackend
+from durable_agent.errors import StoreUnavailableError
 from durable_agent.records import FailedEvent, TransitionEvent
-from durable_agent.registry import open_backend
 from tests._barriers import wait_until_async
-from tests.backends import postgres_server
 from tests.telemetry.flaky import FlakyBackend
 
 
@@ -197,31 +196,6 @@ def _outage(times: int) -> ScriptedModel:
     return ScriptedModel(["ok"], failures=[ScriptedFailure(turn=0, error=error, times=times)])
 
 
-@pytest.fixture(params=["memory", "sqlite", "jsonfile", "redis", "postgres"])
-def durable_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], Backend]]:
-    """Opens a fresh store of each kind (inside the test's event loop: stores bind to it)."""
-    schema = None
-    if request.param == "memory":
-        memory = MemoryBackend()
-        yield lambda: memory
-        return
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'runs.db'}"
-    elif request.param == "jsonfile":
-        url = f"file://{tmp_path / 'runs'}"
-    elif request.param == "redis":
-        url = f"{request.getfixturevalue('redis_url')}?prefix=retry-{uuid.uuid4().hex[:10]}:"
-    else:
-        postgres_server.admin("SELECT 1")  # skips (fails under CI) when the server is down
-        schema = postgres_server.new_schema()
-        url = f"{postgres_server.URL}?schema={schema}"
-    yield lambda: open_backend(url)
-    if schema is not None:
-        postgres_server.drop(schema)
-
-
 def test_the_retry_policy_resumes_a_run_failed_by_an_outage_and_records_each_attempt(
     durable_store: Callable[[], Backend],
 ) -> None:
@@ -317,3 +291,64 @@ def test_a_worker_that_loses_the_store_mid_run_says_so_and_the_run_continues_aft
     assert "its lease lapses within 0.5 s and another worker continues it" in lost
     assert not any("driving it failed" in m or "another owner holds it" in m for m in messages)
     assert sum("took over run" in m for m in messages) == 1  # once the lease lapsed
+
+
+class _CutWakeUps(MemoryBackend):
+    """A store whose wake-up wait, once cancelled, ends in an error instead (a driver that
+    closes the connection under a cancelled blocking read does so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut_waits = 0
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        if after is None:
+            return await super().wait_for_change(None, timeout=timeout)
+        try:
+            return await super().wait_for_change(after, timeout=timeout)
+        except asyncio.CancelledError:
+            self.cut_waits += 1
+            raise StoreUnavailableError("the connection closed under the wait") from None
+
+
+def test_a_cancelled_wake_up_wait_that_ends_in_an_error_leaves_no_unread_task_error() -> None:
+    """The idle worker gives up on the wait; asyncio must not log how it ended."""
+    unhandled: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+        db = _CutWakeUps()
+        worker = Worker([_adder(db)])
+        task = await _running(worker)
+        # An idle wait with nothing to wake it ends by its timeout and is cancelled.
+        await wait_until_async(lambda: db.cut_waits >= 2, awaiting="two cut waits")
+        await _stopped(worker, task)
+        gc.collect()  # an unread task error is reported when the task is collected
+
+    asyncio.run(main())
+    assert [ctx.get("message") for ctx in unhandled] == []
+
+
+class _LostWakeUps(MemoryBackend):
+    """A store whose wake-up waits fail at once, the way they do while the store is down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_waits = 0
+
+    async def wait_for_change(self, after: str | None = None, *, timeout: float) -> str:
+        self.failed_waits += 1
+        raise StoreUnavailableError("the store went away")
+
+
+def test_an_idle_worker_whose_wake_ups_fail_pauses_as_when_polling_instead_of_spinning() -> None:
+    async def main() -> None:
+        db = _LostWakeUps()
+        worker = Worker([_adder(db)])
+        task = await _running(worker)
+        await wait_until_async(lambda: db.failed_waits >= 3, awaiting="three failed waits")
+        await _stopped(worker, task)
+        # Each failed wait was followed by a pause, growing as a polling worker's does.
+        assert worker._pause > worker_module._FIRST_PAUSE
+
+    asyncio.run(main())
