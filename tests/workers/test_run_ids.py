@@ -149,6 +149,8 @@ def test_a_run_stored_under_an_id_now_refused_is_still_found_and_continued_by_it
         stored = await db.load_run(run_id)
         assert (stored.header.run_id, stored.header.state) == (run_id, RunState.DONE)
         assert await db.delete_run(run_id)
+        await _store_raw(db, run_id)
+        assert (await agent.cancel_run_async(run_id)).state is RunState.CANCELLED
         await db.close()
 
     asyncio.run(main())
