@@ -42,11 +42,11 @@ class Task:
     already exists continues that run instead of starting another. An id that
     would name a new run must be one every store keeps intact (no control
     characters, at most 128 characters: `durable_agent._names.check_new_run_id`),
-    checked when the run would be created; a stored run is found by any id. A stored run
-    started with another description, system prompt, tools or output format
-    raises `RunConflictError` naming the difference; ``continue_changed=True``
-    continues it anyway (with this agent's tools). After the task starts,
-    ``run_id`` holds the id of its run.
+    checked when the run would be created; a stored run is found by any id. A
+    stored run started with another description, system prompt, tools or output
+    format raises `RunConflictError` naming the difference;
+    ``continue_changed=True`` continues it anyway (with this agent's tools).
+    After the task starts, ``run_id`` holds the id of its run.
 
     With ``response_format`` (a pydantic model class) the final answer must be
     JSON matching it; an answer that fails validation is sent back to the model
