@@ -90,6 +90,16 @@ __all__ = ["PostgresBackend"]
 _AT_REST: Final = frozenset({RunState.DONE, RunState.ERROR, RunState.WAITING, RunState.CANCELLED})
 
 
+def _never_stored(run_id: str) -> None:
+    """`RunNotFoundError` for an id holding NUL, which no ``TEXT`` column can hold.
+
+    Sent to the server it fails the statement as if the store were down; no run
+    here can have it (stores that can, keep such runs since before ids were checked).
+    """
+    if "\0" in run_id:
+        raise RunNotFoundError(run_id, "PostgreSQL cannot store NUL, so no run here has this id")
+
+
 class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
     """Runs in PostgreSQL, durable and shared by every process and host.
 
@@ -218,6 +228,7 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
 
     async def _header(self, run_id: str) -> tuple[RunHeader, float]:
         """The stored header and the server's clock now; `RunNotFoundError`."""
+        _never_stored(run_id)
         rows = await self._read(self._sql.header, (run_id,))
         if not rows:
             raise RunNotFoundError(run_id)
@@ -281,6 +292,7 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
         return lease.renewed(float(expires), cancel_requested)
 
     async def load_run(self, run_id: str) -> StoredRun:
+        _never_stored(run_id)
         rows = await self._read(self._sql.load, (run_id,))
         if not rows:
             raise RunNotFoundError(run_id)
@@ -316,6 +328,8 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
         )
 
     async def delete_run(self, run_id: str) -> bool:
+        if "\0" in run_id:  # no run here has it (`_never_stored`)
+            return False
         rows = await self._write(run_id, self._sql.delete, {"run_id": run_id})
         return bool(rows and rows[0][0])
 
@@ -328,6 +342,7 @@ class PostgresBackend(relay.Relaying, LoopLinks[Link], Backend):
         return await listing.prune(self, older_than, states)
 
     async def request_cancel(self, run_id: str, reason: str) -> RunHeader:
+        _never_stored(run_id)
         rows = await self._write(
             run_id, self._sql.cancel, {"run_id": run_id, "reason": reason}, notify=True
         )

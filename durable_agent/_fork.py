@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 
+from durable_agent._names import check_new_run_id
 from durable_agent.backend import Backend
 from durable_agent.errors import ConfigurationError, RunExistsError
 from durable_agent.records import CancelledEvent, CreatedEvent, Event, ForkOrigin, RunHeader
@@ -47,17 +48,15 @@ async def create_fork(
     The fork has no lease (like an imported run): any continue takes it.
     ``agent_name`` defaults to the source's. Raises `RunNotFoundError` for an
     unknown source, `ConfigurationError` for an ``at_seq`` outside the source's
-    log or at its cancellation, and `RunExistsError` when ``new_run_id`` is taken.
+    log or at its cancellation or a ``new_run_id`` a store could not keep
+    intact, and `RunExistsError` when ``new_run_id`` is taken.
     """
     if isinstance(at_seq, bool) or not isinstance(at_seq, int):
         raise ConfigurationError(
             f"fork of run {run_id!r}: at_seq must be an int (an event's seq), got {at_seq!r}"
         )
     fork_id = new_run_id if new_run_id is not None else uuid.uuid4().hex
-    # Here, not at the top: `fork_origin` serves `runs show`, which needs no task or tools.
-    from durable_agent.task import check_run_id
-
-    check_run_id(fork_id, "fork(new_run_id=...)")
+    check_new_run_id(fork_id, "fork(new_run_id=...)")  # a fork is always a new run
     stored = await backend.load_run(run_id)
     last = stored.header.seq
     if not 1 <= at_seq <= last:

@@ -15,6 +15,13 @@ Queue names, agent names, a lease owner's host and nonce, and a backend's
 So they are checked where the user gives them (`Agent`, ``submit(queue=...)``,
 `Worker`, `Backend`, `LeaseOwner`), before anything is stored. What was
 stored before these checks is read as it is: they never run on stored data.
+
+A run id the caller chooses meets the same rules, but only when a *new* run is
+stored under it (`check_new_run_id`: starting or submitting a task whose run
+does not exist, a fork's or an import's new id). Looking a run up by id
+(``Task(run_id=...)`` of a stored run, continue, get, wait, cancel, fork's
+source) checks only what no store could ever have held (`task.check_run_id`),
+so a run stored before under an id now refused is found by it as before.
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ from typing import Final
 
 from durable_agent.errors import ConfigurationError
 
-__all__ = ["LONGEST_LABEL", "LONGEST_NAME", "check_name"]
+__all__ = ["LONGEST_LABEL", "LONGEST_NAME", "LONGEST_RUN_ID", "check_name", "check_new_run_id"]
 
 LONGEST_NAME: Final = 200
 """Characters of a queue or agent name at most (800 UTF-8 bytes: far under any index row)."""
 LONGEST_LABEL: Final = 500
 """Characters of a session or user id at most (2,000 UTF-8 bytes, under PostgreSQL's
 2,704-byte index row with the creation time and run id beside it)."""
+LONGEST_RUN_ID: Final = 128
+"""Characters of a new run's id at most (512 UTF-8 bytes: with the longest session id and the
+creation time, PostgreSQL's ``(session_id, created_at, run_id)`` index row stays under 2,704)."""
 
 _FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """Control characters (Unicode category Cc) and lone surrogates (Cs)."""
@@ -42,12 +52,18 @@ ALLOWED: Final = (
 
 
 def check_name(
-    value: object, where: str, *, longest: int = LONGEST_NAME, forbid: str = ""
+    value: object,
+    where: str,
+    *,
+    longest: int = LONGEST_NAME,
+    forbid: str = "",
+    kind: str = "a name",
 ) -> str:
     """Return ``value`` if it is a name every store keeps intact; else `ConfigurationError`.
 
     ``where`` names the argument (``"submit(queue=...)"``); ``forbid`` adds
-    characters this kind of name may not hold.
+    characters this kind of name may not hold; ``kind`` says what it is in the
+    message (``"a name may hold ..."``).
     """
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{where} must be a non-empty str, got {value!r}")
@@ -60,11 +76,23 @@ def check_name(
         # repr() escapes what is refused, so the message itself is printable and storable.
         raise ConfigurationError(
             f"{where}: {value!r} holds {value[at]!r} at position {at}, which a store could "
-            f"not keep intact; a name may hold {ALLOWED}{also}"
+            f"not keep intact; {kind} may hold {ALLOWED}{also}"
         )
     if len(value) > longest:
         raise ConfigurationError(
-            f"{where}: {value[:40]!r}... is {len(value)} characters long; a name may hold "
+            f"{where}: {value[:40]!r}... is {len(value)} characters long; {kind} may hold "
             f"at most {longest}"
         )
     return value
+
+
+def check_new_run_id(run_id: object, where: str) -> str:
+    """Return ``run_id`` if a new run may be stored under it; else `ConfigurationError`.
+
+    Called only where a run is about to be created, never on a lookup: a run
+    stored under an id refused here (before this check existed) stays
+    reachable by it. ``where`` names the argument (``"Task(run_id=...)"``).
+    """
+    if isinstance(run_id, str) and run_id and not run_id.strip():
+        raise ConfigurationError(f"{where} must be a non-empty str, got {run_id!r}")
+    return check_name(run_id, where, longest=LONGEST_RUN_ID, kind="a new run's id")

@@ -339,7 +339,8 @@ def stream_new(agent: Agent, task: Task | str, timeout: float | None) -> RunStre
 
     async def start() -> RunOutput:
         if named:  # the run may exist: it is continued then, as do_async does
-            with contextlib.suppress(RunNotFoundError):
+            # An id the store cannot look up is refused by `_do_task`, saying why.
+            with contextlib.suppress(RunNotFoundError, ConfigurationError):
                 sink[0].expect((await agent.db.get_run(run_id)).state)
         # A fresh id names no stored run: `existing=False` spares the store a read.
         output: RunOutput = await agent._do_task(

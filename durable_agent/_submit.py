@@ -22,9 +22,14 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from pydantic import BaseModel
 
-from durable_agent._names import check_name
+from durable_agent._names import check_name, check_new_run_id
 from durable_agent.backend import Backend, Capability
-from durable_agent.errors import ConfigurationError, RunExistsError, WaitTimeoutError
+from durable_agent.errors import (
+    ConfigurationError,
+    RunExistsError,
+    RunNotFoundError,
+    WaitTimeoutError,
+)
 from durable_agent.fsm import RunState
 from durable_agent.records import CreatedEvent, Message, RunHeader, SystemMessage, UserMessage
 from durable_agent.run import RunOutput
@@ -98,8 +103,9 @@ async def submit(
     """Store ``task`` as a PENDING run of ``agent`` for a worker; return its handle at once.
 
     A task whose ``run_id`` is already stored is not submitted twice: its
-    handle is returned. Task-level tools are refused: the worker that runs the
-    task knows only its agent's tools.
+    handle is returned. A new run's id a store could not keep intact is
+    refused (`ConfigurationError`, nothing stored). Task-level tools are
+    refused: the worker that runs the task knows only its agent's tools.
     """
     if isinstance(task, str):
         task = Task(task)
@@ -113,6 +119,16 @@ async def submit(
         )
     run_id = task.run_id or uuid.uuid4().hex
     task.run_id = run_id
+    handle = RunHandle(run_id=run_id, agent=agent, output_type=task.response_format)
+    try:
+        check_new_run_id(run_id, "Task(run_id=...)")
+    except ConfigurationError as refused:
+        # A run stored under it before the check was submitted already: not twice.
+        try:
+            await agent.db.get_run(run_id)
+        except (RunNotFoundError, ConfigurationError):  # or the store cannot look it up
+            raise refused from None
+        return handle
     messages: list[Message] = []
     if agent.system_prompt:
         messages.append(SystemMessage(content=agent.system_prompt))
@@ -134,7 +150,7 @@ async def submit(
     )
     with contextlib.suppress(RunExistsError):  # submitted before (the caller chose the id)
         await db.create_run(header, [created])
-    return RunHandle(run_id=run_id, agent=agent, output_type=task.response_format)
+    return handle
 
 
 async def poll(

@@ -34,9 +34,11 @@ from pydantic import BaseModel
 
 from durable_agent._execution import RunExecution
 from durable_agent._lease import OwedReleases
+from durable_agent._names import check_new_run_id
 from durable_agent._tool_identity import start_conflicts
 from durable_agent.backend import Backend, LeaseOwner
 from durable_agent.errors import (
+    ConfigurationError,
     DecisionError,
     RunBusyError,
     RunCancelledError,
@@ -142,8 +144,9 @@ class Engine:
         prompt, tools or output format raises `RunConflictError` naming the
         difference, unless ``continue_changed``. ``observe`` sees the run
         whenever the engine learns more of it (after the create, after a
-        failure), so a caller can always tell what the store holds. Raises as
-        `RunExecution.run` does.
+        failure), so a caller can always tell what the store holds. A new run's
+        id a store could not keep intact raises `ConfigurationError` before
+        anything is stored. Raises as `RunExecution.run` does.
         """
         start = (messages, tools, output_format, continue_changed)
         if existing:
@@ -151,10 +154,18 @@ class Engine:
                 await self._check_same_start(run_id, *start)
             except RunNotFoundError:
                 pass
+            except ConfigurationError:
+                # The store cannot even look it up (a JSON-file store's folder
+                # names): say why no store takes it, if that is the reason.
+                check_new_run_id(run_id, "Task(run_id=...)")
+                raise
             else:
                 return await self.resume(
                     run_id, tools, output_type=output_type, timeout=timeout, observe=observe
                 )
+        # Only a run about to be created: a run stored under an id refused now
+        # (before the check existed) was continued above, by its id.
+        check_new_run_id(run_id, "Task(run_id=...)")
         execution = self.execution(run_id, tools, output_type=output_type)
         try:
             await execution.create(

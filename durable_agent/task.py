@@ -16,7 +16,12 @@ __all__ = ["Task", "check_run_id"]
 
 
 def check_run_id(run_id: object, where: str) -> None:
-    """Refuse a run id no store can hold, before anything is stored or looked up."""
+    """Refuse a run id no store can hold, before anything is stored or looked up.
+
+    Only what no store ever held (empty, blank, a lone surrogate): lookups of
+    runs stored before stricter checks still work. A new run's id is checked
+    further where it is created (`durable_agent._names.check_new_run_id`).
+    """
     if not isinstance(run_id, str) or not run_id.strip():
         raise ConfigurationError(f"{where} must be a non-empty str, got {run_id!r}")
     try:
@@ -34,11 +39,14 @@ class Task:
     """What to do: a description for the model, task-specific tools and an optional run id.
 
     A caller-chosen ``run_id`` makes starting idempotent: doing a task whose run
-    already exists continues that run instead of starting another. A stored run
-    started with another description, system prompt, tools or output format
-    raises `RunConflictError` naming the difference; ``continue_changed=True``
-    continues it anyway (with this agent's tools). After the task starts,
-    ``run_id`` holds the id of its run.
+    already exists continues that run instead of starting another. An id that
+    would name a new run must be one every store keeps intact (no control
+    characters, at most 128 characters: `durable_agent._names.check_new_run_id`),
+    checked when the run would be created; a stored run is found by any id. A
+    stored run started with another description, system prompt, tools or output
+    format raises `RunConflictError` naming the difference;
+    ``continue_changed=True`` continues it anyway (with this agent's tools).
+    After the task starts, ``run_id`` holds the id of its run.
 
     With ``response_format`` (a pydantic model class) the final answer must be
     JSON matching it; an answer that fails validation is sent back to the model

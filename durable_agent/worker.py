@@ -93,7 +93,8 @@ class Worker:
         concurrency: slots, the most runs driven at once.
         queues: the queues served; None serves every queue.
         max_running: per queue, the most runs holding a lease (live, or lapsed
-            and not yet taken over) across the whole fleet.
+            and not yet taken over) across the whole fleet: an int >= 0 (0: claim
+            none of that queue, as with ``queues=None`` serving every other).
         retry: resume runs that failed with a retryable error (default: off).
         grace: seconds a stopping worker lets effects in flight finish before
             cutting them.
@@ -133,8 +134,14 @@ class Worker:
         served = None if queues is None else tuple(queues)
         for queue in served or ():
             check_name(queue, "Worker(queues=...)")
-        for queue in max_running or {}:
+        for queue, most in (max_running or {}).items():
             check_name(queue, "Worker(max_running=...)")
+            if isinstance(most, bool) or not isinstance(most, int) or most < 0:
+                # Refused here, not at the first claim: that fails inside `run`, after start-up.
+                raise ConfigurationError(
+                    f"Worker(max_running={{{queue!r}: {most!r}}}): a queue's cap must be an "
+                    "int >= 0 (the most runs of it holding a lease at once; 0 claims none)"
+                )
         if retry is not None and not isinstance(retry, RunRetry):
             raise ConfigurationError(f"Worker(retry=...) takes a RunRetry, got {retry!r}")
         for name, value in (("grace", grace), ("liveness_ttl", liveness_ttl)):

@@ -237,10 +237,15 @@ def import_document(text: str, *, source: str, run_id: str | None = None) -> Sto
     """Read an exported run, checked as a store would load it, ready for `Backend.create_run`.
 
     The lease is cleared (the process that held it is not this store's), and
-    ``run_id`` stores the run under a new id (a copy to experiment with).
+    ``run_id`` stores the run under a new id (a copy to experiment with),
+    checked as every new run's id is; the exported id is kept as it is (the
+    run was stored under it before).
     """
+    from durable_agent._names import check_new_run_id
     from durable_agent.records import StoredRun, decode_event, decode_header
 
+    if run_id is not None:
+        check_new_run_id(run_id, "runs import --run-id")
     try:
         document = json.loads(text)
     except ValueError as exc:

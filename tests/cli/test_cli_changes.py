@@ -58,6 +58,23 @@ def test_import_reads_stdin_and_can_store_a_copy_under_a_new_id(cli: Cli) -> Non
     assert copy["header"]["lease"] is None
 
 
+@pytest.mark.parametrize(
+    ("new_id", "says"),
+    [
+        ("a\x1fb", "runs import --run-id: 'a\\x1fb' holds '\\x1f' at position 1"),
+        ("r" * 129, "is 129 characters long; a new run's id may hold at most 128"),
+    ],
+    ids=["unit-separator", "too-long"],
+)
+def test_import_refuses_a_new_run_id_a_store_cannot_keep_and_stores_nothing(
+    cli: Cli, new_id: str, says: str
+) -> None:
+    before = states_of(cli)
+    text = ok(cli("runs", "export", RUNS[RunState.DONE]))
+    fails(cli("runs", "import", "-", "--run-id", new_id, stdin=text), says)
+    assert states_of(cli) == before
+
+
 def test_import_refuses_a_run_that_exists_and_files_that_are_not_exports(
     cli: Cli, tmp_path: Path
 ) -> None:
