@@ -97,11 +97,12 @@ def _claim_once(
     dead = {row[0] for row in db.execute(_DEAD, (now,))}
     # DESIGN.md §3 rule 5: on the same host a lease of a process that is gone
     # is dead at once (SQLite is one host; "host" includes the pid namespace).
-    # From runs_leased alone; owners whose leases lapsed come too (harmless:
-    # their runs are claimable either way).
+    # From runs_leased alone; owners whose leases lapsed, or who hold a run at
+    # rest (a decision being recorded), come too: harmless, a dead owner's runs
+    # not at rest are claimable either way, and its runs at rest never are.
     local = db.execute(
         "SELECT DISTINCT lease_owner, lease_pid FROM runs INDEXED BY runs_leased "
-        f"WHERE {CLAIMABLE} AND lease_owner IS NOT NULL AND lease_host = ?",
+        "WHERE lease_owner IS NOT NULL AND lease_host = ?",
         (owner.host,),
     ).fetchall()
     gone = [o for o, pid in local if o not in dead and isinstance(pid, int) and _gone(pid)]

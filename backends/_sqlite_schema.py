@@ -13,13 +13,14 @@ from typing import Final
 
 from durable_agent.errors import StoreUnavailableError
 
-STORE_VERSION: Final = 3
+STORE_VERSION: Final = 4
 """Version of the table layout below, kept in the ``meta`` table.
 
 2 added the workers' columns (queue, priority, not_before), the index of
 claimable runs and the ``workers`` table; 3 the indexes a claim reads besides
-it (free runs, places held per queue, leases per host). An older file is
-migrated on open, one step after the other in one transaction.
+it (free runs, places held per queue, leases per host); 4 narrowed the leases
+per host to every held lease, so a held run's state moves leave it alone. An
+older file is migrated on open, one step after the other in one transaction.
 """
 
 CLAIMABLE: Final = "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
@@ -46,10 +47,16 @@ _CLAIM_INDEXES: Final = (
     # index's WHERE again, and would read each run's row for them).
     f"""CREATE INDEX IF NOT EXISTS runs_placed
         ON runs (queue, state, lease_owner) WHERE {CLAIMABLE} AND lease_owner IS NOT NULL""",
-    # This host's lease owners, whose processes a claim checks.
-    f"""CREATE INDEX IF NOT EXISTS runs_leased
-        ON runs (lease_host, lease_owner, lease_pid)
-        WHERE {CLAIMABLE} AND lease_owner IS NOT NULL""",
+)
+
+_LEASED: Final = (
+    # This host's lease owners, whose processes a claim checks. Every held
+    # lease, at rest or not: with the state in its WHERE, SQLite rewrote its
+    # entry on each state move of a held run (every append of a running one),
+    # as it does for every index whose key or WHERE has a column SET. Appends
+    # SET the lease's owner, host and pid only when they release it.
+    """CREATE INDEX IF NOT EXISTS runs_leased
+        ON runs (lease_host, lease_owner, lease_pid) WHERE lease_owner IS NOT NULL""",
 )
 
 _MIGRATE_1_TO_2: Final = (
@@ -59,7 +66,13 @@ _MIGRATE_1_TO_2: Final = (
     *_WORKERS_SCHEMA,
 )
 
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {2: _MIGRATE_1_TO_2, 3: _CLAIM_INDEXES}
+_MIGRATE_3_TO_4: Final = ("DROP INDEX IF EXISTS runs_leased", *_LEASED)
+
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: _MIGRATE_1_TO_2,
+    3: _CLAIM_INDEXES,
+    4: _MIGRATE_3_TO_4,
+}
 """Version -> the statements that bring a file from the version before it up to it."""
 
 _SCHEMA: Final = (
@@ -101,6 +114,7 @@ _SCHEMA: Final = (
     )""",
     *_WORKERS_SCHEMA,
     *_CLAIM_INDEXES,
+    *_LEASED,
 )
 
 

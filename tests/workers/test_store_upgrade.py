@@ -113,3 +113,51 @@ def test_a_version_2_sqlite_file_gets_the_claim_indexes_and_its_held_runs_count_
             )
         )
         assert "COVERING INDEX runs_placed" in plan  # one queue's entries, no row read
+
+
+def test_a_version_3_sqlite_file_gets_the_leases_index_of_every_held_lease(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+
+    async def fill() -> None:
+        async with SqliteBackend(path) as store:
+            first = CreatedEvent(
+                seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),)
+            )
+            await store.create_run(RunHeader(run_id="r", agent_name="agent", seq=1), [first])
+
+    asyncio.run(fill())
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        # Back to layout 3: runs_leased as it was, with the claimable states in its WHERE.
+        conn.execute("DROP INDEX runs_leased")
+        conn.execute(
+            "CREATE INDEX runs_leased ON runs (lease_host, lease_owner, lease_pid) WHERE "
+            "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') AND lease_owner IS NOT NULL"
+        )
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+
+    async def claim() -> list[str]:
+        async with SqliteBackend(path) as store:
+            got = await store.claim_runs(LeaseOwner.current(), agents=["agent"])
+            # The claim after reads this host's owners from the new index (INDEXED BY
+            # would fail on the old one).
+            assert await store.claim_runs(LeaseOwner.current(), agents=["agent"]) == []
+            return [c.run_id for c in got]
+
+    assert asyncio.run(claim()) == ["r"]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(STORE_VERSION),)
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs_leased'").fetchone()
+        assert "state" not in sql, sql
+        plan = " ".join(
+            str(row)
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT DISTINCT lease_owner, lease_pid FROM runs INDEXED BY "
+                "runs_leased WHERE lease_owner IS NOT NULL AND lease_host = 'h'"
+            )
+        )
+        assert "COVERING INDEX runs_leased" in plan  # this host's range, no row read
+        assert conn.execute(
+            "SELECT run_id FROM runs INDEXED BY runs_leased WHERE lease_owner IS NOT NULL"
+        ).fetchall() == [("r",)]
