@@ -188,9 +188,10 @@ def test_a_state_move_keeps_the_lease_columns_and_leaves_the_leases_index_alone(
     db_path: Path,
 ) -> None:
     # An append with a trigger sets the state (runs_by_state and the claims'
-    # state indexes follow it) but not the lease's owner, host and pid, which
-    # the WHERE matched: so SQLite leaves runs_leased as it is. A release
-    # still clears them, and takes the run out of runs_leased.
+    # indexes of the runs not at rest follow it) but not the lease's owner,
+    # host and pid, which the WHERE matched: so SQLite leaves the indexes of
+    # held leases (runs_leased, runs_held) as they are. A release still clears
+    # them, and takes the run out of both.
     async def main() -> None:
         async with SqliteBackend(db_path) as store:
             a, b = [await new_run(store, r) for r in "ab"]
@@ -211,12 +212,13 @@ def test_a_state_move_keeps_the_lease_columns_and_leaves_the_leases_index_alone(
             assert (await store.get_run("b")).lease is None
         with raw_db(db_path) as conn:
             moved = _written_indexes(conn, update)
-            assert "runs_leased" not in moved, moved
-            assert {"runs_by_state", "runs_claimable"} <= moved, moved
-            assert "runs_leased" in _written_indexes(conn, release)
-            leased = conn.execute(
-                "SELECT run_id FROM runs INDEXED BY runs_leased WHERE lease_owner IS NOT NULL"
-            ).fetchall()
-            assert leased == [("a",)]
+            assert not moved & {"runs_leased", "runs_held"}, moved
+            assert {"runs_by_state", "runs_placed"} <= moved, moved
+            assert {"runs_leased", "runs_held"} <= _written_indexes(conn, release)
+            for index in ("runs_leased", "runs_held"):
+                held = conn.execute(
+                    f"SELECT run_id FROM runs INDEXED BY {index} WHERE lease_owner IS NOT NULL"
+                ).fetchall()
+                assert held == [("a",)], index
 
     run(main())
