@@ -49,10 +49,10 @@ _SET_RELEASE: Final = (
 )
 # Any other append keeps the lease's owner, host and pid (the WHERE matched the
 # owner and its generation, under which they were written), so a state move of
-# a held run leaves runs_leased alone; a tool result, a renewal's write, changes
-# no state either, and touches no index on the state (runs_by_state, the claims'
-# runs_claimable, runs_claimable_free, runs_placed): an append wrote ~1.7x the
-# floor when every append SET them all.
+# a held run leaves the indexes of held leases alone (runs_leased, runs_held); a
+# tool result, a renewal's write, changes no state either, and touches no index
+# on the state (runs_by_state, the claims' runs_claimable_free, runs_placed): an
+# append wrote ~1.7x the floor when every append SET them all.
 _SET_MOVE: Final = (
     "seq = v.new_seq, state = v.new_state, updated_at = ?{now}, "
     "lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"

@@ -53,7 +53,8 @@ _CLAIM_INDEXES: Final = (
 
 _HELD_INDEXES: Final = (
     # Every held lease, at rest or not (a run at rest is held only while a
-    # decision or a resume is recorded): with the state in their WHERE, SQLite
+    # decision or a resume is recorded, or after its holder died doing so):
+    # claims read the rows for the state. With the state in their WHERE, SQLite
     # rewrote their entries on each state move of a held run (every append of
     # a running one), as it does for every index whose key or WHERE has a
     # column an UPDATE sets. Appends set the lease's owner, host and pid only
