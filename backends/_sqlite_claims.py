@@ -3,10 +3,11 @@
 A claim is one write of the group-commit batch, so it runs inside ``BEGIN
 IMMEDIATE``: the file's write lock makes the read of the claimable runs, the
 ``max_running`` count and the lease updates one atomic step across every
-process sharing the file. Every read is of a partial index that holds only
-runs not at rest, so the cost does not grow with finished runs: the candidates
+process sharing the file. Every read is of a partial index that leaves out
+the released runs (every finished one), so the cost does not grow with
+finished runs: the candidates
 nobody holds from the front of ``runs_claimable_free``; the held ones whose
-lease lapsed from ``runs_claimable`` (only when the free ones do not fill the
+lease lapsed from ``runs_held`` (only when the free ones do not fill the
 claim, or at a sweep, since that read steps over every live lease); a capped
 queue's count of the runs holding a place (`holds_place`) from one queue's
 range of ``runs_placed``; this host's owners from ``runs_leased``.
@@ -97,11 +98,12 @@ def _claim_once(
     dead = {row[0] for row in db.execute(_DEAD, (now,))}
     # DESIGN.md §3 rule 5: on the same host a lease of a process that is gone
     # is dead at once (SQLite is one host; "host" includes the pid namespace).
-    # From runs_leased alone; owners whose leases lapsed come too (harmless:
-    # their runs are claimable either way).
+    # From runs_leased alone; owners whose leases lapsed, or who hold a run at
+    # rest (a decision being recorded), come too: harmless, a dead owner's runs
+    # not at rest are claimable either way, and its runs at rest never are.
     local = db.execute(
         "SELECT DISTINCT lease_owner, lease_pid FROM runs INDEXED BY runs_leased "
-        f"WHERE {CLAIMABLE} AND lease_owner IS NOT NULL AND lease_host = ?",
+        "WHERE lease_owner IS NOT NULL AND lease_host = ?",
         (owner.host,),
     ).fetchall()
     gone = [o for o, pid in local if o not in dead and isinstance(pid, int) and _gone(pid)]
@@ -109,8 +111,8 @@ def _claim_once(
     room: dict[str, int] = {}
     if max_running:
         # `holds_place`: every held lease of a run not at rest, lapsed or not.
-        # Counted in runs_placed, one queue's range of it: through runs_claimable,
-        # the count visited every run not at rest and its row (5,000 held: 1.4 ms).
+        # Counted in runs_placed, one queue's range of it: through the runs not at
+        # rest, the count visited every one and its row (5,000 held: 1.4 ms).
         rows = db.execute(
             f"SELECT queue, count(*) FROM runs INDEXED BY runs_placed WHERE {CLAIMABLE} "
             f"AND lease_owner IS NOT NULL AND queue IN ({_marks(max_running)}) GROUP BY queue",
@@ -138,7 +140,7 @@ def _claim_once(
     rows = free
     if sweep or _kept(free, room) < limit:
         # The held runs whose lease lapsed or whose owner is dead: this read steps
-        # over every live lease in runs_claimable, so it is made only when the free
+        # over every live lease in runs_held, so it is made only when the free
         # runs do not fill the claim, or at a sweep. A full queue's held runs are
         # claimable too: a takeover keeps its place.
         lapsed = (
@@ -147,7 +149,7 @@ def _claim_once(
         )
         held = _pick(
             db, [*where, "lease_owner IS NOT NULL", lapsed], [*params, now, now, *gone],
-            "runs_claimable", limit,
+            "runs_held", limit,
         )
         rows = sorted([*free, *held], key=_claim_order)
     claimed: list[ClaimedRun] = []

@@ -38,19 +38,31 @@ _ROWS: Final = 1024
 """Most event rows in one INSERT (3 parameters each)."""
 
 # ``now`` is the statement's last parameter, bound once the write lock is held,
-# so everything else is built before the transaction starts.
-_SET_MOVE: Final = (
+# so everything else is built before the transaction starts. SQLite updates
+# every index with a column SET (in its key or a partial index's WHERE),
+# whether or not the value changes, so each kind of append SETs only what it
+# may change. A release clears the lease's owner, host and pid (and brings the
+# run to rest, out of the claims' indexes).
+_SET_RELEASE: Final = (
     "seq = v.new_seq, state = v.new_state, updated_at = ?{now}, lease_owner = v.owner, "
     "lease_host = v.host, lease_pid = v.pid, lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
 )
-# Without a trigger the state cannot have changed, and without a release nor the
-# lease's owner (the WHERE matched it, and its generation): leaving them out of
-# the SET spares SQLite an update of every index on them (runs_by_state and the
-# claims' runs_claimable_free, runs_placed, runs_leased), which it makes for each
-# column SET whether or not its value changes: an append wrote ~1.7x the floor.
+# Any other append keeps the lease's owner, host and pid (the WHERE matched the
+# owner and its generation, under which they were written), so a state move of
+# a held run leaves the indexes of held leases alone (runs_leased, runs_held); a
+# tool result, a renewal's write, changes no state either, and touches no index
+# on the state (runs_by_state, the claims' runs_claimable_free, runs_placed): an
+# append wrote ~1.7x the floor when every append SET them all.
+_SET_MOVE: Final = (
+    "seq = v.new_seq, state = v.new_state, updated_at = ?{now}, "
+    "lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
+)
 _SET_RENEW: Final = (
     "seq = v.new_seq, updated_at = ?{now}, lease_expires = ?{now} + v.ttl, lease_ttl = v.ttl"
 )
+_SETS: Final = (_SET_RENEW, _SET_MOVE, _SET_RELEASE)
+"""The SET of each kind of append (`Append.kind`)."""
+_RENEW, _MOVE, _RELEASE = range(3)
 WIDTH: Final = 10
 """Parameters in one row of the compare-and-set's VALUES (`Append.cas`)."""
 _ROW: Final = "(" + ", ".join("?" * WIDTH) + ")"
@@ -63,12 +75,12 @@ _NO_EVENT: Final = ("", -1, "")
 """A padding row of the event INSERT (seq -1, which no event has), for the same reason."""
 
 
-def _cas_sql(rows: int, moves: bool) -> str:
+def _cas_sql(rows: int, kind: int) -> str:
     now = rows * WIDTH + 1
     return (
         "WITH v(run_id, expected, generation, holder, new_seq, new_state, owner, host, pid, "
         f"ttl) AS (VALUES {', '.join([_ROW] * rows)}) "
-        f"UPDATE runs SET {(_SET_MOVE if moves else _SET_RENEW).format(now=now)} FROM v "
+        f"UPDATE runs SET {_SETS[kind].format(now=now)} FROM v "
         "WHERE runs.run_id = v.run_id AND runs.seq = v.expected "
         "AND runs.lease_generation = v.generation AND runs.lease_owner = v.holder"
     )
@@ -135,7 +147,7 @@ class Append:
     """
 
     __slots__ = (
-        "cas", "error", "events", "expected_seq", "future", "in_order", "lease", "moves",
+        "cas", "error", "events", "expected_seq", "future", "in_order", "kind", "lease",
         "release", "result", "rows", "run_id",
     )
 
@@ -171,8 +183,9 @@ class Append:
         self.error: BaseException | None = None
         self.in_order = in_order
         """Its events' seqs follow ``expected_seq`` (else the slow path explains the refusal)."""
-        self.moves = moves
-        """A trigger among its events: the state may change (else a renewal's statement)."""
+        self.kind = _RELEASE if release else _MOVE if moves else _RENEW
+        """Which compare-and-set SET it takes: a release's, a state move's (a trigger among
+        its events) or a renewal's."""
         owner = lease.owner
         # ``_value_``: the enum's ``value`` is a Python-level property.
         state = events[-1].state._value_ if events else None
@@ -199,7 +212,8 @@ class Group:
 
     appends: list[Append]
     cas: list[tuple[str, list[object]]]
-    """One compare-and-set per kind (moves, renewals); ``now`` is appended when run."""
+    """One compare-and-set per kind (releases, moves, renewals); ``now`` is appended when
+    run."""
     rows: list[object]
     """Every append's row of the compare-and-set, padded: the compare-and-set's own list
     when one kind has them all (the usual case), for the two reads of the group."""
@@ -211,28 +225,25 @@ class Group:
 
 def make_group(appends: list[Append]) -> Group:
     # One pass: each append's rows were built when it was queued.
-    moved: list[object] = []
-    kept: list[object] = []
+    kinds: list[list[object]] = [[], [], []]
     rows: list[object] = []
     for write in appends:
-        if write.moves or write.release:  # a release clears the owner: the full SET
-            moved += write.cas
-        else:
-            kept += write.cas
+        kinds[write.kind] += write.cas
         rows += write.rows
     size = _padded(len(appends))
     cas: list[tuple[str, list[object]]] = []
-    if moved and kept:
-        check = moved + kept
+    used = [(kind, params) for kind, params in enumerate(kinds) if params]
+    if len(used) == 1:  # the usual case: the reads share the compare-and-set's list
+        kind, check = used[0]
         check += _NO_ROW * (size - len(check) // WIDTH)
-        for params, moves in ((moved, True), (kept, False)):
+        cas.append((_CAS_SQL(size, kind), check))
+    else:
+        check = [value for _, params in used for value in params]
+        check += _NO_ROW * (size - len(check) // WIDTH)
+        for kind, params in used:
             padded = _padded(len(params) // WIDTH)
             params += _NO_ROW * (padded - len(params) // WIDTH)
-            cas.append((_CAS_SQL(padded, moves), params))
-    else:
-        check = moved or kept
-        check += _NO_ROW * (size - len(check) // WIDTH)
-        cas.append((_CAS_SQL(size, bool(moved)), check))
+            cas.append((_CAS_SQL(padded, kind), params))
     return Group(appends, cas, check, insert_statements(rows))
 
 

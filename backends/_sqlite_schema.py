@@ -13,27 +13,30 @@ from typing import Final
 
 from durable_agent.errors import StoreUnavailableError
 
-STORE_VERSION: Final = 3
+STORE_VERSION: Final = 4
 """Version of the table layout below, kept in the ``meta`` table.
 
 2 added the workers' columns (queue, priority, not_before), the index of
 claimable runs and the ``workers`` table; 3 the indexes a claim reads besides
-it (free runs, places held per queue, leases per host). An older file is
+it (free runs, places held per queue, leases per host); 4 replaced the
+claimable runs by the held runs, and narrowed the leases per host to every
+held lease, so a held run's state moves leave both alone. An older file is
 migrated on open, one step after the other in one transaction.
 """
 
 CLAIMABLE: Final = "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
 """The claimable states as SQL; a claim repeats it verbatim so SQLite uses the partial index."""
 
-_WORKERS_SCHEMA: Final = (
-    # Only runs not at rest are indexed, so claiming costs the same with a
-    # million finished runs as with none.
-    f"""CREATE INDEX IF NOT EXISTS runs_claimable
-        ON runs (priority DESC, created_at, run_id) WHERE {CLAIMABLE}""",
-    """CREATE TABLE IF NOT EXISTS workers (
+_WORKERS_TABLE: Final = """CREATE TABLE IF NOT EXISTS workers (
         owner TEXT PRIMARY KEY,
         expires REAL NOT NULL
-    ) WITHOUT ROWID""",
+    ) WITHOUT ROWID"""
+
+_WORKERS_SCHEMA: Final = (
+    # Layout 2 to 3 (4 drops it): the runs not at rest.
+    f"""CREATE INDEX IF NOT EXISTS runs_claimable
+        ON runs (priority DESC, created_at, run_id) WHERE {CLAIMABLE}""",
+    _WORKERS_TABLE,
 )
 
 _CLAIM_INDEXES: Final = (
@@ -46,10 +49,24 @@ _CLAIM_INDEXES: Final = (
     # index's WHERE again, and would read each run's row for them).
     f"""CREATE INDEX IF NOT EXISTS runs_placed
         ON runs (queue, state, lease_owner) WHERE {CLAIMABLE} AND lease_owner IS NOT NULL""",
-    # This host's lease owners, whose processes a claim checks.
-    f"""CREATE INDEX IF NOT EXISTS runs_leased
-        ON runs (lease_host, lease_owner, lease_pid)
-        WHERE {CLAIMABLE} AND lease_owner IS NOT NULL""",
+)
+
+_HELD_INDEXES: Final = (
+    # Every held lease, at rest or not (a run at rest is held only while a
+    # decision or a resume is recorded, or after its holder died doing so):
+    # claims read the rows for the state. With the state in their WHERE, SQLite
+    # rewrote their entries on each state move of a held run (every append of
+    # a running one), as it does for every index whose key or WHERE has a
+    # column an UPDATE sets. Appends set the lease's owner, host and pid only
+    # when they release it. Released runs (every finished one) are in neither,
+    # so claiming costs the same with a million finished runs as with none.
+    # This host's lease owners, whose processes a claim checks:
+    """CREATE INDEX IF NOT EXISTS runs_leased
+        ON runs (lease_host, lease_owner, lease_pid) WHERE lease_owner IS NOT NULL""",
+    # The held runs in claim order, for those whose lease lapsed (a claim reads
+    # their rows for the state and the expiry):
+    """CREATE INDEX IF NOT EXISTS runs_held
+        ON runs (priority DESC, created_at, run_id) WHERE lease_owner IS NOT NULL""",
 )
 
 _MIGRATE_1_TO_2: Final = (
@@ -59,7 +76,17 @@ _MIGRATE_1_TO_2: Final = (
     *_WORKERS_SCHEMA,
 )
 
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {2: _MIGRATE_1_TO_2, 3: _CLAIM_INDEXES}
+_MIGRATE_3_TO_4: Final = (
+    "DROP INDEX IF EXISTS runs_leased",
+    "DROP INDEX IF EXISTS runs_claimable",
+    *_HELD_INDEXES,
+)
+
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    2: _MIGRATE_1_TO_2,
+    3: _CLAIM_INDEXES,
+    4: _MIGRATE_3_TO_4,
+}
 """Version -> the statements that bring a file from the version before it up to it."""
 
 _SCHEMA: Final = (
@@ -99,8 +126,9 @@ _SCHEMA: Final = (
         body TEXT NOT NULL,
         PRIMARY KEY (run_id, seq)
     )""",
-    *_WORKERS_SCHEMA,
+    _WORKERS_TABLE,
     *_CLAIM_INDEXES,
+    *_HELD_INDEXES,
 )
 
 

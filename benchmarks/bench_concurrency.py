@@ -12,8 +12,8 @@ records.
 Every measurement is a fresh interpreter (so one's garbage and GC state never
 reach the next), and the configurations alternate within each of >= 5 rounds;
 the table gives medians. Per measurement: process CPU per transition (all
-threads: ``time.process_time``), transitions/s, and the time the cyclic garbage
-collector ran (``gc.callbacks``).
+threads: ``time.process_time``), transitions/s, and the CPU time the cyclic
+garbage collector ran (``gc.callbacks``, its thread's ``time.thread_time``).
 
 * zero-latency model, default GC: engine CPU / floor CPU per transition.
 * zero-latency model, the GC settings of docs/performance.md (``gc.freeze()``
@@ -91,7 +91,13 @@ def make_agent(backend: Backend, delay: float) -> Agent:
 
 
 class GcClock:
-    """Time the cyclic collector runs, from ``gc.callbacks``."""
+    """CPU time the cyclic collector runs, from ``gc.callbacks``.
+
+    The collector runs in the thread whose allocation triggered it, with the
+    GIL, from its ``start`` callback to its ``stop`` callback in that thread, so
+    that thread's CPU clock times it: wall time would count the time other
+    programs (or this process's other threads) kept it off a CPU.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -100,9 +106,9 @@ class GcClock:
 
     def __call__(self, phase: str, _info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = time.thread_time()
         else:
-            self.seconds += time.perf_counter() - self._started
+            self.seconds += time.thread_time() - self._started
             self.collections += 1
 
 

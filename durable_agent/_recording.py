@@ -33,6 +33,7 @@ from durable_agent.records import (
     LeaseTaken,
     check_events,
     utcnow,
+    validator_of,
 )
 from durable_agent.run import RunContext
 from durable_agent.telemetry._hook import segment_hook
@@ -204,7 +205,7 @@ class ExecutionCore:
                 stamp = trace = None
             # The record's validator itself, as ``cls(**data)`` calls it: the
             # ``__init__`` around it is a fifth of the cost, twice per append.
-            events.append(cls.__pydantic_validator__.validate_python(data))
+            events.append(validator_of(cls).validate_python(data))
         return events
 
     def _keepalive(self) -> Effect:

@@ -42,6 +42,7 @@ from durable_agent.records import (
     TransitionEvent,
     WaitingEvent,
     escape_surrogates,
+    validator_of,
 )
 from durable_agent.run import RunContext
 from durable_agent.tools import ToolContext
@@ -276,9 +277,8 @@ class ToolStep(ReconcileStep):
                 return exc
         if is_error:
             content = escape_surrogates(content)  # error text, like a stored ErrorInfo
-        # The record's validator itself, as `ExecutionCore._build` builds events
-        # (looked up here: the class builds it on first use, `defer_build`).
-        result = ToolResultMessage.__pydantic_validator__.validate_python(
+        # The record's validator itself, as `ExecutionCore._build` builds events.
+        result = validator_of(ToolResultMessage).validate_python(
             {"call_id": call.id, "name": call.name, "content": content, "is_error": is_error}
         )
         finished: Spec = (

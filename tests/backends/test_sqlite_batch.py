@@ -4,6 +4,7 @@ when a write fails after changing rows, and each write still deciding alone."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from durable_agent.backends.sqlite import SqliteBackend
@@ -173,5 +174,51 @@ def test_a_renewal_sets_no_indexed_lease_column_and_a_release_without_a_trigger_
             assert (await store.get_run("a")).lease is not None
             await store.append("b", [_quiet(2)], expected_seq=1, lease=b, release=True)
             assert (await store.get_run("b")).lease is None
+
+    run(main())
+
+
+def _written_indexes(conn: sqlite3.Connection, statement: str) -> set[str]:
+    """The tables and indexes ``statement`` opens for writing, from its bytecode."""
+    names = {page: name for name, page in conn.execute("SELECT name, rootpage FROM sqlite_master")}
+    return {names[row[3]] for row in conn.execute(f"EXPLAIN {statement}") if row[1] == "OpenWrite"}
+
+
+def test_a_state_move_keeps_the_lease_columns_and_leaves_the_leases_index_alone(
+    db_path: Path,
+) -> None:
+    # An append with a trigger sets the state (runs_by_state and the claims'
+    # indexes of the runs not at rest follow it) but not the lease's owner,
+    # host and pid, which the WHERE matched: so SQLite leaves the indexes of
+    # held leases (runs_leased, runs_held) as they are. A release still clears
+    # them, and takes the run out of both.
+    async def main() -> None:
+        async with SqliteBackend(db_path) as store:
+            a, b = [await new_run(store, r) for r in "ab"]
+            statements = await trace(store)
+            await store.append("a", [step(2)], expected_seq=1, lease=a)
+            (update,) = [s for s in statements if "UPDATE runs" in s]
+            assigned = update.split(" SET ", 1)[1].split(" FROM ", 1)[0]
+            assert "state" in assigned, assigned
+            assert "lease_owner" not in assigned, assigned
+            assert "lease_host" not in assigned, assigned
+            assert "lease_pid" not in assigned, assigned
+            held = (await store.get_run("a")).lease
+            assert held is not None
+            assert (held.owner, held.host, held.pid) == (a.owner, a.host, a.pid)
+            del statements[:]
+            await store.append("b", [step(2)], expected_seq=1, lease=b, release=True)
+            (release,) = [s for s in statements if "UPDATE runs" in s]
+            assert (await store.get_run("b")).lease is None
+        with raw_db(db_path) as conn:
+            moved = _written_indexes(conn, update)
+            assert not moved & {"runs_leased", "runs_held"}, moved
+            assert {"runs_by_state", "runs_placed"} <= moved, moved
+            assert {"runs_leased", "runs_held"} <= _written_indexes(conn, release)
+            for index in ("runs_leased", "runs_held"):
+                held = conn.execute(
+                    f"SELECT run_id FROM runs INDEXED BY {index} WHERE lease_owner IS NOT NULL"
+                ).fetchall()
+                assert held == [("a",)], index
 
     run(main())

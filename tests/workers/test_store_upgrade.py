@@ -56,16 +56,17 @@ def test_a_version_1_sqlite_file_is_upgraded_and_its_old_runs_load_with_defaults
     asyncio.run(main())
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT value FROM meta").fetchone() == (str(STORE_VERSION),)
-        plan = " ".join(
-            str(row)
-            for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT run_id FROM runs INDEXED BY runs_claimable WHERE "
-                "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') "
-                "ORDER BY priority DESC, created_at, run_id"
+        for index, held in (("runs_claimable_free", "NULL"), ("runs_held", "NOT NULL")):
+            plan = " ".join(
+                str(row)
+                for row in conn.execute(
+                    f"EXPLAIN QUERY PLAN SELECT run_id FROM runs INDEXED BY {index} WHERE "
+                    f"state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') AND lease_owner IS {held} "
+                    "ORDER BY priority DESC, created_at, run_id"
+                )
             )
-        )
-        assert "runs_claimable" in plan  # claims read only the runs not at rest
-        assert "TEMP B-TREE" not in plan  # in claim order: no sort of them either
+            assert index in plan  # claims never read the released (finished) runs
+            assert "TEMP B-TREE" not in plan  # in claim order: no sort of them either
 
 
 def test_a_version_2_sqlite_file_gets_the_claim_indexes_and_its_held_runs_count_toward_the_cap(
@@ -113,3 +114,63 @@ def test_a_version_2_sqlite_file_gets_the_claim_indexes_and_its_held_runs_count_
             )
         )
         assert "COVERING INDEX runs_placed" in plan  # one queue's entries, no row read
+
+
+def test_a_version_3_sqlite_file_gets_the_indexes_of_every_held_lease(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+
+    async def fill() -> None:
+        async with SqliteBackend(path) as store:
+            first = CreatedEvent(
+                seq=1, state=RunState.PENDING, messages=(UserMessage(content="hi"),)
+            )
+            await store.create_run(RunHeader(run_id="r", agent_name="agent", seq=1), [first])
+
+    asyncio.run(fill())
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        # Back to layout 3: runs_leased as it was, with the claimable states in its
+        # WHERE, and the index of the runs not at rest instead of runs_held.
+        conn.execute("DROP INDEX runs_leased")
+        conn.execute("DROP INDEX runs_held")
+        conn.execute(
+            "CREATE INDEX runs_leased ON runs (lease_host, lease_owner, lease_pid) WHERE "
+            "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC') AND lease_owner IS NOT NULL"
+        )
+        conn.execute(
+            "CREATE INDEX runs_claimable ON runs (priority DESC, created_at, run_id) WHERE "
+            "state IN ('PENDING', 'MODEL_CALL', 'TOOL_EXEC')"
+        )
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+
+    async def claim() -> list[str]:
+        async with SqliteBackend(path) as store:
+            got = await store.claim_runs(LeaseOwner.current(), agents=["agent"])
+            # The claim after reads this host's owners and the held runs from the new
+            # indexes (INDEXED BY would fail on the old ones).
+            assert await store.claim_runs(LeaseOwner.current(), agents=["agent"]) == []
+            return [c.run_id for c in got]
+
+    assert asyncio.run(claim()) == ["r"]
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(STORE_VERSION),)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "runs_claimable" not in names  # replaced by runs_held
+        for index in ("runs_leased", "runs_held"):
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (index,)
+            ).fetchone()
+            assert "state" not in sql, sql
+        plan = " ".join(
+            str(row)
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT DISTINCT lease_owner, lease_pid FROM runs INDEXED BY "
+                "runs_leased WHERE lease_owner IS NOT NULL AND lease_host = 'h'"
+            )
+        )
+        assert "COVERING INDEX runs_leased" in plan  # this host's range, no row read
+        for index in ("runs_leased", "runs_held"):
+            assert conn.execute(
+                f"SELECT run_id FROM runs INDEXED BY {index} WHERE lease_owner IS NOT NULL"
+            ).fetchall() == [("r",)]
