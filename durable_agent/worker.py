@@ -93,8 +93,7 @@ class Worker:
         concurrency: slots, the most runs driven at once.
         queues: the queues served; None serves every queue.
         max_running: per queue, the most runs holding a lease (live, or lapsed
-            and not yet taken over) across the whole fleet: an int >= 0 (0: claim
-            none of that queue, as with ``queues=None`` serving every other).
+            and not yet taken over) across the whole fleet: an int >= 0 (0 claims none).
         retry: resume runs that failed with a retryable error (default: off).
         grace: seconds a stopping worker lets effects in flight finish before
             cutting them.
