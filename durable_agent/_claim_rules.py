@@ -40,6 +40,7 @@ __all__ = [
     "CLAIMABLE_STATES",
     "ClaimedRun",
     "check_claim_args",
+    "check_max_running",
     "claim_lease",
     "claim_order",
     "claimable",
@@ -159,10 +160,16 @@ def check_claim_args(
         raise ConfigurationError(f"claim_runs(limit={limit!r}) must be an int >= 0")
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
         raise ConfigurationError(f"claim_runs(ttl={ttl!r}) must be positive seconds")
+    check_max_running(max_running, "claim_runs")
+
+
+def check_max_running(max_running: Mapping[str, int] | None, where: str) -> None:
+    """Refuse a queue's cap that is not an int >= 0 (0 claims none of the queue)."""
     for queue, most in (max_running or {}).items():
         if isinstance(most, bool) or not isinstance(most, int) or most < 0:
             raise ConfigurationError(
-                f"claim_runs(max_running={{{queue!r}: {most!r}}}) must map queues to ints >= 0"
+                f"{where}(max_running={{{queue!r}: {most!r}}}): a queue's cap must be an "
+                "int >= 0 (the most runs of it holding a lease at once; 0 claims none)"
             )
 
 

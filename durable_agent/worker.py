@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from durable_agent._claim_rules import check_max_running
 from durable_agent._names import check_name
 from durable_agent._submit import AT_REST
 from durable_agent._worker_metrics import WorkerMetrics
@@ -133,14 +134,10 @@ class Worker:
         served = None if queues is None else tuple(queues)
         for queue in served or ():
             check_name(queue, "Worker(queues=...)")
-        for queue, most in (max_running or {}).items():
+        for queue in max_running or {}:
             check_name(queue, "Worker(max_running=...)")
-            if isinstance(most, bool) or not isinstance(most, int) or most < 0:
-                # Refused here, not at the first claim: that fails inside `run`, after start-up.
-                raise ConfigurationError(
-                    f"Worker(max_running={{{queue!r}: {most!r}}}): a queue's cap must be an "
-                    "int >= 0 (the most runs of it holding a lease at once; 0 claims none)"
-                )
+        # Here, not at the first claim: that fails inside `run`, after start-up.
+        check_max_running(max_running, "Worker")
         if retry is not None and not isinstance(retry, RunRetry):
             raise ConfigurationError(f"Worker(retry=...) takes a RunRetry, got {retry!r}")
         for name, value in (("grace", grace), ("liveness_ttl", liveness_ttl)):
